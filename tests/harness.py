@@ -1,0 +1,83 @@
+"""Start a real gateway (real sockets, real PostgreSQL) inside a trial test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from tests.pgtest import TestDatabase
+from wyseman import config as cfg
+from wyseman.db import admin
+from wyseman.service import GatewayService
+
+
+def make_config(db: TestDatabase, **sections: dict[str, Any]) -> cfg.Config:
+    data: dict[str, Any] = {
+        "server": {"listen": "tcp:0:interface=127.0.0.1", "clientinfo_listen": []},
+        "database": {"dsn": db.dsn, "pool_size": 2},
+        "channels": {"allow": ["wyseman", "wylib", "app_*"]},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return cfg.from_dict(data, source="test.toml")
+
+
+@defer.inlineCallbacks
+def start_gateway(testcase: Any, db: TestDatabase, actions: Any = None,
+                  **sections: dict[str, Any]) -> Any:
+    """A started :class:`GatewayService`; stopped (ports, sockets, pools) at cleanup."""
+    config = make_config(db, **sections)
+    if actions is None:
+        from wyseman.actions import ActionRegistry
+        actions = ActionRegistry()
+    service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor, actions)
+    yield service.startService()
+    testcase.addCleanup(service.stopService)
+    service.port = service.ports[0].getHost().port
+    service.url = f"ws://127.0.0.1:{service.port}"
+    service.clientinfo_url = f"http://127.0.0.1:{service.port}/clientinfo"
+    return service
+
+
+def add_user(db: TestDatabase, prefix: str = "u") -> str:
+    """A user (entity row + login role) unique to this test."""
+    name = db.role_name(prefix)
+    admin.add_user(db.dsn, name)
+    return name
+
+
+class _RawHTTP(protocol.Protocol):
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.data += data
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        if sep and head.startswith(b"HTTP/1.1 101"):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.callback(self.data)
+
+
+@defer.inlineCallbacks
+def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) -> Any:
+    """Send one WebSocket upgrade request; → (status code, body text)."""
+    lines = [f"GET /?{query} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    raw = _RawHTTP(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+    data = yield raw.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body.decode("utf-8", "replace")

@@ -1,0 +1,197 @@
+"""Requests end to end: a real client, our server, a real PostgreSQL sample schema."""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user, start_gateway
+from tests.pgtest import fresh_database
+from wyseman import keys
+from wyseman.actions import ActionRegistry
+from wyseman.client.connection import RequestError, connect
+from wyseman.db import admin
+
+SAMPLE = """
+create schema app;
+create table app.item (
+    id serial primary key,
+    name text not null,
+    qty int,
+    price numeric(10,2),
+    data jsonb,
+    blob bytea,
+    made timestamptz default '2025-05-01 10:00:00.123456+00',
+    span interval,
+    constraint "!app.item:negative" check (qty >= 0)
+);
+create view app.item_v as select * from app.item;
+create function app.double(int) returns int language sql as 'select $1 * 2';
+create function app.whoami() returns text language sql as 'select session_user::text';
+create table app.canary (x int);
+insert into app.canary values (1);
+grant usage on schema app to wyseman_user;
+grant all on all tables in schema app to wyseman_user;
+grant usage on all sequences in schema app to wyseman_user;
+grant execute on all functions in schema app to wyseman_user;
+"""
+
+
+class RequestTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.db.run(SAMPLE)
+        self.user = add_user(self.db, "carol")
+        registry = ActionRegistry()
+        from wyseman.examples.csv_export import export
+        registry.register("app.item_v", "csv", export)
+        self.server = yield start_gateway(self, self.db, actions=registry)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        self.conn = yield connect(self.server.url, self.user, token=token, new_key=private,
+                                  listen=["app_events"])
+        self.addCleanup(self.conn.close)
+
+    def request(self, **message):
+        return self.conn.request(message)
+
+    @defer.inlineCallbacks
+    def assertRequestError(self, code, **message):
+        try:
+            yield self.request(**message)
+        except RequestError as exc:
+            self.assertEqual(exc.code, code, exc.message)
+            return exc
+        self.fail(f"no error for {message}")
+
+    @defer.inlineCallbacks
+    def insert(self, **fields):
+        row = yield self.request(action="insert", view="app.item_v", fields=fields)
+        return row
+
+    @defer.inlineCallbacks
+    def test_insert_renders_types_like_node(self):
+        blob = base64.b64encode(b"\x00\x01\xff").decode()
+        row = yield self.insert(name="widget", qty=3, price="12.5", data={"a": [1, 2]},
+                                blob={"_type_": "binary", "_data_": blob},
+                                span="1 day 02:03:04.5")
+        self.assertEqual(row["name"], "widget")
+        self.assertEqual(row["qty"], 3)
+        self.assertEqual(row["price"], "12.50")
+        self.assertEqual(row["data"], {"a": [1, 2]})
+        self.assertEqual(row["blob"], {"type": "Buffer", "data": [0, 1, 255]})
+        self.assertEqual(row["made"], "2025-05-01T10:00:00.123Z")
+        self.assertEqual(row["span"], {"days": 1, "hours": 2, "minutes": 3, "seconds": 4,
+                                       "milliseconds": 500})
+
+    @defer.inlineCallbacks
+    def test_select_where_order_limit(self):
+        for name, qty in (("a", 1), ("b", 5), ("c", 9)):
+            yield self.insert(name=name, qty=qty)
+        rows = yield self.request(action="select", view="app.item_v", fields=["name", "qty"],
+                                  where=[["qty", ">", 2]], order=[{"field": "qty"}], limit=1)
+        self.assertEqual(rows, [{"name": "c", "qty": 9}])
+        rows = yield self.request(action="select", view="app.item_v", fields="name",
+                                  where={"and": False, "items": [
+                                      {"left": "name", "oper": "=", "entry": "a"},
+                                      {"left": "qty", "oper": "in", "entry": "5,9"}]},
+                                  order=["name"])
+        self.assertEqual([r["name"] for r in rows], ["a", "b", "c"])
+
+    @defer.inlineCallbacks
+    def test_tuple_and_bad_tuples(self):
+        yield self.insert(name="x", qty=1)
+        row = yield self.request(action="tuple", view="app.item_v", where={"name": "x"})
+        self.assertEqual(row["qty"], 1)
+        yield self.assertRequestError("!wm.lang:badTuples", action="tuple", view="app.item_v",
+                                      where={"name": "nothing"})
+
+    @defer.inlineCallbacks
+    def test_D15_update_of_several_rows_is_rolled_back(self):
+        yield self.insert(name="same", qty=1)
+        yield self.insert(name="same", qty=2)
+        yield self.assertRequestError("!wm.lang:badTuples", action="update", view="app.item_v",
+                                      fields={"qty": 7}, where={"name": "same"})
+        rows = self.db.run("select qty from app.item order by qty")
+        self.assertEqual(rows, [(1,), (2,)])
+        row = yield self.request(action="update", view="app.item_v", fields={"qty": 7},
+                                 where={"name": "same", "qty": 2})
+        self.assertEqual(row["qty"], 7)
+
+    @defer.inlineCallbacks
+    def test_delete(self):
+        yield self.insert(name="gone", qty=1)
+        yield self.assertRequestError("!wm.lang:badDelete", action="delete", view="app.item_v",
+                                      where={"left": "qty", "oper": "notnull"})
+        data = yield self.request(action="delete", view="app.item_v", where={"name": "gone"})
+        self.assertIsNone(data)
+        self.assertEqual(self.db.run("select count(*) from app.item"), [(0,)])
+
+    @defer.inlineCallbacks
+    def test_function_view_and_session_user(self):
+        row = yield self.request(action="tuple", view="app.double(int)", params=[21])
+        self.assertEqual(row, {"double": 42})
+        row = yield self.request(action="tuple", view="app.whoami()")
+        self.assertEqual(row, {"whoami": self.user})
+
+    @defer.inlineCallbacks
+    def test_database_errors(self):
+        error = yield self.assertRequestError("!app.item:negative", action="insert",
+                                              view="app.item_v", fields={"name": "n", "qty": -1})
+        self.assertEqual(error.pg_code, "23514")
+        self.assertTrue(error.message.startswith("from database; "))
+        error = yield self.assertRequestError("42P01", action="select", view="app.missing")
+        self.assertIn("does not exist", error.message)
+
+    @defer.inlineCallbacks
+    def test_protocol_errors_keep_the_socket(self):
+        yield self.assertRequestError("!wm.lang:badAction", action="explode", view="app.item_v")
+        yield self.assertRequestError("!wm.lang:badMessage", action="select")  # D20: no view
+        # D25: system schemas are not reachable
+        error = yield self.assertRequestError(None, action="tuple",
+                                              view="pg_catalog.pg_sleep(float8)", params=[1])
+        self.assertIsNotNone(error.message)
+        # D9: a frame that is not JSON gets an answer, and the socket stays usable
+        self.conn.send_raw(b"{not json")
+        row = yield self.request(action="tuple", view="app.double(int)", params=[1])
+        self.assertEqual(row, {"double": 2})
+        self.assertEqual(self.db.run("select x from app.canary"), [(1,)])
+
+    @defer.inlineCallbacks
+    def test_meta_and_lang(self):
+        meta = yield self.request(action="meta", view="app.item")
+        self.assertEqual(meta["obj"], "app.item")
+        self.assertEqual(meta["pkey"], ["id"])
+        self.assertIn("name", [c["col"] for c in meta["columns"]])
+        lang = yield self.request(action="lang", view="wm.lang")
+        codes = {m["code"] for m in lang["messages"]}
+        self.assertIn("badTuples", codes)
+
+    @defer.inlineCallbacks
+    def test_custom_action_csv(self):
+        yield self.insert(name="p", qty=1)
+        data = yield self.request(action="action", view="app.item_v", name="csv",
+                                  data={"fields": ["name", "qty"]})
+        self.assertEqual(data["rows"], 1)
+        self.assertEqual(data["csv"].splitlines(), ["name,qty", "p,1"])
+
+    @defer.inlineCallbacks
+    def test_notifications(self):
+        received = []
+        arrived = defer.Deferred()
+
+        def got(data):
+            received.append(data)
+            if len(received) == 2:
+                arrived.callback(None)
+        self.conn.on_notify("app_events", got)
+        self.db.run("""select pg_notify('app_events', '{"n": 1}'),
+                              pg_notify('app_other', '{"n": 2}')""")
+        self.db.run("select pg_notify('app_events', 'not json')")  # D8: sent as a string
+        yield arrived
+        self.assertEqual(received, [{"n": 1}, "not json"])

@@ -1,0 +1,215 @@
+"""The front door over real sockets against real PostgreSQL: logins, refusals,
+/clientinfo, channels, limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+
+from tests.harness import add_user, raw_upgrade, start_gateway
+from tests.pgtest import fresh_database
+from wyseman import keys
+from wyseman.client.connection import ClientError, connect, fetch_clientinfo
+from wyseman.db import admin
+from wyseman.protocol.credentials import signed_message
+
+
+def b64url(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def js_date(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class LoginTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.user = add_user(self.db, "alice")
+        self.server = yield start_gateway(self, self.db)
+
+    def ticket(self, user=None):
+        return admin.issue_ticket(self.db.dsn, user or self.user).token
+
+    def stored_key(self, user=None):
+        rows = self.db.run("select conn_pub from base.ent where username = %s",
+                           (user or self.user,))
+        return rows[0][0]
+
+    @defer.inlineCallbacks
+    def ticket_login(self):
+        private = keys.generate_private_jwk()
+        conn = yield connect(self.server.url, self.user, token=self.ticket(), new_key=private)
+        self.addCleanup(conn.close)
+        return private, conn
+
+    @defer.inlineCallbacks
+    def test_ticket_then_key_login(self):
+        private, first = yield self.ticket_login()
+        stored = self.stored_key()
+        self.assertEqual(stored["default"]["x"], private["x"])
+        yield first.close()
+        second = yield connect(self.server.url, self.user, key=private,
+                               clientinfo_url=self.server.clientinfo_url)
+        self.addCleanup(second.close)
+        self.assertTrue(second.connected)
+
+    @defer.inlineCallbacks
+    def test_token_is_one_time(self):
+        token = self.ticket()
+        private = keys.generate_private_jwk()
+        conn = yield connect(self.server.url, self.user, token=token, new_key=private)
+        yield conn.close()
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        status, body = yield raw_upgrade(self.server.port,
+                                         f"user={self.user}&token={token}&pub={pub}")
+        self.assertEqual((status, body), (403, "Invalid Login"))
+        # the second key was not stored
+        self.assertEqual(self.stored_key()["default"]["x"], private["x"])
+
+    @defer.inlineCallbacks
+    def test_expired_token(self):
+        token = self.ticket()
+        self.db.run("update base.token set expires = now() - interval '1 minute' "
+                    "where token = %s", (token,))
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        status, _ = yield raw_upgrade(self.server.port,
+                                      f"user={self.user}&token={token}&pub={pub}")
+        self.assertEqual(status, 403)
+        self.assertIsNone(self.stored_key())
+
+    @defer.inlineCallbacks
+    def test_malformed_pub_refused_and_token_kept(self):
+        token = self.ticket()
+        bad = b64url(json.dumps({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}).encode())
+        status, _ = yield raw_upgrade(self.server.port,
+                                      f"user={self.user}&token={token}&pub={bad}")
+        self.assertEqual(status, 403)
+        used = self.db.run("select used from base.token where token = %s", (token,))
+        self.assertEqual(used, [(None,)])  # D23: the token was not spent on a bad key
+
+    def signed_query(self, private, *, date=None, ip="::ffff:127.0.0.1", user_agent=None,
+                     user=None):
+        date = date or js_date(datetime.now(UTC))
+        message = signed_message(ip, None, user_agent, date)
+        sign = keys.sign(private, message)
+        return f"user={user or self.user}&sign={sign}&date={date}"
+
+    @defer.inlineCallbacks
+    def registered_key(self):
+        private, conn = yield self.ticket_login()
+        yield conn.close()
+        return private
+
+    @defer.inlineCallbacks
+    def test_key_login_refusals(self):
+        private = yield self.registered_key()
+        now = datetime.now(UTC)
+        good = yield self.signed_query(private)
+        status, _ = yield raw_upgrade(self.server.port, good)
+        self.assertEqual(status, 101)
+        # replay of the very same signed URL (D2)
+        status, body = yield raw_upgrade(self.server.port, good)
+        self.assertEqual((status, body), (403, "Invalid Login"))
+        # tampered: signed for another user agent than the one sent
+        tampered = yield self.signed_query(private, user_agent="other")
+        status, _ = yield raw_upgrade(self.server.port, tampered,
+                                      {"User-Agent": "mine"})
+        self.assertEqual(status, 403)
+        # stale and future dates: 400 before any key lookup
+        for moment in (now - timedelta(minutes=5), now + timedelta(minutes=5)):
+            query = yield self.signed_query(private, date=js_date(moment))
+            status, body = yield raw_upgrade(self.server.port, query)
+            self.assertEqual((status, body), (400, "Invalid Date Stamp"))
+        # unparseable date (D5)
+        status, _ = yield raw_upgrade(self.server.port,
+                                      f"user={self.user}&sign={'A' * 176}&date=tomorrow")
+        self.assertEqual(status, 400)
+        # signature by another key
+        other = keys.generate_private_jwk()
+        query = yield self.signed_query(other)
+        status, _ = yield raw_upgrade(self.server.port, query)
+        self.assertEqual(status, 403)
+        # unknown user
+        query = yield self.signed_query(private, user="nobody_here")
+        status, _ = yield raw_upgrade(self.server.port, query)
+        self.assertEqual(status, 403)
+        # short signature
+        status, _ = yield raw_upgrade(
+            self.server.port, f"user={self.user}&sign=AAAA&date={js_date(now)}")
+        self.assertEqual(status, 403)
+
+    @defer.inlineCallbacks
+    def test_missing_and_malformed_credentials(self):
+        cases = [
+            ("", 401),                                        # nothing at all
+            (f"user={self.user}", 401),                       # insecure mode is off
+            (f"user={self.user}&token=abc", 401),             # token without pub
+            (f"user={self.user}&user=x", 400),                # repeated key
+            (f"user={self.user}&db=%%%", 400),                # db not base64
+            (f"user={self.user}&db={b64url(b'[null]')}", 400),  # D11
+            (f"user={self.user}&db={b64url(b'not json')}", 400),
+            (f"user={self.user}&token=abc&pub=***", 403),     # pub not base64
+        ]
+        for query, expected in cases:
+            status, _ = yield raw_upgrade(self.server.port, query)
+            self.assertEqual(status, expected, query)
+
+    @defer.inlineCallbacks
+    def test_channel_not_allowed(self):
+        private = yield self.registered_key()
+        with self.assertRaises(ClientError):
+            yield connect(self.server.url, self.user, key=private, listen=["secret"],
+                          clientinfo_url=self.server.clientinfo_url)
+        conn = yield connect(self.server.url, self.user, key=private, listen=["app_x"],
+                             clientinfo_url=self.server.clientinfo_url)
+        yield conn.close()
+
+    @defer.inlineCallbacks
+    def test_clientinfo(self):
+        info = yield fetch_clientinfo(self.server.clientinfo_url)
+        self.assertEqual(info["ip"], "::ffff:127.0.0.1")
+        self.assertEqual(list(info), ["ip", "userAgent", "date"]
+                         if "userAgent" in info else ["ip", "date"])
+        stamp = datetime.strptime(info["date"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        self.assertLess(abs((datetime.now(UTC) - stamp).total_seconds()), 5)
+        agent = Agent(reactor)
+        from twisted.web.http_headers import Headers
+        response = yield agent.request(
+            b"GET", self.server.clientinfo_url.encode(),
+            Headers({b"cookie": [b"a=1"], b"user-agent": [b"ua/1"]}))
+        body = json.loads((yield readBody(response)))
+        self.assertEqual(list(body), ["ip", "cookie", "userAgent", "date"])
+        self.assertEqual((body["cookie"], body["userAgent"]), ("a=1", "ua/1"))
+
+
+class InsecureModeTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_insecure_only_when_enabled_and_user_exists(self):
+        db = fresh_database(self)
+        user = add_user(db, "bob")
+        server = yield start_gateway(self, db, auth={"insecure": True})
+        status, _ = yield raw_upgrade(server.port, f"user={user}")
+        self.assertEqual(status, 101)
+        status, _ = yield raw_upgrade(server.port, "user=postgres_not_an_entity")
+        self.assertEqual(status, 401)
+
+    @defer.inlineCallbacks
+    def test_insecure_ignored_on_public_interface(self):
+        db = fresh_database(self)
+        user = add_user(db, "bob")
+        server = yield start_gateway(
+            self, db, auth={"insecure": True},
+            server={"listen": "tcp:0:interface=0.0.0.0"})
+        status, _ = yield raw_upgrade(server.port, f"user={user}")
+        self.assertEqual(status, 401)

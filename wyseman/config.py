@@ -1,0 +1,461 @@
+"""The configuration file: one TOML file, validated up front.
+
+Every option is declared once, in :data:`OPTIONS`, with its type, default and
+one line of documentation; validation, defaults and ``docs/configuration.md``
+all come from that table, so they cannot drift apart. A file with an unknown
+section or key, or a value of the wrong type, is refused with an error that
+names the file and the key: a bad config never starts a half-working server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator: ``file: [section] key: problem``."""
+
+
+# ---------------------------------------------------------------------------
+# value checkers: each takes the raw TOML value and returns the clean value,
+# or raises ValueError with the "expected ..." text.
+
+Checker = Callable[[Any], Any]
+
+_ENDPOINT_PREFIXES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd")
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _int_range(low: int, high: int | None = None) -> Checker:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        if value < low or (high is not None and value > high):
+            upper = f" and {high}" if high is not None else ""
+            raise ValueError(f"expected an integer >= {low}{upper}" if not upper
+                             else f"expected an integer between {low}{upper}")
+        return value
+    return check
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a number of seconds")
+    if value < 0:
+        raise ValueError("expected a number of seconds >= 0")
+    return float(value)
+
+
+def _choice(*choices: str) -> Checker:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(repr(c) for c in choices))
+        return value
+    return check
+
+
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected endpoint string (e.g. 'tcp:54320:interface=127.0.0.1')")
+    prefix = value.split(":", 1)[0]
+    if prefix not in _ENDPOINT_PREFIXES and not prefix.isdigit():
+        raise ValueError(
+            "expected endpoint string starting with one of "
+            + ", ".join(p + ":" for p in _ENDPOINT_PREFIXES)
+        )
+    return value
+
+
+def _list_of(item: Checker, what: str, allow_single: bool = False) -> Checker:
+    def check(value: Any) -> tuple:
+        if allow_single and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of {what}")
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except ValueError as exc:
+                raise ValueError(f"item {index + 1}: {exc}") from None
+        return tuple(out)
+    return check
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address or network (e.g. '10.0.0.0/8')")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or network, got {value!r}") from None
+
+
+_CHANNEL_PATTERN = re.compile(r"^[^\x00]{1,63}$")
+
+
+def _channel_pattern(value: Any) -> str:
+    if not isinstance(value, str) or not _CHANNEL_PATTERN.match(value):
+        raise ValueError("expected a channel name or glob pattern of 1 to 63 characters")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a file path")
+    return value
+
+
+def _dotted(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", value):
+        raise ValueError("expected a dotted path 'package.module:function'")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# the options table
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    key: str
+    check: Checker
+    default: Any
+    doc: str
+
+
+def _o(section: str, key: str, check: Checker, default: Any, doc: str) -> Option:
+    return Option(section, key, check, default, doc)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # [server]
+    _o("server", "listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
+       ("tcp:54320:interface=127.0.0.1",),
+       "Endpoints the WebSocket server (and its `/clientinfo`) listens on: a Twisted endpoint "
+       "string or a list of them. `tls:PORT[:interface=…]` uses the `[tls]` certificate."),
+    _o("server", "clientinfo_listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
+       None,
+       "Extra endpoints serving only `GET /clientinfo` (the JS client fetches it from the "
+       "WebSocket port − 1). Default: for each `tcp:`/`tls:` listen port P, the same interface "
+       "and P − 1. An empty list turns the extra port off."),
+    _o("server", "allowed_origins", _list_of(_string, "origins"), (),
+       "Origins (`https://app.example.com`) allowed to open a WebSocket from a browser. Empty: "
+       "only an `Origin` whose host equals the `Host` header's host. `\"*\"` allows any. "
+       "Requests without `Origin` (non-browser clients) are not affected."),
+    _o("server", "trusted_proxies", _list_of(_network, "IP networks"), (),
+       "Reverse proxies (addresses or networks) whose `X-Forwarded-For` header names the "
+       "client. From any other peer that header is ignored."),
+    _o("server", "ip_style", _choice("node", "plain"), "node",
+       "How an IPv4 client address appears in `/clientinfo` and in the signed message: "
+       "`node` (`::ffff:192.0.2.1`, what the Node server reports) or `plain`."),
+
+
+    # [tls]
+    _o("tls", "cert", _path, "", "PEM certificate file for `tls:` endpoints."),
+    _o("tls", "key", _path, "", "PEM private key file matching `cert`."),
+    _o("tls", "chain", _path, "", "PEM file of intermediate certificates (optional)."),
+    _o("tls", "min_version", _choice("1.2", "1.3"), "1.2", "Lowest TLS version accepted."),
+
+    # [database]
+    _o("database", "dsn", _string, "",
+       "libpq connection string of the admin connection (external PostgreSQL), e.g. "
+       "`host=/run/postgresql dbname=erp user=admin`. Ignored keys: none."),
+    _o("database", "embedded", _path, "",
+       "Data directory of an embedded PostgreSQL (from the `pgserver` wheel) started and "
+       "stopped with the server. Relative paths are relative to the config file."),
+    _o("database", "name", _string, "wyseman",
+       "Database name used with `embedded` (created on first start)."),
+    _o("database", "admin_user", _string, "",
+       "Role of the admin connection. Default: the DSN's user, or `postgres` when embedded."),
+    _o("database", "session_mode", _choice("login", "authorization"), "login",
+       "How requests run as the user: `login` opens connections logged in as the user's own "
+       "role (pooled per role); `authorization` uses the admin connection's role as an "
+       "authenticator and `SET SESSION AUTHORIZATION` (superuser required)."),
+    _o("database", "session_dsn", _string, "",
+       "libpq connection string for user sessions (`user=` is set per role). Default: `dsn`."),
+    _o("database", "pool_size", _int_range(1, 1000), 4,
+       "Most connections open per user role."),
+    _o("database", "pool_total", _int_range(1, 100000), 200,
+       "Most user-session connections open in all."),
+    _o("database", "pool_queue", _int_range(0, 1000000), 1000,
+       "Requests that may wait for a busy pool before further ones are refused."),
+    _o("database", "pool_idle_timeout", _seconds, 300.0,
+       "An idle pooled connection is closed after this many seconds."),
+    _o("database", "pool_max_lifetime", _seconds, 3600.0,
+       "A pooled connection is replaced after this many seconds."),
+    _o("database", "connect_timeout", _seconds, 10.0,
+       "Seconds to wait for a PostgreSQL connection."),
+    _o("database", "statement_timeout", _seconds, 30.0,
+       "Per-request `statement_timeout` in seconds (0 disables)."),
+
+    # [auth]
+    _o("auth", "date_window", _seconds, 60.0,
+       "Seconds a signed login date may differ from the server clock (the JS `delta`); "
+       "0 disables the check."),
+    _o("auth", "insecure", _bool, False,
+       "Accept connections that only name a `user`, with no token or signature, on plain "
+       "`ws://` endpoints (the Node server's default behaviour, a remote-login hole). "
+       "Only on loopback interfaces unless `insecure_on_public_interfaces` is also set."),
+    _o("auth", "insecure_on_public_interfaces", _bool, False,
+       "DANGEROUS: allow `insecure` on non-loopback endpoints."),
+    _o("auth", "max_failures", _int_range(1), 20,
+       "Failed logins from one address within `failure_window` before further attempts "
+       "from it are refused with 429."),
+    _o("auth", "failure_window", _seconds, 60.0,
+       "Window in seconds for `max_failures`."),
+
+    # [channels]
+    _o("channels", "allow", _list_of(_channel_pattern, "channel names or patterns"), (),
+       "Channels every authenticated user may LISTEN to (exact names or `fnmatch` patterns "
+       "like `app_*`). A connection asking for another channel is refused (400)."),
+    _o("channels", "roles", None, {},
+       "Table of role name → list of extra channel names/patterns that role may LISTEN to."),
+    _o("channels", "admin", _string, "wyseman",
+       "Channel whose notifications mean the schema changed: the meta/lang caches are dropped."),
+
+    # [limits]
+    _o("limits", "max_message_size", _int_range(1024), 1048576,
+       "Largest WebSocket message (bytes) a client may send; larger ones close the "
+       "connection with code 1009."),
+    _o("limits", "max_frame_size", _int_range(1024), 1048576,
+       "Largest single WebSocket frame (bytes)."),
+    _o("limits", "ping_interval", _seconds, 30.0,
+       "Seconds between server pings (0 disables the heartbeat)."),
+    _o("limits", "ping_timeout", _seconds, 15.0,
+       "A peer that does not answer a ping within this many seconds is dropped."),
+    _o("limits", "open_handshake_timeout", _seconds, 10.0,
+       "Seconds a client has to complete the opening handshake."),
+    _o("limits", "max_connections", _int_range(1), 10000,
+       "Most WebSocket connections open at once; further upgrades get 503."),
+    _o("limits", "max_connections_per_user", _int_range(1), 100,
+       "Most open WebSocket connections per user; further ones get 503."),
+    _o("limits", "max_in_flight", _int_range(1), 32,
+       "Requests of one connection being processed at once; reading from that socket pauses "
+       "while the cap is reached."),
+    _o("limits", "max_outbound_bytes", _int_range(1024), 16777216,
+       "Bytes queued for a slow client before it is disconnected (code 1008)."),
+
+    # [views]
+    _o("views", "deny_schemas", _list_of(_string, "schema names"),
+       ("pg_catalog", "information_schema", "pg_toast"),
+       "Schemas whose relations and functions clients may never name in `view`."),
+    _o("views", "allow_schemas", _list_of(_string, "schema names"), (),
+       "If not empty, the only schemas clients may name in `view`."),
+
+    # [actions]
+    _o("actions", "handlers", None, {},
+       "Table of `\"view:name\"` → `\"package.module:function\"`: custom action handlers."),
+
+    # [metrics]
+    _o("metrics", "listen", _string, "",
+       "Endpoint of the Prometheus metrics page (e.g. `tcp:9100:interface=127.0.0.1`); "
+       "empty turns it off."),
+
+)
+
+_BY_SECTION: dict[str, dict[str, Option]] = {}
+for _opt in OPTIONS:
+    _BY_SECTION.setdefault(_opt.section, {})[_opt.key] = _opt
+
+
+# ---------------------------------------------------------------------------
+# the result
+
+@dataclass(frozen=True)
+class Section:
+    """Values of one section, by attribute: ``config.server.listen``."""
+    values: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. Build it with :func:`load` or :func:`from_dict`."""
+
+    sections: Mapping[str, Section]
+    source: str = "<config>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def __getattr__(self, name: str) -> Section:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def resolve_path(self, value: str) -> Path:
+        """A path option, relative to the config file's directory."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def embedded(self) -> bool:
+        return bool(self.sections["database"].embedded)
+
+
+def _check_table_of_lists(source: str, where: str, value: Any, item: Checker,
+                          what: str) -> dict[str, tuple]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {where}: expected a table")
+    out = {}
+    checker = _list_of(item, what, allow_single=True)
+    for key, sub in value.items():
+        try:
+            out[key] = checker(sub)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}.{key}: {exc}") from None
+    return out
+
+
+def _check_actions(source: str, value: Any) -> dict[tuple[str, str], str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [actions] handlers: expected a table")
+    out = {}
+    for key, target in value.items():
+        view, sep, name = key.rpartition(":")
+        if not sep or not view or not name:
+            raise ConfigError(
+                f"{source}: [actions] handlers.{key}: expected a key 'view:action_name'")
+        try:
+            out[(view, name)] = _dotted(target)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [actions] handlers.{key}: {exc}") from None
+    return out
+
+
+def from_dict(data: Mapping[str, Any], source: str = "<config>",
+              base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document and apply defaults (the only place they are applied)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a TOML table at the top")
+    for name, value in data.items():
+        if name not in _BY_SECTION:
+            known = ", ".join(f"[{s}]" for s in _BY_SECTION)
+            raise ConfigError(f"{source}: [{name}]: unknown section (known: {known})")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: [{name}]: expected a table")
+    sections: dict[str, Section] = {}
+    for name, options in _BY_SECTION.items():
+        raw = data.get(name, {})
+        for key in raw:
+            if key not in options:
+                raise ConfigError(
+                    f"{source}: [{name}] {key}: unknown key (known: {', '.join(options)})")
+        values: dict[str, Any] = {}
+        for key, opt in options.items():
+            where = f"[{name}] {key}"
+            if key not in raw:
+                default = opt.default
+                values[key] = dict(default) if isinstance(default, dict) else default
+                continue
+            value = raw[key]
+            if (name, key) == ("channels", "roles"):
+                values[key] = _check_table_of_lists(
+                    source, where, value, _channel_pattern, "channel names or patterns")
+            elif (name, key) == ("actions", "handlers"):
+                values[key] = _check_actions(source, value)
+            else:
+                try:
+                    values[key] = opt.check(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{source}: {where}: {exc}") from None
+        sections[name] = Section(values)
+    config = Config(sections, source, base_dir or Path.cwd())
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Rules that involve several options."""
+    src = config.source
+    db = config.database
+    if db.embedded and db.dsn:
+        raise ConfigError(f"{src}: [database]: set either 'embedded' or 'dsn', not both")
+    if not db.embedded and not db.dsn:
+        raise ConfigError(
+            f"{src}: [database]: no database: set 'embedded' (a data directory) or 'dsn'")
+    tls = config.tls
+    uses_tls = any(e.startswith("tls:") for e in config.server.listen)
+    if uses_tls and not (tls.cert and tls.key):
+        raise ConfigError(f"{src}: [tls]: a 'tls:' endpoint needs 'cert' and 'key'")
+    if bool(tls.cert) != bool(tls.key):
+        raise ConfigError(f"{src}: [tls]: 'cert' and 'key' go together")
+    auth = config.auth
+    if auth.insecure_on_public_interfaces and not auth.insecure:
+        raise ConfigError(
+            f"{src}: [auth] insecure_on_public_interfaces: only meaningful with insecure = true")
+    limits = config.limits
+    if limits.max_frame_size > limits.max_message_size:
+        raise ConfigError(
+            f"{src}: [limits] max_frame_size: must not exceed max_message_size")
+    if limits.max_connections_per_user > limits.max_connections:
+        raise ConfigError(
+            f"{src}: [limits] max_connections_per_user: must not exceed max_connections")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; every problem is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return from_dict(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def render_reference() -> str:
+    """The option reference of docs/configuration.md, generated from :data:`OPTIONS`."""
+    lines: list[str] = []
+    current = None
+    for opt in OPTIONS:
+        if opt.section != current:
+            current = opt.section
+            lines += ["", f"### [{current}]", "", "| key | default | meaning |",
+                      "|---|---|---|"]
+        lines.append(f"| `{opt.key}` | {_render_default(opt.default)} | {opt.doc} |")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _render_default(value: Any) -> str:
+    if value is None:
+        return "(derived)"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, str):
+        return f'`"{value}"`' if value else '`""`'
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
+    if isinstance(value, dict):
+        return "`{}`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    return f"`{value}`"

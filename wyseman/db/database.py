@@ -1,0 +1,180 @@
+"""Everything the gateway asks of PostgreSQL, behind one object.
+
+- an **admin** pool (the configured admin role): ticket and key checks,
+  metadata and language lookups (never a user's session, D16);
+- **user** pools keyed by role (:mod:`wyseman.db.pool`): requests run logged in
+  as the user's own role, or under ``SET SESSION AUTHORIZATION``;
+- one **LISTEN** connection (:mod:`wyseman.db.listener`) shared by all sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from wyseman.db import pg, types
+from wyseman.db.listener import Listener
+from wyseman.db.pool import PoolSet
+
+log = Logger(namespace="wyseman.db")
+
+_CONN_PUB_SQL = "select conn_pub from base.ent_v where username = %(u)s"
+_USER_EXISTS_SQL = "select 1 from base.ent_v where username = %(u)s"
+_TOKEN_VALID_SQL = "select base.token_valid(%(u)s, %(t)s, %(p)s::jsonb) as valid"
+# Column name -> type name of a relation, from the catalogue (function views: no row).
+_COLUMNS_SQL = """
+select a.attname, t.typname
+  from pg_catalog.pg_attribute a
+  join pg_catalog.pg_type t on t.oid = a.atttypid
+ where a.attrelid = to_regclass(%(rel)s) and a.attnum > 0 and not a.attisdropped
+ order by a.attnum"""
+_META_SQL = ("select obj,pkey,cols,columns,styles,fkeys from wm.table_meta "
+             "where obj = %(v)s")
+_LANG_SQL = ("select title,help,columns,messages from wm.table_lang "
+             "where obj = %(v)s and language = %(l)s")
+
+
+class Database:
+    """Owns the pools and the LISTEN connection of one server process."""
+
+    def __init__(self, *, admin_dsn: str, session_dsn: str = "", session_mode: str = "login",
+                 reactor: Any, pool_size: int = 4, pool_total: int = 200,
+                 pool_queue: int = 1000, idle_timeout: float = 300.0,
+                 max_lifetime: float = 3600.0, connect_timeout: float = 10.0,
+                 statement_timeout: float = 30.0, admin_pool_size: int = 4,
+                 on_listener_reconnect: Callable[[], Any] | None = None) -> None:
+        self.reactor = reactor
+        self.admin_dsn = admin_dsn
+        self.session_dsn = session_dsn or admin_dsn
+        self.session_mode = session_mode
+        self.connect_timeout = connect_timeout
+        self._setup = list(types.SESSION_SETUP)
+        if statement_timeout:
+            self._setup.append(f"set statement_timeout = {int(statement_timeout * 1000)}")
+        self.admin_role = pg.dsn_params(admin_dsn).get("user", "")
+        self.admin = PoolSet(self._connect_admin, reactor, size=admin_pool_size,
+                             total=admin_pool_size, queue_limit=pool_queue,
+                             idle_timeout=idle_timeout, max_lifetime=max_lifetime)
+        self.users = PoolSet(self._connect_user, reactor, size=pool_size, total=pool_total,
+                             queue_limit=pool_queue, idle_timeout=idle_timeout,
+                             max_lifetime=max_lifetime)
+        self.listener = Listener(self._connect_listener, reactor,
+                                 on_reconnect=on_listener_reconnect)
+        self._columns: dict[str, Mapping[str, str] | None] = {}
+        self._meta: dict[str, Any] = {}
+        self._lang: dict[tuple[str, str], Any] = {}
+
+    # -- connections ---------------------------------------------------------
+    @defer.inlineCallbacks
+    def _open(self, dsn: str, extra_setup: tuple[str, ...] = ()) -> Any:
+        conn = pg.Connection(self.reactor)
+        yield conn.connect(dsn, connect_timeout=self.connect_timeout)
+        types.register(conn.raw)
+        for statement in (*self._setup, *extra_setup):
+            yield conn.execute(statement)
+        return conn
+
+    def _connect_admin(self, role: str) -> defer.Deferred:
+        return self._open(self.admin_dsn)
+
+    def _connect_user(self, role: str) -> defer.Deferred:
+        if self.session_mode == "authorization":
+            return self._open(self.admin_dsn,
+                              (f"set session authorization {pg.quote_ident(role)}",))
+        return self._open(pg.dsn_with(self.session_dsn, user=role))
+
+    def _connect_listener(self) -> defer.Deferred:
+        return pg.connect(self.admin_dsn, self.reactor, connect_timeout=self.connect_timeout)
+
+    # -- life cycle -----------------------------------------------------------
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Check the admin connection works and start listening."""
+        yield self.run_admin(lambda conn: conn.execute("select 1"))
+        self.listener.start()
+        log.info("database ready (admin role {role}, session mode {mode})",
+                 role=self.admin_role or "(default)", mode=self.session_mode)
+
+    def stop(self) -> None:
+        self.listener.stop()
+        self.users.close()
+        self.admin.close()
+
+    # -- running ---------------------------------------------------------------
+    def run_admin(self, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:
+        return self.admin.run("admin", work)
+
+    def run_as(self, role: str, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:
+        return self.users.run(role, work)
+
+    # -- authentication lookups -------------------------------------------------
+    def token_valid(self, user: str, token: str, pub_json: str) -> defer.Deferred:
+        """``base.token_valid`` on the admin connection → Deferred[bool]."""
+        d = self.run_admin(lambda c: c.execute(_TOKEN_VALID_SQL, {"u": user, "t": token,
+                                                                  "p": pub_json}))
+        return d.addCallback(lambda r: bool(r.rows and r.rows[0][0] is True))
+
+    def conn_pub(self, user: str) -> defer.Deferred:
+        """The stored key material of ``user`` (parsed JSON), or None."""
+        d = self.run_admin(lambda c: c.execute(_CONN_PUB_SQL, {"u": user}))
+
+        def parse(result: pg.Result) -> Any:
+            if not result.rows or result.rows[0][0] is None:
+                return None
+            value = result.rows[0][0]
+            if isinstance(value, str):  # RawJSON from a json/jsonb column, or text
+                try:
+                    return orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    return None
+            return value
+        return d.addCallback(parse)
+
+    def user_exists(self, user: str) -> defer.Deferred:
+        d = self.run_admin(lambda c: c.execute(_USER_EXISTS_SQL, {"u": user}))
+        return d.addCallback(lambda r: bool(r.rows))
+
+    # -- metadata (process-wide caches, filled on the admin connection) ---------
+    def column_types(self, relation: str) -> defer.Deferred:
+        """Column → type name of ``schema.name`` (quoted form), None if not a relation."""
+        if relation in self._columns:
+            return defer.succeed(self._columns[relation])
+        d = self.run_admin(lambda c: c.execute(_COLUMNS_SQL, {"rel": relation}))
+
+        def store(result: pg.Result) -> Mapping[str, str] | None:
+            columns = dict(result.rows) if result.rows else None
+            self._columns[relation] = columns
+            return columns
+        return d.addCallback(store)
+
+    def meta(self, view: str) -> defer.Deferred:
+        """``wm.table_meta`` row of ``view`` as a dict, or None."""
+        if view in self._meta:
+            return defer.succeed(self._meta[view])
+        d = self.run_admin(lambda c: c.execute(_META_SQL, {"v": view}))
+        return d.addCallback(self._store_row, self._meta, view)
+
+    def lang(self, view: str, language: str) -> defer.Deferred:
+        key = (view, language)
+        if key in self._lang:
+            return defer.succeed(self._lang[key])
+        d = self.run_admin(lambda c: c.execute(_LANG_SQL, {"v": view, "l": language}))
+        return d.addCallback(self._store_row, self._lang, key)
+
+    @staticmethod
+    def _store_row(result: pg.Result, cache: dict, key: Any) -> Any:
+        rows = result.dicts()
+        value = rows if len(rows) != 1 else rows[0]
+        if len(rows) == 1:
+            cache[key] = value
+        return value
+
+    def clear_caches(self) -> None:
+        """Forget all metadata (the admin channel said the schema changed)."""
+        self._columns.clear()
+        self._meta.clear()
+        self._lang.clear()

@@ -1,0 +1,69 @@
+"""A Twisted service that runs an embedded PostgreSQL for the server's lifetime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from wyseman.db.cluster import LocalCluster
+
+log = Logger(namespace="wyseman.embedded")
+
+
+class EmbeddedPostgresService(Service):
+    """Starts the cluster in ``data_dir`` (creating it on first use) and stops it on shutdown.
+
+    Start-up and shutdown block in ``pg_ctl -w``, so they run in a thread; the
+    ``ready`` Deferred fires once PostgreSQL accepts connections, and services
+    that need the database wait on it.
+    """
+
+    name = "embedded-postgres"
+
+    def __init__(self, data_dir: Path, database: str) -> None:
+        self.cluster = LocalCluster(Path(data_dir))
+        self.database = database
+        self.ready: defer.Deferred = defer.Deferred()
+        self._started_by_us = False
+
+    def startService(self) -> defer.Deferred:  # noqa: N802 (Twisted name)
+        super().startService()
+        d = threads.deferToThread(self._start_blocking)
+        d.addCallbacks(self._started, self._failed)
+        return d
+
+    def _start_blocking(self) -> str:
+        from wyseman.db.bootstrap import ensure_database_sync, init_database_sync
+        created = self.cluster.init()
+        was_running = self.cluster.is_running()
+        self.cluster.start()
+        self._started_by_us = not was_running
+        dsn = self.cluster.dsn(self.database)
+        ensure_database_sync(self.cluster.dsn("postgres"), self.database)
+        result = init_database_sync(dsn)
+        log.info("embedded PostgreSQL ready in {data_dir} ({state}); schema: {schema}",
+                 data_dir=str(self.cluster.data_dir),
+                 state="new cluster" if created else "existing cluster",
+                 schema=getattr(result, "message", result))
+        return dsn
+
+    def _started(self, dsn: str) -> str:
+        self.ready.callback(dsn)
+        return dsn
+
+    def _failed(self, failure: Any) -> Any:
+        log.failure("embedded PostgreSQL failed to start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        return failure
+
+    def stopService(self) -> defer.Deferred:  # noqa: N802 (Twisted name)
+        super().stopService()
+        if not self._started_by_us:
+            return defer.succeed(None)
+        log.info("stopping embedded PostgreSQL")
+        return threads.deferToThread(self.cluster.stop)

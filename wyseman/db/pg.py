@@ -1,0 +1,213 @@
+"""The txpostgres adapter: the only module that imports txpostgres.
+
+It gives the rest of the server a small surface: connect, run a statement,
+run a transaction, LISTEN/UNLISTEN, NOTIFY observers, close, and a callback
+when the connection is lost. Everything returns Deferreds.
+
+psycopg2 interpolates parameters on the client (``%(name)s`` placeholders);
+:mod:`wyseman.sql` renders statements in that form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql as pgsql
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import txpostgres
+
+log = Logger(namespace="wyseman.db")
+
+#: psycopg2's exception base, re-exported so callers need not import psycopg2.
+DatabaseError = psycopg2.Error
+OperationalError = psycopg2.OperationalError
+InterfaceError = psycopg2.InterfaceError
+
+
+@dataclass(frozen=True)
+class Result:
+    """Rows of one statement, with column names and the affected row count."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple]
+    rowcount: int
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class Notification:
+    channel: str
+    payload: str
+    pid: int
+
+
+def quote_ident(name: str) -> str:
+    """Always-quoted identifier, as PostgreSQL reads it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def dsn_with(dsn: str, **overrides: Any) -> str:
+    """A libpq connection string with some keywords replaced (e.g. ``user``)."""
+    params = psycopg2.extensions.parse_dsn(dsn) if dsn else {}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return psycopg2.extensions.make_dsn(**params)
+
+
+def dsn_params(dsn: str) -> dict[str, str]:
+    return psycopg2.extensions.parse_dsn(dsn) if dsn else {}
+
+
+class _LossAwareConnection(txpostgres.Connection):
+    """txpostgres connection that reports an unexpected loss to its owner."""
+
+    lost_callback: Callable[[Failure], None] | None = None
+    closing = False
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted name)
+        super().connectionLost(reason)
+        callback, self.lost_callback = self.lost_callback, None
+        if callback is not None and not self.closing:
+            callback(reason)
+
+
+class Connection:
+    """One PostgreSQL connection driven by the reactor."""
+
+    def __init__(self, reactor: Any = None) -> None:
+        self._conn = _LossAwareConnection(reactor=reactor)
+        self._on_lost: list[Callable[[Failure], None]] = []
+        self.dsn = ""
+        self.lost = False
+
+    # -- life cycle ------------------------------------------------------
+    @defer.inlineCallbacks
+    def connect(self, dsn: str, connect_timeout: float | None = None,
+                setup: Sequence[str] = ()) -> Any:
+        """Open the connection; ``setup`` statements run once after it opens."""
+        self.dsn = dsn
+        if connect_timeout:
+            dsn = dsn_with(dsn, connect_timeout=max(1, int(connect_timeout)))
+        yield self._conn.connect(dsn)
+        self._conn.lost_callback = self._lost
+        for statement in setup:
+            yield self._conn.runOperation(statement)
+        return self
+
+    def _lost(self, reason: Failure) -> None:
+        self.lost = True
+        for callback in list(self._on_lost):
+            try:
+                callback(reason)
+            except Exception:
+                log.failure("connection-lost callback failed")
+
+    def on_lost(self, callback: Callable[[Failure], None]) -> None:
+        """Call ``callback(reason)`` if the server or network drops this connection."""
+        self._on_lost.append(callback)
+
+    def close(self) -> None:
+        """Close it (idempotent); ``on_lost`` callbacks are not called."""
+        self._conn.closing = True
+        if self._conn._connection is not None:
+            self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        raw = self._conn._connection
+        return raw is None or bool(raw.closed) or self.lost
+
+    @property
+    def backend_pid(self) -> int:
+        return self._conn._connection.get_backend_pid()
+
+    @property
+    def raw(self) -> psycopg2.extensions.connection:
+        """The psycopg2 connection (for type registration)."""
+        return self._conn._connection
+
+    # -- statements ------------------------------------------------------
+    @defer.inlineCallbacks
+    def execute(self, statement: str | pgsql.Composable,
+                params: Mapping[str, Any] | Sequence[Any] | None = None) -> Any:
+        """Run one statement and fetch its rows (if any) → :class:`Result`."""
+        cursor = self._conn.cursor()
+        try:
+            yield cursor.execute(statement, params)
+            return _result(cursor)
+        finally:
+            cursor.close()
+
+    def transaction(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+        """Run ``work(tx, *args)`` inside BEGIN/COMMIT; an error rolls back.
+
+        ``tx.execute(statement, params)`` returns a Deferred of :class:`Result`.
+        """
+        def interaction(cursor: Any) -> Any:
+            return work(_Transaction(cursor), *args, **kwargs)
+        return self._conn.runInteraction(interaction)
+
+    def cancel(self, d: defer.Deferred) -> None:
+        self._conn.cancel(d)
+
+    # -- notifications ---------------------------------------------------
+    def listen(self, channel: str) -> defer.Deferred:
+        return self._conn.runOperation("listen " + quote_ident(channel))
+
+    def unlisten(self, channel: str) -> defer.Deferred:
+        return self._conn.runOperation("unlisten " + quote_ident(channel))
+
+    def add_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
+        def adapt(notify: Any) -> Any:
+            return observer(Notification(notify.channel, notify.payload, notify.pid))
+        observer.__dict__.setdefault("_wyseman_adapters", {})[id(self)] = adapt
+        self._conn.addNotifyObserver(adapt)
+
+    def remove_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
+        adapt = observer.__dict__.get("_wyseman_adapters", {}).pop(id(self), None)
+        if adapt is not None:
+            self._conn.removeNotifyObserver(adapt)
+
+
+class _Transaction:
+    """What :meth:`Connection.transaction` hands to its work function."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    @defer.inlineCallbacks
+    def execute(self, statement: str | pgsql.Composable,
+                params: Mapping[str, Any] | Sequence[Any] | None = None) -> Any:
+        yield self._cursor.execute(statement, params)
+        return _result(self._cursor)
+
+
+def _result(cursor: Any) -> Result:
+    description = cursor.description
+    if description is None:
+        return Result((), [], cursor.rowcount)
+    columns = tuple(column.name for column in description)
+    return Result(columns, cursor.fetchall(), cursor.rowcount)
+
+
+def connect(dsn: str, reactor: Any = None, connect_timeout: float | None = None,
+            setup: Sequence[str] = ()) -> defer.Deferred:
+    """Open a :class:`Connection` → Deferred firing with it."""
+    return Connection(reactor).connect(dsn, connect_timeout=connect_timeout, setup=setup)
+
+
+def is_connection_error(failure: Failure | BaseException) -> bool:
+    """True when the error means the connection is gone (not a SQL error)."""
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return getattr(exc, "pgcode", None) is None or exc.pgcode.startswith("08") or \
+            exc.pgcode in ("57P01", "57P02", "57P03")
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+    return isinstance(exc, (ConnectionDone, ConnectionLost))

@@ -1,0 +1,311 @@
+"""Connection pools keyed by PostgreSQL role.
+
+Every request of a user runs on a connection *logged in as that user's role*
+(wyselib identifies the caller by ``session_user``), so connections are never
+shared across roles. All sockets of one user share that role's pool: far fewer
+backends than the Node server's one-connection-per-socket.
+
+A pool is bounded (``size``), requests wait in a bounded queue when it is busy,
+idle connections are closed after ``idle_timeout`` and every connection is
+replaced after ``max_lifetime``. The :class:`PoolSet` caps the total across
+roles, closing idle connections of other roles to make room.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wyseman.db.pg import Connection, is_connection_error
+
+log = Logger(namespace="wyseman.pool")
+
+
+class PoolBusy(Exception):
+    """Too many requests are already waiting for this role's connections."""
+
+
+class PoolClosed(Exception):
+    """The pool was closed (server shutting down)."""
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached (or refused this role's login)."""
+
+
+Connector = Callable[[str], defer.Deferred]  # role -> Deferred[Connection]
+
+
+@dataclass(eq=False)
+class _Slot:
+    conn: Connection
+    born: float
+    idle_since: float = 0.0
+    idle_timer: Any = None
+
+
+@dataclass
+class PoolStats:
+    open: int = 0
+    idle: int = 0
+    waiting: int = 0
+    waits_total: int = 0
+    connects_total: int = 0
+    connect_failures_total: int = 0
+
+
+@dataclass(eq=False)
+class RolePool:
+    role: str
+    connector: Connector
+    clock: IReactorTime
+    owner: PoolSet
+    size: int = 4
+    queue_limit: int = 1000
+    idle_timeout: float = 300.0
+    max_lifetime: float = 3600.0
+    stats: PoolStats = field(default_factory=PoolStats)
+
+    def __post_init__(self) -> None:
+        self._idle: deque[_Slot] = deque()
+        self._busy: dict[int, _Slot] = {}
+        self._waiters: deque[defer.Deferred] = deque()
+        self._connecting = 0
+        self._closed = False
+
+    # -- accounting --------------------------------------------------------
+    @property
+    def open_count(self) -> int:
+        return len(self._idle) + len(self._busy) + self._connecting
+
+    def _update_stats(self) -> None:
+        self.stats.open = len(self._idle) + len(self._busy)
+        self.stats.idle = len(self._idle)
+        self.stats.waiting = len(self._waiters)
+
+    # -- acquire / release -------------------------------------------------
+    def acquire(self) -> defer.Deferred:
+        """A Deferred firing with a :class:`Connection` reserved for the caller."""
+        if self._closed:
+            return defer.fail(PoolClosed(self.role))
+        while self._idle:
+            slot = self._idle.pop()  # most recently used: warm, and lets others idle out
+            self._cancel_idle_timer(slot)
+            if slot.conn.closed:
+                continue
+            self._busy[id(slot.conn)] = slot
+            self._update_stats()
+            return defer.succeed(slot.conn)
+        if self.open_count < self.size and self.owner.reserve(self):
+            return self._open()
+        if len(self._waiters) >= self.queue_limit:
+            return defer.fail(PoolBusy(self.role))
+        waiter: defer.Deferred = defer.Deferred(self._cancel_waiter)
+        self._waiters.append(waiter)
+        self.owner.waiting.add(self)
+        self.stats.waits_total += 1
+        self._update_stats()
+        return waiter
+
+    def _cancel_waiter(self, waiter: defer.Deferred) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def _open(self) -> defer.Deferred:
+        self._connecting += 1
+        self.stats.connects_total += 1
+        d = defer.maybeDeferred(self.connector, self.role)
+
+        def opened(conn: Connection) -> Connection:
+            self._connecting -= 1
+            if self._closed:
+                conn.close()
+                self.owner.release_capacity()
+                raise PoolClosed(self.role)
+            slot = _Slot(conn, self.clock.seconds())
+            conn.on_lost(lambda reason, slot=slot: self._lost(slot))
+            self._busy[id(conn)] = slot
+            self._update_stats()
+            return conn
+
+        def failed(failure: Failure) -> Failure:
+            self._connecting -= 1
+            self.stats.connect_failures_total += 1
+            self.owner.release_capacity()
+            self._update_stats()
+            # Everyone waiting would fail the same way: tell them now, not after a hang (D19).
+            error = DatabaseUnavailable(_describe(failure))
+            while self._waiters:
+                self._waiters.popleft().errback(error)
+            return Failure(error)
+
+        return d.addCallbacks(opened, failed)
+
+    def release(self, conn: Connection, broken: bool = False) -> None:
+        """Give a connection back; ``broken`` ones (lost, or mid-error) are closed."""
+        slot = self._busy.pop(id(conn), None)
+        if slot is None:
+            return
+        now = self.clock.seconds()
+        expired = now - slot.born >= self.max_lifetime
+        if broken or expired or conn.closed or self._closed:
+            self._discard(slot)
+            self._serve_waiters()
+            return
+        if self._waiters:
+            self._busy[id(conn)] = slot
+            self._waiters.popleft().callback(conn)
+            self._update_stats()
+            return
+        slot.idle_since = now
+        if self.idle_timeout > 0:
+            slot.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_out, slot)
+        self._idle.append(slot)
+        self._update_stats()
+        self.owner.capacity_available()
+
+    def _serve_waiters(self) -> None:
+        """Open a connection for the first waiter if there is room."""
+        while self._waiters and self.open_count < self.size and self.owner.reserve(self):
+            waiter = self._waiters.popleft()
+            self._open().chainDeferred(waiter)
+        if not self._waiters:
+            self.owner.waiting.discard(self)
+        self._update_stats()
+
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
+
+    # -- closing -----------------------------------------------------------
+    def _cancel_idle_timer(self, slot: _Slot) -> None:
+        if slot.idle_timer is not None and slot.idle_timer.active():
+            slot.idle_timer.cancel()
+        slot.idle_timer = None
+
+    def _idle_out(self, slot: _Slot) -> None:
+        slot.idle_timer = None
+        if slot in self._idle:
+            self._idle.remove(slot)
+            self._discard(slot)
+
+    def _discard(self, slot: _Slot) -> None:
+        self._cancel_idle_timer(slot)
+        slot.conn.close()
+        self.owner.release_capacity()
+        self._update_stats()
+
+    def _lost(self, slot: _Slot) -> None:
+        """The server dropped a connection: forget it (a busy one errors in its query)."""
+        if slot in self._idle:
+            self._idle.remove(slot)
+            self._cancel_idle_timer(slot)
+            self.owner.release_capacity()
+            self._update_stats()
+
+    def close_one_idle(self) -> bool:
+        """Close the least recently used idle connection (to make room for another role)."""
+        if not self._idle:
+            return False
+        self._discard(self._idle.popleft())
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        while self._waiters:
+            self._waiters.popleft().errback(PoolClosed(self.role))
+        while self._idle:
+            self._discard(self._idle.popleft())
+        for slot in list(self._busy.values()):
+            slot.conn.close()
+
+    # -- running work --------------------------------------------------------
+    def run(self, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
+        """Acquire, run ``work(conn)``, release (discarding the connection if it broke)."""
+        d = self.acquire()
+
+        def got(conn: Connection) -> defer.Deferred:
+            inner = defer.maybeDeferred(work, conn)
+
+            def done(result: Any) -> Any:
+                broken = isinstance(result, Failure) and is_connection_error(result)
+                self.release(conn, broken=broken or conn.closed)
+                return result
+
+            return inner.addBoth(done)
+
+        return d.addCallback(got)
+
+
+def _describe(failure: Failure) -> str:
+    text = str(failure.value).strip().splitlines()
+    return text[0] if text else failure.type.__name__
+
+
+class PoolSet:
+    """The role pools of one server, with a cap on their total connections."""
+
+    def __init__(self, connector: Connector, clock: IReactorTime, *, size: int = 4,
+                 total: int = 200, queue_limit: int = 1000, idle_timeout: float = 300.0,
+                 max_lifetime: float = 3600.0) -> None:
+        self.connector = connector
+        self.clock = clock
+        self.size = size
+        self.total = total
+        self.queue_limit = queue_limit
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self.pools: dict[str, RolePool] = {}
+        #: pools with requests waiting (so freeing capacity need not scan every pool)
+        self.waiting: set[RolePool] = set()
+        self._open = 0
+
+    def pool(self, role: str) -> RolePool:
+        pool = self.pools.get(role)
+        if pool is None:
+            pool = self.pools[role] = RolePool(
+                role, self.connector, self.clock, self, size=self.size,
+                queue_limit=self.queue_limit, idle_timeout=self.idle_timeout,
+                max_lifetime=self.max_lifetime)
+        return pool
+
+    def run(self, role: str, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
+        return self.pool(role).run(work)
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def reserve(self, requester: RolePool) -> bool:
+        """Count one more connection if the total allows, closing another role's idle one."""
+        if self._open >= self.total:
+            for pool in self.pools.values():
+                if pool is not requester and pool.close_one_idle():
+                    break
+        if self._open >= self.total:
+            return False
+        self._open += 1
+        return True
+
+    def release_capacity(self) -> None:
+        self._open -= 1
+        self.capacity_available()
+
+    def capacity_available(self) -> None:
+        for pool in list(self.waiting):
+            if not pool.has_waiters():
+                self.waiting.discard(pool)
+            else:
+                pool._serve_waiters()
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()

@@ -1,0 +1,176 @@
+"""Result values rendered as the Node server renders them (PROTOCOL.md §6.1).
+
+psycopg2 lets a connection decide how each PostgreSQL type is read; we read
+every value straight into its final JSON form, so replies need no second pass:
+numeric stays a string, timestamps become ISO UTC with milliseconds and ``Z``,
+bytea becomes ``{"type":"Buffer","data":[...]}``, intervals become objects of
+their non-zero parts, json/jsonb text is spliced into the reply unparsed
+(:class:`RawJSON`). The session runs with ``TimeZone=UTC``, ``DateStyle=ISO``
+and ``IntervalStyle=postgres`` (see :data:`SESSION_SETUP`) so the text is
+predictable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import psycopg2.extensions as ext
+
+#: statements run on every gateway connection, before any request
+SESSION_SETUP = (
+    "set timezone = 'UTC'",
+    "set datestyle = 'ISO, YMD'",
+    "set intervalstyle = 'postgres'",
+    "set extra_float_digits = 1",
+)
+
+_TS = re.compile(
+    r"^(?P<date>\d{4,}-\d\d-\d\d)[ T](?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?"
+    r"(?P<zone>[+-]\d\d(?::?\d\d(?::?\d\d)?)?)?(?P<bc> BC)?$")
+
+
+def _timestamp(value: str | None, cursor: Any) -> str | None:
+    """ISO UTC with exactly three fraction digits, like JS ``Date#toJSON``.
+
+    The session's zone is UTC, so a timestamptz prints with ``+00``; a
+    timestamp without zone is read as UTC (the Node server reads it in the
+    process's zone; run it in UTC to get the same). ±infinity → null, as JS
+    gives for an invalid Date.
+    """
+    if value is None or value in ("infinity", "-infinity"):
+        return None
+    match = _TS.match(value)
+    if match is None or match["bc"]:
+        return None
+    zone = match["zone"]
+    if zone and zone.replace(":", "").lstrip("+-").strip("0"):
+        # Not UTC (only possible if a function changed TimeZone): let Python convert.
+        from datetime import datetime, timezone
+        frac = (match["frac"] or "")[:6].ljust(6, "0")
+        parsed = datetime.fromisoformat(
+            f"{match['date']}T{match['time']}.{frac}{_normal_zone(zone)}")
+        utc = parsed.astimezone(timezone.utc)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    millis = (match["frac"] or "")[:3].ljust(3, "0")
+    return f"{match['date']}T{match['time']}.{millis}Z"
+
+
+def _normal_zone(zone: str) -> str:
+    sign, digits = zone[0], zone[1:].replace(":", "")
+    digits = digits.ljust(4, "0")
+    return f"{sign}{digits[:2]}:{digits[2:4]}"
+
+
+def _text(value: str | None, cursor: Any) -> str | None:
+    return value
+
+
+class RawJSON(str):
+    """JSON text from PostgreSQL, spliced unparsed into replies by :func:`dumps`."""
+
+    __slots__ = ()
+
+    def parse(self) -> Any:
+        return orjson.loads(self)
+
+
+def _json(value: str | None, cursor: Any) -> Any:
+    return None if value is None else RawJSON(value)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, RawJSON):
+        return orjson.Fragment(str(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"type": "Buffer", "data": list(bytes(value))}
+    if isinstance(value, str):  # any other str subclass
+        return str(value)
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a reply or notification frame (PostgreSQL JSON text is not re-parsed)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _bytea(value: str | None, cursor: Any) -> dict | None:
+    if value is None:
+        return None
+    if value.startswith("\\x"):
+        data = bytes.fromhex(value[2:])
+    else:  # 'escape' bytea_output
+        data = ext.BINARY(value, cursor)
+    return {"type": "Buffer", "data": list(data)}
+
+
+_INTERVAL_PART = re.compile(r"(-?\d+) (year|mon|day)s?")
+_INTERVAL_TIME = re.compile(r"(-)?(\d+):(\d\d):(\d\d)(?:\.(\d+))?")
+_UNIT = {"year": "years", "mon": "months", "day": "days"}
+
+
+def _interval(value: str | None, cursor: Any) -> dict | None:
+    """``1 day 02:03:04.5`` → ``{"days":1,"hours":2,"minutes":3,"seconds":4,
+    "milliseconds":500}`` (zero parts omitted, as node-pg's postgres-interval does)."""
+    if value is None:
+        return None
+    out: dict[str, Any] = {}
+    for number, unit in _INTERVAL_PART.findall(value):
+        if int(number):
+            out[_UNIT[unit]] = int(number)
+    time = _INTERVAL_TIME.search(value)
+    if time:
+        sign = -1 if time[1] else 1
+        for key, text in (("hours", time[2]), ("minutes", time[3]), ("seconds", time[4])):
+            if int(text):
+                out[key] = sign * int(text)
+        if time[5]:
+            millis = float("0." + time[5]) * 1000
+            if millis:
+                out["milliseconds"] = sign * (int(millis) if millis.is_integer() else millis)
+    return out
+
+
+def _float(value: str | None, cursor: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# OIDs are fixed for built-in types.
+_SCALARS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+    ("WYSEMAN_NUMERIC", (1700,), _text),
+    ("WYSEMAN_DATE", (1082,), _text),
+    ("WYSEMAN_TIME", (1083, 1266), _text),
+    ("WYSEMAN_TIMESTAMP", (1114, 1184), _timestamp),
+    ("WYSEMAN_JSON", (114, 3802), _json),
+    ("WYSEMAN_BYTEA", (17,), _bytea),
+    ("WYSEMAN_INTERVAL", (1186,), _interval),
+    ("WYSEMAN_UUID", (2950,), _text),
+    ("WYSEMAN_MONEY", (790,), _text),
+)
+
+# array oid, element caster: node-pg's choices (int8[] → strings, numeric[] → numbers).
+_ARRAYS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+    ("WYSEMAN_INT8_ARRAY", (1016,), _text),
+    ("WYSEMAN_NUMERIC_ARRAY", (1231,), _float),
+    ("WYSEMAN_DATE_ARRAY", (1182,), _text),
+    ("WYSEMAN_TIME_ARRAY", (1183, 1270), _text),
+    ("WYSEMAN_TIMESTAMP_ARRAY", (1115, 1185), _timestamp),
+    ("WYSEMAN_JSON_ARRAY", (199, 3807), _json),
+    ("WYSEMAN_BYTEA_ARRAY", (1001,), _bytea),
+    ("WYSEMAN_INTERVAL_ARRAY", (1187,), _interval),
+    ("WYSEMAN_UUID_ARRAY", (2951,), _text),
+)
+
+_TYPES: list[Any] = []
+for _name, _oids, _caster in _SCALARS:
+    _TYPES.append(ext.new_type(_oids, _name, _caster))
+for _name, _oids, _caster in _ARRAYS:
+    _element = ext.new_type((0,), _name + "_ELEMENT", _caster)
+    _TYPES.append(ext.new_array_type(_oids, _name, _element))
+
+
+def register(connection: ext.connection) -> None:
+    """Make ``connection`` read values in their reply form (call once after connect)."""
+    for type_ in _TYPES:
+        ext.register_type(type_, connection)

@@ -1,0 +1,92 @@
+"""Protocol errors: the ``error`` member of a reply (PROTOCOL.md §7.8).
+
+A :class:`ProtocolError` is raised by any layer that refuses a request
+(compiler, dispatcher, custom actions) and is turned into the reply shape
+``{"message", "detail", "code", "pgCode"}`` with absent members omitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Prefix of the server's own translatable error codes.
+LANG_PREFIX = "!wm.lang:"
+
+
+class ProtocolError(Exception):
+    """A request refused before or instead of reaching the database.
+
+    ``tag`` is the short name (``badWhere``); ``code`` the wire code
+    (``!wm.lang:badWhere``).
+    """
+
+    def __init__(self, tag: str, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag
+        self.message = message
+        self.detail = detail
+
+    @property
+    def code(self) -> str:
+        return LANG_PREFIX + self.tag
+
+    def as_reply(self) -> dict[str, Any]:
+        """The ``error`` object of the reply, absent members omitted."""
+        error: dict[str, Any] = {"message": self.message}
+        if self.detail is not None:
+            error["detail"] = self.detail
+        error["code"] = self.code
+        return error
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.tag!r}, {self.message!r})"
+
+
+# Constructors for the codes of PROTOCOL.md §7.8, so the texts live in one place.
+
+def bad_action(action: Any) -> ProtocolError:
+    return ProtocolError("badAction", f"Unhandled: {action}")
+
+
+def bad_message(text: str) -> ProtocolError:
+    return ProtocolError("badMessage", f"parsing: {text}")
+
+
+def bad_tuples(count: int) -> ProtocolError:
+    return ProtocolError("badTuples", f"unexpected rows: {count} != 1")
+
+
+def bad_field_name() -> ProtocolError:
+    return ProtocolError("badFieldName", "invalid null or undefined field")
+
+
+def bad_left() -> ProtocolError:
+    return ProtocolError("badLeft", "invalid null or undefined left hand side")
+
+
+def bad_right() -> ProtocolError:
+    return ProtocolError("badRight", "invalid or null right side")
+
+
+def bad_operator(op: Any) -> ProtocolError:
+    return ProtocolError("badOperator", f"invalid operator: {op}")
+
+
+def bad_insert() -> ProtocolError:
+    return ProtocolError("badInsert", "empty insert")
+
+
+def bad_update() -> ProtocolError:
+    return ProtocolError("badUpdate", "empty update")
+
+
+def bad_where() -> ProtocolError:
+    return ProtocolError("badWhere", "empty where clause")
+
+
+def bad_delete() -> ProtocolError:
+    return ProtocolError("badDelete", "unbounded delete")
+
+
+def no_result() -> ProtocolError:
+    return ProtocolError("noResult", "no result")

@@ -1,0 +1,141 @@
+"""State shared by every connection of one server process.
+
+The :class:`Gateway` ties the layers together: the database facade, the
+authenticator, the request dispatcher, the registry of open sessions per user
+and the notification fan-out (one LISTEN per channel for the whole process,
+each frame encoded once and sent to every subscribed socket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from twisted.logger import Logger
+
+from wyseman.config import Config
+from wyseman.db.database import Database
+from wyseman.db.pg import Notification
+from wyseman.db.types import dumps
+from wyseman.metrics import Metrics
+from wyseman.protocol.dispatch import Dispatcher
+from wyseman.protocol.handshake import Authenticator, ChannelPolicy
+from wyseman.sql import compiler
+
+log = Logger(namespace="wyseman.gateway")
+
+
+def notification_frame(notification: Notification) -> bytes:
+    """The notify frame of §6.2; a payload that is not JSON is sent as a string (D8)."""
+    try:
+        data: Any = orjson.loads(notification.payload) if notification.payload else None
+    except orjson.JSONDecodeError:
+        data = notification.payload
+    return dumps({"action": "notify", "channel": notification.channel, "data": data})
+
+
+class Gateway:
+    def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None) -> None:
+        self.config = config
+        self.db = db
+        self.clock = clock
+        self.metrics = Metrics()
+        limits = config.limits
+        self.max_connections = limits.max_connections
+        self.max_connections_per_user = limits.max_connections_per_user
+        self.max_in_flight = limits.max_in_flight
+        self.max_outbound_bytes = limits.max_outbound_bytes
+        self.trusted_proxies = config.server.trusted_proxies
+        self.ip_style = config.server.ip_style
+        self.allowed_origins: Sequence[str] = config.server.allowed_origins
+        self.authenticator = Authenticator(
+            db, clock, date_window=config.auth.date_window,
+            channels=ChannelPolicy(config.channels.allow, config.channels.roles),
+            max_failures=config.auth.max_failures, failure_window=config.auth.failure_window)
+        policy = compiler.Policy(denied_schemas=frozenset(config.views.deny_schemas),
+                                 allowed_schemas=frozenset(config.views.allow_schemas) or None)
+        self.dispatcher = Dispatcher(db, policy, actions)
+        self._by_user: dict[str, set[Any]] = {}
+        self._by_channel: dict[str, set[Any]] = {}
+        self.connection_count = 0
+        self.admin_channel = config.channels.admin
+
+    # -- life cycle ----------------------------------------------------------
+    def start(self) -> Any:
+        d = self.db.start()
+        if self.admin_channel:
+            d.addCallback(lambda _: self.db.listener.subscribe(self.admin_channel,
+                                                                self._on_admin))
+        return d
+
+    def stop(self) -> None:
+        self.db.stop()
+
+    # -- origin ----------------------------------------------------------------
+    def check_origin(self, origin: str | None, host: str | None) -> str | None:
+        """None if the browser origin may connect, else the reason (D3)."""
+        if not origin or "*" in self.allowed_origins:
+            return None
+        if self.allowed_origins:
+            return None if origin in self.allowed_origins else f"origin {origin!r} not allowed"
+        origin_host = urlsplit(origin).hostname
+        request_host = urlsplit("//" + (host or "")).hostname
+        if origin_host and request_host and origin_host == request_host:
+            return None
+        return f"origin {origin!r} does not match host {host!r}"
+
+    # -- sessions ----------------------------------------------------------------
+    def user_connections(self, user: str) -> int:
+        return len(self._by_user.get(user, ()))
+
+    def register(self, protocol: Any) -> None:
+        session = protocol.session
+        self.connection_count += 1
+        self.metrics.connections.inc()
+        self._by_user.setdefault(session.user, set()).add(protocol)
+        for channel in session.listen:
+            members = self._by_channel.setdefault(channel, set())
+            if not members:
+                self.db.listener.subscribe(channel, self._on_notify)
+            members.add(protocol)
+
+    def unregister(self, protocol: Any) -> None:
+        session = protocol.session
+        self.connection_count -= 1
+        self.metrics.connections.dec()
+        users = self._by_user.get(session.user)
+        if users is not None:
+            users.discard(protocol)
+            if not users:
+                del self._by_user[session.user]
+        for channel in session.listen:
+            members = self._by_channel.get(channel)
+            if members is None:
+                continue
+            members.discard(protocol)
+            if not members:
+                del self._by_channel[channel]
+                self.db.listener.unsubscribe(channel, self._on_notify)
+
+    def connections_of(self, user: str) -> frozenset[Any]:
+        return frozenset(self._by_user.get(user, ()))
+
+    def all_connections(self) -> list[Any]:
+        return [p for protocols in self._by_user.values() for p in protocols]
+
+    # -- notifications --------------------------------------------------------------
+    def _on_notify(self, notification: Notification) -> None:
+        members = self._by_channel.get(notification.channel)
+        if not members:
+            return
+        frame = notification_frame(notification)
+        for protocol in list(members):
+            protocol.send_frame(frame)
+        self.metrics.notifications.inc(len(members))
+
+    def _on_admin(self, notification: Notification) -> None:
+        log.info("schema change signalled on {channel}: metadata caches dropped",
+                 channel=notification.channel)
+        self.db.clear_caches()

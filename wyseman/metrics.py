@@ -1,0 +1,31 @@
+"""Prometheus metrics of one gateway (own registry, so several gateways can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("wyseman_connections", "Open WebSocket connections",
+                                 registry=r)
+        self.handshakes = Counter("wyseman_handshakes", "Opening handshakes by outcome",
+                                  ["outcome", "reason"], registry=r)
+        self.requests = Histogram("wyseman_request_seconds", "Request latency by action",
+                                  ["action", "outcome"], registry=r)
+        self.notifications = Counter("wyseman_notifications_delivered",
+                                     "Notification frames sent to sockets", registry=r)
+        self.notifications_dropped = Counter("wyseman_notifications_dropped",
+                                             "Notifications not delivered", registry=r)
+        self.slow_consumers = Counter("wyseman_slow_consumers",
+                                      "Connections cut for not reading", registry=r)
+        self.listen_reconnects = Gauge("wyseman_listen_reconnects",
+                                       "Times the LISTEN connection was re-opened", registry=r)
+
+    def handshake(self, outcome: str, reason: str) -> None:
+        self.handshakes.labels(outcome, reason).inc()
+
+    def slow_consumer(self) -> None:
+        self.slow_consumers.inc()

@@ -1,0 +1,204 @@
+"""One request in, one reply out (PROTOCOL.md §7).
+
+The dispatcher parses the frame, hands custom actions to their handler,
+answers ``meta``/``lang`` from the process-wide cache, compiles everything else
+with :mod:`wyseman.sql.compiler` and runs it on the user's pooled session.
+Every request gets exactly one reply: data, a database error, or a protocol
+error — never silence (the JS server drops requests without ``view``, D20, and
+dies on a non-JSON frame, D9).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg2
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from wyseman import errors
+from wyseman.db import pg
+from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
+from wyseman.db.types import dumps
+from wyseman.errors import ProtocolError
+from wyseman.sql import compiler
+
+log = Logger(namespace="wyseman.dispatch")
+
+BUILTIN_ACTIONS = frozenset({"tuple", "select", "insert", "update", "delete", "meta", "lang"})
+_TRANSLATABLE = re.compile(r"^![\w.]+:\w")
+_WRITES = frozenset({"insert", "update"})
+
+
+class Session:
+    """An authenticated client, whatever the transport (WebSocket today).
+
+    ``send`` takes one encoded frame. Custom actions get the session too.
+    """
+
+    def __init__(self, user: str, listen: tuple[str, ...], send: Callable[[bytes], None],
+                 peer: str = "") -> None:
+        self.user = user
+        self.listen = listen
+        self.send = send
+        self.peer = peer
+
+
+@dataclass
+class _BadTuples(Exception):
+    """Row count ≠ 1: raised inside the transaction so it rolls back (D15)."""
+    count: int
+    first: Any
+
+
+class Dispatcher:
+    def __init__(self, db: Any, policy: compiler.Policy, actions: Any = None) -> None:
+        self.db = db
+        self.policy = policy
+        self.actions = actions
+
+    # -- entry point -------------------------------------------------------
+    def handle(self, session: Session, payload: bytes | str) -> defer.Deferred:
+        """Deferred firing with the encoded reply (never fails)."""
+        try:
+            request = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return defer.succeed(_protocol_error(None, errors.bad_message(f"not JSON: {exc}")))
+        if not isinstance(request, dict):
+            return defer.succeed(_protocol_error(
+                None, errors.bad_message("a request must be a JSON object")))
+        d = defer.maybeDeferred(self._handle, session, request)
+        return d.addErrback(self._unexpected, request)
+
+    def _unexpected(self, failure: Any, request: dict) -> bytes:
+        if failure.check(ProtocolError):
+            return _protocol_error(request, failure.value)
+        if failure.check(psycopg2.Error):
+            return _database_error(request, failure.value)
+        if failure.check(DatabaseUnavailable, PoolClosed):
+            return _protocol_error(request, ProtocolError(
+                "noDatabase", f"database unavailable: {failure.getErrorMessage()}"))
+        if failure.check(PoolBusy):
+            return _protocol_error(request, ProtocolError(
+                "busy", "too many requests waiting for the database; try again"))
+        if pg.is_connection_error(failure):
+            return _protocol_error(request, ProtocolError(
+                "noDatabase", "database connection lost during the request"))
+        log.failure("request failed", failure)
+        return _protocol_error(request, ProtocolError("internal", "internal server error"))
+
+    @defer.inlineCallbacks
+    def _handle(self, session: Session, request: dict) -> Any:
+        action = request.get("action")
+        view = request.get("view")
+        if not isinstance(view, str) or not view:
+            raise errors.bad_message("a request needs a 'view' (string)")
+        if action not in BUILTIN_ACTIONS:
+            handler = self.actions.find(view, request) if self.actions else None
+            if handler is None:
+                raise errors.bad_action(action)
+            data = yield handler(session, request, self.db)
+            return _reply(request, data)
+        if action == "meta":
+            row = yield self.db.meta(view)
+            return _one_row_reply(request, row)
+        if action == "lang":
+            language = request.get("language") or "eng"
+            if not isinstance(language, str):
+                raise errors.bad_message("'language' must be a string")
+            row = yield self.db.lang(view, language)
+            return _one_row_reply(request, row)
+        name = compiler.parse_view(view, self.policy)
+        columns = None
+        if name.arg_types is None:
+            columns = yield self.db.column_types(
+                pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
+        statement = compiler.compile_request(request, columns, self.policy)
+        try:
+            data = yield self.db.run_as(session.user, lambda conn: _execute(conn, statement, action in _WRITES))
+        except _BadTuples as bad:
+            reply = dict(request)
+            if bad.first is not None:
+                reply["data"] = bad.first
+            reply["error"] = errors.bad_tuples(bad.count).as_reply()
+            return dumps(reply)
+        return _reply(request, data)
+
+
+def _execute(conn: pg.Connection, statement: compiler.Statement,
+             writes: bool) -> defer.Deferred:
+    sql, params = statement.pyformat()
+    if statement.rows == "many":
+        return conn.execute(sql, params).addCallback(lambda r: r.dicts())
+    if statement.rows == "none":
+        return conn.execute(sql, params).addCallback(lambda r: None)
+
+    @defer.inlineCallbacks
+    def checked(tx: Any) -> Any:
+        result = yield tx.execute(sql, params)
+        rows = result.dicts()
+        if len(rows) != 1:
+            raise _BadTuples(len(rows), rows[0] if rows else None)
+        return rows[0]
+
+    # Writes run in a transaction that rolls back unless exactly one row was hit.
+    if writes:
+        return conn.transaction(checked)
+
+    def single(result: pg.Result) -> Any:
+        rows = result.dicts()
+        if len(rows) != 1:
+            raise _BadTuples(len(rows), rows[0] if rows else None)
+        return rows[0]
+    return conn.execute(sql, params).addCallback(single)
+
+
+def _reply(request: dict, data: Any) -> bytes:
+    reply = dict(request)
+    reply["data"] = data
+    return dumps(reply)
+
+
+def _one_row_reply(request: dict, row: Any) -> bytes:
+    if isinstance(row, dict):
+        return _reply(request, row)
+    count = len(row) if isinstance(row, list) else 0
+    reply = dict(request)
+    if count:
+        reply["data"] = row[0]
+    reply["error"] = errors.bad_tuples(count).as_reply()
+    return dumps(reply)
+
+
+def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
+    """The reduced reply of §7.2: error plus id, view, action (when known)."""
+    reply: dict[str, Any] = {"error": error.as_reply()}
+    if request is not None:
+        for key in ("id", "view", "action"):
+            if key in request:
+                reply[key] = request[key]
+    return dumps(reply)
+
+
+def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip().splitlines()[0] if str(exc) else ""
+    error: dict[str, Any] = {"message": f"from database; {message}"}
+    if diag.message_detail:
+        error["detail"] = diag.message_detail
+    constraint = diag.constraint_name
+    if constraint and _TRANSLATABLE.match(constraint):
+        error["code"] = constraint
+    elif exc.pgcode:
+        error["code"] = exc.pgcode
+    else:
+        error["code"] = errors.LANG_PREFIX + "undefined"
+    if exc.pgcode:
+        error["pgCode"] = exc.pgcode
+    reply = dict(request)
+    reply["error"] = error
+    return dumps(reply)

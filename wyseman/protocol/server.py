@@ -1,0 +1,292 @@
+"""The WebSocket front door: Autobahn protocol, factory, and the twisted.web site
+that serves the WebSocket and ``GET /clientinfo`` on one port.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import parseHttpHeader
+from twisted.internet import defer, interfaces
+from twisted.logger import Logger
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from wyseman.protocol import credentials as cred
+from wyseman.protocol.dispatch import Session
+from wyseman.protocol.handshake import Handshake, Refusal
+from wyseman.protocol.peer import client_ip
+
+if TYPE_CHECKING:
+    from wyseman.gateway import Gateway
+
+log = Logger(namespace="wyseman.ws")
+
+_REASON_PHRASES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+                   429: "Too Many Requests", 500: "Internal Server Error",
+                   503: "Service Unavailable"}
+
+CLOSE_POLICY = 1008       # policy violation (slow consumer)
+CLOSE_GOING_AWAY = 1001
+
+
+@implementer(interfaces.IPushProducer)
+class _OutboundGate:
+    """Registered on the transport: tells us when its send buffer is full."""
+
+    def __init__(self, protocol: GatewayProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.protocol._send_paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.protocol._send_paused = False
+        self.protocol._flush_outbound()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class GatewayProtocol(WebSocketServerProtocol):
+    """One client connection."""
+
+    factory: GatewayFactory
+    session: Session | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in_flight = 0
+        self._reading_paused = False
+        self._send_paused = False
+        self._outbound: deque[bytes] = deque()
+        self._outbound_bytes = 0
+        self._counted = False
+
+    # -- opening handshake -------------------------------------------------
+    def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
+        gateway = self.factory.gateway
+        peer = self.transport.getPeer()
+        headers = request.headers
+        _, _, counts = parseHttpHeader(self.http_request_data)
+        ip = client_ip(peer, headers.get("x-forwarded-for"), gateway.trusted_proxies,
+                       gateway.ip_style)
+        self.client_address = ip
+        if counts.get("cookie", 0) > 1 or counts.get("user-agent", 0) > 1:
+            return self._deny(Refusal(400, "Bad Request", "repeated Cookie/User-Agent header",
+                                      "bad_headers"))
+        origin_problem = gateway.check_origin(headers.get("origin"), headers.get("host"))
+        if origin_problem:
+            return self._deny(Refusal(403, "Forbidden", origin_problem, "origin"))
+        if gateway.connection_count >= gateway.max_connections:
+            return self._deny(Refusal(503, "Service Unavailable",
+                                      "max_connections reached", "capacity"))
+        handshake = Handshake(
+            query=urlsplit(self.http_request_uri).query,
+            ip=ip,
+            cookie=headers.get("cookie"),
+            user_agent=headers.get("user-agent"),
+            secure=self.factory.isSecure,
+            insecure_allowed=self.factory.insecure_allowed,
+        )
+        d = gateway.authenticator.authenticate(handshake)
+        d.addCallback(self._accepted)
+        d.addErrback(lambda f: self._deny(f.value) if f.check(Refusal) else f)
+        return d
+
+    def _accepted(self, login: Any) -> None:
+        gateway = self.factory.gateway
+        if gateway.user_connections(login.user) >= gateway.max_connections_per_user:
+            raise self._refusal_exception(Refusal(503, "Service Unavailable",
+                                                  f"max_connections_per_user for {login.user!r}",
+                                                  "user_capacity"))
+        self.session = Session(login.user, login.listen, self.send_frame, self.client_address)
+        gateway.metrics.handshake("accepted", login.method)
+        log.info("login {user} ({method}) from {ip}", user=login.user, method=login.method,
+                 ip=self.client_address)
+        return None
+
+    def _deny(self, refusal: Refusal) -> defer.Deferred:
+        return defer.fail(self._refusal_exception(refusal))
+
+    def _refusal_exception(self, refusal: Refusal) -> Exception:
+        from autobahn.websocket.types import ConnectionDeny
+        self.factory.gateway.metrics.handshake("refused", refusal.kind)
+        log.warn("refused {status} {reason} to {ip}: {detail}", status=refusal.status,
+                 reason=refusal.reason, ip=getattr(self, "client_address", "?"),
+                 detail=refusal.detail)
+        return ConnectionDeny(refusal.status, refusal.reason)
+
+    def sendHttpErrorResponse(self, code: int, reason: str,  # noqa: N802
+                              responseHeaders: Any = None) -> None:  # noqa: N803
+        """As the Node server's ``ws`` sends it: standard phrase, the reason as body."""
+        body = reason.encode("utf-8")
+        phrase = _REASON_PHRASES.get(code, "Error")
+        head = (f"HTTP/1.1 {code} {phrase}\r\nConnection: close\r\n"
+                f"Content-Type: text/html\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.sendData(head.encode("latin-1") + body)
+
+    # -- open connection ---------------------------------------------------
+    def onOpen(self) -> None:  # noqa: N802
+        assert self.session is not None
+        gateway = self.factory.gateway
+        self._counted = True
+        gateway.register(self)
+        producer = _OutboundGate(self)
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        try:
+            self.transport.registerProducer(producer, True)
+        except RuntimeError:
+            pass
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        if self.session is None:
+            return
+        gateway = self.factory.gateway
+        self._in_flight += 1
+        if self._in_flight >= gateway.max_in_flight and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        d = gateway.dispatcher.handle(self.session, payload)
+        d.addCallback(self.send_frame)
+        d.addBoth(self._request_done)
+
+    def _request_done(self, result: Any) -> None:
+        self._in_flight -= 1
+        if self._reading_paused and self._in_flight < self.factory.gateway.max_in_flight:
+            self._reading_paused = False
+            if self.transport is not None and self.state == self.STATE_OPEN:
+                self.transport.resumeProducing()
+        if isinstance(result, Exception):
+            log.error("reply failed: {error}", error=result)
+        return None
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send one text frame, or queue it while the client is not reading."""
+        if self.state != self.STATE_OPEN:
+            return
+        if not self._send_paused and not self._outbound:
+            self.sendMessage(frame, isBinary=False)
+            return
+        self._outbound.append(frame)
+        self._outbound_bytes += len(frame)
+        if self._outbound_bytes > self.factory.gateway.max_outbound_bytes:
+            log.warn("closing slow consumer {user} at {ip}: {size} bytes queued",
+                     user=self.session.user if self.session else "?",
+                     ip=getattr(self, "client_address", "?"), size=self._outbound_bytes)
+            self.factory.gateway.metrics.slow_consumer()
+            self._outbound.clear()
+            self._outbound_bytes = 0
+            self.sendClose(CLOSE_POLICY, "slow consumer")
+            self.dropConnection(abort=True)
+
+    def _flush_outbound(self) -> None:
+        while self._outbound and not self._send_paused and self.state == self.STATE_OPEN:
+            frame = self._outbound.popleft()
+            self._outbound_bytes -= len(frame)
+            self.sendMessage(frame, isBinary=False)
+
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
+        if self._counted:
+            self._counted = False
+            self.factory.gateway.unregister(self)
+            log.info("disconnect {user} from {ip} (code {code}, {reason})",
+                     user=self.session.user if self.session else "?",
+                     ip=getattr(self, "client_address", "?"), code=code,
+                     reason=reason or ("clean" if wasClean else "unclean"))
+        self._outbound.clear()
+
+
+class GatewayFactory(WebSocketServerFactory):
+    protocol = GatewayProtocol
+
+    def __init__(self, gateway: Gateway, *, url: str = "ws://127.0.0.1/",
+                 secure: bool = False, insecure_allowed: bool = False) -> None:
+        super().__init__(url)
+        self.gateway = gateway
+        self.insecure_allowed = insecure_allowed
+        limits = gateway.config.limits
+        self.setProtocolOptions(
+            maxMessagePayloadSize=limits.max_message_size,
+            maxFramePayloadSize=limits.max_frame_size,
+            autoPingInterval=limits.ping_interval,
+            autoPingTimeout=limits.ping_timeout,
+            openHandshakeTimeout=limits.open_handshake_timeout,
+            closeHandshakeTimeout=5,
+            maxConnections=limits.max_connections,
+            failByDrop=False,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+        self.isSecure = secure
+        self.server = "wyseman"
+
+
+class ClientInfo(resource.Resource):
+    """``GET /clientinfo``: what the client signs for a key login (PROTOCOL.md §2)."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
+        ip = client_ip(request.getClientAddress(),
+                       _header(request, b"x-forwarded-for"),
+                       self.gateway.trusted_proxies, self.gateway.ip_style)
+        real = _header(request, b"x-real-ip") or _header(request, b"x-forwarded-for")
+        body = cred.clientinfo_body(ip, real, _header(request, b"cookie"),
+                                    _header(request, b"user-agent"),
+                                    datetime.fromtimestamp(self.gateway.clock.seconds(), UTC))
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return body
+
+
+def _header(request: server.Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class _Root(resource.Resource):
+    """``/clientinfo`` and, on every other path, the WebSocket (as the Node server)."""
+
+    def __init__(self, gateway: Gateway, websocket: resource.Resource | None) -> None:
+        super().__init__()
+        self.clientinfo = ClientInfo(gateway)
+        self.websocket = websocket
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:  # noqa: N802
+        if path == b"clientinfo":
+            return self.clientinfo
+        if self.websocket is None:
+            return resource.NoResource()
+        return self.websocket
+
+    def render(self, request: server.Request) -> bytes:
+        if self.websocket is None:
+            return resource.NoResource().render(request)
+        return self.websocket.render(request)
+
+
+def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
+               clientinfo_only: bool = False) -> server.Site:
+    """The twisted.web site of one endpoint."""
+    websocket = None
+    if not clientinfo_only:
+        factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
+                                 secure=secure, insecure_allowed=insecure_allowed)
+        websocket = WebSocketResource(factory)
+    site = server.Site(_Root(gateway, websocket))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

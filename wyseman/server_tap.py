@@ -1,0 +1,35 @@
+"""What the twistd plugin runs: options, then :func:`wyseman.service.makeService`."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from wyseman.config import Config, ConfigError, load
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    longdesc = ("Serve the Wyseman WebSocket protocol in front of PostgreSQL. "
+                "Every setting is in the TOML config file; see docs/configuration.md.")
+    optParameters = [
+        ["config", "c", os.environ.get("WYSEMAN_CONFIG", "wyseman.toml"),
+         "TOML configuration file (default: $WYSEMAN_CONFIG or ./wyseman.toml)."],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802
+        try:
+            self["parsed"] = load(self["config"])
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+def makeService(options: Options) -> IService:  # noqa: N802
+    from wyseman.service import makeService as make
+    config: Config = options["parsed"]
+    try:
+        return make(config)
+    except ConfigError as exc:
+        raise usage.UsageError(str(exc)) from None

@@ -1,0 +1,251 @@
+"""The service tree: ``makeService(config)`` is the embedding API.
+
+::
+
+    MultiService
+    ├── EmbeddedPostgresService   (only with [database] embedded)
+    └── GatewayService            database pools + LISTEN, then the listening ports
+
+Ports open only after the database answers, so a client never meets a server
+that cannot check its login. Add the returned service to your own application
+(``service.setServiceParent(application)``) to embed the gateway.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web import server
+
+from wyseman.config import Config, ConfigError
+from wyseman.db.database import Database
+from wyseman.gateway import Gateway
+from wyseman.protocol.handshake import is_loopback
+from wyseman.protocol.server import build_site
+from wyseman.tls import ReloadableContextFactory, TLSConfigError
+
+log = Logger(namespace="wyseman.service")
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One endpoint string, understood well enough to derive ports and policies."""
+
+    text: str
+    kind: str            # 'tcp', 'tls', 'ssl', 'unix', ...
+    port: int | None
+    interface: str
+
+    @property
+    def secure(self) -> bool:
+        return self.kind in ("tls", "ssl")
+
+    @property
+    def loopback(self) -> bool:
+        return self.kind == "unix" or (bool(self.interface) and is_loopback(self.interface))
+
+
+def parse_listen(text: str) -> ListenSpec:
+    parts = text.split(":")
+    kind = parts[0] if not parts[0].isdigit() else "tcp"
+    if parts[0].isdigit():
+        parts = ["tcp", *parts]
+    port: int | None = None
+    interface = ""
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep and port is None and key.isdigit():
+            port = int(key)
+        elif key == "port" and value.isdigit():
+            port = int(value)
+        elif key == "interface":
+            interface = value.replace("\\", "")
+    return ListenSpec(text, kind, port, interface)
+
+
+def derived_clientinfo(spec: ListenSpec) -> str | None:
+    """The JS client fetches /clientinfo from the WebSocket port − 1 (§1)."""
+    if spec.kind not in ("tcp", "tls") or not spec.port or spec.port <= 1:
+        return None
+    iface = f":interface={spec.interface}" if spec.interface else ""
+    return f"{spec.kind}:{spec.port - 1}{iface}"
+
+
+def _tls_factory(config: Config) -> ReloadableContextFactory | None:
+    tls = config.tls
+    if not tls.cert:
+        return None
+    try:
+        return ReloadableContextFactory(
+            config.resolve_path(tls.cert), config.resolve_path(tls.key),
+            config.resolve_path(tls.chain) if tls.chain else None, tls.min_version)
+    except TLSConfigError as exc:
+        raise ConfigError(f"{config.source}: [tls]: {exc}") from None
+
+
+def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | None) -> Any:
+    if spec.kind == "tls":
+        assert tls is not None and spec.port is not None
+        return endpoints.SSL4ServerEndpoint(reactor, spec.port, tls,
+                                            interface=spec.interface or "")
+    try:
+        return endpoints.serverFromString(reactor, spec.text)
+    except Exception as exc:
+        raise ConfigError(f"endpoint {spec.text!r}: {exc}") from None
+
+
+class GatewayService(Service):
+    """Database, gateway and listening ports; starts once the database answers."""
+
+    name = "gateway"
+
+    def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
+                 reactor: Any = None, actions: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self._admin_dsn = admin_dsn
+        self._actions = actions
+        self.tls = _tls_factory(config)
+        self.specs = [parse_listen(text) for text in config.server.listen]
+        self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
+        for spec in self.specs + self.clientinfo_specs:
+            if spec.kind == "tls" and self.tls is None:
+                raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
+        self.gateway: Gateway | None = None
+        self.ports: list[Any] = []
+        self.ready: defer.Deferred = defer.Deferred()
+        self._warn_insecure()
+
+    def _clientinfo_endpoints(self) -> list[str]:
+        configured = self.config.server.clientinfo_listen
+        if configured is not None:
+            return list(configured)
+        derived = (derived_clientinfo(parse_listen(t)) for t in self.config.server.listen)
+        return [d for d in derived if d]
+
+    def _insecure_allowed(self, spec: ListenSpec) -> bool:
+        auth = self.config.auth
+        return auth.insecure and not spec.secure and (
+            spec.loopback or auth.insecure_on_public_interfaces)
+
+    def _warn_insecure(self) -> None:
+        for spec in self.specs:
+            if self._insecure_allowed(spec):
+                log.warn("INSECURE logins (user name only, no credentials) are accepted on "
+                         "{endpoint}", endpoint=spec.text)
+            elif self.config.auth.insecure and not spec.secure:
+                log.warn("[auth] insecure is set but ignored on non-loopback endpoint "
+                         "{endpoint} (see insecure_on_public_interfaces)", endpoint=spec.text)
+
+    def startService(self) -> defer.Deferred:  # noqa: N802
+        super().startService()
+        d = self._start()
+        d.addErrback(self._start_failed)
+        return d
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        dsn = yield self._admin_dsn()
+        db_conf = self.config.database
+        db = Database(
+            admin_dsn=dsn, session_dsn=db_conf.session_dsn, session_mode=db_conf.session_mode,
+            reactor=self.reactor, pool_size=db_conf.pool_size, pool_total=db_conf.pool_total,
+            pool_queue=db_conf.pool_queue, idle_timeout=db_conf.pool_idle_timeout,
+            max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
+            statement_timeout=db_conf.statement_timeout)
+        self.gateway = Gateway(self.config, db, self.reactor, self._actions)
+        yield self.gateway.start()
+        for spec in self.specs:
+            site = build_site(self.gateway, secure=spec.secure,
+                              insecure_allowed=self._insecure_allowed(spec))
+            yield self._listen(spec, site)
+        for spec in self.clientinfo_specs:
+            site = build_site(self.gateway, secure=spec.secure, insecure_allowed=False,
+                              clientinfo_only=True)
+            yield self._listen(spec, site)
+        if self.config.metrics.listen:
+            yield self._listen(parse_listen(self.config.metrics.listen), self._metrics_site())
+        if self.tls is not None:
+            self._install_sighup()
+        self.ready.callback(self)
+        return self
+
+    @defer.inlineCallbacks
+    def _listen(self, spec: ListenSpec, site: server.Site) -> Any:
+        port = yield _endpoint(self.reactor, spec, self.tls).listen(site)
+        self.ports.append(port)
+        log.info("listening on {endpoint}", endpoint=spec.text)
+        return port
+
+    def _metrics_site(self) -> server.Site:
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.resource import Resource
+        assert self.gateway is not None
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
+        return server.Site(root)
+
+    def _install_sighup(self) -> None:
+        try:
+            previous = signal.getsignal(signal.SIGHUP)
+        except (ValueError, AttributeError):
+            return
+
+        def on_hup(signum: int, frame: Any) -> None:
+            assert self.tls is not None
+            self.reactor.callFromThread(self.tls.reload)
+            if callable(previous):
+                previous(signum, frame)
+        try:
+            signal.signal(signal.SIGHUP, on_hup)
+        except ValueError:  # not the main thread (embedded in a test runner, say)
+            pass
+
+    def _start_failed(self, failure: Any) -> None:
+        log.failure("wyseman could not start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            yield port.stopListening()
+        if self.gateway is not None:
+            for protocol in list(self.gateway.all_connections()):
+                protocol.sendClose(1001, "server shutting down")
+                protocol.dropConnection(abort=True)
+            self.gateway.stop()
+
+
+def makeService(config: Config, reactor: Any = None, actions: Any = None) -> MultiService:  # noqa: N802
+    """The whole server as one service: add it to your Twisted application."""
+    top = MultiService()
+    if config.embedded:
+        from wyseman.db.embedded import EmbeddedPostgresService
+        embedded = EmbeddedPostgresService(config.resolve_path(config.database.embedded),
+                                           config.database.name)
+        embedded.setServiceParent(top)
+
+        def admin_dsn() -> defer.Deferred:
+            return embedded.ready
+    else:
+        def admin_dsn() -> defer.Deferred:
+            return defer.succeed(config.database.dsn)
+    if actions is None:
+        from wyseman.actions import ActionRegistry
+        actions = ActionRegistry.from_config(config)
+    GatewayService(config, admin_dsn, reactor, actions).setServiceParent(top)
+    return top
