@@ -42,6 +42,7 @@ class Gateway:
         self.db = db
         self.clock = clock
         self.metrics = Metrics()
+        self.metrics.listen_reconnects.set_function(lambda: db.listener.reconnects)
         limits = config.limits
         self.max_connections = limits.max_connections
         self.max_connections_per_user = limits.max_connections_per_user
@@ -56,7 +57,8 @@ class Gateway:
             max_failures=config.auth.max_failures, failure_window=config.auth.failure_window)
         policy = compiler.Policy(denied_schemas=frozenset(config.views.deny_schemas),
                                  allowed_schemas=frozenset(config.views.allow_schemas) or None)
-        self.dispatcher = Dispatcher(db, policy, actions)
+        self.dispatcher = Dispatcher(db, policy, actions, clock=clock,
+                                     observe=self.metrics.request)
         self._by_user: dict[str, set[Any]] = {}
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0

@@ -27,5 +27,8 @@ class Metrics:
     def handshake(self, outcome: str, reason: str) -> None:
         self.handshakes.labels(outcome, reason).inc()
 
+    def request(self, action: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(action, outcome).observe(seconds)
+
     def slow_consumer(self) -> None:
         self.slow_consumers.inc()

@@ -236,14 +236,16 @@ def makeService(config: Config, reactor: Any = None, actions: Any = None) -> Mul
     if config.embedded:
         from wyseman.db.embedded import EmbeddedPostgresService
         embedded = EmbeddedPostgresService(config.resolve_path(config.database.embedded),
-                                           config.database.name)
+                                           config.database.name, config.database.admin_user)
         embedded.setServiceParent(top)
 
         def admin_dsn() -> defer.Deferred:
             return embedded.ready
     else:
+        from wyseman.db.admin import admin_dsn_sync  # no I/O for an external database
+
         def admin_dsn() -> defer.Deferred:
-            return defer.succeed(config.database.dsn)
+            return defer.succeed(admin_dsn_sync(config))
     if actions is None:
         from wyseman.actions import ActionRegistry
         actions = ActionRegistry.from_config(config)

@@ -24,9 +24,10 @@ class EmbeddedPostgresService(Service):
 
     name = "embedded-postgres"
 
-    def __init__(self, data_dir: Path, database: str) -> None:
+    def __init__(self, data_dir: Path, database: str, admin_user: str = "") -> None:
         self.cluster = LocalCluster(Path(data_dir))
         self.database = database
+        self.admin_user = admin_user or None
         self.ready: defer.Deferred = defer.Deferred()
         self._started_by_us = False
 
@@ -42,9 +43,9 @@ class EmbeddedPostgresService(Service):
         was_running = self.cluster.is_running()
         self.cluster.start()
         self._started_by_us = not was_running
-        dsn = self.cluster.dsn(self.database)
         ensure_database_sync(self.cluster.dsn("postgres"), self.database)
-        result = init_database_sync(dsn)
+        result = init_database_sync(self.cluster.dsn(self.database))
+        dsn = self.cluster.dsn(self.database, user=self.admin_user)
         log.info("embedded PostgreSQL ready in {data_dir} ({state}); schema: {schema}",
                  data_dir=str(self.cluster.data_dir),
                  state="new cluster" if created else "existing cluster",

@@ -34,6 +34,10 @@ _TRANSLATABLE = re.compile(r"^![\w.]+:\w")
 _WRITES = frozenset({"insert", "update"})
 
 
+class ErrorReply(bytes):
+    """An encoded reply that carries an ``error`` (for metrics; sent like any frame)."""
+
+
 class Session:
     """An authenticated client, whatever the transport (WebSocket today).
 
@@ -56,10 +60,14 @@ class _BadTuples(Exception):
 
 
 class Dispatcher:
-    def __init__(self, db: Any, policy: compiler.Policy, actions: Any = None) -> None:
+    def __init__(self, db: Any, policy: compiler.Policy, actions: Any = None, *,
+                 clock: Any = None,
+                 observe: Callable[[str, str, float], None] | None = None) -> None:
         self.db = db
         self.policy = policy
         self.actions = actions
+        self.clock = clock
+        self.observe = observe
 
     # -- entry point -------------------------------------------------------
     def handle(self, session: Session, payload: bytes | str) -> defer.Deferred:
@@ -72,7 +80,18 @@ class Dispatcher:
             return defer.succeed(_protocol_error(
                 None, errors.bad_message("a request must be a JSON object")))
         d = defer.maybeDeferred(self._handle, session, request)
-        return d.addErrback(self._unexpected, request)
+        d.addErrback(self._unexpected, request)
+        if self.observe is not None and self.clock is not None:
+            d.addCallback(self._observed, request, self.clock.seconds())
+        return d
+
+    def _observed(self, reply: bytes, request: dict, started: float) -> bytes:
+        action = request.get("action")
+        label = action if action in BUILTIN_ACTIONS else "custom"
+        outcome = "error" if isinstance(reply, ErrorReply) else "ok"
+        assert self.observe is not None
+        self.observe(label, outcome, self.clock.seconds() - started)
+        return reply
 
     def _unexpected(self, failure: Any, request: dict) -> bytes:
         if failure.check(ProtocolError):
@@ -125,7 +144,7 @@ class Dispatcher:
             if bad.first is not None:
                 reply["data"] = bad.first
             reply["error"] = errors.bad_tuples(bad.count).as_reply()
-            return dumps(reply)
+            return ErrorReply(dumps(reply))
         return _reply(request, data)
 
 
@@ -171,7 +190,7 @@ def _one_row_reply(request: dict, row: Any) -> bytes:
     if count:
         reply["data"] = row[0]
     reply["error"] = errors.bad_tuples(count).as_reply()
-    return dumps(reply)
+    return ErrorReply(dumps(reply))
 
 
 def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
@@ -181,7 +200,7 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
         for key in ("id", "view", "action"):
             if key in request:
                 reply[key] = request[key]
-    return dumps(reply)
+    return ErrorReply(dumps(reply))
 
 
 def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
@@ -201,4 +220,4 @@ def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
         error["pgCode"] = exc.pgcode
     reply = dict(request)
     reply["error"] = error
-    return dumps(reply)
+    return ErrorReply(dumps(reply))

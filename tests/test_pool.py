@@ -1,0 +1,163 @@
+"""Per-role pools and the shared LISTEN connection, on real PostgreSQL connections."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user
+from tests.pgtest import fresh_database
+from wyseman.db import pg
+from wyseman.db.database import Database
+from wyseman.db.listener import Listener
+from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolSet
+
+
+class PoolTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.clock = task.Clock()
+
+    def pools(self, **options):
+        def connector(role):
+            return pg.connect(pg.dsn_with(self.db.dsn, user=role), reactor)
+        pools = PoolSet(connector, self.clock, **options)
+        self.addCleanup(pools.close)
+        return pools
+
+    def backends(self, role):
+        return self.db.run("select count(*) from pg_stat_activity where usename = %s "
+                           "and datname = current_database()", (role,))[0][0]
+
+    @defer.inlineCallbacks
+    def test_runs_as_the_role_within_the_size(self):
+        user = add_user(self.db)
+        pools = self.pools(size=2)
+        seen = []
+
+        @defer.inlineCallbacks
+        def work(conn):
+            result = yield conn.execute("select session_user, pg_backend_pid()")
+            seen.append(result.rows[0])
+            yield conn.execute("select pg_sleep(0.05)")
+        yield defer.gatherResults([pools.run(user, work) for _ in range(8)])
+        self.assertEqual({row[0] for row in seen}, {user})
+        self.assertLessEqual(len({row[1] for row in seen}), 2)
+        self.assertEqual(pools.open_connections, len({row[1] for row in seen}))
+        self.assertLessEqual(self.backends(user), 2)
+
+    @defer.inlineCallbacks
+    def test_queue_is_bounded(self):
+        user = add_user(self.db)
+        pools = self.pools(size=1, queue_limit=1)
+        first = yield pools.pool(user).acquire()
+        waiting = pools.pool(user).acquire()
+        with self.assertRaises(PoolBusy):
+            yield pools.pool(user).acquire()
+        pools.pool(user).release(first)
+        second = yield waiting
+        self.assertIs(second, first)  # handed over, not reopened
+        pools.pool(user).release(second)
+
+    @defer.inlineCallbacks
+    def test_idle_connections_close(self):
+        user = add_user(self.db)
+        pools = self.pools(size=2, idle_timeout=10)
+        conn = yield pools.pool(user).acquire()
+        pools.pool(user).release(conn)
+        self.assertFalse(conn.closed)
+        self.clock.advance(11)
+        self.assertTrue(conn.closed)
+        self.assertEqual(pools.open_connections, 0)
+
+    @defer.inlineCallbacks
+    def test_total_cap_takes_idle_connection_of_another_role(self):
+        alice, bob = add_user(self.db), add_user(self.db)
+        pools = self.pools(size=2, total=1)
+        conn = yield pools.pool(alice).acquire()
+        pools.pool(alice).release(conn)
+        other = yield pools.pool(bob).acquire()
+        self.assertTrue(conn.closed)
+        self.assertEqual(pools.open_connections, 1)
+        pools.pool(bob).release(other)
+
+    @defer.inlineCallbacks
+    def test_login_failure_fails_fast(self):
+        """D19: a role that cannot log in gets an error, not a hang."""
+        pools = self.pools(size=1)
+        with self.assertRaises(DatabaseUnavailable):
+            yield pools.run("no_such_role_x", lambda conn: conn.execute("select 1"))
+        self.assertEqual(pools.open_connections, 0)
+
+    @defer.inlineCallbacks
+    def test_error_rolls_back_and_connection_is_reused(self):
+        user = add_user(self.db)
+        self.db.run(f'create table t (x int); grant all on t to "{user}"')
+        pools = self.pools(size=1)
+
+        def failing(tx):
+            d = tx.execute("insert into t values (1)")
+            return d.addCallback(lambda _: tx.execute("select 1/0"))
+        with self.assertRaises(pg.DatabaseError):
+            yield pools.run(user, lambda conn: conn.transaction(failing))
+        result = yield pools.run(user, lambda conn: conn.execute("select count(*) from t"))
+        self.assertEqual(result.rows, [(0,)])
+        self.assertEqual(pools.open_connections, 1)
+
+
+class ListenerTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_listen_ref_counted_and_delivered(self):
+        db = fresh_database(self)
+        listener = Listener(lambda: pg.connect(db.dsn, reactor), reactor)
+        self.addCleanup(listener.stop)
+        yield listener.start()
+        got = []
+        arrived = defer.Deferred()
+
+        def one(n):
+            got.append(("one", n.payload))
+            if len(got) == 2:
+                arrived.callback(None)
+
+        def two(n):
+            got.append(("two", n.payload))
+            if len(got) == 2:
+                arrived.callback(None)
+        yield listener.subscribe("chan", one)
+        yield listener.subscribe("chan", two)
+        self.assertEqual(listener.channels, {"chan"})
+        db.run("notify chan, 'hello'")
+        yield arrived
+        self.assertEqual(sorted(got), [("one", "hello"), ("two", "hello")])
+        yield listener.unsubscribe("chan", one)
+        listening = yield listener._conn.execute("select pg_listening_channels()")
+        self.assertEqual(listening.rows, [("chan",)])
+        yield listener.unsubscribe("chan", two)
+        self.assertEqual(listener.channels, frozenset())
+        listening = yield listener._conn.execute("select pg_listening_channels()")
+        self.assertEqual(listening.rows, [])
+
+
+class DatabaseFacadeTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_metadata_comes_from_the_admin_connection(self):
+        """D16: cache fills never run on a user's session."""
+        db = fresh_database(self)
+        db.run("create table public.thing (id int primary key, doc jsonb)")
+        database = Database(admin_dsn=db.dsn, reactor=reactor)
+        self.addCleanup(database.stop)
+        yield database.start()
+        columns = yield database.column_types('"public"."thing"')
+        self.assertEqual(columns, {"id": "int4", "doc": "jsonb"})
+        self.assertEqual(list(database.users.pools), [])
+        meta = yield database.meta("public.thing")
+        self.assertEqual(meta["obj"], "public.thing")
+        database.clear_caches()
+        self.assertEqual(database._meta, {})

@@ -1,0 +1,288 @@
+"""The ``wyseman`` command: database set-up, users, tickets, config checks.
+
+Subcommands are contributed by *adders*: functions that take the argparse
+subparsers object and the shared parent parser (which carries ``--config``) and add
+one command each, setting ``handler`` to a function ``(args) -> int``. To add a
+command (``demo``, ``login``, ``query``, ``listen``, ``keygen``…) write an adder and
+decorate it with :func:`subcommand`, or append it to :data:`SUBCOMMANDS`; nothing
+else here needs to change. Handlers may raise any error in :data:`OPERATOR_ERRORS`:
+:func:`main` reports it as one line on stderr with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg2
+
+from wyseman import config as config_module
+from wyseman.config import Config, ConfigError
+from wyseman.db.admin import (
+    TICKET_FORMATS,
+    AdminError,
+    add_user,
+    admin_dsn_sync,
+    format_ticket,
+    issue_ticket,
+    remove_user,
+)
+from wyseman.db.bootstrap import init_database_sync
+from wyseman.db.cluster import ClusterError
+from wyseman.db.pg import dsn_with
+
+PROG = "wyseman"
+DEFAULT_CONFIG = "wyseman.toml"
+CONFIG_ENV = "WYSEMAN_CONFIG"
+
+#: Errors that are the operator's to fix: reported in one line, no traceback.
+OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, ClusterError, AdminError, psycopg2.Error, OSError)
+
+#: Set to show the traceback of an unexpected error instead of one line.
+DEBUG_ENV = "WYSEMAN_DEBUG"
+
+Handler = Callable[[argparse.Namespace], int]
+Adder = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]
+
+# ---------------------------------------------------------------------------
+# The subcommand registry: the lead adds `demo` and the client commands here.
+
+SUBCOMMANDS: list[Adder] = []
+
+
+def subcommand(adder: Adder) -> Adder:
+    """Register a subcommand adder (decorator); commands appear in registration order."""
+    SUBCOMMANDS.append(adder)
+    return adder
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction,
+                    common: argparse.ArgumentParser) -> None:
+    """Add every registered subcommand to ``subparsers``."""
+    for adder in SUBCOMMANDS:
+        adder(subparsers, common)
+
+
+# ---------------------------------------------------------------------------
+# helpers for handlers
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config named by ``--config``, ``$WYSEMAN_CONFIG``, or ``./wyseman.toml``."""
+    path = (getattr(args, "config", None) or getattr(args, "top_config", None)
+            or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return config_module.load(path)
+
+
+def admin_dsn(config: Config) -> str:
+    """The admin DSN (starting an embedded cluster if needed), with the connect timeout."""
+    timeout = config.database.connect_timeout
+    dsn = admin_dsn_sync(config)
+    return dsn_with(dsn, connect_timeout=max(1, round(timeout))) if timeout else dsn
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's text as one line (libpq messages span several)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        text = f"{where}{error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    return "; ".join(parts) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------
+# db
+
+@subcommand
+def _add_db(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    db = subparsers.add_parser("db", help="database set-up")
+    actions = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    init = actions.add_parser(
+        "init", parents=[common], help="create the wyseman schema (idempotent)",
+        description="Create the bootstrap schema in the configured database (starting and "
+                    "creating an embedded one if needed). A database that already has it, "
+                    "or that has wyselib's schema, is left unchanged.")
+    init.set_defaults(handler=_db_init)
+
+
+def _db_init(args: argparse.Namespace) -> int:
+    result = init_database_sync(admin_dsn(load_config(args)))
+    _out(result.message)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# user
+
+@subcommand
+def _add_user(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    user = subparsers.add_parser("user", help="add or remove users")
+    actions = user.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
+    add = actions.add_parser(
+        "add", parents=[common], help="add a user (entity and login role)",
+        description="Create an entity and a LOGIN role named NAME, member of wyseman_user.")
+    add.add_argument("name", metavar="NAME", help="user name = database role name")
+    add.add_argument("--name", dest="ent_name", metavar="TEXT",
+                     help="entity name (default: NAME)")
+    add.add_argument("--existing-role", action="store_true",
+                     help="do not create a role: NAME is an existing role (or none is wanted)")
+    add.set_defaults(handler=_user_add)
+    remove = actions.add_parser(
+        "remove", parents=[common], help="remove a user, its tickets and its role")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("--keep-role", action="store_true",
+                        help="keep the database role, remove only the entity")
+    remove.set_defaults(handler=_user_remove)
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    entity = add_user(admin_dsn(load_config(args)), args.name, ent_name=args.ent_name,
+                      login_role=not args.existing_role)
+    _out(f"user {args.name} added (entity {entity})")
+    return 0
+
+
+def _user_remove(args: argparse.Namespace) -> int:
+    entity = remove_user(admin_dsn(load_config(args)), args.name,
+                         drop_role=not args.keep_role)
+    _out(f"user {args.name} removed (entity {entity})")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# ticket
+
+@subcommand
+def _add_ticket(subparsers: argparse._SubParsersAction,
+                common: argparse.ArgumentParser) -> None:
+    ticket = subparsers.add_parser(
+        "ticket", parents=[common], help="issue a one-time login ticket",
+        description="Issue a login ticket for NAME (valid 30 minutes, one use), formatted "
+                    "as wyclif's bin/ticket does.")
+    ticket.add_argument("name", metavar="NAME", help="the user the ticket is for")
+    ticket.add_argument("--format", "-F", choices=TICKET_FORMATS, default="json",
+                        help="json (a ticket file for wylib), link, or web (a URL that "
+                             "opens the app); default json")
+    ticket.add_argument("-o", "--output", metavar="FILE",
+                        help="write the ticket to FILE (mode 0600) instead of stdout")
+    ticket.add_argument("--host", metavar="H", help="WebSocket host put into the ticket")
+    ticket.add_argument("--port", metavar="P", type=int, help="WebSocket port put into the ticket")
+    ticket.add_argument("--http-port", metavar="S", type=int, default=4000,
+                        help="HTTP port of the app page for --format web (default 4000)")
+    ticket.add_argument("--spa-name", metavar="N", default="wyatt",
+                        help="page name for --format web (default wyatt)")
+    ticket.set_defaults(handler=_ticket)
+
+
+def _ticket(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port)
+    text = format_ticket(ticket, args.format,
+                         admin_user=ticket.issuer or config.database.admin_user,
+                         http_port=args.http_port, spa_name=args.spa_name)
+    if args.output:
+        # The token is a credential: create the file private, then write.
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        _out(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# config
+
+@subcommand
+def _add_config(subparsers: argparse._SubParsersAction,
+                common: argparse.ArgumentParser) -> None:
+    conf = subparsers.add_parser("config", help="check a config file, print the reference")
+    actions = conf.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    check = actions.add_parser("check", parents=[common], help="validate a config file")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=_config_check)
+    reference = actions.add_parser("reference", parents=[common],
+                                   help="print the option reference (Markdown)")
+    reference.set_defaults(handler=_config_reference)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config_module.load(args.file)
+    _out(f"{args.file}: ok")
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_module.render_reference())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+@subcommand
+def _add_demo(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="run a demo server on an embedded PostgreSQL and print a ticket",
+        description="Start the server on an embedded PostgreSQL (demo/wyseman.toml is "
+                    "written on first use unless --config names another embedded config), "
+                    "create the demo user, print a one-time ticket and serve until Ctrl-C.")
+    demo.add_argument("--config", metavar="FILE", help="an embedded config to use")
+    demo.add_argument("--user", default="demo", help="user to create (default: demo)")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from wyseman import demo
+    return demo.run(args.config or args.top_config, args.user)
+
+
+# ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help=config_help)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="wyseman: WebSocket gateway to PostgreSQL — administration commands.")
+    # A separate dest: a subcommand's own --config default must not hide this one.
+    parser.add_argument("--config", dest="top_config", metavar="FILE", help=config_help)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_subcommands(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2) and --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.handler(args)
+    except OPERATOR_ERRORS as exc:
+        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {one_line(exc)} "
+                         f"(set {DEBUG_ENV}=1 for details)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
