@@ -13,6 +13,7 @@ predictable.
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -47,11 +48,11 @@ def _timestamp(value: str | None, cursor: Any) -> str | None:
     zone = match["zone"]
     if zone and zone.replace(":", "").lstrip("+-").strip("0"):
         # Not UTC (only possible if a function changed TimeZone): let Python convert.
-        from datetime import datetime, timezone
+        from datetime import datetime
         frac = (match["frac"] or "")[:6].ljust(6, "0")
         parsed = datetime.fromisoformat(
             f"{match['date']}T{match['time']}.{frac}{_normal_zone(zone)}")
-        utc = parsed.astimezone(timezone.utc)
+        utc = parsed.astimezone(UTC)
         return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
     millis = (match["frac"] or "")[:3].ljust(3, "0")
     return f"{match['date']}T{match['time']}.{millis}Z"

@@ -138,7 +138,9 @@ class Dispatcher:
                 pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
         statement = compiler.compile_request(request, columns, self.policy)
         try:
-            data = yield self.db.run_as(session.user, lambda conn: _execute(conn, statement, action in _WRITES))
+            writes = action in _WRITES
+            data = yield self.db.run_as(session.user,
+                                        lambda conn: _execute(conn, statement, writes))
         except _BadTuples as bad:
             reply = dict(request)
             if bad.first is not None:

@@ -205,12 +205,25 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._outbound.clear()
 
 
+class _ClockTimer:
+    """Autobahn's timer interface on a given clock (tests drive heartbeats with it)."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, func, *args, **kwargs)
+
+
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
     def __init__(self, gateway: Gateway, *, url: str = "ws://127.0.0.1/",
-                 secure: bool = False, insecure_allowed: bool = False) -> None:
+                 secure: bool = False, insecure_allowed: bool = False,
+                 clock: Any = None) -> None:
         super().__init__(url)
+        if clock is not None:
+            self._batched_timer = _ClockTimer(clock)
         self.gateway = gateway
         self.insecure_allowed = insecure_allowed
         limits = gateway.config.limits

@@ -1,0 +1,101 @@
+"""Limits and liveness: message size, slow consumers, connection caps, heartbeat."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user, raw_upgrade, start_gateway
+from tests.pgtest import fresh_database
+from wyseman import keys
+from wyseman.client.connection import connect
+from wyseman.db import admin
+from wyseman.protocol.server import GatewayFactory
+
+BIG = """
+create function public.big(n int) returns text language sql as $$ select repeat('x', n) $$;
+grant execute on function public.big(int) to wyseman_user;
+"""
+
+
+class LimitTests(TestCase):
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def login(self, server, db, user):
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        return conn
+
+    @defer.inlineCallbacks
+    def test_oversized_message_closes_with_1009(self):
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db, limits={"max_message_size": 4096,
+                                                       "max_frame_size": 4096})
+        conn = yield self.login(server, db, user)
+        conn.send_raw(b'{"view": "' + b"x" * 8000 + b'"}')
+        code, _ = yield conn.closed
+        self.assertEqual(code, 1009)
+
+    @defer.inlineCallbacks
+    def test_slow_consumer_is_cut(self):
+        db = fresh_database(self)
+        db.run(BIG)
+        user = add_user(db)
+        server = yield start_gateway(self, db, limits={"max_outbound_bytes": 1_000_000})
+        conn = yield self.login(server, db, user)
+        conn._protocol.transport.pauseProducing()  # the client stops reading
+        for n in range(60):
+            conn.send_raw(b'{"id": %d, "action": "tuple", "view": "public.big(int)", '
+                          b'"params": [1000000]}' % n)
+        yield conn.closed
+        self.assertEqual(server.gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(server.gateway.connection_count, 0)
+
+    @defer.inlineCallbacks
+    def test_connections_per_user(self):
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db, limits={"max_connections_per_user": 2})
+        yield self.login(server, db, user)
+        yield self.login(server, db, user)
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        token = admin.issue_ticket(db.dsn, user).token
+        status, _ = yield raw_upgrade(server.port, f"user={user}&token={token}&pub={pub}")
+        self.assertEqual(status, 503)
+
+
+class HeartbeatTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_silent_peer_is_dropped(self):
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db, auth={"insecure": True},
+                                     limits={"ping_interval": 10, "ping_timeout": 5})
+        clock = MemoryReactorClock()
+        factory = GatewayFactory(server.gateway, insecure_allowed=True, clock=clock)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
+        protocol.makeConnection(transport)
+        opened = defer.Deferred()
+        protocol.onOpen = lambda: (type(protocol).onOpen(protocol), opened.callback(None))
+        protocol.dataReceived(
+            (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        yield opened
+        self.assertIn(b"101 Switching Protocols", transport.value())
+        transport.clear()
+        clock.advance(10.5)
+        self.assertEqual(transport.value()[:1], b"\x89")  # a ping frame went out
+        self.assertFalse(transport.disconnecting)
+        clock.advance(6)                                  # no pong within the timeout
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        protocol.connectionLost(None)
+        self.assertEqual(server.gateway.connection_count, 0)
