@@ -32,6 +32,7 @@ from wyseman.db.admin import (
 from wyseman.db.bootstrap import init_database_sync
 from wyseman.db.cluster import ClusterError
 from wyseman.db.pg import dsn_with
+from wyseman.keys import KeyFileError
 
 PROG = "wyseman"
 DEFAULT_CONFIG = "wyseman.toml"
@@ -39,7 +40,7 @@ CONFIG_ENV = "WYSEMAN_CONFIG"
 
 #: Errors that are the operator's to fix: reported in one line, no traceback.
 OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, ClusterError, AdminError, psycopg2.Error, OSError)
+    ConfigError, ClusterError, AdminError, KeyFileError, psycopg2.Error, OSError)
 
 #: Set to show the traceback of an unexpected error instead of one line.
 DEBUG_ENV = "WYSEMAN_DEBUG"
@@ -243,6 +244,16 @@ def _add_demo(subparsers: argparse._SubParsersAction, common: argparse.ArgumentP
 def _demo(args: argparse.Namespace) -> int:
     from wyseman import demo
     return demo.run(args.config or args.top_config, args.user)
+
+
+# ---------------------------------------------------------------------------
+# client commands (keygen, login, query, listen): wyseman/client/cli.py
+
+@subcommand
+def _add_client(subparsers: argparse._SubParsersAction,
+                common: argparse.ArgumentParser) -> None:
+    from wyseman.client.cli import add_client_commands
+    add_client_commands(subparsers, common)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,5 @@
+import sys
+
+from wyseman.cli import main
+
+sys.exit(main())
