@@ -63,6 +63,19 @@ class LoginTests(TestCase):
         self.assertTrue(second.connected)
 
     @defer.inlineCallbacks
+    def test_sockets_close_when_key_replaced_or_user_removed(self):
+        _, first = yield self.ticket_login()
+        second = yield connect(self.server.url, self.user, token=self.ticket(),
+                               new_key=keys.generate_private_jwk())
+        self.addCleanup(second.close)
+        code, reason = yield first.closed
+        self.assertEqual((code, reason), (4001, "credentials changed"))
+        self.assertTrue(second.connected)
+        admin.remove_user(self.db.dsn, self.user)
+        code, _ = yield second.closed
+        self.assertEqual(code, 4001)
+
+    @defer.inlineCallbacks
     def test_token_is_one_time(self):
         token = self.ticket()
         private = keys.generate_private_jwk()

@@ -26,6 +26,10 @@ from wyseman.sql import compiler
 
 log = Logger(namespace="wyseman.gateway")
 
+#: Channel on which the schema's trigger announces changed or removed credentials.
+AUTH_CHANNEL = "wyseman_auth"
+CLOSE_CREDENTIALS_CHANGED = 4001
+
 
 def notification_frame(notification: Notification) -> bytes:
     """The notify frame of §6.2; a payload that is not JSON is sent as a string (D8)."""
@@ -70,6 +74,7 @@ class Gateway:
         if self.admin_channel:
             d.addCallback(lambda _: self.db.listener.subscribe(self.admin_channel,
                                                                 self._on_admin))
+        d.addCallback(lambda _: self.db.listener.subscribe(AUTH_CHANNEL, self._on_auth))
         return d
 
     def stop(self) -> None:
@@ -136,6 +141,19 @@ class Gateway:
         for protocol in list(members):
             protocol.send_frame(frame)
         self.metrics.notifications.inc(len(members))
+
+    def _on_auth(self, notification: Notification) -> None:
+        """A user's key changed or the user went: close sockets whose key is gone."""
+        try:
+            change = orjson.loads(notification.payload)
+            user, remaining = change["user"], set(change.get("keys") or ())
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warn("ignored malformed {channel} payload", channel=AUTH_CHANNEL)
+            return
+        for protocol in self.connections_of(user):
+            if protocol.session.key_x not in remaining:
+                log.info("closing a connection of {user}: credentials changed", user=user)
+                protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
 
     def _on_admin(self, notification: Notification) -> None:
         log.info("schema change signalled on {channel}: metadata caches dropped",

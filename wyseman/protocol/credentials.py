@@ -182,8 +182,16 @@ def verify_signature(jwk: Mapping[str, Any], message: bytes, sign_b64: str) -> b
         return False
 
 
+def verifying_key(conn_pub: Any, message: bytes, sign_b64: str) -> Mapping[str, Any] | None:
+    """The stored key (of the candidates) that verifies the signature, or None."""
+    for jwk in candidate_keys(conn_pub):
+        if verify_signature(jwk, message, sign_b64):
+            return jwk
+    return None
+
+
 def verify_any(conn_pub: Any, message: bytes, sign_b64: str) -> bool:
-    return any(verify_signature(jwk, message, sign_b64) for jwk in candidate_keys(conn_pub))
+    return verifying_key(conn_pub, message, sign_b64) is not None
 
 
 # -- the signed message and dates -------------------------------------------------------

@@ -45,11 +45,12 @@ class Session:
     """
 
     def __init__(self, user: str, listen: tuple[str, ...], send: Callable[[bytes], None],
-                 peer: str = "") -> None:
+                 peer: str = "", key_x: str | None = None) -> None:
         self.user = user
         self.listen = listen
         self.send = send
         self.peer = peer
+        self.key_x = key_x
 
 
 @dataclass

@@ -60,6 +60,7 @@ class Login:
     user: str
     listen: tuple[str, ...]
     method: str                # 'ticket', 'key' or 'insecure'
+    key_x: str | None = None   # the public key used (its x), to close sockets when it goes
 
 
 @dataclass
@@ -166,14 +167,14 @@ class Authenticator:
 
         if user and token and pub:                                     # step 1: ticket
             try:
-                pub_json, _ = cred.decode_public_jwk(pub)
+                pub_json, jwk = cred.decode_public_jwk(pub)
             except cred.CredentialError as exc:
                 raise refuse(INVALID_LOGIN, f"ticket login: pub: {exc.reason}", "bad_key")
             valid = yield self.db.token_valid(user, token, pub_json)
             if not valid:
                 raise refuse(INVALID_LOGIN, f"ticket login: token not valid for {user!r}",
                              "bad_token")
-            return Login(user, listen, "ticket")
+            return Login(user, listen, "ticket", jwk.get("x"))
 
         if user and sign and date:                                     # step 2: key
             try:
@@ -189,13 +190,14 @@ class Authenticator:
                 raise refuse(INVALID_LOGIN, f"key login: no key stored for {user!r}",
                              "no_key")
             message = cred.signed_message(hs.ip, hs.cookie, hs.user_agent, date)
-            if not cred.verify_any(conn_pub, message, sign):
+            key = cred.verifying_key(conn_pub, message, sign)
+            if key is None:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",
                              "bad_signature")
             if self.replay.seen_or_add(user, sign, now):
                 raise refuse(INVALID_LOGIN, f"key login: replayed signature for {user!r}",
                              "replay")
-            return Login(user, listen, "key")
+            return Login(user, listen, "key", key.get("x"))
 
         if user and not hs.secure and hs.insecure_allowed:             # step 3: insecure
             exists = yield self.db.user_exists(user)

@@ -105,7 +105,8 @@ class GatewayProtocol(WebSocketServerProtocol):
             raise self._refusal_exception(Refusal(503, "Service Unavailable",
                                                   f"max_connections_per_user for {login.user!r}",
                                                   "user_capacity"))
-        self.session = Session(login.user, login.listen, self.send_frame, self.client_address)
+        self.session = Session(login.user, login.listen, self.send_frame, self.client_address,
+                               login.key_x)
         gateway.metrics.handshake("accepted", login.method)
         log.info("login {user} ({method}) from {ip}", user=login.user, method=login.method,
                  ip=self.client_address)
