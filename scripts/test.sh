@@ -20,7 +20,7 @@ else
 fi
 
 echo "== ruff"
-.venv/bin/ruff check wyseman tests twisted benchmarks
+.venv/bin/ruff check wyseman tests twisted
 
 echo "== trial"
 log=$(mktemp)

@@ -28,6 +28,9 @@ from wyseman import keys
 
 log = Logger(namespace="wyseman.client")
 
+#: Sent on /clientinfo and on the upgrade alike: the server signs-checks what it sees.
+USER_AGENT = "wyseman-python-client"
+
 
 class ClientError(Exception):
     """The connection could not be made (the message says why)."""
@@ -165,18 +168,33 @@ class WysemanConnection:
 
 
 @defer.inlineCallbacks
-def fetch_clientinfo(url: str, reactor: Any = None, context_factory: Any = None) -> Any:
+def fetch_clientinfo(url: str, reactor: Any = None, context_factory: Any = None,
+                     headers: Mapping[str, str] | None = None) -> Any:
     """GET ``url`` (``http(s)://host:port/clientinfo``) → the parsed JSON."""
-    from twisted.web.client import Agent, readBody
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+    from twisted.web.http_headers import Headers
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    agent = Agent(reactor, contextFactory=context_factory) if context_factory else Agent(reactor)
-    response = yield agent.request(b"GET", url.encode("ascii"))
+    policy = _FixedTLSPolicy(context_factory) if context_factory else BrowserLikePolicyForHTTPS()
+    agent = Agent(reactor, contextFactory=policy)
+    sent = {"User-Agent": USER_AGENT, **(headers or {})}
+    response = yield agent.request(b"GET", url.encode("ascii"), Headers(
+        {k.encode("latin-1"): [v.encode("latin-1")] for k, v in sent.items()}))
     body = yield readBody(response)
     if response.code != 200:
         raise ClientError(f"{url}: HTTP {response.code}")
     return json.loads(body)
+
+
+class _FixedTLSPolicy:
+    """Agent TLS policy that uses the caller's client options for every host."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802
+        return self.options
 
 
 def _clientinfo_url(ws_url: str, http_port: int | None) -> str:
@@ -213,14 +231,17 @@ def connect(url: str, user: str, *, token: str | None = None, key: Mapping[str, 
         query += [("token", token), ("pub", keys.pub_param(keys.public_jwk(new_key)))]
     elif key is not None:
         info = yield fetch_clientinfo(clientinfo_url or _clientinfo_url(url, http_port),
-                                      reactor, tls_options)
+                                      reactor, tls_options, headers)
         message = json.dumps({k: info[k] for k in ("ip", "cookie", "userAgent", "date")
                               if k in info}, separators=(",", ":"), ensure_ascii=False)
         query += [("sign", keys.sign(key, message.encode("utf-8"))), ("date", info["date"])]
     qs = "&".join(f"{k}={quote(v, safe=':-_.')}" for k, v in query)
     full = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}?{qs}"
     connection = WysemanConnection(reactor, timeout)
-    factory = _ClientFactory(full, headers=dict(headers or {}))
+    sent = dict(headers or {})
+    factory = _ClientFactory(full, headers={k: v for k, v in sent.items()
+                                            if k.lower() != "user-agent"},
+                             useragent=sent.get("User-Agent", USER_AGENT))
     factory.connection = connection
     factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
     host = parts.hostname or "127.0.0.1"

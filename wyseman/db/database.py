@@ -128,7 +128,7 @@ class Database:
             value = result.rows[0][0]
             if isinstance(value, str):  # RawJSON from a json/jsonb column, or text
                 try:
-                    return orjson.loads(value)
+                    return orjson.loads(str(value))
                 except orjson.JSONDecodeError:
                     return None
             return value

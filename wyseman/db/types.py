@@ -74,7 +74,7 @@ class RawJSON(str):
     __slots__ = ()
 
     def parse(self) -> Any:
-        return orjson.loads(self)
+        return orjson.loads(str(self))
 
 
 def _json(value: str | None, cursor: Any) -> Any:
