@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, raw_upgrade, start_gateway
+from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import keys
-from wyseman.client.connection import connect
+from wyseman.client.connection import ClientError, connect
 from wyseman.db import admin
 from wyseman.protocol.server import GatewayFactory
 
@@ -61,12 +63,19 @@ class LimitTests(TestCase):
         db = fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db, limits={"max_connections_per_user": 2})
-        yield self.login(server, db, user)
-        yield self.login(server, db, user)
-        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        private = keys.generate_private_jwk()
         token = admin.issue_ticket(db.dsn, user).token
-        status, _ = yield raw_upgrade(server.port, f"user={user}&token={token}&pub={pub}")
-        self.assertEqual(status, 503)
+        first = yield connect(server.url, user, token=token, new_key=private)
+        self.addCleanup(first.close)
+        second = yield connect(server.url, user, key=private,
+                               clientinfo_url=server.clientinfo_url)
+        self.addCleanup(second.close)
+        with self.assertRaises(ClientError) as ctx:
+            yield connect(server.url, user, key=private, clientinfo_url=server.clientinfo_url)
+        self.assertIn("503", str(ctx.exception))
+        yield second.close()
+        third = yield connect(server.url, user, key=private, clientinfo_url=server.clientinfo_url)
+        yield third.close()
 
 
 class HeartbeatTests(TestCase):
@@ -97,5 +106,5 @@ class HeartbeatTests(TestCase):
         self.assertFalse(transport.disconnecting)
         clock.advance(6)                                  # no pong within the timeout
         self.assertTrue(transport.disconnecting or transport.disconnected)
-        protocol.connectionLost(None)
+        protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(server.gateway.connection_count, 0)

@@ -55,8 +55,10 @@ class ListenSpecTests(SynchronousTestCase):
         self.assertEqual(parse_listen("8080").port, 8080)
 
     def test_clientinfo_port_is_one_below(self):
-        self.assertEqual(derived_clientinfo(parse_listen("tcp:4100:interface=::1")),
-                         "tcp:4099:interface=::1")
+        self.assertEqual(derived_clientinfo(parse_listen(r"tcp:4100:interface=\:\:1")),
+                         r"tcp:4099:interface=\:\:1")
+        self.assertEqual(parse_listen(r"tcp:4100:interface=\:\:1").interface, "::1")
+        self.assertTrue(parse_listen(r"tcp:4100:interface=\:\:1").loopback)
         self.assertEqual(derived_clientinfo(parse_listen("tls:443")), "tls:442")
         self.assertIsNone(derived_clientinfo(parse_listen("unix:/x")))
         self.assertIsNone(derived_clientinfo(parse_listen("tcp:0")))

@@ -51,8 +51,26 @@ class ListenSpec:
         return self.kind == "unix" or (bool(self.interface) and is_loopback(self.interface))
 
 
+def _split_endpoint(text: str) -> list[str]:
+    """Split on ':' except escaped '\\:' (as Twisted's endpoint parser does), unescaping."""
+    parts, current, escaped = [], "", False
+    for char in text:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
 def parse_listen(text: str) -> ListenSpec:
-    parts = text.split(":")
+    parts = _split_endpoint(text)
     kind = parts[0] if not parts[0].isdigit() else "tcp"
     if parts[0].isdigit():
         parts = ["tcp", *parts]
@@ -65,7 +83,7 @@ def parse_listen(text: str) -> ListenSpec:
         elif key == "port" and value.isdigit():
             port = int(value)
         elif key == "interface":
-            interface = value.replace("\\", "")
+            interface = value
     return ListenSpec(text, kind, port, interface)
 
 
@@ -73,7 +91,7 @@ def derived_clientinfo(spec: ListenSpec) -> str | None:
     """The JS client fetches /clientinfo from the WebSocket port − 1 (§1)."""
     if spec.kind not in ("tcp", "tls") or not spec.port or spec.port <= 1:
         return None
-    iface = f":interface={spec.interface}" if spec.interface else ""
+    iface = f":interface={spec.interface.replace(':', chr(92) + ':')}" if spec.interface else ""
     return f"{spec.kind}:{spec.port - 1}{iface}"
 
 
@@ -225,7 +243,7 @@ class GatewayService(Service):
             yield port.stopListening()
         if self.gateway is not None:
             for protocol in list(self.gateway.all_connections()):
-                protocol.sendClose(1001, "server shutting down")
+                protocol.sendClose(1000, "server shutting down")
                 protocol.dropConnection(abort=True)
             self.gateway.stop()
 

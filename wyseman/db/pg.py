@@ -95,11 +95,25 @@ class Connection:
         self.dsn = dsn
         if connect_timeout:
             dsn = dsn_with(dsn, connect_timeout=max(1, int(connect_timeout)))
-        yield self._conn.connect(dsn)
+        try:
+            yield self._conn.connect(dsn)
+        except Exception:
+            self._abandon()
+            raise
         self._conn.lost_callback = self._lost
         for statement in setup:
             yield self._conn.runOperation(statement)
         return self
+
+    def _abandon(self) -> None:
+        """After a failed connect: txpostgres would keep polling the dead socket (and log
+        the same error again from the reactor), so stop watching it and close it."""
+        self._conn.closing = True
+        self._conn.reactor.removeReader(self._conn)
+        self._conn.reactor.removeWriter(self._conn)
+        raw = self._conn._connection
+        if raw is not None and not raw.closed:
+            raw.close()
 
     def _lost(self, reason: Failure) -> None:
         self.lost = True

@@ -31,8 +31,6 @@ _REASON_PHRASES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
                    429: "Too Many Requests", 500: "Internal Server Error",
                    503: "Service Unavailable"}
 
-CLOSE_POLICY = 1008       # policy violation (slow consumer)
-CLOSE_GOING_AWAY = 1001
 
 
 @implementer(interfaces.IPushProducer)
@@ -186,7 +184,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.factory.gateway.metrics.slow_consumer()
             self._outbound.clear()
             self._outbound_bytes = 0
-            self.sendClose(CLOSE_POLICY, "slow consumer")
+            # No close frame: the peer is not reading; cut the TCP connection.
             self.dropConnection(abort=True)
 
     def _flush_outbound(self) -> None:
