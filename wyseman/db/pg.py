@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
@@ -71,6 +72,14 @@ class _LossAwareConnection(txpostgres.Connection):
     lost_callback: Callable[[Failure], None] | None = None
     closing = False
 
+    def doRead(self) -> Any:  # noqa: N802 (Twisted name)
+        """An idle connection whose server went away raises from psycopg2's poll; hand
+        the reactor a reason instead, so it disconnects us without logging an error."""
+        try:
+            return super().doRead()
+        except psycopg2.Error as exc:
+            return ConnectionLost(str(exc).strip().splitlines()[0] if str(exc) else "lost")
+
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted name)
         super().connectionLost(reason)
         callback, self.lost_callback = self.lost_callback, None
@@ -109,10 +118,12 @@ class Connection:
         """After a failed connect: txpostgres would keep polling the dead socket (and log
         the same error again from the reactor), so stop watching it and close it."""
         self._conn.closing = True
+        raw = self._conn._connection
+        if raw is None:  # psycopg2 refused before any socket existed
+            return
         self._conn.reactor.removeReader(self._conn)
         self._conn.reactor.removeWriter(self._conn)
-        raw = self._conn._connection
-        if raw is not None and not raw.closed:
+        if not raw.closed:
             raw.close()
 
     def _lost(self, reason: Failure) -> None:

@@ -34,8 +34,13 @@ _TRANSLATABLE = re.compile(r"^![\w.]+:\w")
 _WRITES = frozenset({"insert", "update"})
 
 
-class ErrorReply(bytes):
-    """An encoded reply that carries an ``error`` (for metrics; sent like any frame)."""
+class _ErrorReply(Exception):
+    """A finished error reply (the request echoed with data and error), raised so every
+    error leaves :meth:`Dispatcher._handle` the same way."""
+
+    def __init__(self, frame: bytes) -> None:
+        super().__init__("error reply")
+        self.frame = frame
 
 
 class Session:
@@ -80,21 +85,25 @@ class Dispatcher:
         if not isinstance(request, dict):
             return defer.succeed(_protocol_error(
                 None, errors.bad_message("a request must be a JSON object")))
+        started = self.clock.seconds() if self.clock is not None else 0.0
         d = defer.maybeDeferred(self._handle, session, request)
-        d.addErrback(self._unexpected, request)
-        if self.observe is not None and self.clock is not None:
-            d.addCallback(self._observed, request, self.clock.seconds())
+        d.addCallbacks(self._observed, self._failed, callbackArgs=(request, started, "ok"),
+                       errbackArgs=(request, started))
         return d
 
-    def _observed(self, reply: bytes, request: dict, started: float) -> bytes:
-        action = request.get("action")
-        label = action if action in BUILTIN_ACTIONS else "custom"
-        outcome = "error" if isinstance(reply, ErrorReply) else "ok"
-        assert self.observe is not None
-        self.observe(label, outcome, self.clock.seconds() - started)
+    def _failed(self, failure: Any, request: dict, started: float) -> bytes:
+        return self._observed(self._unexpected(failure, request), request, started, "error")
+
+    def _observed(self, reply: bytes, request: dict, started: float, outcome: str) -> bytes:
+        if self.observe is not None and self.clock is not None:
+            action = request.get("action")
+            label = action if action in BUILTIN_ACTIONS else "custom"
+            self.observe(label, outcome, self.clock.seconds() - started)
         return reply
 
     def _unexpected(self, failure: Any, request: dict) -> bytes:
+        if failure.check(_ErrorReply):
+            return failure.value.frame
         if failure.check(ProtocolError):
             return _protocol_error(request, failure.value)
         if failure.check(psycopg2.Error):
@@ -147,7 +156,7 @@ class Dispatcher:
             if bad.first is not None:
                 reply["data"] = bad.first
             reply["error"] = errors.bad_tuples(bad.count).as_reply()
-            return ErrorReply(dumps(reply))
+            raise _ErrorReply(dumps(reply))
         return _reply(request, data)
 
 
@@ -193,7 +202,7 @@ def _one_row_reply(request: dict, row: Any) -> bytes:
     if count:
         reply["data"] = row[0]
     reply["error"] = errors.bad_tuples(count).as_reply()
-    return ErrorReply(dumps(reply))
+    raise _ErrorReply(dumps(reply))
 
 
 def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
@@ -203,7 +212,7 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
         for key in ("id", "view", "action"):
             if key in request:
                 reply[key] = request[key]
-    return ErrorReply(dumps(reply))
+    return dumps(reply)
 
 
 def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
@@ -223,4 +232,4 @@ def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
         error["pgCode"] = exc.pgcode
     reply = dict(request)
     reply["error"] = error
-    return ErrorReply(dumps(reply))
+    return dumps(reply)

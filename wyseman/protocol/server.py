@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import parseHttpHeader
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 
@@ -159,13 +160,14 @@ class GatewayProtocol(WebSocketServerProtocol):
         d.addBoth(self._request_done)
 
     def _request_done(self, result: Any) -> None:
+        """Bookkeeping after a reply; a failure here is a bug, so it is logged loudly."""
         self._in_flight -= 1
         if self._reading_paused and self._in_flight < self.factory.gateway.max_in_flight:
             self._reading_paused = False
             if self.transport is not None and self.state == self.STATE_OPEN:
                 self.transport.resumeProducing()
-        if isinstance(result, Exception):
-            log.error("reply failed: {error}", error=result)
+        if isinstance(result, Failure):
+            log.failure("sending a reply failed", result)
         return None
 
     def send_frame(self, frame: bytes) -> None:
