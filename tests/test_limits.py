@@ -50,11 +50,22 @@ class LimitTests(TestCase):
         user = add_user(db)
         server = yield start_gateway(self, db, limits={"max_outbound_bytes": 1_000_000})
         conn = yield self.login(server, db, user)
-        conn._protocol.transport.pauseProducing()  # the client stops reading
+        cut = defer.Deferred()
+        unregister = server.gateway.unregister
+
+        def unregistered(protocol):
+            unregister(protocol)
+            if not cut.called:
+                cut.callback(None)
+        server.gateway.unregister = unregistered
+        transport = conn._protocol.transport
+        transport.pauseProducing()  # the client stops reading
         for n in range(60):
             conn.send_raw(b'{"id": %d, "action": "tuple", "view": "public.big(int)", '
                           b'"params": [1000000]}' % n)
-        yield conn.closed
+        yield cut                        # the server gave up on us...
+        transport.resumeProducing()
+        yield conn.closed                # ...and the client sees the connection gone
         self.assertEqual(server.gateway.metrics.slow_consumers._value.get(), 1)
         self.assertEqual(server.gateway.connection_count, 0)
 
