@@ -226,3 +226,31 @@ class InsecureModeTests(TestCase):
             server={"listen": "tcp:0:interface=0.0.0.0"})
         status, _ = yield raw_upgrade(server.port, f"user={user}")
         self.assertEqual(status, 401)
+
+
+class OriginTests(TestCase):
+    """D3: a browser page from another site cannot open a socket."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_same_host_by_default(self):
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        status, _ = yield raw_upgrade(server.port, "user=x", {"Origin": "https://evil.example"})
+        self.assertEqual(status, 403)
+        # the same host on another port passes the origin check (and then lacks credentials)
+        status, _ = yield raw_upgrade(server.port, "user=x", {"Origin": "http://127.0.0.1:4000"})
+        self.assertEqual(status, 401)
+        status, _ = yield raw_upgrade(server.port, "user=x")  # no Origin: not a browser
+        self.assertEqual(status, 401)
+
+    @defer.inlineCallbacks
+    def test_configured_origins(self):
+        db = fresh_database(self)
+        server = yield start_gateway(
+            self, db, server={"allowed_origins": ["https://app.example"]})
+        status, _ = yield raw_upgrade(server.port, "user=x", {"Origin": "https://app.example"})
+        self.assertEqual(status, 401)
+        status, _ = yield raw_upgrade(server.port, "user=x", {"Origin": "http://127.0.0.1"})
+        self.assertEqual(status, 403)
