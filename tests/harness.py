@@ -41,6 +41,22 @@ def start_gateway(testcase: Any, db: TestDatabase, actions: Any = None,
     return service
 
 
+def unregistered(gateway: Any, count: int = 1) -> defer.Deferred:
+    """Fires once the gateway has let go of ``count`` more connections."""
+    done: defer.Deferred = defer.Deferred()
+    original = gateway.unregister
+    seen = [0]
+
+    def hook(protocol: Any) -> None:
+        original(protocol)
+        seen[0] += 1
+        if seen[0] == count:
+            gateway.unregister = original
+            done.callback(None)
+    gateway.unregister = hook
+    return done
+
+
 def add_user(db: TestDatabase, prefix: str = "u") -> str:
     """A user (entity row + login role) unique to this test."""
     name = db.role_name(prefix)

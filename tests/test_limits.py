@@ -5,11 +5,11 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import add_user, start_gateway, unregistered
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect
@@ -50,14 +50,7 @@ class LimitTests(TestCase):
         user = add_user(db)
         server = yield start_gateway(self, db, limits={"max_outbound_bytes": 1_000_000})
         conn = yield self.login(server, db, user)
-        cut = defer.Deferred()
-        unregister = server.gateway.unregister
-
-        def unregistered(protocol):
-            unregister(protocol)
-            if not cut.called:
-                cut.callback(None)
-        server.gateway.unregister = unregistered
+        cut = unregistered(server.gateway, 1)
         transport = conn._protocol.transport
         transport.pauseProducing()  # the client stops reading
         for n in range(60):
