@@ -43,7 +43,7 @@ class FanOutTests(TestCase):
         for user in (alice, bob):
             _, conns[user] = yield self.sockets(server, db, user, 3)
         requests = []
-        for user, sockets in conns.items():
+        for sockets in conns.values():
             for conn in sockets:
                 for _ in range(4):
                     requests.append(conn.request({"action": "tuple", "view": "public.nap()"}))

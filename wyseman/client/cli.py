@@ -67,7 +67,8 @@ def run_reactor(work: Callable[[Any], Any]) -> int:
 
         def failed(failure: Any) -> None:
             outcome["code"] = 1
-            sys.stderr.write(f"wyseman: error: {failure.getErrorMessage() or failure.type.__name__}\n")
+            text = failure.getErrorMessage() or failure.type.__name__
+            sys.stderr.write(f"wyseman: error: {text}\n")
         d.addCallbacks(done, failed)
         d.addBoth(lambda _: reactor.stop())
     reactor.callWhenRunning(start)
