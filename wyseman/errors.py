@@ -90,3 +90,8 @@ def bad_delete() -> ProtocolError:
 
 def no_result() -> ProtocolError:
     return ProtocolError("noResult", "no result")
+
+
+def bad_view(message: str) -> ProtocolError:
+    """A view name that is malformed or names a schema closed to clients (D14, D25)."""
+    return ProtocolError("badView", message)

@@ -1,0 +1,314 @@
+"""Request → SQL, with no I/O (PROTOCOL.md §7.3–§7.8).
+
+``compile_request(request, meta_columns, policy)`` returns a :class:`Statement`
+(SQL with ``$n`` placeholders, the bound values, and the row-count rule) or
+raises :class:`wyseman.errors.ProtocolError`. Identifiers are validated and
+always quoted, values are always parameters, argument types are checked
+against a strict grammar (D14) and system schemas are refused (D25), so no
+request can produce more than one statement.
+
+``meta``/``lang`` and custom actions are answered by the dispatcher, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wyseman import errors
+from wyseman.sql.values import Param, bind, bind_field
+from wyseman.sql.where import Params, WhereCompiler, order_clause, quote_ident
+
+ACTIONS = frozenset({"select", "tuple", "insert", "update", "delete"})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What requests may name and how big they may get."""
+
+    denied_schemas: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+    allowed_schemas: frozenset[str] | None = None   # None: any schema that is not denied
+    max_where_depth: int = 32
+    max_in_list: int = 10000
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class ViewName:
+    """The parsed ``view`` member: ``schema.name`` or ``schema.fn(type, …)``."""
+
+    schema: str
+    name: str
+    arg_types: tuple[str, ...] | None = None   # None: no parentheses (a relation)
+
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def sql(self) -> str:
+        return quote_ident(self.schema) + "." + quote_ident(self.name)
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: tuple[Param, ...]
+    rows: str                  # 'many' → list, 'one' → exactly one row, 'none' → null
+    view: ViewName
+    _pyformat: list = field(default_factory=list, compare=False, repr=False)
+
+    def pyformat(self) -> tuple[str, dict[str, Param]]:
+        """The statement for psycopg2: ``$n`` → ``%(pn)s``, every other ``%`` doubled.
+
+        Double-quoted identifiers are copied as they are (``$1`` inside one is not a
+        placeholder); the compiler emits no other quoted text.
+        """
+        if not self._pyformat:
+            out: list[str] = []
+            quoted = False
+            text = self.sql
+            i = 0
+            while i < len(text):
+                char = text[i]
+                if char == '"':
+                    quoted = not quoted
+                    out.append(char)
+                elif char == "%":
+                    out.append("%%")
+                elif char == "$" and not quoted:
+                    match = _PLACEHOLDER.match(text, i)
+                    if match:
+                        out.append(f"%(p{match.group(1)})s")
+                        i = match.end()
+                        continue
+                    out.append(char)
+                else:
+                    out.append(char)
+                i += 1
+            self._pyformat.append("".join(out))
+        params = {f"p{n}": value for n, value in enumerate(self.params, 1)}
+        return self._pyformat[0], params
+
+
+# -- view names ----------------------------------------------------------------------
+
+_WORD = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\x00]|"")+")'
+_TYPE = re.compile(
+    rf"^{_WORD}(?:\.{_WORD})?"            # name, optionally schema-qualified
+    r"(?: [A-Za-z_][A-Za-z0-9_]*)*"       # more words: double precision, character varying
+    r"(?: ?\(\d{1,9}(?:, ?\d{1,9})?\))?"  # a type modifier: varchar(8), numeric(10,2)
+    r"(?: [A-Za-z_][A-Za-z0-9_]*)*"       # timestamp(3) with time zone
+    r"(?:\[\d{0,9}\])*$")                 # array suffixes
+
+
+def _split_types(text: str) -> list[str]:
+    """Split the argument list on commas outside parentheses and double quotes."""
+    parts, current, depth, quoted = [], [], 0, False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_view(view: object, policy: Policy = DEFAULT_POLICY) -> ViewName:
+    if not isinstance(view, str) or not view:
+        raise errors.bad_message("a request needs a 'view' (string)")
+    head, paren, rest = view.partition("(")
+    arg_types: tuple[str, ...] | None = None
+    if paren:
+        if not rest.endswith(")"):
+            raise errors.bad_view(f"view {view!r}: the argument list must end with ')'")
+        inner = rest[:-1].strip()
+        types = [t.strip() for t in _split_types(inner)] if inner else []
+        for type_name in types:
+            if not _TYPE.match(type_name):
+                raise errors.bad_view(f"view {view!r}: invalid argument type {type_name!r}")
+        arg_types = tuple(types)
+    parts = head.split(".")
+    if len(parts) == 1:
+        schema, name = "public", parts[0]
+    elif len(parts) == 2:
+        schema, name = parts
+    else:
+        raise errors.bad_view(f"view {view!r}: expected schema.name")
+    if not schema or not name:
+        raise errors.bad_view(f"view {view!r}: empty schema or name")
+    folded = schema.lower()
+    if folded in {s.lower() for s in policy.denied_schemas} or (
+            policy.allowed_schemas is not None
+            and folded not in {s.lower() for s in policy.allowed_schemas}):
+        raise errors.bad_view(f"view {view!r}: schema {schema!r} is not open to clients")
+    result = ViewName(schema, name, arg_types)
+    result.sql()  # validates both identifiers
+    return result
+
+
+# -- the statement ----------------------------------------------------------------------
+
+class _Compiler:
+    def __init__(self, request: dict, meta_columns: Mapping[str, str] | None,
+                 policy: Policy) -> None:
+        self.request = request
+        self.columns = meta_columns
+        self.view = parse_view(request.get("view"), policy)
+        self.params = Params()
+        self.where = WhereCompiler(self.params, self.column, policy.max_where_depth,
+                                   policy.max_in_list)
+
+    def column(self, name: Any) -> str:
+        quoted = quote_ident(name)
+        if self.columns is not None and name not in self.columns:
+            raise errors.ProtocolError(
+                "badFieldName", f"unknown column {name!r} in {self.view.qualified()}")
+        return quoted
+
+    def relation(self) -> str:
+        """The FROM item: the relation, or the function call with typed parameters."""
+        target = self.view.sql()
+        if self.view.arg_types is None:
+            if "params" in self.request and self.request["params"] is not None:
+                raise errors.bad_message("'params' needs a function view: schema.fn(types)")
+            return target
+        params = self.request.get("params")
+        if params is None:
+            params = []
+        if not isinstance(params, list):
+            raise errors.bad_message("'params' must be a list")
+        types = self.view.arg_types
+        placeholders = []
+        for index, value in enumerate(params):
+            placeholder = self.params.add(bind(value))
+            if index < len(types):
+                placeholder += "::" + types[index]
+            placeholders.append(placeholder)
+        return f"{target}({','.join(placeholders)})"
+
+    def fields(self) -> str | None:
+        fields = self.request.get("fields")
+        if fields is None:
+            # A function view without fields is a scalar call; for a relation the Node
+            # server emits invalid SQL (`select schema.view`), so we select every column.
+            return None if self.view.arg_types is not None else "*"
+        if fields == "*":
+            return "*"
+        if isinstance(fields, str):
+            return self.column(fields)
+        if isinstance(fields, list) and fields and all(isinstance(f, str) for f in fields):
+            return ",".join(self.column(f) for f in fields)
+        raise errors.bad_message("'fields' must be \"*\", a column name or a list of names")
+
+    def where_sql(self) -> str:
+        where = self.where.compile(self.request.get("where"))
+        return f" where {where}" if where else ""
+
+    def select(self, action: str) -> Statement:
+        where = self.where_sql()
+        fields = self.fields()
+        relation = self.relation()
+        if fields is None:
+            sql = f"select {relation}{where}"   # scalar function call form
+        else:
+            sql = f"select {fields} from {relation}{where}"
+        if action == "select":
+            order = order_clause(self.request.get("order"), self.column)
+            if order:
+                sql += f" order by {order}"
+            for word in ("limit", "offset"):
+                count = _count(self.request.get(word), word)
+                if count:
+                    sql += f" {word} {count}"
+        return self._statement(sql, "many" if action == "select" else "one")
+
+    def _writable(self) -> str:
+        if self.view.arg_types is not None:
+            raise errors.bad_view(f"cannot {self.request['action']} a function view")
+        return self.view.sql()
+
+    def _field_values(self, empty: errors.ProtocolError) -> dict:
+        fields = self.request.get("fields")
+        if fields is None or not isinstance(fields, dict):
+            raise errors.bad_message("'fields' must be an object of column: value")
+        if not fields:
+            raise empty
+        return fields
+
+    def _bind_field(self, name: str, value: Any) -> str:
+        column_type = self.columns.get(name) if self.columns is not None else None
+        return self.params.add(bind_field(value, column_type))
+
+    def insert(self) -> Statement:
+        target = self._writable()
+        fields = self._field_values(errors.bad_insert())
+        columns = ", ".join(self.column(name) for name in fields)
+        values = ", ".join(self._bind_field(name, value) for name, value in fields.items())
+        return self._statement(
+            f"insert into {target} ({columns}) values ({values}) returning *", "one")
+
+    def update(self) -> Statement:
+        target = self._writable()
+        where = self.where_sql()
+        if not len(self.params):
+            raise errors.bad_where()
+        fields = self._field_values(errors.bad_update())
+        sets = ", ".join(f"{self.column(name)} = {self._bind_field(name, value)}"
+                         for name, value in fields.items())
+        return self._statement(f"update {target} set {sets}{where} returning *", "one")
+
+    def delete(self) -> Statement:
+        target = self._writable()
+        where = self.where_sql()
+        if not len(self.params):
+            raise errors.bad_delete()
+        return self._statement(f"delete from {target}{where}", "none")
+
+    def _statement(self, sql: str, rows: str) -> Statement:
+        return Statement(sql, tuple(self.params.values), rows, self.view)
+
+
+def _count(value: Any, word: str) -> int | None:
+    """limit/offset: a whole number (or digits); fractions truncated like parseInt."""
+    if value is None or value is False or value == "":
+        return None
+    if isinstance(value, bool):
+        raise errors.bad_message(f"'{word}' must be a number")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
+    if not isinstance(value, int) or value < 0:
+        raise errors.bad_message(f"'{word}' must be a whole number >= 0")
+    return value or None
+
+
+def compile_request(request: dict, meta_columns: Mapping[str, str] | None,
+                    policy: Policy = DEFAULT_POLICY) -> Statement:
+    """One request → one statement, or :class:`~wyseman.errors.ProtocolError`."""
+    if not isinstance(request, dict):
+        raise errors.bad_message("a request must be an object")
+    action = request.get("action")
+    if action not in ACTIONS:
+        raise errors.bad_action(action)
+    try:
+        compiler = _Compiler(request, meta_columns, policy)
+        if action in ("select", "tuple"):
+            return compiler.select(action)
+        return getattr(compiler, action)()
+    except RecursionError:
+        raise errors.bad_message("request nested too deeply") from None
