@@ -80,6 +80,8 @@ class Listener:
             conn.on_lost(self._lost)
             self._listening.clear()
             for channel in list(self._subscribers):
+                if self._conn is not conn:  # stopped or lost meanwhile
+                    return None
                 yield self._listen(channel)
             self._delay = self._initial_delay
             if not first:
@@ -139,7 +141,8 @@ class Listener:
         return defer.succeed(None)
 
     def _listen(self, channel: str) -> defer.Deferred:
-        assert self._conn is not None
+        if self._conn is None:
+            return defer.succeed(None)  # LISTENed again on reconnect
         self._listening.add(channel)
         return self._conn.listen(channel).addErrback(self._log_error, "LISTEN", channel)
 

@@ -41,6 +41,8 @@ values
    'An update needs conditions that select the records to change'),
   ('wm', 'lang', 'badDelete', 'eng', 'Unbounded Delete',
    'A delete needs conditions that select the records to remove'),
+  ('wm', 'lang', 'badView', 'eng', 'View Not Allowed',
+   'The view name is malformed or names a schema that clients may not use'),
   ('wm', 'lang', 'badLogic', 'eng', 'Malformed Conditions',
    'The structure of and/or groups in the conditions could not be understood'),
   ('wm', 'lang', 'noResult', 'eng', 'No Result',
