@@ -54,7 +54,7 @@ class ActionRegistry:
     def find(self, view: str, request: Mapping[str, Any]) -> Callable[..., Any] | None:
         action = request.get("action")
         name = request.get("name") if action == "action" else action
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not isinstance(view, str):
             return None
         handler = self._handlers.get((view, name))
         if handler is None:

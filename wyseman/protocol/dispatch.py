@@ -97,7 +97,8 @@ class Dispatcher:
     def _observed(self, reply: bytes, request: dict, started: float, outcome: str) -> bytes:
         if self.observe is not None and self.clock is not None:
             action = request.get("action")
-            label = action if action in BUILTIN_ACTIONS else "custom"
+            label = action if isinstance(action, str) and action in BUILTIN_ACTIONS \
+                else "custom"
             self.observe(label, outcome, self.clock.seconds() - started)
         return reply
 
@@ -126,7 +127,7 @@ class Dispatcher:
         view = request.get("view")
         if not isinstance(view, str) or not view:
             raise errors.bad_message("a request needs a 'view' (string)")
-        if action not in BUILTIN_ACTIONS:
+        if not isinstance(action, str) or action not in BUILTIN_ACTIONS:
             handler = self.actions.find(view, request) if self.actions else None
             if handler is None:
                 raise errors.bad_action(action)

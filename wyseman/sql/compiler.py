@@ -303,7 +303,7 @@ def compile_request(request: dict, meta_columns: Mapping[str, str] | None,
     if not isinstance(request, dict):
         raise errors.bad_message("a request must be an object")
     action = request.get("action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise errors.bad_action(action)
     try:
         compiler = _Compiler(request, meta_columns, policy)

@@ -22,8 +22,8 @@ Param = str | bytes | None
 
 
 def js_number(value: float | int) -> str:
-    """``String(n)`` in JavaScript: shortest round-trip digits, positional between
-    1e-7 and 1e21, ``1e+21``/``1.5e-7`` style exponents outside."""
+    """``String(n)`` in JavaScript: shortest round-trip digits, positional from
+    1e-6 up to 1e21, ``1e+21``/``1.5e-7`` style exponents outside."""
     if isinstance(value, int):
         return str(value)
     if math.isnan(value):
@@ -35,7 +35,7 @@ def js_number(value: float | int) -> str:
     if value.is_integer() and abs(value) < 1e21:
         return str(int(value))
     exact = Decimal(repr(value))
-    if 1e-7 <= abs(value) < 1e21:
+    if 1e-6 <= abs(value) < 1e21:
         text = format(exact, "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     sign, digits, exponent = exact.as_tuple()

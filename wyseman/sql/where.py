@@ -91,7 +91,7 @@ class WhereCompiler:
         left = node.get("left")
         if left is None or left == "" or left == []:
             raise errors.bad_field_name()
-        if oper not in OPERATORS:
+        if not is_operator(oper):
             raise errors.bad_operator(oper)
         if oper == "in":
             text = self._clause_in(left, node.get("entry"), node.get("right"))
@@ -143,7 +143,7 @@ class WhereCompiler:
             raise errors.bad_message("a where list element must be a list or a string")
         if left is None or left == "":
             raise errors.bad_left()
-        if oper not in OPERATORS:
+        if not is_operator(oper):
             raise errors.bad_operator(oper)
         column = self.column(left)
         if oper in ("isnull", "notnull", "true"):
@@ -154,6 +154,10 @@ class WhereCompiler:
             values = self._in_values(right)
             return f"({column} = any({self.params.add(array_literal(values))}))"
         return f"({_binary(column, oper, self.params.add(bind(right)))})"
+
+
+def is_operator(value: Any) -> bool:
+    return isinstance(value, str) and value in OPERATORS
 
 
 def js_truthy(value: Any) -> bool:
