@@ -107,9 +107,10 @@ class FuzzTests(SynchronousTestCase):
         self.check({"action": "delete", "view": "app.item", "where": where})
 
     @SETTINGS
-    @given(st.recursive(st.just({"left": "a", "entry": 1}),
-                        lambda inner: st.fixed_dictionaries({"items": st.lists(inner, min_size=1, max_size=2)}),
-                        max_leaves=200))
+    @given(st.recursive(
+        st.just({"left": "a", "entry": 1}),
+        lambda inner: st.fixed_dictionaries({"items": st.lists(inner, min_size=1, max_size=2)}),
+        max_leaves=200))
     def test_deep_nesting_never_crashes(self, where):
         self.check({"action": "select", "view": "app.item", "where": where})
 
