@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -39,7 +40,9 @@ grant execute on all functions in schema app to wyseman_user;
 """
 
 
-class RequestTests(TestCase):
+class _SampleServer(TestCase):
+    """A server in front of the sample schema, and one logged-in connection."""
+
     timeout = 60
 
     @defer.inlineCallbacks
@@ -74,6 +77,9 @@ class RequestTests(TestCase):
         row = yield self.request(action="insert", view="app.item_v", fields=fields)
         return row
 
+
+
+class RequestTests(_SampleServer):
     @defer.inlineCallbacks
     def test_insert_renders_types_like_node(self):
         blob = base64.b64encode(b"\x00\x01\xff").decode()
@@ -195,3 +201,84 @@ class RequestTests(TestCase):
         self.db.run("select pg_notify('app_events', 'not json')")  # D8: sent as a string
         yield arrived
         self.assertEqual(received, [{"n": 1}, "not json"])
+
+
+HOSTILE = ["'", '"', ";", "--", "/*", "$1", "%s", "%(p1)s", "\\", "\n", "é", "😀",
+           "'; delete from app.canary; --", '"; drop table app.canary; --', ")", "(", ",",
+           " or 1=1", "::", "E'", "$$"]
+
+
+def hostile(rng: random.Random) -> str:
+    return "".join(rng.choice(HOSTILE + ["name", "qty", " "]) for _ in range(rng.randint(0, 4)))
+
+
+def value(rng: random.Random, depth: int = 0):
+    kind = rng.randint(0, 7 if depth < 2 else 5)
+    if kind == 6:
+        return [value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == 7:
+        return {hostile(rng): value(rng, depth + 1)}
+    return [None, True, rng.randint(-2**70, 2**70), rng.random() * 1e30, hostile(rng),
+            rng.choice(["1", "x", ""])][kind]
+
+
+def where(rng: random.Random, depth: int = 0):
+    kind = rng.randint(0, 4 if depth < 3 else 2)
+    column = rng.choice(["name", "qty", "price", hostile(rng)])
+    oper = rng.choice(["=", "!=", "<", "~", "diff", "in", "isnull", "true", hostile(rng)])
+    if kind == 0:
+        return {column: value(rng)}
+    if kind == 1:
+        return {"left": column, "oper": oper, "entry": value(rng), "not": rng.random() < 0.3}
+    if kind == 2:
+        return [[column, oper, value(rng)], f"{column} {oper} {hostile(rng)}"]
+    if kind == 3:
+        return {"and": rng.random() < 0.5, "items": [where(rng, depth + 1) for _ in range(3)]}
+    return value(rng)
+
+
+def random_request(rng: random.Random) -> dict:
+    request = {
+        "action": rng.choice(["select", "tuple", "insert", "update", "delete", "meta", "lang",
+                              hostile(rng)]),
+        "view": rng.choice(["app.item_v", "app.item", "app.double(int)", "app.item_v",
+                            f"app.{hostile(rng)}", f"app.double({hostile(rng)})", hostile(rng)]),
+    }
+    if rng.random() < 0.8:
+        request["where"] = where(rng)
+    if rng.random() < 0.5:
+        request["fields"] = rng.choice([["name", "qty"], "*", {"name": value(rng)},
+                                        hostile(rng), {hostile(rng): value(rng)}])
+    if rng.random() < 0.3:
+        request["order"] = rng.choice([["name"], [{"field": hostile(rng)}], [2], hostile(rng)])
+    if rng.random() < 0.3:
+        request["params"] = [value(rng) for _ in range(rng.randint(0, 2))]
+    return request
+
+
+class HostileRequestTests(_SampleServer):
+    """Hostile requests through the real server: every one answered, nothing escapes."""
+
+    @defer.inlineCallbacks
+    def test_hostile_requests_all_answered_canary_untouched(self):
+        rng = random.Random(20261125)
+        for name in ("a", "b"):
+            yield self.insert(name=name, qty=1)
+        outcomes = {"data": 0, "error": 0}
+
+        def data(_):
+            outcomes["data"] += 1
+
+        def error(failure):
+            failure.trap(RequestError)
+            outcomes["error"] += 1
+        pending = []
+        for n in range(600):
+            request = random_request(rng)
+            request["id"] = f"h{n}"
+            pending.append(self.conn.request(request).addCallbacks(data, error))
+        yield defer.gatherResults(pending)
+        self.assertEqual(sum(outcomes.values()), 600)
+        self.assertGreater(outcomes["data"], 0)
+        self.assertEqual(self.db.run("select x from app.canary"), [(1,)])
+        self.assertTrue(self.conn.connected)
