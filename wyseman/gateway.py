@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.config import Config
@@ -97,16 +98,24 @@ class Gateway:
     def user_connections(self, user: str) -> int:
         return len(self._by_user.get(user, ()))
 
-    def register(self, protocol: Any) -> None:
+    def ensure_listening(self, channels: Sequence[str]) -> defer.Deferred:
+        """LISTEN to ``channels`` now, so that a socket is subscribed the moment it opens
+        (the upgrade completes after this fires)."""
+        return defer.gatherResults(
+            [self.db.listener.subscribe(channel, self._on_notify) for channel in channels])
+
+    def register(self, protocol: Any) -> defer.Deferred:
+        """Track an opened connection; fires once its channels are LISTENed."""
         session = protocol.session
         self.connection_count += 1
         self.metrics.connections.inc()
         self._by_user.setdefault(session.user, set()).add(protocol)
+        listening = []
         for channel in session.listen:
             members = self._by_channel.setdefault(channel, set())
-            if not members:
-                self.db.listener.subscribe(channel, self._on_notify)
+            listening.append(self.db.listener.subscribe(channel, self._on_notify))
             members.add(protocol)
+        return defer.gatherResults(listening)
 
     def unregister(self, protocol: Any) -> None:
         session = protocol.session

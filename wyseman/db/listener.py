@@ -36,6 +36,7 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._listening: set[str] = set()
+        self._in_flight: dict[str, list[defer.Deferred]] = {}
         self._conn: Connection | None = None
         self._retry: Any = None
         self._delay = initial_delay
@@ -121,6 +122,10 @@ class Listener:
         (or at once while PostgreSQL is away: the channel is LISTENed on reconnect)."""
         subscribers = self._subscribers.setdefault(channel, set())
         subscribers.add(subscriber)
+        if channel in self._in_flight:  # LISTEN sent, not yet confirmed
+            waiter: defer.Deferred = defer.Deferred()
+            self._in_flight[channel].append(waiter)
+            return waiter
         if channel in self._listening or not self.connected:
             return defer.succeed(None)
         return self._listen(channel)
@@ -144,7 +149,13 @@ class Listener:
         if self._conn is None:
             return defer.succeed(None)  # LISTENed again on reconnect
         self._listening.add(channel)
-        return self._conn.listen(channel).addErrback(self._log_error, "LISTEN", channel)
+        self._in_flight[channel] = []
+
+        def confirmed(result: object) -> None:
+            for waiter in self._in_flight.pop(channel, []):
+                waiter.callback(None)
+        d = self._conn.listen(channel).addErrback(self._log_error, "LISTEN", channel)
+        return d.addBoth(confirmed)
 
     def _log_error(self, failure: Failure, what: str, channel: str) -> None:
         self._listening.discard(channel) if what == "LISTEN" else None

@@ -98,7 +98,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         d.addErrback(lambda f: self._deny(f.value) if f.check(Refusal) else f)
         return d
 
-    def _accepted(self, login: Any) -> None:
+    def _accepted(self, login: Any) -> defer.Deferred:
         gateway = self.factory.gateway
         if gateway.user_connections(login.user) >= gateway.max_connections_per_user:
             raise self._refusal_exception(Refusal(503, "Service Unavailable",
@@ -109,7 +109,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         gateway.metrics.handshake("accepted", login.method)
         log.info("login {user} ({method}) from {ip}", user=login.user, method=login.method,
                  ip=self.client_address)
-        return None
+        return gateway.ensure_listening(login.listen).addCallback(lambda _: None)
 
     def _deny(self, refusal: Refusal) -> defer.Deferred:
         return defer.fail(self._refusal_exception(refusal))

@@ -1,0 +1,128 @@
+"""The client commands (`wyseman login/query/listen/keygen`) as a user runs them: separate
+processes against our server on real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user, start_gateway
+from tests.pgtest import fresh_database
+from wyseman import keys
+from wyseman.db import admin
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
+    """Run ``python -m wyseman ARGS`` → (stdout, stderr, exit code), without blocking."""
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
+                                    env=environment, path=str(ROOT))
+
+
+class _Lines(ProcessProtocol):
+    def __init__(self) -> None:
+        self.first_line: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.out = b""
+        self.err = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.out += data
+        if b"\n" in self.out and not self.first_line.called:
+            self.first_line.callback(self.out.split(b"\n", 1)[0])
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802
+        self.err += data
+
+    def processEnded(self, reason) -> None:  # noqa: N802
+        self.ended.callback(reason.value.exitCode)
+
+
+class ClientCommandTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_login_query_listen(self):
+        db = fresh_database(self)
+        user = add_user(db)
+        db.run("create table public.note (id int primary key, body text); "
+               "grant all on public.note to wyseman_user; "
+               "insert into public.note values (1, 'hello')")
+        server = yield start_gateway(self, db)
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        ticket = admin.issue_ticket(db.dsn, user, host="127.0.0.1", port=server.port)
+        ticket_file = workdir / "ticket.json"
+        ticket_file.write_text(admin.format_ticket(ticket, "json", admin_user="postgres"))
+        key_file = workdir / "me.key.json"
+        env = {"WYSEMAN_PASSPHRASE": "correct horse"}
+
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file), env=env)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"logged in as", out)
+        self.assertTrue(keys.is_encrypted(json.loads(key_file.read_text())))
+        self.assertEqual(oct(key_file.stat().st_mode & 0o777), "0o600")
+
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file),
+            '{"action": "select", "view": "public.note", "fields": ["body"]}', env=env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), [{"body": "hello"}])
+
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), '{"action": "select", "view": "public.none"}',
+            env=env)
+        self.assertEqual(code, 1)
+        self.assertIn(b"42P01", err)
+
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), '{"action": "select"', env=env)
+        self.assertEqual(code, 1)
+        self.assertIn(b"not JSON", err)
+        self.assertNotIn(b"Traceback", err)
+
+        listener = _Lines()
+        reactor.spawnProcess(listener, sys.executable,
+                             [sys.executable, "-m", "wyseman", "listen", "--key", str(key_file),
+                              "app_news"],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), **env), path=str(ROOT))
+        self.addCleanup(lambda: listener.ended if listener.ended.called else
+                        (listener.transport.signalProcess("TERM"), listener.ended)[1])
+        subscribed = defer.Deferred()
+        original = server.gateway.register
+
+        def registered(protocol):
+            listening = original(protocol)
+            if "app_news" in protocol.session.listen and not subscribed.called:
+                listening.chainDeferred(subscribed)
+            return listening
+        server.gateway.register = registered
+        yield subscribed
+        db.run("""notify app_news, '{"n": 1}'""")
+        line = yield listener.first_line
+        self.assertEqual(json.loads(line), {"channel": "app_news", "data": {"n": 1}})
+
+    @defer.inlineCallbacks
+    def test_keygen_and_bad_passphrase(self):
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        key_file = workdir / "k.json"
+        out, err, code = yield wyseman_cli("keygen", "--user", "bob", "-o", str(key_file))
+        self.assertEqual(code, 0, err)
+        site = keys.load_key_file(key_file)[0]
+        self.assertEqual((site.user, site.key["crv"]), ("bob", "P-521"))
+        keys.save_key_file(key_file, [site], "one")
+        out, err, code = yield wyseman_cli("query", "--key", str(key_file), "{}",
+                                           env={"WYSEMAN_PASSPHRASE": "two"})
+        self.assertEqual(code, 1)
+        self.assertIn(b"wrong passphrase", err)
