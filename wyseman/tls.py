@@ -6,7 +6,9 @@ from pathlib import Path
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger(namespace="wyseman.tls")
 
@@ -46,8 +48,8 @@ def build_options(cert: Path, key: Path, chain: Path | None = None,
         raise TLSConfigError(f"{key}: not a PEM private key (or it is encrypted)") from None
     context = SSL.Context(SSL.TLS_METHOD)
     context.use_certificate(certs[0])
-    context.use_privatekey(private_key)
     try:
+        context.use_privatekey(private_key)
         context.check_privatekey()
     except SSL.Error:
         raise TLSConfigError(f"{key}: private key does not match the certificate {cert}") \
@@ -61,6 +63,7 @@ def build_options(cert: Path, key: Path, chain: Path | None = None,
         raiseMinimumTo=minimum)
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadableContextFactory:
     """Hands out the current context; :meth:`reload` swaps in freshly read files.
 

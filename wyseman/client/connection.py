@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from wyseman import keys
 
@@ -187,6 +189,7 @@ def fetch_clientinfo(url: str, reactor: Any = None, context_factory: Any = None,
     return json.loads(body)
 
 
+@implementer(IPolicyForHTTPS)
 class _FixedTLSPolicy:
     """Agent TLS policy that uses the caller's client options for every host."""
 

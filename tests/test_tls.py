@@ -1,0 +1,101 @@
+"""wss:// with a test CA: verified logins, hostname checks, bad files, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user, make_config, start_gateway
+from tests.pgtest import fresh_database
+from tests.tlsutil import TestCA
+from wyseman import keys
+from wyseman.client.connection import ClientError, connect
+from wyseman.config import ConfigError
+from wyseman.db import admin
+from wyseman.service import GatewayService
+
+
+class TLSTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        self.ca = TestCA.create()
+        self.db = fresh_database(self)
+
+    def client_options(self, hostname="localhost"):
+        return optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(self.ca.pem))
+
+    @defer.inlineCallbacks
+    def server(self, cert, key):
+        server = yield start_gateway(
+            self, self.db, server={"listen": "tls:0:interface=127.0.0.1"},
+            tls={"cert": str(cert), "key": str(key)})
+        server.wss = f"wss://localhost:{server.port}"
+        server.clientinfo = f"https://localhost:{server.port}/clientinfo"
+        return server
+
+    @defer.inlineCallbacks
+    def test_ticket_and_key_login_over_wss(self):
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        first = yield connect(server.wss, user, token=token, new_key=private,
+                              tls_options=self.client_options())
+        yield first.close()
+        second = yield connect(server.wss, user, key=private, clientinfo_url=server.clientinfo,
+                               tls_options=self.client_options())
+        self.addCleanup(second.close)
+        row = yield second.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_wrong_hostname_refused_by_client(self):
+        cert, key, _ = self.ca.issue(self.dir, "other", hostname="other.example")
+        server = yield self.server(cert, key)
+        with self.assertRaises(ClientError):
+            yield connect(server.wss, "nobody", token="x", new_key=keys.generate_private_jwk(),
+                          tls_options=self.client_options())
+
+    def test_bad_certificate_files_stop_the_start(self):
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        _, other_key, _ = self.ca.issue(self.dir, "other")
+        cases = [(self.dir / "missing.pem", key, "missing.pem"),
+                 (cert, other_key, "does not match"),
+                 (key, key, "no PEM certificate")]
+        for cert_path, key_path, expected in cases:
+            config = make_config(self.db, server={"listen": "tls:0"},
+                                 tls={"cert": str(cert_path), "key": str(key_path)})
+            with self.assertRaises(ConfigError) as ctx:
+                GatewayService(config, lambda: defer.succeed(self.db.dsn), reactor)
+            self.assertIn(expected, str(ctx.exception))
+
+    @defer.inlineCallbacks
+    def test_reload_keeps_connections_and_serves_new_certificate(self):
+        cert, key, first_serial = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        before = yield connect(server.wss, user, token=token, new_key=private,
+                               tls_options=self.client_options())
+        self.addCleanup(before.close)
+        self.assertEqual(
+            before._protocol.transport.getPeerCertificate().get_serial_number(), first_serial)
+        _, _, second_serial = self.ca.issue(self.dir, "server")  # overwrites the files
+        self.assertTrue(server.tls.reload())
+        after = yield connect(server.wss, user, key=private, clientinfo_url=server.clientinfo,
+                              tls_options=self.client_options())
+        self.addCleanup(after.close)
+        self.assertEqual(
+            after._protocol.transport.getPeerCertificate().get_serial_number(), second_serial)
+        row = yield before.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        (self.dir / "server.key").write_text("garbage")
+        self.assertFalse(server.tls.reload())  # bad files: the current certificate stays
