@@ -13,7 +13,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
-if command -v npm >/dev/null 2>&1 && [ -f tests/js/package.json ]; then
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    echo "== npm ci (the pinned JS client for interoperability tests)"
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 else
     echo "node/npm not found: JS interoperability tests will be skipped"

@@ -40,6 +40,29 @@ grant execute on all functions in schema app to wyseman_user;
 """
 
 
+class StatementTimeoutTests(TestCase):
+    """D25: a request cannot tie up a session (statement_timeout per request)."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_long_statement_cancelled(self):
+        db = fresh_database(self)
+        db.run("create function public.slow() returns int language sql as "
+               "'select 1 from pg_sleep(5)'; "
+               "grant execute on function public.slow() to wyseman_user")
+        user = add_user(db)
+        server = yield start_gateway(self, db, database={"statement_timeout": 0.3})
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        with self.assertRaises(RequestError) as ctx:
+            yield conn.request({"action": "tuple", "view": "public.slow()"})
+        self.assertEqual(ctx.exception.code, "57014")
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+
 class _SampleServer(TestCase):
     """A server in front of the sample schema, and one logged-in connection."""
 
@@ -177,6 +200,8 @@ class RequestTests(_SampleServer):
         lang = yield self.request(action="lang", view="wm.lang")
         codes = {m["code"] for m in lang["messages"]}
         self.assertIn("badTuples", codes)
+        # D17: cached under the effective language, so the next request hits the cache
+        self.assertIn(("wm.lang", "eng"), self.server.gateway.db._lang)
 
     @defer.inlineCallbacks
     def test_custom_action_csv(self):

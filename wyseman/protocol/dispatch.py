@@ -115,6 +115,11 @@ class Dispatcher:
         if failure.check(PoolBusy):
             return _protocol_error(request, ProtocolError(
                 "busy", "too many requests waiting for the database; try again"))
+        if failure.check(defer.CancelledError):
+            # txpostgres turns PostgreSQL's query_canceled (57014) into CancelledError.
+            return _error_reply(request, {
+                "message": "from database; canceling statement due to statement timeout",
+                "code": "57014", "pgCode": "57014"})
         if pg.is_connection_error(failure):
             return _protocol_error(request, ProtocolError(
                 "noDatabase", "database connection lost during the request"))
@@ -231,6 +236,11 @@ def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
         error["code"] = errors.LANG_PREFIX + "undefined"
     if exc.pgcode:
         error["pgCode"] = exc.pgcode
+    return _error_reply(request, error)
+
+
+def _error_reply(request: dict, error: dict[str, Any]) -> bytes:
+    """The request echoed with ``error`` (database errors, §7.2)."""
     reply = dict(request)
     reply["error"] = error
     return dumps(reply)
