@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import keys
+from wyseman.client.connection import connect
 from wyseman.db import admin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,3 +127,45 @@ class ClientCommandTests(TestCase):
                                            env={"WYSEMAN_PASSPHRASE": "two"})
         self.assertEqual(code, 1)
         self.assertIn(b"wrong passphrase", err)
+
+
+class ReconnectingSessionTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_reconnects_after_server_restart(self):
+        from wyseman.client.connection import ConnectionClosed
+        from wyseman.client.session import ReconnectingSession
+        db = fresh_database(self)
+        user = add_user(db)
+        first = yield start_gateway(self, db)
+        port = first.port
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(first.url, user, token=token, new_key=private)
+        yield conn.close()
+
+        session = ReconnectingSession(first.url, user, private, listen=["app_s"],
+                                      clientinfo_url=first.clientinfo_url)
+        self.addCleanup(session.stop)
+        notes = []
+        session.on_notify("app_s", notes.append)
+        session.start()
+        row = yield session.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertEqual(session.connects, 1)
+
+        pending = session.connection.request({"action": "tuple", "view": "base.curr_eid()"})
+        yield first.stopService()              # the server goes away...
+        with self.assertRaises(ConnectionClosed):
+            yield pending                      # ...the request in flight fails cleanly
+        second = yield start_gateway(self, db, server={
+            "listen": f"tcp:{port}:interface=127.0.0.1"})
+        row = yield session.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertEqual(session.connects, 2)
+        arrived = defer.Deferred()
+        session.on_notify("app_s", arrived.callback)
+        db.run("""notify app_s, '"again"'""")
+        self.assertEqual((yield arrived), "again")
+        self.assertIn("app_s", second.gateway.db.listener.channels)

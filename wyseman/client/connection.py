@@ -27,6 +27,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from wyseman import keys
+from wyseman.timers import ClockTimer, cancel_close_timer
 
 log = Logger(namespace="wyseman.client")
 
@@ -56,15 +57,23 @@ class ConnectionClosed(Exception):
 
 class _ClientProtocol(WebSocketClientProtocol):
     factory: _ClientFactory
+    wyseman_connection: WysemanConnection | None = None
+
+    def connection(self) -> WysemanConnection:
+        """The connection object this protocol serves (fixed when it was built)."""
+        if self.wyseman_connection is None:
+            self.wyseman_connection = self.factory.connection
+        return self.wyseman_connection
 
     def onOpen(self) -> None:  # noqa: N802
-        self.factory.connection._opened(self)
+        self.connection()._opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-        self.factory.connection._message(payload)
+        self.connection()._message(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
-        self.factory.connection._closed(code, reason or self.wasNotCleanReason)
+        cancel_close_timer(self)
+        self.connection()._closed(code, reason or self.wasNotCleanReason)
 
 
 class _ClientFactory(WebSocketClientFactory):
@@ -246,6 +255,7 @@ def connect(url: str, user: str, *, token: str | None = None, key: Mapping[str, 
                                             if k.lower() != "user-agent"},
                              useragent=sent.get("User-Agent", USER_AGENT))
     factory.connection = connection
+    factory._batched_timer = ClockTimer(reactor)
     factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
     host = parts.hostname or "127.0.0.1"
     if parts.scheme == "wss":

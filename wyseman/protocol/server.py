@@ -22,6 +22,7 @@ from wyseman.protocol import credentials as cred
 from wyseman.protocol.dispatch import Session
 from wyseman.protocol.handshake import Handshake, Refusal
 from wyseman.protocol.peer import client_ip
+from wyseman.timers import ClockTimer, cancel_close_timer
 
 if TYPE_CHECKING:
     from wyseman.gateway import Gateway
@@ -196,6 +197,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendMessage(frame, isBinary=False)
 
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
+        cancel_close_timer(self)
         if self._counted:
             self._counted = False
             self.factory.gateway.unregister(self)
@@ -206,16 +208,6 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._outbound.clear()
 
 
-class _ClockTimer:
-    """Autobahn's timer interface on a given clock (tests drive heartbeats with it)."""
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-
-    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.clock.callLater(delay, func, *args, **kwargs)
-
-
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
@@ -223,8 +215,7 @@ class GatewayFactory(WebSocketServerFactory):
                  secure: bool = False, insecure_allowed: bool = False,
                  clock: Any = None) -> None:
         super().__init__(url)
-        if clock is not None:
-            self._batched_timer = _ClockTimer(clock)
+        self._batched_timer = ClockTimer(clock if clock is not None else gateway.clock)
         self.gateway = gateway
         self.insecure_allowed = insecure_allowed
         limits = gateway.config.limits

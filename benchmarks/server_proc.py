@@ -1,0 +1,111 @@
+"""The gateway under test, in its own process: ``python -m benchmarks.server_proc CONFIG``.
+
+``CONFIG`` is a JSON file (or inline JSON text) with
+
+* ``config``: the wyseman configuration as a dict (what :func:`wyseman.config.from_dict`
+  takes); ``[database] dsn`` is the admin connection;
+* ``log_file``: where the Twisted log goes (at info level, as ``twistd`` logs);
+* ``profile_file`` (optional): SIGUSR1 starts cProfile, SIGUSR2 stops it and writes the
+  stats there (pstats format).
+
+No ``twistd``: a :class:`GatewayService` is started and ``reactor.run()`` runs until
+SIGTERM/SIGINT. Once the ports are open, one line ``READY <port> <pid>`` goes to stdout.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import os
+import resource
+import signal
+import sys
+from typing import Any
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _load(arg: str) -> dict[str, Any]:
+    if arg.lstrip().startswith("{"):
+        return json.loads(arg)
+    with open(arg, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m benchmarks.server_proc CONFIG_JSON", file=sys.stderr)
+        return 2
+    spec = _load(argv[0])
+    _raise_fd_limit()
+
+    # Imported after the limit is raised: the reactor's poller may size itself early.
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from wyseman import config as cfg
+    from wyseman.actions import ActionRegistry
+    from wyseman.service import GatewayService
+
+    log_file = open(spec.get("log_file") or os.devnull, "a", encoding="utf-8")
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)],
+                                     redirectStandardIO=False)
+
+    config = cfg.from_dict(spec["config"], source="benchmark")
+    dsn = config.database.dsn
+    service = GatewayService(config, lambda: defer.succeed(dsn), reactor, ActionRegistry())
+
+    profiler: list[cProfile.Profile] = []
+    profile_file = spec.get("profile_file")
+
+    def start_profile(*_: Any) -> None:
+        if not profiler:
+            profiler.append(cProfile.Profile())
+            profiler[0].enable()
+
+    def stop_profile(*_: Any) -> None:
+        if profiler:
+            prof = profiler.pop()
+            prof.disable()
+            if profile_file:
+                prof.dump_stats(profile_file)
+            print("PROFILED", flush=True)
+
+    if profile_file:
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(start_profile))
+        signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(stop_profile))
+
+    exit_code = [0]
+
+    def started(_: Any) -> None:
+        port = service.ports[0].getHost().port
+        print(f"READY {port} {os.getpid()}", flush=True)
+
+    def failed(failure: Any) -> None:
+        print(f"FAILED {failure.getErrorMessage()}", flush=True)
+        exit_code[0] = 1
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        # startService logs a failure and stops the reactor itself; ``ready`` tells us.
+        service.ready.addCallbacks(started, failed)
+        service.startService()
+
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: service.stopService() if service.running else None)
+    reactor.callWhenRunning(start)
+    reactor.run()
+    log_file.close()
+    return exit_code[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

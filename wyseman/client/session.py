@@ -1,0 +1,134 @@
+"""A connection that stays up: :class:`ReconnectingSession` on Twisted's ``ClientService``.
+
+Each (re)connection fetches ``/clientinfo``, signs a fresh key login and LISTENs
+to the same channels again; waits between attempts grow with ClientService's
+backoff. Requests sent while disconnected wait for the next connection (up to
+their timeout); requests in flight when the connection drops fail with
+:class:`~wyseman.client.connection.ConnectionClosed` — the server may or may
+not have run them, so they are never resent blindly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.application.internet import ClientService
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
+
+from wyseman import keys
+from wyseman.client.connection import (
+    USER_AGENT,
+    WysemanConnection,
+    _ClientFactory,
+    _clientinfo_url,
+    fetch_clientinfo,
+)
+from wyseman.timers import ClockTimer
+
+
+@implementer(IStreamClientEndpoint)
+class _SigningEndpoint:
+    """Before each TCP connect, sign a fresh login and put it in the factory's URL."""
+
+    def __init__(self, session: ReconnectingSession) -> None:
+        self.session = session
+
+    @defer.inlineCallbacks
+    def connect(self, factory: _ClientFactory) -> Any:
+        s = self.session
+        info = yield fetch_clientinfo(s.clientinfo_url, s.reactor, s.tls_options)
+        message = json.dumps({k: info[k] for k in ("ip", "cookie", "userAgent", "date")
+                              if k in info}, separators=(",", ":"), ensure_ascii=False)
+        query = [("user", s.user)]
+        if s.listen:
+            query.append(("db", keys.listen_param(s.listen)))
+        query += [("sign", keys.sign(s.key, message.encode("utf-8"))), ("date", info["date"])]
+        qs = "&".join(f"{k}={quote(v, safe=':-_.')}" for k, v in query)
+        factory.setSessionParameters(f"{s.parts.scheme}://{s.parts.netloc}/?{qs}",
+                                     useragent=USER_AGENT)
+        protocol = yield s.transport_endpoint().connect(factory)
+        return protocol
+
+
+class ReconnectingSession:
+    def __init__(self, url: str, user: str, key: Mapping[str, Any], *,
+                 listen: Iterable[str] = (), clientinfo_url: str | None = None,
+                 reactor: Any = None, tls_options: Any = None, timeout: float = 30.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.parts = urlsplit(url)
+        self.user = user
+        self.key = key
+        self.listen = list(listen)
+        self.clientinfo_url = clientinfo_url or _clientinfo_url(url, None)
+        self.tls_options = tls_options
+        self.timeout = timeout
+        self._observers: dict[str, list[Callable[[Any], Any]]] = {}
+        self.connection: WysemanConnection | None = None
+        self.connects = 0
+        factory = _ClientFactory(url, useragent=USER_AGENT)
+        factory._batched_timer = ClockTimer(reactor)
+        factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
+        factory.connection = None  # set per attempt by _prepare
+        self._factory = factory
+        self._service = ClientService(_SigningEndpoint(self), factory, clock=reactor,
+                                      prepareConnection=self._prepare)
+        original_build = factory.buildProtocol
+
+        def build(addr: Any) -> Any:
+            connection = WysemanConnection(reactor, timeout)
+            for channel, observers in self._observers.items():
+                for observer in observers:
+                    connection.on_notify(channel, observer)
+            factory.connection = connection
+            protocol = original_build(addr)
+            protocol.wyseman_connection = connection
+            return protocol
+        factory.buildProtocol = build
+
+    def transport_endpoint(self) -> Any:
+        host = self.parts.hostname or "127.0.0.1"
+        if self.parts.scheme == "wss":
+            from twisted.internet.ssl import optionsForClientTLS
+            return endpoints.wrapClientTLS(
+                self.tls_options or optionsForClientTLS(host),
+                endpoints.TCP4ClientEndpoint(self.reactor, host, self.parts.port or 443))
+        return endpoints.TCP4ClientEndpoint(self.reactor, host, self.parts.port or 80)
+
+    def _prepare(self, protocol: Any) -> defer.Deferred:
+        """ClientService counts the connection as made once the WebSocket is open."""
+        connection = protocol.wyseman_connection
+
+        def opened(result: Any) -> Any:
+            self.connection = connection
+            self.connects += 1
+            return result
+        return connection._open.addCallback(opened)
+
+    def start(self) -> None:
+        self._service.startService()
+
+    def stop(self) -> defer.Deferred:
+        return self._service.stopService()
+
+    def on_notify(self, channel: str, callback: Callable[[Any], Any]) -> None:
+        self._observers.setdefault(channel, []).append(callback)
+        if self.connection is not None:
+            self.connection.on_notify(channel, callback)
+
+    @defer.inlineCallbacks
+    def request(self, message: Mapping[str, Any], timeout: float | None = None) -> Any:
+        """Send on the current connection (waiting for one if needed) → the reply's data."""
+        protocol = yield self._service.whenConnected(failAfterFailures=None) \
+            if self.connection is None or not self.connection.connected \
+            else defer.succeed(None)
+        connection = protocol.wyseman_connection if protocol is not None else self.connection
+        data = yield connection.request(message, timeout)
+        return data
