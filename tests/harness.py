@@ -20,7 +20,10 @@ def make_config(db: TestDatabase, **sections: dict[str, Any]) -> cfg.Config:
         "channels": {"allow": ["wyseman", "wylib", "app_*"]},
     }
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        section = data.setdefault(name, {})
+        section.update(values)
+        for key in [k for k, v in section.items() if v is None]:  # None: leave it unset
+            del section[key]
     return cfg.from_dict(data, source="test.toml")
 
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, start_gateway, unregistered
+from tests.harness import add_user, raw_upgrade, start_gateway, unregistered
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect
 from wyseman.db import admin
 from wyseman.protocol.server import GatewayFactory
 
+SLOW = """
+create function public.nap() returns int language sql as $$ select 1 from pg_sleep(0.1) $$;
+grant execute on function public.nap() to wyseman_user;
+"""
 BIG = """
 create function public.big(n int) returns text language sql as $$ select repeat('x', n) $$;
 grant execute on function public.big(int) to wyseman_user;
@@ -112,3 +116,79 @@ class HeartbeatTests(TestCase):
         self.assertTrue(transport.disconnecting or transport.disconnected)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(server.gateway.connection_count, 0)
+
+
+class AdmissionTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_repeated_failures_are_rate_limited(self):
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, auth={"max_failures": 3, "failure_window": 60})
+        statuses = []
+        for _ in range(5):
+            status, _ = yield raw_upgrade(server.port, "user=nobody&token=x&pub=AAAA")
+            statuses.append(status)
+        self.assertEqual(statuses, [403, 403, 403, 429, 429])
+
+    @defer.inlineCallbacks
+    def test_requests_in_flight_are_capped(self):
+        db = fresh_database(self)
+        db.run(SLOW)
+        user = add_user(db)
+        server = yield start_gateway(self, db, limits={"max_in_flight": 2})
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        dispatcher = server.gateway.dispatcher
+        handle, state = dispatcher.handle, {"now": 0, "most": 0}
+
+        def counting(session, payload):
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+
+            def done(reply):
+                state["now"] -= 1
+                return reply
+            return handle(session, payload).addBoth(done)
+        dispatcher.handle = counting
+        replies = yield defer.gatherResults([
+            conn.request({"action": "tuple", "view": "public.nap()"}) for _ in range(6)])
+        self.assertEqual(len(replies), 6)
+        self.assertEqual(state["most"], 2)   # reading paused while two were running
+
+    @defer.inlineCallbacks
+    def test_clientinfo_on_the_port_below(self):
+        from tests.harness import make_config
+        from wyseman.client.connection import fetch_clientinfo
+        from wyseman.service import GatewayService
+        db = fresh_database(self)
+        port = find_free_pair()
+        config = make_config(db, server={"listen": f"tcp:{port}:interface=127.0.0.1",
+                                         "clientinfo_listen": None})
+        service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        info = yield fetch_clientinfo(f"http://127.0.0.1:{port - 1}/clientinfo")
+        self.assertEqual(info["ip"], "::ffff:127.0.0.1")
+        from twisted.web.client import Agent, readBody
+        response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port - 1}/?user=x"
+                                                .encode())
+        yield readBody(response)
+        self.assertEqual(response.code, 404)  # only /clientinfo is served there
+
+
+def find_free_pair() -> int:
+    """A port P such that P and P − 1 are both free on 127.0.0.1."""
+    import socket
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            with socket.socket() as low:
+                low.bind(("127.0.0.1", port - 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free pair of ports")

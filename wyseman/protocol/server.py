@@ -62,6 +62,7 @@ class GatewayProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._in_flight = 0
+        self._waiting: deque[bytes] = deque()  # read before the pause took effect
         self._reading_paused = False
         self._send_paused = False
         self._outbound: deque[bytes] = deque()
@@ -149,26 +150,44 @@ class GatewayProtocol(WebSocketServerProtocol):
             pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        """At most ``max_in_flight`` requests run at once; at the cap the socket stops
+        being read, and frames that arrived in the same read wait here."""
         if self.session is None:
             return
+        if self._in_flight >= self.factory.gateway.max_in_flight:
+            self._waiting.append(payload)
+            self._pause_reading()
+            return
+        self._dispatch(payload)
+
+    def _dispatch(self, payload: bytes) -> None:
         gateway = self.factory.gateway
         self._in_flight += 1
-        if self._in_flight >= gateway.max_in_flight and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
+        if self._in_flight >= gateway.max_in_flight:
+            self._pause_reading()
         d = gateway.dispatcher.handle(self.session, payload)
         d.addCallback(self.send_frame)
         d.addBoth(self._request_done)
 
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
     def _request_done(self, result: Any) -> None:
         """Bookkeeping after a reply; a failure here is a bug, so it is logged loudly."""
         self._in_flight -= 1
-        if self._reading_paused and self._in_flight < self.factory.gateway.max_in_flight:
-            self._reading_paused = False
-            if self.transport is not None and self.state == self.STATE_OPEN:
-                self.transport.resumeProducing()
         if isinstance(result, Failure):
             log.failure("sending a reply failed", result)
+        if self.state != self.STATE_OPEN:
+            self._waiting.clear()
+            return None
+        if self._waiting:
+            self._dispatch(self._waiting.popleft())
+        elif self._reading_paused and self._in_flight < self.factory.gateway.max_in_flight:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resumeProducing()
         return None
 
     def send_frame(self, frame: bytes) -> None:
