@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         service.ready.addCallbacks(started, failed)
         service.startService()
 
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the runner died without stopping us: do not linger
+        if os.getppid() != parent and reactor.running:
+            reactor.stop()
+
+    from twisted.internet.task import LoopingCall
+    LoopingCall(orphaned).start(1.0, now=False)
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: service.stopService() if service.running else None)
     reactor.callWhenRunning(start)

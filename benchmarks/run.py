@@ -1,0 +1,903 @@
+"""Run the gateway benchmarks: ``python -m benchmarks.run [--quick] [--scenario NAME]``.
+
+One command does everything and cleans up after itself (see ``docs/performance.md``):
+
+1. a throwaway PostgreSQL cluster (temp directory, TCP on a free loopback port) with
+   the bootstrap schema, ``--users`` login users with P-521 keys, a table
+   ``bench.item`` (100 rows) they may read, and a ``pgbench`` database for the baseline;
+2. for every scenario a fresh gateway process (``benchmarks.server_proc``, key logins
+   only, ``/clientinfo`` on the same port);
+3. load from several ``benchmarks.loadgen`` processes, each reporting its own CPU time;
+4. ``pgbench`` on the same cluster as the baseline;
+5. a plain-text table on stdout and ``benchmarks/results/latest.json``.
+
+Every wait has a deadline; children are killed and the cluster removed at the end,
+whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pstats
+import queue
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("tuple", "select", "notify", "handshake", "memory")
+CHANNEL = "bench_fanout"
+TUPLE_MESSAGE = {"action": "tuple", "view": "base.curr_eid()"}
+SELECT_MESSAGE = {"action": "select", "view": "bench.item"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A scenario could not be run (the message says why)."""
+
+
+class Deadline:
+    """Seconds left until a hard limit; ``left()`` raises once it has passed."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.end = time.monotonic() + seconds
+        self.what = what
+
+    def left(self, cap: float | None = None) -> float:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"{self.what}: hard timeout reached")
+        return remaining if cap is None else min(cap, remaining)
+
+
+# -- small system helpers ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        text = handle.read()
+    return text[text.rindex(")") + 2:].split()
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process."""
+    try:
+        fields = _stat_fields(pid)
+    except (OSError, ValueError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_cpu(parent: int) -> float:
+    """CPU seconds of ``parent`` and its live children (the postmaster's backends)."""
+    total = proc_cpu(parent)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry)
+        except (OSError, ValueError):
+            continue
+        if fields[1] == str(parent):
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(idle, total) jiffies of the whole machine."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:9]]
+    return float(values[3] + values[4]), float(sum(values))
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    server: float
+    pg: float
+    machine: tuple[float, float]
+
+    @classmethod
+    def take(cls, server_pid: int | None, postmaster_pid: int | None) -> CpuSnapshot:
+        return cls(time.monotonic(), proc_cpu(server_pid) if server_pid else 0.0,
+                   children_cpu(postmaster_pid) if postmaster_pid else 0.0, machine_cpu())
+
+    def until(self, later: CpuSnapshot) -> dict[str, float]:
+        wall = max(later.at - self.at, 1e-6)
+        idle = later.machine[0] - self.machine[0]
+        total = max(later.machine[1] - self.machine[1], 1.0)
+        return {"server_pct": 100.0 * (later.server - self.server) / wall,
+                "pg_pct": 100.0 * (later.pg - self.pg) / wall,
+                "machine_busy_pct": 100.0 * (1.0 - idle / total)}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+# -- child processes ---------------------------------------------------------------------
+
+class Child:
+    """A child process speaking lines on stdout; stderr goes to a log file."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._log, cwd=ROOT, env=env)
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def readline(self, deadline: Deadline, cap: float | None = None) -> bytes:
+        try:
+            line = self.lines.get(timeout=deadline.left(cap))
+        except queue.Empty:
+            raise BenchError(f"{self.name}: no answer in time ({self.tail()})") from None
+        if line is None:
+            self.lines.put(None)
+            raise BenchError(f"{self.name} exited ({self.popen.poll()}): {self.tail()}")
+        return line
+
+    def event(self, name: str, deadline: Deadline, cap: float | None = None) -> dict[str, Any]:
+        """The next JSON line whose ``event`` is ``name`` (an ``error`` event raises)."""
+        while True:
+            line = self.readline(deadline, cap)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("event") == "error":
+                raise BenchError(f"{self.name}: {message.get('message')}")
+            if message.get("event") == name:
+                return message
+
+    def send(self, line: str) -> None:
+        try:
+            assert self.popen.stdin is not None
+            self.popen.stdin.write(line.encode() + b"\n")
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+        """Ask politely (stdin closed, ``sig``), then kill; never leaves it running."""
+        if self.popen.poll() is None:
+            try:
+                if self.popen.stdin is not None:
+                    self.popen.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.popen.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(wait)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+
+
+# -- the environment: cluster, users, server --------------------------------------------
+
+@dataclass
+class Environment:
+    args: argparse.Namespace
+    workdir: Path
+    cluster: Any = None
+    bench_dsn: str = ""
+    users: list[dict[str, Any]] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    counter: int = 0
+
+    @property
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
+    def setup(self) -> None:
+        from wyseman import keys
+        from wyseman.db import admin, bootstrap
+        from wyseman.db.cluster import LocalCluster
+
+        biggest = max(self.args.connections)
+        max_conn = max(300, biggest + 100) if not self.args.no_baseline else 300
+        self.cluster = LocalCluster(self.workdir / "pgdata", port=free_port(), listen_tcp=True,
+                                    extra_settings=[f"max_connections={max_conn}"])
+        log(f"cluster: initdb in {self.cluster.data_dir} (port {self.cluster.port})")
+        self.cluster.init()
+        self.cluster.start()
+        server_dsn = self.cluster.dsn("postgres")
+        bootstrap.ensure_database_sync(server_dsn, "bench")
+        self.bench_dsn = self.cluster.dsn("bench")
+        result = bootstrap.init_database_sync(self.bench_dsn)
+        log(f"schema: {result}")
+        for index in range(self.args.users):
+            name = f"bench_u{index:03d}"
+            admin.add_user(self.bench_dsn, name)
+            private = keys.generate_private_jwk()
+            self.users.append({"name": name, "key": private})
+        with psycopg2.connect(self.bench_dsn) as conn, conn.cursor() as cur:
+            for user in self.users:
+                pub = {"default": keys.public_jwk(user["key"])}
+                cur.execute("update base.ent set conn_pub = %s::jsonb where username = %s",
+                            (json.dumps(pub), user["name"]))
+            cur.execute("""
+                create schema if not exists bench;
+                create table bench.item (
+                    id int primary key, name text not null, qty int not null,
+                    price numeric(10, 2) not null, made timestamptz not null);
+                insert into bench.item
+                select g, 'item ' || g, g % 17, g * 1.25,
+                       timestamptz '2025-01-01 00:00Z' + g * interval '1 hour'
+                  from generate_series(1, 100) g;
+                grant usage on schema bench to wyseman_user;
+                grant select on bench.item to wyseman_user;
+                analyze bench.item;""")
+        conn.close()
+        log(f"users: {len(self.users)} login roles with P-521 keys; bench.item: 100 rows")
+        if not self.args.no_baseline:
+            bootstrap.ensure_database_sync(server_dsn, "pgbench")
+            self.pgbench(["-i", "-s", "1", "-q"], "pgbench", timeout=300)
+            log("pgbench: initialised (-s 1)")
+
+    # -- pgbench ---------------------------------------------------------------------
+    def pgbench(self, options: list[str], dbname: str, timeout: float) -> str:
+        from wyseman.db.cluster import find_bindir
+        command = [str(find_bindir() / "pgbench"), "-h", str(self.cluster.socket_dir),
+                   "-p", str(self.cluster.port), "-U", self.cluster.superuser, *options, dbname]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  env=dict(os.environ, PGAPPNAME="bench"))
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"pgbench {' '.join(options)}: timed out") from None
+        if done.returncode != 0:
+            raise BenchError(f"pgbench {' '.join(options)} failed: {done.stderr.strip()[-300:]}")
+        return done.stdout
+
+    def pgbench_tps(self, clients: int, seconds: float, script: str | None = None,
+                    dbname: str = "pgbench") -> dict[str, float]:
+        options = ["-n", "-c", str(clients), "-j", str(min(2, clients)), "-T",
+                   str(max(1, round(seconds)))]
+        if script is None:
+            options.insert(0, "-S")
+        else:
+            path = self.workdir / "script.sql"
+            path.write_text(script)
+            options += ["-f", str(path)]
+        out = self.pgbench(options, dbname, timeout=seconds + 120)
+        tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+        lat = re.search(r"latency average = ([0-9.]+) ms", out)
+        if not tps:
+            raise BenchError(f"pgbench output not understood: {out[-300:]}")
+        return {"tps": float(tps.group(1)), "latency_avg_ms": float(lat.group(1)) if lat else 0}
+
+    # -- children --------------------------------------------------------------------
+    def spawn(self, name: str, module: str, spec: dict[str, Any]) -> Child:
+        self.counter += 1
+        spec_path = self.workdir / f"{self.counter:03d}-{name}.json"
+        spec_path.write_text(json.dumps(spec))
+        child = Child(name, [sys.executable, "-m", module, str(spec_path)],
+                      self.workdir / f"{self.counter:03d}-{name}.log")
+        self.children.append(child)
+        return child
+
+    def start_server(self, deadline: Deadline, profile: bool = False) -> Server:
+        config = {
+            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": []},
+            "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
+                         "pool_total": 200, "pool_queue": 1_000_000},
+            "channels": {"allow": ["bench_*"]},
+            "auth": {"max_failures": 1_000_000},
+            "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
+        }
+        spec = {"config": config, "log_file": str(self.workdir / f"server-{self.counter}.log")}
+        if profile:
+            spec["profile_file"] = str(self.workdir / "server.prof")
+        child = self.spawn("server", "benchmarks.server_proc", spec)
+        while True:
+            line = child.readline(deadline, 60).decode(errors="replace").split()
+            if line and line[0] == "READY":
+                return Server(child, int(line[1]), int(line[2]), spec.get("profile_file"))
+            if line and line[0] == "FAILED":
+                raise BenchError(f"server did not start: {' '.join(line[1:])}; "
+                                 f"log: {spec['log_file']}")
+
+    def loadgens(self, total: int, base: dict[str, Any], processes: int | None = None
+                 ) -> list[Child]:
+        processes = max(1, min(processes or self.args.loadgens, total or 1))
+        children, first = [], 0
+        for index in range(processes):
+            share = total // processes + (1 if index < total % processes else 0)
+            spec = dict(base, users=self.users, first=first, connections=share, index=index)
+            first += share
+            children.append(self.spawn(f"loadgen{index}", "benchmarks.loadgen", spec))
+        return children
+
+    def finish(self, children: Iterable[Child]) -> None:
+        for child in children:
+            child.send("end")
+        for child in children:
+            child.stop(wait=10)
+            if child in self.children:
+                self.children.remove(child)
+
+    def teardown(self) -> None:
+        self.finish(list(self.children))
+        if self.cluster is not None:
+            try:
+                self.cluster.remove()
+                log("cluster: stopped and removed")
+            except Exception as exc:  # keep cleaning up
+                log(f"cluster: removal failed: {exc}")
+
+
+@dataclass
+class Server:
+    child: Child
+    port: int
+    pid: int
+    profile_file: str | None
+
+
+# -- results -----------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    scenario: str
+    params: str
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_label: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    def as_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "parameters": self.params, "value": self.value,
+                "unit": self.unit, "baseline": self.baseline,
+                "baseline_label": self.baseline_label, "ratio": self.ratio,
+                "notes": self.notes, **self.extra}
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    header = ["scenario", "parameters", "value", "unit", "baseline", "ratio", "notes"]
+    body = [[r.scenario, r.params, fmt(r.value), r.unit,
+             (fmt(r.baseline) + (f" ({r.baseline_label})" if r.baseline_label else ""))
+             if r.baseline is not None else "-",
+             f"{r.ratio:.2f}" if r.ratio is not None else "-", r.notes] for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    right = {2, 5}
+    out = []
+    for n, line in enumerate([header, *body]):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_notes(cpu: dict[str, float], gen: list[float]) -> str:
+    gens = "+".join(f"{g:.0f}" for g in gen) if gen else "-"
+    return (f"cpu: server {cpu['server_pct']:.0f}%, pg {cpu['pg_pct']:.0f}%, "
+            f"gen {gens}%, machine {cpu['machine_busy_pct']:.0f}%")
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.args = env.args
+        self.rows: list[Row] = []
+        self.failures: list[str] = []
+        self.profile: dict[str, Any] | None = None
+
+    def run(self, name: str, budget: float, body: Callable[[Deadline], None]) -> None:
+        log(f"scenario {name}: start (hard limit {budget:.0f} s)")
+        deadline = Deadline(budget, f"scenario {name}")
+        try:
+            body(deadline)
+        except BenchError as exc:
+            self.failures.append(f"{name}: {exc}")
+            log(f"scenario {name}: FAILED: {exc}")
+        finally:
+            self.env.finish(list(self.env.children))
+        log(f"scenario {name}: done")
+
+    # -- a closed-loop request run ----------------------------------------------------
+    def request_run(self, server: Server, connections: int, message: dict[str, Any],
+                    deadline: Deadline, expect_rows: int | None = None,
+                    profile: bool = False) -> dict[str, Any]:
+        args, env = self.args, self.env
+        base = {"mode": "requests", "port": server.port, "message": message,
+                "depth": args.depth, "warmup": args.warmup, "duration": args.duration,
+                "open_concurrency": 32, "max_seconds": deadline.left()}
+        gens = env.loadgens(connections, base)
+        try:
+            readies = [g.event("ready", deadline) for g in gens]
+            opened = sum(r["opened"] for r in readies)
+            problems = [r["open_errors"] for r in readies if r["open_errors"]]
+            if opened < connections:
+                raise BenchError(f"only {opened}/{connections} connections opened: {problems}")
+            verify = readies[0].get("verify") or {}
+            if verify.get("error"):
+                raise BenchError(f"the request fails: {verify['error']}")
+            if expect_rows is not None and verify.get("rows") != expect_rows:
+                raise BenchError(f"expected {expect_rows} rows, got {verify}")
+            for g in gens:
+                g.send("go")
+            time.sleep(args.warmup)
+            if profile:
+                server.child.popen.send_signal(signal.SIGUSR1)
+            before = CpuSnapshot.take(server.pid, env.postmaster_pid)
+            time.sleep(args.duration)
+            after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+            if profile:
+                server.child.popen.send_signal(signal.SIGUSR2)
+            results = [g.event("result", deadline) for g in gens]
+            if profile:
+                while server.child.readline(deadline, 60).strip() != b"PROFILED":
+                    pass
+        finally:
+            env.finish(gens)
+        latencies = [v for r in results for v in r["latencies_ms"]]
+        completed = sum(r["completed"] for r in results)
+        errors = sum(r["errors"] for r in results)
+        first_error = next((r["first_error"] for r in results if r["first_error"]), None)
+        return {"rps": completed / args.duration, "completed": completed, "errors": errors,
+                "first_error": first_error,
+                "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                "mean": statistics.fmean(latencies) if latencies else None,
+                "cpu": before.until(after),
+                "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results]}
+
+    def tuple_scenario(self, deadline: Deadline) -> None:
+        args, env = self.args, self.env
+        server = env.start_server(deadline, profile=args.profile)
+        baselines: dict[int, dict[str, float]] = {}
+        measured: dict[int, dict[str, Any]] = {}
+        for clients in args.connections:
+            log(f"  tuple: C={clients} D={args.depth}")
+            measured[clients] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+        if args.profile:
+            target = max([c for c in args.connections if c <= 100] or args.connections)
+            log(f"  tuple: profiling the server at C={target} (not a measured run)")
+            self.request_run(server, target, TUPLE_MESSAGE, deadline, profile=True)
+            self.profile = summarize_profile(server.profile_file, target)
+        env.finish([server.child])
+        if not args.no_baseline:
+            for clients in args.connections:
+                log(f"  pgbench -S -c {clients}")
+                try:
+                    baselines[clients] = env.pgbench_tps(clients, args.duration)
+                except BenchError as exc:
+                    self.failures.append(f"tuple baseline C={clients}: {exc}")
+        for clients in args.connections:
+            m = measured[clients]
+            base = baselines.get(clients)
+            params = f"C={clients} D={args.depth}"
+            notes = cpu_notes(m["cpu"], m["gen_cpu"])
+            if m["errors"]:
+                notes += f"; {m['errors']} errors: {m['first_error']}"
+            extra = {"measured": m, "pgbench": base}
+            self.rows.append(Row("tuple base.curr_eid()", params, m["rps"], "req/s",
+                                 base["tps"] if base else None, "pgbench -S TPS" if base else "",
+                                 notes, extra))
+            self.rows.append(Row("tuple latency p50", params, m["p50"], "ms",
+                                 base["latency_avg_ms"] if base else None,
+                                 "pgbench avg" if base else ""))
+            self.rows.append(Row("tuple latency p99", params, m["p99"], "ms"))
+
+    def select_scenario(self, deadline: Deadline) -> None:
+        args, env = self.args, self.env
+        clients = 10
+        server = env.start_server(deadline)
+        log(f"  select 100 rows: C={clients}")
+        m = self.request_run(server, clients, SELECT_MESSAGE, deadline, expect_rows=100)
+        env.finish([server.child])
+        base = None
+        if not args.no_baseline:
+            try:
+                base = env.pgbench_tps(clients, args.duration, "select * from bench.item;\n",
+                                       dbname="bench")
+            except BenchError as exc:
+                self.failures.append(f"select baseline: {exc}")
+        params = f"C={clients} D={args.depth} 100 rows"
+        notes = cpu_notes(m["cpu"], m["gen_cpu"])
+        if m["errors"]:
+            notes += f"; {m['errors']} errors: {m['first_error']}"
+        self.rows.append(Row("select bench.item", params, m["rps"], "req/s",
+                             base["tps"] if base else None,
+                             "pgbench -f select TPS" if base else "", notes,
+                             {"measured": m, "pgbench": base}))
+        self.rows.append(Row("select latency p50", params, m["p50"], "ms",
+                             base["latency_avg_ms"] if base else None,
+                             "pgbench avg" if base else ""))
+        self.rows.append(Row("select latency p99", params, m["p99"], "ms"))
+
+    def notify_scenario(self, deadline: Deadline) -> None:
+        args, env = self.args, self.env
+        subscribers = args.subscribers
+        paced, burst = args.notifies, args.notifies
+        interval = max(0.2, subscribers / 20000)
+        server = env.start_server(deadline)
+        base = {"mode": "notify", "port": server.port, "channel": CHANNEL,
+                "expected": paced + burst, "open_concurrency": 32,
+                "max_seconds": deadline.left()}
+        gens = env.loadgens(subscribers, base)
+        try:
+            t0 = time.monotonic()
+            readies = [g.event("ready", deadline) for g in gens]
+            opened = sum(r["opened"] for r in readies)
+            log(f"  notify: {opened} subscribers in {time.monotonic() - t0:.1f} s")
+            if opened < subscribers:
+                raise BenchError(f"only {opened}/{subscribers} subscribers: "
+                                 f"{[r['open_errors'] for r in readies]}")
+            for g in gens:
+                g.send("go")
+            conn = psycopg2.connect(env.bench_dsn)
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    time.sleep(0.5)
+                    before = CpuSnapshot.take(server.pid, env.postmaster_pid)
+                    for k in range(paced):
+                        payload = json.dumps({"p": "paced", "k": k, "t": time.time()})
+                        cur.execute("select pg_notify(%s, %s)", (CHANNEL, payload))
+                        time.sleep(interval)
+                    time.sleep(max(1.0, 2 * interval))
+                    burst_start = time.time()
+                    for k in range(burst):
+                        payload = json.dumps({"p": "burst", "k": k, "t": time.time()})
+                        cur.execute("select pg_notify(%s, %s)", (CHANNEL, payload))
+                    results = []
+                    for g in gens:
+                        try:
+                            results.append(g.event("result", deadline, cap=args.notify_wait))
+                        except BenchError:
+                            g.send("stop")
+                            results.append(g.event("result", deadline, cap=30))
+                    after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+            finally:
+                conn.close()
+        finally:
+            env.finish(gens)
+            env.finish([server.child])
+        received = sum(r["received"] for r in results)
+        expected = sum(r["expected"] for r in results)
+        phase = {p: [v for r in results for v in r["phases"].get(p, {}).get("latencies_ms", [])]
+                 for p in ("paced", "burst")}
+        last_burst = max((r["phases"]["burst"]["last"] for r in results
+                          if "burst" in r["phases"]), default=None)
+        burst_count = sum(r["phases"].get("burst", {}).get("count", 0) for r in results)
+        rate = burst_count / (last_burst - burst_start) if last_burst else None
+        wall = after.at - before.at
+        gen_cpu = [100.0 * r["cpu_s"] / wall for r in results]
+        notes = f"delivered {received}/{expected}; " + cpu_notes(before.until(after), gen_cpu)
+        params = f"S={subscribers}"
+        extra = {"received": received, "expected": expected, "paced_notifies": paced,
+                 "paced_interval_s": interval, "burst_notifies": burst,
+                 "burst_p50_ms": percentile(phase["burst"], 50),
+                 "burst_p99_ms": percentile(phase["burst"], 99)}
+        self.rows.append(Row("notify fan-out", f"{params} K={burst} burst", rate,
+                             "deliveries/s", notes=notes, extra=extra))
+        self.rows.append(Row("notify latency p50", f"{params} K={paced} paced",
+                             percentile(phase["paced"], 50), "ms"))
+        self.rows.append(Row("notify latency p99", f"{params} K={paced} paced",
+                             percentile(phase["paced"], 99), "ms", notes=(
+                                 f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
+                                 f"p99 {fmt(extra['burst_p99_ms'])} ms")))
+
+    def handshake_scenario(self, deadline: Deadline) -> None:
+        args, env = self.args, self.env
+        server = env.start_server(deadline)
+        variants = [("sequential, 1 worker", 1, 1, False),
+                    (f"parallel, {args.loadgens}x{args.workers} workers", args.loadgens,
+                     args.workers, False),
+                    (f"parallel + GET /clientinfo each, {args.loadgens}x{args.workers}",
+                     args.loadgens, args.workers, True)]
+        try:
+            for label, processes, workers, each in variants:
+                log(f"  handshake: {label}")
+                presign = int(min(20000, 2500 * (args.duration + args.warmup) / processes))
+                base = {"mode": "handshake", "port": server.port, "workers": workers,
+                        "warmup": args.warmup, "duration": args.duration,
+                        "clientinfo_each": each, "presign": presign,
+                        "max_seconds": deadline.left()}
+                gens = env.loadgens(processes, base, processes)
+                try:
+                    for g in gens:
+                        g.event("ready", deadline)
+                    for g in gens:
+                        g.send("go")
+                    time.sleep(args.warmup)
+                    before = CpuSnapshot.take(server.pid, env.postmaster_pid)
+                    time.sleep(args.duration)
+                    after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+                    results = [g.event("result", deadline) for g in gens]
+                finally:
+                    env.finish(gens)
+                completed = sum(r["completed"] for r in results)
+                lat = [v for r in results for v in r["latencies_ms"]]
+                errors: dict[str, int] = {}
+                for r in results:
+                    for k, v in r["errors"].items():
+                        errors[k] = errors.get(k, 0) + v
+                gen_cpu = [100.0 * r["cpu_s"] / args.duration for r in results]
+                notes = (f"upgrade p50 {fmt(percentile(lat, 50))} ms, "
+                         f"p99 {fmt(percentile(lat, 99))} ms; "
+                         + cpu_notes(before.until(after), gen_cpu))
+                if errors:
+                    notes += f"; errors {errors}"
+                if any(r["presign_left"] == 0 and not each for r in results):
+                    notes += "; presigned pool ran out (generator signed inline)"
+                self.rows.append(Row("handshake (key login)", label,
+                                     completed / args.duration, "logins/s", notes=notes,
+                                     extra={"completed": completed, "errors": errors,
+                                            "p50_ms": percentile(lat, 50),
+                                            "p99_ms": percentile(lat, 99)}))
+        finally:
+            env.finish([server.child])
+
+    def memory_scenario(self, deadline: Deadline) -> None:
+        args, env = self.args, self.env
+        sockets = args.idle
+        server = env.start_server(deadline)
+        # Before the 'before' reading, each generator opens a few sockets and sends one
+        # request on each: code paths, pools and caches are then warm.
+        base = {"mode": "idle", "port": server.port, "open_concurrency": 32,
+                "warm": max(1, 50 // args.loadgens), "max_seconds": deadline.left()}
+        gens = env.loadgens(sockets, base)
+        try:
+            readies = [g.event("ready", deadline) for g in gens]
+            time.sleep(1.0)
+            rss_before = rss_kib(server.pid)
+            t0 = time.monotonic()
+            for g in gens:
+                g.send("go")
+            results = [g.event("result", deadline) for g in gens]
+            seconds = time.monotonic() - t0
+            time.sleep(2.0)
+            rss_after = rss_kib(server.pid)
+        finally:
+            env.finish(gens)
+            env.finish([server.child])
+        opened = sum(r["opened"] for r in results)
+        errors = [r["open_errors"] for r in results if r["open_errors"]]
+        per_socket = (rss_after - rss_before) / opened if opened else None
+        notes = (f"server RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB; "
+                 f"{opened} opened in {seconds:.1f} s")
+        if errors:
+            notes += f"; open errors {errors}"
+        self.rows.append(Row("memory per idle socket", f"N={sockets}", per_socket, "KiB",
+                             notes=notes,
+                             extra={"rss_before_kib": rss_before, "rss_after_kib": rss_after,
+                                    "opened": opened, "warm": sum(r.get("warm_replies", 0)
+                                                                  for r in readies)}))
+
+
+def summarize_profile(path: str | None, clients: int, top: int = 12) -> dict[str, Any] | None:
+    if not path or not os.path.exists(path):
+        return None
+    stats = pstats.Stats(path)
+    rows = []
+    for (filename, line, func), (_cc, calls, tottime, cumtime, _) in stats.stats.items():
+        short = filename.replace(str(ROOT) + "/", "")
+        short = re.sub(r".*/site-packages/", "", short)
+        rows.append({"function": f"{short}:{line}({func})", "calls": calls,
+                     "tottime_s": tottime, "cumtime_s": cumtime})
+    total = sum(r["tottime_s"] for r in rows) or 1.0
+    by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
+    for r in by_tot:
+        r["tottime_pct"] = 100.0 * r["tottime_s"] / total
+    return {"connections": clients, "total_s": total, "top_tottime": by_tot}
+
+
+# -- main --------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller and shorter (C up to 100, 1000 subscribers, 2 s runs)")
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS,
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (5; quick 2)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds first (1; quick 0.5)")
+    parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")],
+                        help="tuple: comma-separated C values (1,10,100,1000; quick 1,10,100)")
+    parser.add_argument("--depth", type=int, default=1, help="requests in flight per socket")
+    parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
+    parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
+    parser.add_argument("--loadgens", type=int, default=2, help="load generator processes")
+    parser.add_argument("--workers", type=int, default=16,
+                        help="handshake: concurrent logins per generator process")
+    parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")
+    parser.add_argument("--notifies", type=int, default=10,
+                        help="notify: NOTIFYs per phase (paced, then burst)")
+    parser.add_argument("--idle", type=int, help="memory: idle sockets (10000; quick 2000)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip pgbench")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the server in an extra tuple run at C=100")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (2.0 if quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
+    args.connections = args.connections or ([1, 10, 100] if quick else [1, 10, 100, 1000])
+    args.subscribers = args.subscribers or (1000 if quick else 10000)
+    args.idle = args.idle or (2000 if quick else 10000)
+    args.notify_wait = 30.0 if quick else 60.0
+    args.scenarios = args.scenario or list(SCENARIOS)
+    return args
+
+
+def budgets(args: argparse.Namespace) -> dict[str, float]:
+    run = args.duration + args.warmup
+    return {
+        "tuple": 60 + sum(3 * run + 30 + c / 20 for c in args.connections)
+        + (3 * run + 30 if args.profile else 0),
+        "select": 60 + 3 * run + 30,
+        "notify": 90 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 10000),
+        "handshake": 60 + 3 * (run + 40),
+        "memory": 60 + args.idle / 100,
+    }
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fd_limit = raise_fd_limit()
+    limits = budgets(args)
+    total = 300 + sum(limits[s] for s in args.scenarios)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGALRM, _terminate)
+    signal.alarm(int(total))  # the whole run ends by itself, whatever happens
+    started = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="wyseman-bench-"))
+    env = Environment(args, workdir)
+    bench = Bench(env)
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else argv))
+    log(f"{command.strip()} (fd limit {fd_limit}, hard limit {total:.0f} s)")
+    interrupted = None
+    try:
+        env.setup()
+        scenario_bodies = {"tuple": bench.tuple_scenario, "select": bench.select_scenario,
+                           "notify": bench.notify_scenario,
+                           "handshake": bench.handshake_scenario,
+                           "memory": bench.memory_scenario}
+        for name in args.scenarios:
+            bench.run(name, limits[name], scenario_bodies[name])
+    except KeyboardInterrupt as exc:
+        interrupted = f"interrupted ({exc or 'SIGINT'})"
+        bench.failures.append(interrupted)
+    except Exception as exc:
+        bench.failures.append(f"setup: {type(exc).__name__}: {exc}")
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+    finally:
+        signal.alarm(0)
+        env.teardown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(table(bench.rows))
+    if bench.profile:
+        print(f"\nserver profile (cProfile, tuple C={bench.profile['connections']}), "
+              "top functions by own time:")
+        for r in bench.profile["top_tottime"][:8]:
+            print(f"  {r['tottime_pct']:5.1f}%  {r['calls']:>9}  {r['function']}")
+    for failure in bench.failures:
+        print(f"FAILED: {failure}")
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "command": command.strip(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "rows": [r.as_json() for r in bench.rows],
+        "profile": bench.profile,
+        "failures": bench.failures,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    log(f"results written to {args.output}")
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Differential test: the same requests to the Node.js Wyseman server (npm `wyseman`,
+pinned in tests/js) and to ours, on two identical databases; the replies must agree.
+
+Only requests outside the Node server's known defects (docs/protocol.md) are compared,
+and only what clients read: ``data``, or the error ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+
+from tests.harness import start_gateway
+from tests.jsinterop import JS_DIR, node
+from tests.pgtest import fresh_database
+from wyseman import keys
+from wyseman.client.connection import RequestError, connect
+from wyseman.db import admin, pg
+
+SAMPLE = """
+create schema app;
+create table app.item (
+    id serial primary key, name text not null, qty int, price numeric(10,2), data jsonb,
+    blob bytea, made timestamptz default '2025-05-01 10:00:00.123456+00', span interval,
+    day date, constraint "!app.item:negative" check (qty >= 0));
+create view app.item_v as select * from app.item;
+create function app.double(int) returns int language sql as 'select $1 * 2';
+insert into app.item (name, qty, price, data, blob, span, day) values
+    ('a', 1, 1.5, '{"k": [1, 2]}', '\\x00ff', '1 day 02:03:04.5', '2025-01-02'),
+    ('b', 2, 20, '"text"', null, '3 mons', null),
+    ('c', 3, null, null, '\\x', null, '2024-02-29');
+grant usage on schema app to wyseman_user;
+grant all on all tables in schema app to wyseman_user;
+grant usage on all sequences in schema app to wyseman_user;
+grant execute on all functions in schema app to wyseman_user;
+"""
+
+V = "app.item_v"
+REQUESTS: list[dict[str, Any]] = [
+    {"action": "select", "view": V, "fields": ["id", "name", "qty"],
+     "order": [{"field": "id", "asc": True}]},
+    {"action": "select", "view": V, "fields": "*", "order": [{"field": "id", "asc": True}]},
+    {"action": "select", "view": V, "fields": ["name"], "where": {"name": "a"}},
+    {"action": "select", "view": V, "fields": ["name"], "where": [["qty", ">", 1]],
+     "order": ["name"]},
+    {"action": "select", "view": V, "fields": ["name"], "where": ["qty >= 2"], "order": [1]},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"left": "qty", "oper": ">=", "entry": 2}, "order": [{"field": "qty"}]},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"and": False, "items": [{"left": "name", "oper": "=", "entry": "a"},
+                                       {"left": "qty", "oper": "=", "entry": 3}]},
+     "order": [{"column": "name", "sortAsc": True}]},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"left": "name", "entry": "a", "not": True}, "order": [{"field": "name"}]},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"left": "price", "oper": "isnull"}},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"left": "name", "oper": "~", "entry": "^[ab]$"}, "order": ["name"]},
+    {"action": "select", "view": V, "fields": ["name"],
+     "where": {"left": "name", "oper": "in", "entry": "a,c"}, "order": ["name"]},
+    {"action": "tuple", "view": V, "where": {"id": 1},
+     "fields": ["name", "price", "data", "blob", "made", "span", "day"]},
+    {"action": "tuple", "view": V, "where": {"id": 2},
+     "fields": ["name", "price", "data", "blob", "span", "day"]},
+    {"action": "tuple", "view": V, "where": {"id": 3}, "fields": ["price", "data", "blob"]},
+    {"action": "tuple", "view": "app.double(int)", "params": [21]},
+    {"action": "insert", "view": V, "fields": {"name": "z", "qty": 5, "data": {"k": [1]}}},
+    {"action": "update", "view": V, "fields": {"qty": 6}, "where": {"name": "z"}},
+    {"action": "delete", "view": V, "where": {"name": "z"}},
+    {"action": "select", "view": V, "fields": ["name"], "where": {"name": "z"}},
+    {"action": "meta", "view": "app.item"},
+    {"action": "meta", "view": "app.item"},
+    {"action": "lang", "view": "wm.lang", "language": "eng"},
+    {"action": "tuple", "view": V, "fields": ["name"], "where": {"name": "nothing"}},
+    {"action": "update", "view": V, "fields": {"qty": 1}},
+    {"action": "delete", "view": V, "where": {"left": "qty", "oper": "isnull"}},
+    {"action": "insert", "view": V, "fields": {}},
+    {"action": "select", "view": V, "where": [["qty", "like", 1]]},
+    {"action": "select", "view": V, "where": [[None, "=", 1]]},
+    {"action": "select", "view": V, "where": {"left": "qty", "oper": "in"}},
+    {"action": "insert", "view": V, "fields": {"name": "n", "qty": -1}},
+    {"action": "select", "view": "app.missing", "fields": ["x"]},
+    {"action": "explode", "view": V},
+]
+
+
+class _NodeServer(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.output += data
+        if b"ready" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(f"node server exited: {self.output[-2000:]!r}"))
+        self.ended.callback(None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def outcome(d: defer.Deferred) -> defer.Deferred:
+    def error(failure: Any) -> tuple:
+        failure.trap(RequestError)
+        return ("error", failure.value.code)
+    return d.addCallbacks(lambda data: ("data", data), error)
+
+
+class DifferentialTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_same_replies_as_the_node_server(self):
+        executable = node()
+        node_db, our_db = fresh_database(self), fresh_database(self)
+        user = node_db.role_name("diff")
+        for db, make_role in ((node_db, True), (our_db, False)):
+            db.run(SAMPLE)
+            admin.add_user(db.dsn, user, login_role=make_role)
+
+        params = pg.dsn_params(node_db.dsn)
+        port = free_port()
+        config = {"port": port, "pg": {"host": params["host"], "port": int(params["port"]),
+                                       "database": params["dbname"], "user": params["user"]}}
+        process = _NodeServer()
+        transport = reactor.spawnProcess(
+            process, executable, [executable, str(JS_DIR / "node_server.js"),
+                                  json.dumps(config)], path=str(JS_DIR))
+        self.addCleanup(lambda: process.ended if process.ended.called else
+                        (transport.signalProcess("TERM"), process.ended)[1])
+        yield process.ready
+        # The Node server takes any user name on plain ws (D1): that is how its clients
+        # log in there; ours gets a ticket.
+        theirs = yield connect(f"ws://127.0.0.1:{port}", user)
+        self.addCleanup(theirs.close)
+        server = yield start_gateway(self, our_db)
+        token = admin.issue_ticket(our_db.dsn, user).token
+        ours = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(ours.close)
+
+        for number, request in enumerate(REQUESTS):
+            expected = yield outcome(theirs.request(dict(request, id=f"n{number}")))
+            actual = yield outcome(ours.request(dict(request, id=f"o{number}")))
+            self.assertEqual(actual, expected, json.dumps(request))
