@@ -482,7 +482,7 @@ class Bench:
         self.args = env.args
         self.rows: list[Row] = []
         self.failures: list[str] = []
-        self.profile: dict[str, Any] | None = None
+        self.profiles: dict[str, Any] = {}
 
     def run(self, name: str, budget: float, body: Callable[[Deadline], None]) -> None:
         log(f"scenario {name}: start (hard limit {budget:.0f} s)")
@@ -518,18 +518,8 @@ class Bench:
                 raise BenchError(f"expected {expect_rows} rows, got {verify}")
             for g in gens:
                 g.send("go")
-            time.sleep(args.warmup)
-            if profile:
-                server.child.popen.send_signal(signal.SIGUSR1)
-            before = CpuSnapshot.take(server.pid, env.postmaster_pid)
-            time.sleep(args.duration)
-            after = CpuSnapshot.take(server.pid, env.postmaster_pid)
-            if profile:
-                server.child.popen.send_signal(signal.SIGUSR2)
+            before, after = measure_window(server, env, deadline, profile)
             results = [g.event("result", deadline) for g in gens]
-            if profile:
-                while server.child.readline(deadline, 60).strip() != b"PROFILED":
-                    pass
         finally:
             env.finish(gens)
         latencies = [v for r in results for v in r["latencies_ms"]]
@@ -555,7 +545,8 @@ class Bench:
             target = max([c for c in args.connections if c <= 100] or args.connections)
             log(f"  tuple: profiling the server at C={target} (not a measured run)")
             self.request_run(server, target, TUPLE_MESSAGE, deadline, profile=True)
-            self.profile = summarize_profile(server.profile_file, target)
+            self.profiles[f"tuple C={target} D={args.depth}"] = summarize_profile(
+                server.profile_file)
         env.finish([server.child])
         if not args.no_baseline:
             for clients in args.connections:
@@ -682,15 +673,18 @@ class Bench:
 
     def handshake_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
-        server = env.start_server(deadline)
+        server = env.start_server(deadline, profile=args.profile)
         variants = [("sequential, 1 worker", 1, 1, False),
                     (f"parallel, {args.loadgens}x{args.workers} workers", args.loadgens,
                      args.workers, False),
                     (f"parallel + GET /clientinfo each, {args.loadgens}x{args.workers}",
                      args.loadgens, args.workers, True)]
+        if args.profile:
+            variants.append(("profile", args.loadgens, args.workers, False))
         try:
             for label, processes, workers, each in variants:
-                log(f"  handshake: {label}")
+                profile = label == "profile"
+                log(f"  handshake: {label}" + (" (not a measured run)" if profile else ""))
                 presign = int(min(20000, 2500 * (args.duration + args.warmup) / processes))
                 base = {"mode": "handshake", "port": server.port, "workers": workers,
                         "warmup": args.warmup, "duration": args.duration,
@@ -702,13 +696,14 @@ class Bench:
                         g.event("ready", deadline)
                     for g in gens:
                         g.send("go")
-                    time.sleep(args.warmup)
-                    before = CpuSnapshot.take(server.pid, env.postmaster_pid)
-                    time.sleep(args.duration)
-                    after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+                    before, after = measure_window(server, env, deadline, profile)
                     results = [g.event("result", deadline) for g in gens]
                 finally:
                     env.finish(gens)
+                if profile:
+                    self.profiles[f"handshake {args.loadgens}x{args.workers} workers"] = (
+                        summarize_profile(server.profile_file))
+                    continue
                 completed = sum(r["completed"] for r in results)
                 lat = [v for r in results for v in r["latencies_ms"]]
                 errors: dict[str, int] = {}
@@ -768,21 +763,44 @@ class Bench:
                                                                   for r in readies)}))
 
 
-def summarize_profile(path: str | None, clients: int, top: int = 12) -> dict[str, Any] | None:
+def measure_window(server: Server, env: Environment, deadline: Deadline,
+                   profile: bool = False) -> tuple[CpuSnapshot, CpuSnapshot]:
+    """Called right after 'go': skip the warm-up, then CPU snapshots around the measured
+    seconds (cProfile of the server over exactly those seconds with ``profile``)."""
+    args = env.args
+    time.sleep(args.warmup)
+    if profile:
+        server.child.popen.send_signal(signal.SIGUSR1)
+    before = CpuSnapshot.take(server.pid, env.postmaster_pid)
+    time.sleep(args.duration)
+    after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+    if profile:
+        server.child.popen.send_signal(signal.SIGUSR2)
+        while server.child.readline(deadline, 60).strip() != b"PROFILED":
+            pass
+    return before, after
+
+
+def summarize_profile(path: str | None, top: int = 12) -> dict[str, Any] | None:
+    """Top functions by own time (all code) and by cumulative time (wyseman's code)."""
     if not path or not os.path.exists(path):
         return None
     stats = pstats.Stats(path)
     rows = []
     for (filename, line, func), (_cc, calls, tottime, cumtime, _) in stats.stats.items():
         short = filename.replace(str(ROOT) + "/", "")
-        short = re.sub(r".*/site-packages/", "", short)
+        short = re.sub(r".*/(site-packages|lib/python3[.0-9]*)/", "", short)
         rows.append({"function": f"{short}:{line}({func})", "calls": calls,
                      "tottime_s": tottime, "cumtime_s": cumtime})
     total = sum(r["tottime_s"] for r in rows) or 1.0
-    by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
-    for r in by_tot:
+    for r in rows:
         r["tottime_pct"] = 100.0 * r["tottime_s"] / total
-    return {"connections": clients, "total_s": total, "top_tottime": by_tot}
+        r["cumtime_pct"] = 100.0 * r["cumtime_s"] / total
+    by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
+    ours = [r for r in rows if r["function"].startswith("wyseman/")]
+    by_cum = sorted(ours, key=lambda r: r["cumtime_s"], reverse=True)[:top]
+    os.unlink(path)
+    return {"profiled_s": total, "top_tottime": by_tot, "top_cumtime_wyseman": by_cum}
 
 
 # -- main --------------------------------------------------------------------------------
@@ -831,7 +849,7 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         + (3 * run + 30 if args.profile else 0),
         "select": 60 + 3 * run + 30,
         "notify": 90 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 10000),
-        "handshake": 60 + 3 * (run + 40),
+        "handshake": 60 + (4 if args.profile else 3) * (run + 40),
         "memory": 60 + args.idle / 100,
     }
 
@@ -876,11 +894,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(table(bench.rows))
-    if bench.profile:
-        print(f"\nserver profile (cProfile, tuple C={bench.profile['connections']}), "
-              "top functions by own time:")
-        for r in bench.profile["top_tottime"][:8]:
+    for name, prof in bench.profiles.items():
+        if not prof:
+            continue
+        print(f"\nserver profile ({name}), % of profiled time; own time:")
+        for r in prof["top_tottime"][:8]:
             print(f"  {r['tottime_pct']:5.1f}%  {r['calls']:>9}  {r['function']}")
+        print("  cumulative, wyseman code:")
+        for r in prof["top_cumtime_wyseman"][:8]:
+            print(f"  {r['cumtime_pct']:5.1f}%  {r['calls']:>9}  {r['function']}")
     for failure in bench.failures:
         print(f"FAILED: {failure}")
     report = {
@@ -890,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rows": [r.as_json() for r in bench.rows],
-        "profile": bench.profile,
+        "profiles": bench.profiles,
         "failures": bench.failures,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
