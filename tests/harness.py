@@ -60,6 +60,19 @@ def unregistered(gateway: Any, count: int = 1) -> defer.Deferred:
     return done
 
 
+@defer.inlineCallbacks
+def ticket_login(testcase: Any, server: Any, db: TestDatabase, user: str,
+                 **options: Any) -> Any:
+    """A connection logged in with a fresh ticket and key; closed at cleanup."""
+    from wyseman import keys
+    from wyseman.client.connection import connect
+    token = admin.issue_ticket(db.dsn, user).token
+    conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk(),
+                         **options)
+    testcase.addCleanup(conn.close)
+    return conn
+
+
 def add_user(db: TestDatabase, prefix: str = "u") -> str:
     """A user (entity row + login role) unique to this test."""
     name = db.role_name(prefix)

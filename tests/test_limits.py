@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, raw_upgrade, start_gateway, unregistered
+from tests.harness import add_user, raw_upgrade, start_gateway, ticket_login, unregistered
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect
@@ -29,12 +29,8 @@ grant execute on function public.big(int) to wyseman_user;
 class LimitTests(TestCase):
     timeout = 90
 
-    @defer.inlineCallbacks
     def login(self, server, db, user):
-        token = admin.issue_ticket(db.dsn, user).token
-        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
-        self.addCleanup(conn.close)
-        return conn
+        return ticket_login(self, server, db, user)
 
     @defer.inlineCallbacks
     def test_oversized_message_closes_with_1009(self):
@@ -137,9 +133,7 @@ class AdmissionTests(TestCase):
         db.run(SLOW)
         user = add_user(db)
         server = yield start_gateway(self, db, limits={"max_in_flight": 2})
-        token = admin.issue_ticket(db.dsn, user).token
-        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
-        self.addCleanup(conn.close)
+        conn = yield ticket_login(self, server, db, user)
         dispatcher = server.gateway.dispatcher
         handle, state = dispatcher.handle, {"now": 0, "most": 0}
 

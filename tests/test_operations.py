@@ -7,7 +7,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.harness import add_user, start_gateway
+from tests.harness import add_user, start_gateway, ticket_login
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import connect
@@ -17,12 +17,8 @@ from wyseman.db import admin
 class OperationsTests(TestCase):
     timeout = 60
 
-    @defer.inlineCallbacks
     def login(self, server, db, user):
-        token = admin.issue_ticket(db.dsn, user).token
-        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
-        self.addCleanup(conn.close)
-        return conn
+        return ticket_login(self, server, db, user)
 
     @defer.inlineCallbacks
     def test_metrics_endpoint(self):
