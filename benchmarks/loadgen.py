@@ -268,6 +268,7 @@ class LoadGen:
         got = [0]
         done = asyncio.Event()
         other = Counter()
+        burst_cpu: list[float] = []  # CPU seconds at the first burst notification
 
         def on_message(ws: WebSocket, payload: bytes) -> None:
             now = time.time()
@@ -281,6 +282,8 @@ class LoadGen:
             except (TypeError, KeyError):
                 other["bad_payload"] += 1
                 return
+            if phase == "burst" and not burst_cpu:
+                burst_cpu.append(cpu_seconds())
             phases.setdefault(phase, []).append(now - sent)
             span = first_last.setdefault(phase, [now, now])
             if now > span[1]:
@@ -303,7 +306,8 @@ class LoadGen:
              phases={p: {"count": len(v), "latencies_ms": sample(v),
                          "first": first_last[p][0], "last": first_last[p][1]}
                      for p, v in phases.items()},
-             cpu_s=cpu_seconds() - cpu0, connections=len(opened))
+             cpu_s=cpu_seconds() - cpu0, connections=len(opened),
+             burst_cpu_s=cpu_seconds() - burst_cpu[0] if burst_cpu else None)
 
     async def mode_handshake(self) -> None:
         spec = self.spec

@@ -35,6 +35,7 @@ class OperationsTests(TestCase):
         self.assertIn("wyseman_connections 1.0", text)
         self.assertIn('wyseman_handshakes_total{outcome="accepted",reason="ticket"} 1.0', text)
         self.assertIn('wyseman_request_seconds_count{action="tuple",outcome="ok"} 1.0', text)
+        self.assertIn("wyseman_pool_connections 1.0", text)   # the user's pooled session
 
     @defer.inlineCallbacks
     def test_schema_change_signal_drops_metadata_cache(self):

@@ -48,6 +48,12 @@ class Gateway:
         self.clock = clock
         self.metrics = Metrics()
         self.metrics.listen_reconnects.set_function(lambda: db.listener.reconnects)
+        pools = db.users
+        self.metrics.pool_connections.set_function(lambda: pools.open_connections)
+        self.metrics.pool_waiting.set_function(
+            lambda: sum(pool.stats.waiting for pool in pools.pools.values()))
+        self.metrics.pool_waits.set_function(
+            lambda: sum(pool.stats.waits_total for pool in pools.pools.values()))
         limits = config.limits
         self.max_connections = limits.max_connections
         self.max_connections_per_user = limits.max_connections_per_user
@@ -147,9 +153,10 @@ class Gateway:
         if not members:
             return
         frame = notification_frame(notification)
-        for protocol in list(members):
-            protocol.send_frame(frame)
-        self.metrics.notifications.inc(len(members))
+        sent = sum(1 for protocol in list(members) if protocol.send_frame(frame))
+        self.metrics.notifications.inc(sent)
+        if sent < len(members):
+            self.metrics.notifications_dropped.inc(len(members) - sent)
 
     def _on_auth(self, notification: Notification) -> None:
         """A user's key changed or the user went: close sockets whose key is gone."""

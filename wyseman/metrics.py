@@ -21,6 +21,13 @@ class Metrics:
                                              "Notifications not delivered", registry=r)
         self.slow_consumers = Counter("wyseman_slow_consumers",
                                       "Connections cut for not reading", registry=r)
+        self.pool_connections = Gauge("wyseman_pool_connections",
+                                      "Open user-session connections (all roles)", registry=r)
+        self.pool_waiting = Gauge("wyseman_pool_waiting",
+                                  "Requests waiting for a pooled connection", registry=r)
+        self.pool_waits = Gauge("wyseman_pool_waits",
+                                "Requests that had to wait for a pooled connection, in all",
+                                registry=r)
         self.listen_reconnects = Gauge("wyseman_listen_reconnects",
                                        "Times the LISTEN connection was re-opened", registry=r)
 

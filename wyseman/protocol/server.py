@@ -167,7 +167,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self._pause_reading()
         d = gateway.dispatcher.handle(self.session, payload)
         d.addCallback(self.send_frame)
-        d.addBoth(self._request_done)
+        d.addBoth(self._request_done)  # a reply to a closed socket is simply not sent
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:
@@ -190,13 +190,14 @@ class GatewayProtocol(WebSocketServerProtocol):
                 self.transport.resumeProducing()
         return None
 
-    def send_frame(self, frame: bytes) -> None:
-        """Send one text frame, or queue it while the client is not reading."""
+    def send_frame(self, frame: bytes) -> bool:
+        """Send one text frame, or queue it while the client is not reading; False if
+        the connection is closing (or was just cut for not reading)."""
         if self.state != self.STATE_OPEN:
-            return
+            return False
         if not self._send_paused and not self._outbound:
             self.sendMessage(frame, isBinary=False)
-            return
+            return True
         self._outbound.append(frame)
         self._outbound_bytes += len(frame)
         if self._outbound_bytes > self.factory.gateway.max_outbound_bytes:
@@ -208,6 +209,8 @@ class GatewayProtocol(WebSocketServerProtocol):
             self._outbound_bytes = 0
             # No close frame: the peer is not reading; cut the TCP connection.
             self.dropConnection(abort=True)
+            return False
+        return True
 
     def _flush_outbound(self) -> None:
         while self._outbound and not self._send_paused and self.state == self.STATE_OPEN:
