@@ -669,6 +669,8 @@ class Bench:
                    for r in results if r.get("burst_cpu_s") is not None]
         notes = (f"delivered {received}/{expected}; burst " +
                  cpu_notes(before.until(after), gen_cpu))
+        if args.profile:
+            notes += "; burst run under cProfile (slower)"
         params = f"S={subscribers}"
         extra = {"received": received, "expected": expected, "paced_notifies": paced,
                  "paced_interval_s": interval, "burst_notifies": burst,

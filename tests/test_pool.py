@@ -73,6 +73,21 @@ class PoolTests(TestCase):
         self.assertEqual(pools.open_connections, 0)
 
     @defer.inlineCallbacks
+    def test_connections_replaced_after_max_lifetime(self):
+        user = add_user(self.db)
+        pools = self.pools(size=1, max_lifetime=60, idle_timeout=0)
+        conn = yield pools.pool(user).acquire()
+        pools.pool(user).release(conn)
+        again = yield pools.pool(user).acquire()
+        self.assertIs(again, conn)                # young: reused
+        self.clock.advance(61)
+        pools.pool(user).release(again)           # too old: closed on return
+        self.assertTrue(conn.closed)
+        fresh = yield pools.pool(user).acquire()
+        self.assertIsNot(fresh, conn)
+        pools.pool(user).release(fresh)
+
+    @defer.inlineCallbacks
     def test_total_cap_takes_idle_connection_of_another_role(self):
         alice, bob = add_user(self.db), add_user(self.db)
         pools = self.pools(size=2, total=1)
