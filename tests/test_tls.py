@@ -99,3 +99,31 @@ class TLSTests(TestCase):
         self.assertTrue(row["curr_eid"])
         (self.dir / "server.key").write_text("garbage")
         self.assertFalse(server.tls.reload())  # bad files: the current certificate stays
+
+    def test_minimum_tls_version(self):
+        from OpenSSL import SSL
+
+        from wyseman.tls import ReloadableContextFactory
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        options = ReloadableContextFactory(cert, key).getContext().set_options(0)
+        self.assertTrue(options & SSL.OP_NO_TLSv1 and options & SSL.OP_NO_TLSv1_1)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_2)
+        strict = ReloadableContextFactory(cert, key, min_version="1.3").getContext()
+        self.assertTrue(strict.set_options(0) & SSL.OP_NO_TLSv1_2)
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads_the_certificate(self):
+        import os
+        import signal
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        reloaded = defer.Deferred()
+        reload = server.tls.reload
+
+        def reloading():
+            result = reload()
+            reloaded.callback(result)
+            return result
+        server.tls.reload = reloading
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertTrue((yield reloaded))

@@ -139,6 +139,7 @@ class GatewayService(Service):
             if spec.kind == "tls" and self.tls is None:
                 raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
         self.gateway: Gateway | None = None
+        self._previous_sighup: Any = None
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
         self._warn_insecure()
@@ -213,6 +214,7 @@ class GatewayService(Service):
         return server.Site(root)
 
     def _install_sighup(self) -> None:
+        """``kill -HUP`` re-reads the certificate (chaining to any earlier handler)."""
         try:
             previous = signal.getsignal(signal.SIGHUP)
         except (ValueError, AttributeError):
@@ -226,7 +228,8 @@ class GatewayService(Service):
         try:
             signal.signal(signal.SIGHUP, on_hup)
         except ValueError:  # not the main thread (embedded in a test runner, say)
-            pass
+            return
+        self._previous_sighup = previous
 
     def _start_failed(self, failure: Any) -> None:
         log.failure("wyseman could not start", failure)
@@ -238,6 +241,9 @@ class GatewayService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()
