@@ -50,6 +50,7 @@ CHANNEL = "bench_fanout"
 TUPLE_MESSAGE = {"action": "tuple", "view": "base.curr_eid()"}
 SELECT_MESSAGE = {"action": "select", "view": "bench.item"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NOISE: list[float] = []  # CPU % of one core used by other processes in each window
 
 
 class BenchError(RuntimeError):
@@ -312,35 +313,58 @@ class Environment:
             log("pgbench: initialised (-s 1)")
 
     # -- pgbench ---------------------------------------------------------------------
-    def pgbench(self, options: list[str], dbname: str, timeout: float) -> str:
+    def pgbench(self, options: list[str], dbname: str, timeout: float,
+                sample: tuple[float, float] | None = None) -> tuple[str, dict[str, float]]:
+        """Run pgbench → (stdout, CPU use between the ``sample`` offsets in seconds)."""
         from wyseman.db.cluster import find_bindir
         command = [str(find_bindir() / "pgbench"), "-h", str(self.cluster.socket_dir),
                    "-p", str(self.cluster.port), "-U", self.cluster.superuser, *options, dbname]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, PGAPPNAME="bench"))
+        cpu: dict[str, float] = {}
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  env=dict(os.environ, PGAPPNAME="bench"))
+            if sample is not None:  # while it runs, so that its backends are counted
+                time.sleep(sample[0])
+                before = CpuSnapshot.take(proc.pid, self.postmaster_pid)
+                time.sleep(sample[1] - sample[0])
+                after = CpuSnapshot.take(proc.pid, self.postmaster_pid)
+                cpu = before.until(after)
+                cpu["pgbench_pct"] = cpu.pop("server_pct")
+                NOISE.append(cpu["machine_busy_pct"] * (os.cpu_count() or 1)
+                             - cpu["pgbench_pct"] - cpu["pg_pct"])
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise BenchError(f"pgbench {' '.join(options)}: timed out") from None
-        if done.returncode != 0:
-            raise BenchError(f"pgbench {' '.join(options)} failed: {done.stderr.strip()[-300:]}")
-        return done.stdout
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise BenchError(f"pgbench {' '.join(options)} failed: {err.strip()[-300:]}")
+        return out, cpu
 
     def pgbench_tps(self, clients: int, seconds: float, script: str | None = None,
-                    dbname: str = "pgbench") -> dict[str, float]:
-        options = ["-n", "-c", str(clients), "-j", str(min(2, clients)), "-T",
-                   str(max(1, round(seconds)))]
+                    dbname: str = "pgbench") -> dict[str, Any]:
+        # pgbench's -T includes opening the connections (a second or more per few hundred
+        # backends here), which would leave a large C only a sliver of the run: add that.
+        measured = max(1, round(seconds))
+        secs = measured + (clients + 199) // 200 if clients >= 100 else measured
+        options = ["-n", "-c", str(clients), "-j", str(min(2, clients)), "-T", str(secs)]
         if script is None:
             options.insert(0, "-S")
         else:
             path = self.workdir / "script.sql"
             path.write_text(script)
             options += ["-f", str(path)]
-        out = self.pgbench(options, dbname, timeout=seconds + 120)
+        # CPU is sampled near the end, once every connection is open.
+        out, cpu = self.pgbench(options, dbname, timeout=secs + 120,
+                                sample=(secs - 0.5 * measured - 0.5, secs - 0.5))
         tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
         lat = re.search(r"latency average = ([0-9.]+) ms", out)
         if not tps:
             raise BenchError(f"pgbench output not understood: {out[-300:]}")
-        return {"tps": float(tps.group(1)), "latency_avg_ms": float(lat.group(1)) if lat else 0}
+        return {"tps": float(tps.group(1)), "latency_avg_ms": float(lat.group(1)) if lat else 0,
+                "command": "pgbench " + " ".join(options), "cpu": cpu}
 
     # -- children --------------------------------------------------------------------
     def spawn(self, name: str, module: str, spec: dict[str, Any]) -> Child:
@@ -469,9 +493,24 @@ def log(message: str) -> None:
 
 
 def cpu_notes(cpu: dict[str, float], gen: list[float]) -> str:
+    """CPU in % of one core; 'other' is what the rest of the machine used meanwhile
+    (a sign of a noisy neighbour), 'machine' the busy share of all cores."""
     gens = "+".join(f"{g:.0f}" for g in gen) if gen else "-"
+    other = (cpu["machine_busy_pct"] * (os.cpu_count() or 1) - cpu["server_pct"]
+             - cpu["pg_pct"] - sum(gen))
+    NOISE.append(other)
     return (f"cpu: server {cpu['server_pct']:.0f}%, pg {cpu['pg_pct']:.0f}%, "
-            f"gen {gens}%, machine {cpu['machine_busy_pct']:.0f}%")
+            f"gen {gens}%, other {max(0.0, other):.0f}%, "
+            f"machine {cpu['machine_busy_pct']:.0f}%")
+
+
+def pgbench_notes(base: dict[str, Any] | None) -> str:
+    cpu = (base or {}).get("cpu")
+    if not cpu:
+        return ""
+    other = cpu["machine_busy_pct"] * (os.cpu_count() or 1) - cpu["pgbench_pct"] - cpu["pg_pct"]
+    return (f"pgbench run cpu: pgbench {cpu['pgbench_pct']:.0f}%, pg {cpu['pg_pct']:.0f}%, "
+            f"other {max(0.0, other):.0f}%, machine {cpu['machine_busy_pct']:.0f}%")
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -568,7 +607,7 @@ class Bench:
                                  notes, extra))
             self.rows.append(Row("tuple latency p50", params, m["p50"], "ms",
                                  base["latency_avg_ms"] if base else None,
-                                 "pgbench avg" if base else ""))
+                                 "pgbench avg" if base else "", pgbench_notes(base)))
             self.rows.append(Row("tuple latency p99", params, m["p99"], "ms"))
 
     def select_scenario(self, deadline: Deadline) -> None:
@@ -595,7 +634,7 @@ class Bench:
                              {"measured": m, "pgbench": base}))
         self.rows.append(Row("select latency p50", params, m["p50"], "ms",
                              base["latency_avg_ms"] if base else None,
-                             "pgbench avg" if base else ""))
+                             "pgbench avg" if base else "", pgbench_notes(base)))
         self.rows.append(Row("select latency p99", params, m["p99"], "ms"))
 
     def notify_scenario(self, deadline: Deadline) -> None:
@@ -844,6 +883,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the server in an extra tuple run at C=100")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="copy server/generator logs to benchmarks/results/logs/ "
+                        "(always done when a scenario fails)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.duration = args.duration or (2.0 if quick else 5.0)
@@ -905,6 +947,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
         env.teardown()
+        if args.keep_logs or bench.failures:
+            keep = RESULTS / "logs"
+            shutil.rmtree(keep, ignore_errors=True)
+            keep.mkdir(parents=True)
+            for path in workdir.glob("*.log"):
+                shutil.copy(path, keep / path.name)
+            log(f"logs kept in {keep}")
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(table(bench.rows))
@@ -919,6 +968,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['cumtime_pct']:5.1f}%  {r['calls']:>9}  {r['function']}")
     for failure in bench.failures:
         print(f"FAILED: {failure}")
+    noisy = max(NOISE, default=0.0)
+    if noisy > 25:
+        print(f"WARNING: other processes used up to {noisy:.0f}% of a core during the "
+              "measurements (see 'other' in the notes): the numbers are depressed")
     report = {
         "date": started.isoformat(timespec="seconds"),
         "command": command.strip(),
@@ -928,6 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [r.as_json() for r in bench.rows],
         "profiles": bench.profiles,
         "failures": bench.failures,
+        "max_other_cpu_pct": max(NOISE, default=None),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1, default=str) + "\n")

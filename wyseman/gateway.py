@@ -23,6 +23,7 @@ from wyseman.db.types import dumps
 from wyseman.metrics import Metrics
 from wyseman.protocol.dispatch import Dispatcher
 from wyseman.protocol.handshake import Authenticator, ChannelPolicy
+from wyseman.protocol.server import prepare_frame
 from wyseman.sql import compiler
 
 log = Logger(namespace="wyseman.gateway")
@@ -152,7 +153,7 @@ class Gateway:
         members = self._by_channel.get(notification.channel)
         if not members:
             return
-        frame = notification_frame(notification)
+        frame = prepare_frame(notification_frame(notification))  # framed once for all
         sent = sum(1 for protocol in list(members) if protocol.send_frame(frame))
         self.metrics.notifications.inc(sent)
         if sent < len(members):

@@ -138,7 +138,7 @@ class Listener:
         if subscribers:
             return defer.succeed(None)
         del self._subscribers[channel]
-        if channel in self._listening and self.connected:
+        if channel in self._listening and self.connected and self._running:
             self._listening.discard(channel)
             assert self._conn is not None
             return self._conn.unlisten(channel).addErrback(self._log_error, "UNLISTEN", channel)

@@ -152,7 +152,7 @@ class Dispatcher:
         if name.arg_types is None:
             columns = yield self.db.column_types(
                 pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
-        statement = compiler.compile_request(request, columns, self.policy)
+        statement = compiler.compile_request(request, columns, self.policy, name)
         try:
             writes = action in _WRITES
             data = yield self.db.run_as(session.user,

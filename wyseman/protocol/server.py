@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import parseHttpHeader
+from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket.protocol import PreparedMessage, parseHttpHeader
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,11 +54,24 @@ class _OutboundGate:
         pass
 
 
+def _unformatted(value: Any) -> str:
+    return "(not formatted)"
+
+
 class GatewayProtocol(WebSocketServerProtocol):
     """One client connection."""
 
     factory: GatewayFactory
     session: Session | None = None
+
+    def _connectionMade(self) -> None:
+        # Autobahn pretty-prints its whole configuration for a debug line on every new
+        # connection, whether or not debug logging is on (~15 % of a login's CPU).
+        formatter, autobahn_protocol.pformat = autobahn_protocol.pformat, _unformatted
+        try:
+            super()._connectionMade()
+        finally:
+            autobahn_protocol.pformat = formatter
 
     def __init__(self) -> None:
         super().__init__()
@@ -190,16 +204,17 @@ class GatewayProtocol(WebSocketServerProtocol):
                 self.transport.resumeProducing()
         return None
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Send one text frame, or queue it while the client is not reading; False if
-        the connection is closing (or was just cut for not reading)."""
+    def send_frame(self, frame: bytes | PreparedMessage) -> bool:
+        """Send one text frame (or a frame prepared once for many sockets), or queue it
+        while the client is not reading; False if the connection is closing (or was
+        just cut for not reading)."""
         if self.state != self.STATE_OPEN:
             return False
         if not self._send_paused and not self._outbound:
-            self.sendMessage(frame, isBinary=False)
+            self._send_now(frame)
             return True
         self._outbound.append(frame)
-        self._outbound_bytes += len(frame)
+        self._outbound_bytes += _size(frame)
         if self._outbound_bytes > self.factory.gateway.max_outbound_bytes:
             log.warn("closing slow consumer {user} at {ip}: {size} bytes queued",
                      user=self.session.user if self.session else "?",
@@ -212,11 +227,17 @@ class GatewayProtocol(WebSocketServerProtocol):
             return False
         return True
 
+    def _send_now(self, frame: bytes | PreparedMessage) -> None:
+        if isinstance(frame, PreparedMessage):
+            self.sendPreparedMessage(frame)
+        else:
+            self.sendMessage(frame, isBinary=False)
+
     def _flush_outbound(self) -> None:
         while self._outbound and not self._send_paused and self.state == self.STATE_OPEN:
             frame = self._outbound.popleft()
-            self._outbound_bytes -= len(frame)
-            self.sendMessage(frame, isBinary=False)
+            self._outbound_bytes -= _size(frame)
+            self._send_now(frame)
 
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
         cancel_close_timer(self)
@@ -277,6 +298,15 @@ class ClientInfo(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"access-control-allow-origin", b"*")
         return body
+
+
+def _size(frame: bytes | PreparedMessage) -> int:
+    return len(frame.payload) if isinstance(frame, PreparedMessage) else len(frame)
+
+
+def prepare_frame(frame: bytes) -> PreparedMessage:
+    """Frame a text message once, to send the same bytes to many sockets."""
+    return PreparedMessage(frame, False, False, True)
 
 
 def _header(request: server.Request, name: bytes) -> str | None:

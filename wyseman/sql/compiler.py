@@ -53,7 +53,15 @@ class ViewName:
         return quote_ident(self.schema) + "." + quote_ident(self.name)
 
 
-_PLACEHOLDER = re.compile(r"\$(\d+)")
+# A quoted identifier (copied, % doubled), a placeholder, or a bare %.
+_PYFORMAT_TOKEN = re.compile(r'"(?:[^"]|"")*"|\$(\d+)|%')
+
+
+def _pyformat_token(match: re.Match) -> str:
+    text = match.group(0)
+    if match.group(1):
+        return f"%(p{match.group(1)})s"
+    return text.replace("%", "%%")
 
 
 @dataclass(frozen=True)
@@ -71,28 +79,7 @@ class Statement:
         placeholder); the compiler emits no other quoted text.
         """
         if not self._pyformat:
-            out: list[str] = []
-            quoted = False
-            text = self.sql
-            i = 0
-            while i < len(text):
-                char = text[i]
-                if char == '"':
-                    quoted = not quoted
-                    out.append(char)
-                elif char == "%":
-                    out.append("%%")
-                elif char == "$" and not quoted:
-                    match = _PLACEHOLDER.match(text, i)
-                    if match:
-                        out.append(f"%(p{match.group(1)})s")
-                        i = match.end()
-                        continue
-                    out.append(char)
-                else:
-                    out.append(char)
-                i += 1
-            self._pyformat.append("".join(out))
+            self._pyformat.append(_PYFORMAT_TOKEN.sub(_pyformat_token, self.sql))
         params = {f"p{n}": value for n, value in enumerate(self.params, 1)}
         return self._pyformat[0], params
 
@@ -164,10 +151,10 @@ def parse_view(view: object, policy: Policy = DEFAULT_POLICY) -> ViewName:
 
 class _Compiler:
     def __init__(self, request: dict, meta_columns: Mapping[str, str] | None,
-                 policy: Policy) -> None:
+                 policy: Policy, view: ViewName | None) -> None:
         self.request = request
         self.columns = meta_columns
-        self.view = parse_view(request.get("view"), policy)
+        self.view = view if view is not None else parse_view(request.get("view"), policy)
         self.params = Params()
         self.where = WhereCompiler(self.params, self.column, policy.max_where_depth,
                                    policy.max_in_list)
@@ -298,15 +285,18 @@ def _count(value: Any, word: str) -> int | None:
 
 
 def compile_request(request: dict, meta_columns: Mapping[str, str] | None,
-                    policy: Policy = DEFAULT_POLICY) -> Statement:
-    """One request → one statement, or :class:`~wyseman.errors.ProtocolError`."""
+                    policy: Policy = DEFAULT_POLICY, view: ViewName | None = None) -> Statement:
+    """One request → one statement, or :class:`~wyseman.errors.ProtocolError`.
+
+    ``view`` is ``parse_view(request["view"], policy)`` when the caller has it already.
+    """
     if not isinstance(request, dict):
         raise errors.bad_message("a request must be an object")
     action = request.get("action")
     if not isinstance(action, str) or action not in ACTIONS:
         raise errors.bad_action(action)
     try:
-        compiler = _Compiler(request, meta_columns, policy)
+        compiler = _Compiler(request, meta_columns, policy, view)
         if action in ("select", "tuple"):
             return compiler.select(action)
         return getattr(compiler, action)()
