@@ -21,7 +21,7 @@ else
 fi
 
 echo "== ruff"
-.venv/bin/ruff check wyseman tests twisted
+.venv/bin/ruff check wyseman tests twisted benchmarks
 
 echo "== trial"
 log=$(mktemp)
