@@ -26,6 +26,7 @@ create table app.item (
     blob bytea,
     made timestamptz default '2025-05-01 10:00:00.123456+00',
     span interval,
+    big int8,
     constraint "!app.item:negative" check (qty >= 0)
 );
 create view app.item_v as select * from app.item;
@@ -108,7 +109,7 @@ class RequestTests(_SampleServer):
         blob = base64.b64encode(b"\x00\x01\xff").decode()
         row = yield self.insert(name="widget", qty=3, price="12.5", data={"a": [1, 2]},
                                 blob={"_type_": "binary", "_data_": blob},
-                                span="1 day 02:03:04.5")
+                                span="1 day 02:03:04.5", big=9007199254740993)
         self.assertEqual(row["name"], "widget")
         self.assertEqual(row["qty"], 3)
         self.assertEqual(row["price"], "12.50")
@@ -117,6 +118,7 @@ class RequestTests(_SampleServer):
         self.assertEqual(row["made"], "2025-05-01T10:00:00.123Z")
         self.assertEqual(row["span"], {"days": 1, "hours": 2, "minutes": 3, "seconds": 4,
                                        "milliseconds": 500})
+        self.assertEqual(row["big"], 9007199254740993)  # D22: exact above 2^53
 
     @defer.inlineCallbacks
     def test_select_where_order_limit(self):
