@@ -158,7 +158,8 @@ class Listener:
         return d.addBoth(confirmed)
 
     def _log_error(self, failure: Failure, what: str, channel: str) -> None:
-        self._listening.discard(channel) if what == "LISTEN" else None
+        if what == "LISTEN":
+            self._listening.discard(channel)  # tried again on the next subscribe/reconnect
         log.warn("{what} {channel} failed: {error}", what=what, channel=channel,
                  error=failure.getErrorMessage())
 

@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
@@ -93,6 +93,7 @@ class Connection:
     def __init__(self, reactor: Any = None) -> None:
         self._conn = _LossAwareConnection(reactor=reactor)
         self._on_lost: list[Callable[[Failure], None]] = []
+        self._observers: dict[Callable[[Notification], Any], Callable[[Any], Any]] = {}
         self.dsn = ""
         self.lost = False
 
@@ -192,11 +193,11 @@ class Connection:
     def add_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
         def adapt(notify: Any) -> Any:
             return observer(Notification(notify.channel, notify.payload, notify.pid))
-        observer.__dict__.setdefault("_wyseman_adapters", {})[id(self)] = adapt
+        self._observers[observer] = adapt
         self._conn.addNotifyObserver(adapt)
 
     def remove_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
-        adapt = observer.__dict__.get("_wyseman_adapters", {}).pop(id(self), None)
+        adapt = self._observers.pop(observer, None)
         if adapt is not None:
             self._conn.removeNotifyObserver(adapt)
 
@@ -234,5 +235,4 @@ def is_connection_error(failure: Failure | BaseException) -> bool:
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return getattr(exc, "pgcode", None) is None or exc.pgcode.startswith("08") or \
             exc.pgcode in ("57P01", "57P02", "57P03")
-    from twisted.internet.error import ConnectionDone, ConnectionLost
     return isinstance(exc, (ConnectionDone, ConnectionLost))
