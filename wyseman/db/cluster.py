@@ -123,6 +123,8 @@ class LocalCluster:
                                     env=env, **kwargs)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{Path(args[0]).name} did not finish in {timeout:.0f}s") from None
+        except OSError as exc:
+            raise ClusterError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
             raise ClusterError(f"{Path(args[0]).name} failed: " + " | ".join(detail))

@@ -67,4 +67,8 @@ class EmbeddedPostgresService(Service):
         if not self._started_by_us:
             return defer.succeed(None)
         log.info("stopping embedded PostgreSQL")
-        return threads.deferToThread(self.cluster.stop)
+        d = threads.deferToThread(self.cluster.stop)
+        d.addErrback(lambda failure: log.failure(
+            "embedded PostgreSQL did not stop cleanly ({data_dir})", failure,
+            data_dir=str(self.cluster.data_dir)))
+        return d
