@@ -18,6 +18,7 @@ import atexit
 import itertools
 import os
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,10 @@ def base_dsn() -> str:
         return _base_dsn
     root = Path(tempfile.mkdtemp(prefix="wyseman-test-pg-"))
     os.chmod(root, 0o755)
-    # A fixed, unusual TCP port on loopback (benchmarks and the JS server use TCP).
-    port = 20000 + os.getpid() % 20000
+    # TCP on a free loopback port too, for tools that need TCP (pgbench -h, psql -h).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     _cluster = LocalCluster(root / "data", port=port, listen_tcp=True,
                             socket_dir=root / "sock")
     _cluster.init()
