@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from wyseman import errors
@@ -115,8 +116,20 @@ def _split_types(text: str) -> list[str]:
 
 
 def parse_view(view: object, policy: Policy = DEFAULT_POLICY) -> ViewName:
+    """The ``view`` member → :class:`ViewName`, or a ProtocolError (results are cached:
+    clients name the same few views over and over)."""
     if not isinstance(view, str) or not view:
         raise errors.bad_message("a request needs a 'view' (string)")
+    return _parse_view(view, policy)
+
+
+@lru_cache(maxsize=4096)
+def _folded(schemas: frozenset[str]) -> frozenset[str]:
+    return frozenset(s.lower() for s in schemas)
+
+
+@lru_cache(maxsize=4096)
+def _parse_view(view: str, policy: Policy) -> ViewName:
     head, paren, rest = view.partition("(")
     arg_types: tuple[str, ...] | None = None
     if paren:
@@ -138,9 +151,9 @@ def parse_view(view: object, policy: Policy = DEFAULT_POLICY) -> ViewName:
     if not schema or not name:
         raise errors.bad_view(f"view {view!r}: empty schema or name")
     folded = schema.lower()
-    if folded in {s.lower() for s in policy.denied_schemas} or (
+    if folded in _folded(policy.denied_schemas) or (
             policy.allowed_schemas is not None
-            and folded not in {s.lower() for s in policy.allowed_schemas}):
+            and folded not in _folded(policy.allowed_schemas)):
         raise errors.bad_view(f"view {view!r}: schema {schema!r} is not open to clients")
     result = ViewName(schema, name, arg_types)
     result.sql()  # validates both identifiers
