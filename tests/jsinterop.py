@@ -1,48 +1,129 @@
-"""Run the pinned npm `wyseman` client code (tests/js) from trial tests, without blocking."""
+"""Run the pinned npm ``wyseman`` code (tests/js) from trial tests.
+
+Each script reads one JSON value on stdin and writes JSON lines on stdout; the last
+line is its answer. The packages are installed with ``npm ci`` (from the committed
+``package-lock.json``) the first time a test needs them in this test run, and only
+when ``node_modules`` is missing or older than the lock file; a file lock keeps
+parallel trial workers (``-j``) from installing at the same time.
+
+Only a missing ``node`` skips the tests. A missing ``npm`` with nothing installed, or
+a failing ``npm ci``, is an error: the interop tests must not pass by not running.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet import defer, protocol
 from twisted.trial.unittest import SkipTest
 
 JS_DIR = Path(__file__).resolve().parent / "js"
-_installed = False
+NODE_MODULES = JS_DIR / "node_modules"
+_ready: str | None = None
+
+
+class NodeScriptError(AssertionError):
+    """A script printed no JSON answer."""
+
+
+def _installed() -> bool:
+    hidden_lock = NODE_MODULES / ".package-lock.json"   # written by npm ci/install
+    if not (NODE_MODULES / "wyseman" / "package.json").exists() or not hidden_lock.exists():
+        return False
+    return hidden_lock.stat().st_mtime >= (JS_DIR / "package-lock.json").stat().st_mtime
 
 
 def node() -> str:
-    """Path of node, with the pinned packages installed; SkipTest only if node is absent."""
-    global _installed
+    """Path of ``node`` once the pinned packages are installed (at most one ``npm ci`` per
+    test run). Raises SkipTest only when node itself is not installed."""
+    global _ready
+    if _ready is not None:
+        return _ready
     executable = shutil.which("node")
     if executable is None:
-        raise SkipTest("node is not installed: JS interoperability tests skipped")
-    if not _installed:
-        if not (JS_DIR / "node_modules" / "wyseman").exists():
+        raise SkipTest("node is not installed: JS interop tests skipped")
+    with open(JS_DIR / ".npm-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _installed():
             npm = shutil.which("npm")
             if npm is None:
-                raise SkipTest("npm is not installed: JS interoperability tests skipped")
-            subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                           cwd=JS_DIR, check=True, timeout=600)
-        _installed = True
+                raise RuntimeError("node is installed but npm is not: cannot install "
+                                   "tests/js/node_modules (run npm ci in tests/js)")
+            result = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS_DIR,
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                raise RuntimeError(f"npm ci in {JS_DIR} failed ({result.returncode}):\n"
+                                   f"{result.stderr[-4000:]}")
+    _ready = executable
     return executable
 
 
-@defer.inlineCallbacks
-def run_node(script: str, payload: Any, env: dict[str, str] | None = None) -> Any:
-    """Run ``node tests/js/SCRIPT '<payload as JSON>'`` → (its JSON output line, exit code)."""
-    executable = node()
-    environment = dict(os.environ, **(env or {}))
-    out, err, code = yield getProcessOutputAndValue(
-        executable, (str(JS_DIR / script), json.dumps(payload)), env=environment,
-        path=str(JS_DIR))
-    lines = [line for line in out.decode().splitlines() if line.strip()]
+def _answer(script: str, out: bytes, err: bytes, code: int | None) -> Any:
+    # split on \n only: JSON.stringify writes U+2028/U+2029 raw, and splitlines() would
+    # break a line there
+    lines = [line for line in out.decode("utf-8", "replace").split("\n") if line.strip()]
     if not lines:
-        raise AssertionError(f"{script} printed nothing (exit {code}): {err.decode()[-2000:]}")
-    return json.loads(lines[-1]), code
+        raise NodeScriptError(f"{script} printed nothing (exit {code}):\n"
+                              f"{err.decode('utf-8', 'replace')[-4000:]}")
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise NodeScriptError(f"{script} printed no JSON (exit {code}): {lines[-1][:2000]}\n"
+                              f"{err.decode('utf-8', 'replace')[-4000:]}") from None
+
+
+def run_script(script: str, payload: Any = None, *, args: Sequence[str] = (),
+               env: Mapping[str, str] | None = None, timeout: float = 60) -> tuple[Any, int]:
+    """Run ``node tests/js/SCRIPT [ARGS]`` with ``payload`` as JSON on stdin, blocking
+    (for SynchronousTestCase) → (its last JSON line, its exit code)."""
+    executable = node()
+    result = subprocess.run(
+        [executable, str(JS_DIR / script), *args], cwd=JS_DIR,
+        input=json.dumps(payload).encode("utf-8"), capture_output=True, timeout=timeout,
+        env={**os.environ, **(env or {})})
+    return _answer(script, result.stdout, result.stderr, result.returncode), result.returncode
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, stdin: bytes, done: defer.Deferred) -> None:
+        self.stdin = stdin
+        self.done = done
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Any) -> None:
+        self.done.callback((b"".join(self.out), b"".join(self.err), reason.value.exitCode))
+
+
+@defer.inlineCallbacks
+def run_node(script: str, payload: Any = None, env: Mapping[str, str] | None = None, *,
+             args: Sequence[str] = ()) -> Any:
+    """Like :func:`run_script` but without blocking the reactor (for tests whose server
+    runs in this process) → Deferred of (its last JSON line, its exit code)."""
+    from twisted.internet import reactor
+
+    executable = node()
+    done: defer.Deferred = defer.Deferred()
+    reactor.spawnProcess(_Collect(json.dumps(payload).encode("utf-8"), done), executable,
+                         [executable, str(JS_DIR / script), *args],
+                         env={**os.environ, **(env or {})}, path=str(JS_DIR))
+    out, err, code = yield done
+    return _answer(script, out, err, code), code

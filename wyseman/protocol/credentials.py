@@ -301,9 +301,8 @@ def clientinfo_body(ip: str, real: str | None, cookie: str | None, user_agent: s
                           "date": js_date(now)})
 
 
-_ISO_DATE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})",
-    re.ASCII)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                       r"(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})", re.ASCII)
 
 
 def parse_client_date(date: str) -> datetime:
@@ -403,10 +402,12 @@ class ReplayCache:
         return digest.digest()
 
     def expire(self, now: float) -> None:
-        """Drop the entries older than ``ttl`` (oldest first)."""
+        """Drop the entries older than ``ttl`` (oldest first). An entry exactly ``ttl``
+        old is kept: the date window's edge is inclusive, so a signature accepted at
+        ``date − window`` still passes the window check at ``date + window``."""
         while self._seen:
             key, stamp = next(iter(self._seen.items()))
-            if stamp > now - self.ttl:
+            if stamp >= now - self.ttl:
                 break
             del self._seen[key]
 

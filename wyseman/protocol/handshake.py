@@ -120,7 +120,7 @@ class Authenticator:
         self.channels = channels or ChannelPolicy()
         self.limiter = FailureLimiter(max_failures, failure_window)
         # Accepted signatures are refused again for 2× the window (D2).
-        self.replay = cred.ReplayCache(max(2 * date_window, 1.0))
+        self.replay = cred.ReplayCache.for_window(date_window)
 
     def authenticate(self, handshake: Handshake) -> defer.Deferred:
         now = self.clock.seconds()
@@ -195,6 +195,9 @@ class Authenticator:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",
                              "bad_signature")
             if self.replay.seen_or_add(user, sign, now):
+                if self.replay.full:
+                    raise refuse(INVALID_LOGIN, "key login: replay cache full, login refused",
+                                 "replay_cache_full")
                 raise refuse(INVALID_LOGIN, f"key login: replayed signature for {user!r}",
                              "replay")
             return Login(user, listen, "key", key.get("x"))
