@@ -115,15 +115,28 @@ class _Collect(protocol.ProcessProtocol):
 
 @defer.inlineCallbacks
 def run_node(script: str, payload: Any = None, env: Mapping[str, str] | None = None, *,
-             args: Sequence[str] = ()) -> Any:
+             args: Sequence[str] = (), timeout: float = 60) -> Any:
     """Like :func:`run_script` but without blocking the reactor (for tests whose server
-    runs in this process) → Deferred of (its last JSON line, its exit code)."""
+    runs in this process) → Deferred of (its last JSON line, its exit code). A script
+    still running after ``timeout`` seconds is killed and fails the test."""
     from twisted.internet import reactor
 
     executable = node()
     done: defer.Deferred = defer.Deferred()
-    reactor.spawnProcess(_Collect(json.dumps(payload).encode("utf-8"), done), executable,
-                         [executable, str(JS_DIR / script), *args],
-                         env={**os.environ, **(env or {})}, path=str(JS_DIR))
+    process = reactor.spawnProcess(
+        _Collect(json.dumps(payload).encode("utf-8"), done), executable,
+        [executable, str(JS_DIR / script), *args], env={**os.environ, **(env or {})},
+        path=str(JS_DIR))
+    timed_out = []
+
+    def kill() -> None:
+        timed_out.append(True)
+        process.signalProcess("KILL")
+    timer = reactor.callLater(timeout, kill)
     out, err, code = yield done
+    if timer.active():
+        timer.cancel()
+    if timed_out:
+        raise NodeScriptError(f"{script} killed after {timeout} s:\n"
+                              f"{err.decode('utf-8', 'replace')[-4000:]}")
     return _answer(script, out, err, code), code

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from OpenSSL import SSL
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.harness import add_user, make_config, start_gateway
 from tests.pgtest import fresh_database
@@ -16,6 +20,54 @@ from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
 from wyseman.db import admin
 from wyseman.service import GatewayService
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _MaxVersionClient:
+    """A client TLS connection capped at ``max_version``; any cipher (SECLEVEL 0), so a
+    refusal comes from the server and not from this client's own OpenSSL defaults."""
+
+    def __init__(self, max_version: int) -> None:
+        self.max_version = max_version
+
+    def clientConnectionForTLS(self, tls_protocol):  # noqa: N802 (Twisted interface)
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_max_proto_version(self.max_version)
+        context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        context.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(tls_protocol)
+        connection.set_connect_state()
+        connection.set_tlsext_host_name(b"localhost")
+        return connection
+
+
+@implementer(IHandshakeListener)
+class _Handshake(protocol.Protocol):
+    """Fires ``done`` with the negotiated version name, or with the failure."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred = defer.Deferred()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.callback(self.transport.getHandle().get_protocol_version_name())
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+@defer.inlineCallbacks
+def tls_handshake(port: int, max_version: int):
+    """→ the negotiated TLS version name; fails if the handshake does."""
+    handshake = _Handshake()
+    endpoint = wrapClientTLS(_MaxVersionClient(max_version),
+                             TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+    yield connectProtocol(endpoint, handshake)
+    version = yield handshake.done
+    return version
 
 
 class TLSTests(TestCase):
@@ -66,14 +118,18 @@ class TLSTests(TestCase):
     def test_bad_certificate_files_stop_the_start(self):
         cert, key, _ = self.ca.issue(self.dir, "server")
         _, other_key, _ = self.ca.issue(self.dir, "other")
-        cases = [(self.dir / "missing.pem", key, "missing.pem"),
-                 (cert, other_key, "does not match"),
-                 (key, key, "no PEM certificate")]
-        for cert_path, key_path, expected in cases:
+        (self.dir / "garbage.key").write_text("garbage")
+        cases = [(self.dir / "missing.pem", key, "missing.pem", "cannot read"),
+                 (cert, self.dir / "missing.key", "missing.key", "cannot read"),
+                 (cert, other_key, "other.key", "does not match"),
+                 (cert, self.dir / "garbage.key", "garbage.key", "not a PEM private key"),
+                 (key, key, "server.key", "no PEM certificate")]
+        for cert_path, key_path, file_name, expected in cases:
             config = make_config(self.db, server={"listen": "tls:0"},
                                  tls={"cert": str(cert_path), "key": str(key_path)})
             with self.assertRaises(ConfigError) as ctx:
                 GatewayService(config, lambda: defer.succeed(self.db.dsn), reactor)
+            self.assertIn(file_name, str(ctx.exception))
             self.assertIn(expected, str(ctx.exception))
 
     @defer.inlineCallbacks
@@ -99,6 +155,18 @@ class TLSTests(TestCase):
         self.assertTrue(row["curr_eid"])
         (self.dir / "server.key").write_text("garbage")
         self.assertFalse(server.tls.reload())  # bad files: the current certificate stays
+
+    @defer.inlineCallbacks
+    def test_tls_1_1_refused_by_the_server(self):
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        # control: the same client, allowed up to 1.2, gets through (so the failure
+        # below is the server's minimum, not this client's OpenSSL)
+        version = yield tls_handshake(server.port, SSL.TLS1_2_VERSION)
+        self.assertEqual(version, "TLSv1.2")
+        with self.assertRaises(SSL.Error) as ctx:
+            yield tls_handshake(server.port, SSL.TLS1_1_VERSION)
+        self.assertIn("alert protocol version", str(ctx.exception))
 
     def test_minimum_tls_version(self):
         from OpenSSL import SSL
