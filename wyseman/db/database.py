@@ -26,10 +26,15 @@ _CONN_PUB_SQL = "select conn_pub from base.ent_v where username = %(u)s"
 _USER_EXISTS_SQL = "select 1 from base.ent_v where username = %(u)s"
 _TOKEN_VALID_SQL = "select base.token_valid(%(u)s, %(t)s, %(p)s::jsonb) as valid"
 # Column name -> type name of a relation, from the catalogue (function views: no row).
+# Column → type name; a domain reports its base type (as PostgreSQL does to clients),
+# an enum reports 'anyenum' (wyseman.sql.json_rows renders it as text).
 _COLUMNS_SQL = """
-select a.attname, t.typname
+select a.attname,
+       case when b.typtype = 'e' then 'anyenum' else b.typname end
   from pg_catalog.pg_attribute a
   join pg_catalog.pg_type t on t.oid = a.atttypid
+  join pg_catalog.pg_type b
+    on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end
  where a.attrelid = to_regclass(%(rel)s) and a.attnum > 0 and not a.attisdropped
  order by a.attnum"""
 _META_SQL = ("select obj,pkey,cols,columns,styles,fkeys from wm.table_meta "

@@ -33,29 +33,40 @@ _TS = re.compile(
 
 
 def _timestamp(value: str | None, cursor: Any) -> str | None:
-    """ISO UTC with exactly three fraction digits, like JS ``Date#toJSON``.
+    """JS ``Date#toJSON``: UTC, exactly three fraction digits (truncated), ``Z``;
+    years outside 0–9999 as ±six digits (44 BC → ``-000043``, JS counts 1 BC as 0).
 
     The session's zone is UTC, so a timestamptz prints with ``+00``; a
     timestamp without zone is read as UTC (the Node server reads it in the
-    process's zone; run it in UTC to get the same). ±infinity → null, as JS
-    gives for an invalid Date.
+    process's zone; run it in UTC to get the same). ±infinity and dates past
+    JS's range → null, as JS gives for an invalid Date.
     """
     if value is None or value in ("infinity", "-infinity"):
         return None
     match = _TS.match(value)
-    if match is None or match["bc"]:
+    if match is None:
         return None
     zone = match["zone"]
     if zone and zone.replace(":", "").lstrip("+-").strip("0"):
         # Not UTC (only possible if a function changed TimeZone): let Python convert.
         from datetime import datetime
         frac = (match["frac"] or "")[:6].ljust(6, "0")
-        parsed = datetime.fromisoformat(
-            f"{match['date']}T{match['time']}.{frac}{_normal_zone(zone)}")
-        utc = parsed.astimezone(UTC)
+        try:
+            parsed = datetime.fromisoformat(
+                f"{match['date']}T{match['time']}.{frac}{_normal_zone(zone)}")
+            utc = parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            return None   # BC or past year 9999 in a non-UTC session: not worth a parser
         return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    year_text, month_day = match["date"].split("-", 1)
+    year = int(year_text)
+    if match["bc"]:
+        year = 1 - year
+    if year > 275760 or (year == 275760 and month_day >= "09-13"):
+        return None
+    head = f"{year:04d}" if 0 <= year <= 9999 else f"{'-' if year < 0 else '+'}{abs(year):06d}"
     millis = (match["frac"] or "")[:3].ljust(3, "0")
-    return f"{match['date']}T{match['time']}.{millis}Z"
+    return f"{head}-{month_day}T{match['time']}.{millis}Z"
 
 
 def _normal_zone(zone: str) -> str:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from wyseman import errors
 from wyseman.db import pg
 from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
-from wyseman.db.types import dumps
+from wyseman.db.types import RawJSON, dumps
 from wyseman.errors import ProtocolError
 from wyseman.sql import compiler
 
@@ -168,30 +168,35 @@ class Dispatcher:
 
 def _execute(conn: pg.Connection, statement: compiler.Statement,
              writes: bool) -> defer.Deferred:
-    sql, params = statement.pyformat()
+    as_json = statement.json_sql is not None and not writes
+    sql, params = statement.pyformat(as_json)
+    rows_of = _json_rows if as_json else pg.Result.dicts
     if statement.rows == "many":
-        return conn.execute(sql, params).addCallback(lambda r: r.dicts())
+        if as_json:
+            return conn.execute(sql, params).addCallback(_json_array)
+        return conn.execute(sql, params).addCallback(rows_of)
     if statement.rows == "none":
         return conn.execute(sql, params).addCallback(lambda r: None)
 
-    @defer.inlineCallbacks
-    def checked(tx: Any) -> Any:
-        result = yield tx.execute(sql, params)
-        rows = result.dicts()
+    def single(result: pg.Result) -> Any:
+        rows = rows_of(result)
         if len(rows) != 1:
             raise _BadTuples(len(rows), rows[0] if rows else None)
         return rows[0]
 
     # Writes run in a transaction that rolls back unless exactly one row was hit.
     if writes:
-        return conn.transaction(checked)
-
-    def single(result: pg.Result) -> Any:
-        rows = result.dicts()
-        if len(rows) != 1:
-            raise _BadTuples(len(rows), rows[0] if rows else None)
-        return rows[0]
+        return conn.transaction(lambda tx: tx.execute(sql, params).addCallback(single))
     return conn.execute(sql, params).addCallback(single)
+
+
+def _json_rows(result: pg.Result) -> list[RawJSON]:
+    """Rows that PostgreSQL rendered (one JSON text each), spliced unparsed."""
+    return [RawJSON(row[0]) for row in result.rows]
+
+
+def _json_array(result: pg.Result) -> RawJSON:
+    return RawJSON("[" + ",".join([row[0] for row in result.rows]) + "]")
 
 
 def _reply(request: dict, data: Any) -> bytes:

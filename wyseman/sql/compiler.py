@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from wyseman import errors
+from wyseman.sql.json_rows import rows_as_json
 from wyseman.sql.values import Param, bind, bind_field
 from wyseman.sql.where import Params, WhereCompiler, order_clause, quote_ident
 
@@ -71,18 +72,26 @@ class Statement:
     params: tuple[Param, ...]
     rows: str                  # 'many' → list, 'one' → exactly one row, 'none' → null
     view: ViewName
-    _pyformat: list = field(default_factory=list, compare=False, repr=False)
+    #: the same statement with each row rendered as JSON text by PostgreSQL
+    #: (:mod:`wyseman.sql.json_rows`), when every column's type allows it
+    json_sql: str | None = None
 
-    def pyformat(self) -> tuple[str, dict[str, Param]]:
-        """The statement for psycopg2: ``$n`` → ``%(pn)s``, every other ``%`` doubled.
+    def pyformat(self, as_json: bool = False) -> tuple[str, dict[str, Param]]:
+        """The statement (or :attr:`json_sql`) for psycopg2: ``$n`` → ``%(pn)s``,
+        every other ``%`` doubled.
 
         Double-quoted identifiers are copied as they are (``$1`` inside one is not a
-        placeholder); the compiler emits no other quoted text.
+        placeholder); the only other quoted text the compiler emits is constant
+        literals without ``$`` or ``%`` (json_rows).
         """
-        if not self._pyformat:
-            self._pyformat.append(_PYFORMAT_TOKEN.sub(_pyformat_token, self.sql))
+        sql = self.json_sql if as_json and self.json_sql is not None else self.sql
         params = {f"p{n}": value for n, value in enumerate(self.params, 1)}
-        return self._pyformat[0], params
+        return _pyformat_sql(sql), params
+
+
+@lru_cache(maxsize=4096)
+def _pyformat_sql(sql: str) -> str:
+    return _PYFORMAT_TOKEN.sub(_pyformat_token, sql)
 
 
 # -- view names ----------------------------------------------------------------------
@@ -234,7 +243,22 @@ class _Compiler:
                 count = _count(self.request.get(word), word)
                 if count:
                     sql += f" {word} {count}"
-        return self._statement(sql, "many" if action == "select" else "one")
+        return self._statement(sql, "many" if action == "select" else "one",
+                               self._json_sql(sql, fields))
+
+    def _json_sql(self, sql: str, fields: str | None) -> str | None:
+        """The select with rows rendered by PostgreSQL, when the output columns and
+        their types are known (a relation whose metadata was given)."""
+        if self.columns is None or fields is None or self.view.arg_types is not None:
+            return None
+        requested = self.request.get("fields")
+        if fields == "*":
+            names = list(self.columns)
+        elif isinstance(requested, str):
+            names = [requested]
+        else:
+            names = list(requested)
+        return rows_as_json(sql, names, self.columns)
 
     def _writable(self) -> str:
         if self.view.arg_types is not None:
@@ -278,8 +302,8 @@ class _Compiler:
             raise errors.bad_delete()
         return self._statement(f"delete from {target}{where}", "none")
 
-    def _statement(self, sql: str, rows: str) -> Statement:
-        return Statement(sql, tuple(self.params.values), rows, self.view)
+    def _statement(self, sql: str, rows: str, json_sql: str | None = None) -> Statement:
+        return Statement(sql, tuple(self.params.values), rows, self.view, json_sql)
 
 
 def _count(value: Any, word: str) -> int | None:
