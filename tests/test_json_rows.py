@@ -141,7 +141,8 @@ class JsonRowsAgreeWithPythonTests(TestCase):
 
     def test_numeric_order_is_by_number_not_text(self):
         request = {"action": "select", "view": "public.typed_v", "fields": ["q"],
-                   "where": {"left": "q", "oper": "notnull"}, "order": [{"field": "q", "asc": True}]}
+                   "where": {"left": "q", "oper": "notnull"},
+                   "order": [{"field": "q", "asc": True}]}
         python, spliced = self.both(request)
         self.assertEqual(spliced, python)
         self.assertEqual([row["q"] for row in spliced], ["-0.500", "0.000", "12345.678", "NaN"])

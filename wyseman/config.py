@@ -9,9 +9,11 @@ names the file and the key: a bad config never starts a half-working server.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -157,6 +159,12 @@ OPTIONS: tuple[Option, ...] = (
        "Extra endpoints serving only `GET /clientinfo` (the JS client fetches it from the "
        "WebSocket port − 1). Default: for each `tcp:`/`tls:` listen port P, the same interface "
        "and P − 1. An empty list turns the extra port off."),
+    _o("server", "workers", _int_range(1, 256), 1,
+       "Processes serving the listen ports. 1: this process. N > 1: N worker processes "
+       "bind the same `tcp:`/`tls:` ports with SO_REUSEPORT (Linux, BSD) and the kernel "
+       "spreads connections over them; each has its own pools and LISTEN connection, and is "
+       "restarted if it dies. With `[metrics] listen` on port P, worker i serves metrics on "
+       "P + i."),
     _o("server", "allowed_origins", _list_of(_string, "origins"), (),
        "Origins (`https://app.example.com`) allowed to open a WebSocket from a browser. Empty: "
        "only an `Origin` whose host equals the `Host` header's host. `\"*\"` allows any. "
@@ -299,6 +307,8 @@ class Config:
     sections: Mapping[str, Section]
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
+    #: the document it was built from (worker processes rebuild the config from it)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Section:
         try:
@@ -383,7 +393,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
                 except ValueError as exc:
                     raise ConfigError(f"{source}: {where}: {exc}") from None
         sections[name] = Section(values)
-    config = Config(sections, source, base_dir or Path.cwd())
+    config = Config(sections, source, base_dir or Path.cwd(), copy.deepcopy(dict(data)))
     _check_consistency(config)
     return config
 
@@ -407,6 +417,8 @@ def _check_consistency(config: Config) -> None:
     if auth.insecure_on_public_interfaces and not auth.insecure:
         raise ConfigError(
             f"{src}: [auth] insecure_on_public_interfaces: only meaningful with insecure = true")
+    if config.server.workers > 1:
+        _check_workers(config)
     limits = config.limits
     if limits.max_frame_size > limits.max_message_size:
         raise ConfigError(
@@ -414,6 +426,24 @@ def _check_consistency(config: Config) -> None:
     if limits.max_connections_per_user > limits.max_connections:
         raise ConfigError(
             f"{src}: [limits] max_connections_per_user: must not exceed max_connections")
+
+
+def _check_workers(config: Config) -> None:
+    """Worker processes share ports with SO_REUSEPORT: TCP ports only."""
+    src = config.source
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError(f"{src}: [server] workers: needs SO_REUSEPORT, which this system "
+                          "lacks (use workers = 1 and several instances behind a balancer)")
+    endpoints = list(config.server.listen) + list(config.server.clientinfo_listen or ())
+    for text in endpoints:
+        kind = text.split(":", 1)[0]
+        if kind not in ("tcp", "tls") and not kind.isdigit():
+            raise ConfigError(f"{src}: [server] workers: endpoint {text!r}: worker processes "
+                              "share only 'tcp:' and 'tls:' endpoints")
+    metrics = config.metrics.listen
+    if metrics and not re.match(r"^tcp:[1-9]\d*(:|$)", metrics):
+        raise ConfigError(f"{src}: [metrics] listen: with workers > 1 it must be "
+                          "'tcp:PORT…' (worker i serves PORT + i)")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -5,6 +5,8 @@
     MultiService
     ├── EmbeddedPostgresService   (only with [database] embedded)
     └── GatewayService            database pools + LISTEN, then the listening ports
+        or WorkerSupervisor       with [server] workers > 1: N worker processes, each
+                                  a GatewayService on the same ports (SO_REUSEPORT)
 
 Ports open only after the database answers, so a client never meets a server
 that cannot check its login. Add the returned service to your own application
@@ -14,6 +16,7 @@ that cannot check its login. Add the returned service to your own application
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +98,23 @@ def derived_clientinfo(spec: ListenSpec) -> str | None:
     return f"{spec.kind}:{spec.port - 1}{iface}"
 
 
+def reuse_port_socket(spec: ListenSpec) -> socket.socket:
+    """A TCP socket bound to ``spec``'s interface and port with SO_REUSEPORT, not yet
+    listening (a supervisor holds one like this to keep a port-0 port reserved)."""
+    interface = spec.interface or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, spec.port or 0))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"endpoint {spec.text!r}: {exc.strerror or exc}") from None
+    return sock
+
+
 def _tls_factory(config: Config) -> ReloadableContextFactory | None:
     tls = config.tls
     if not tls.cert:
@@ -124,7 +144,9 @@ class GatewayService(Service):
     name = "gateway"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
-                 reactor: Any = None, actions: Any = None) -> None:
+                 reactor: Any = None, actions: Any = None, *, reuse_port: bool = False) -> None:
+        """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
+        several processes serve one port (a worker of :mod:`wyseman.supervisor`)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -132,6 +154,7 @@ class GatewayService(Service):
         self.reactor = reactor
         self._admin_dsn = admin_dsn
         self._actions = actions
+        self.reuse_port = reuse_port
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
@@ -200,10 +223,26 @@ class GatewayService(Service):
 
     @defer.inlineCallbacks
     def _listen(self, spec: ListenSpec, site: server.Site) -> Any:
-        port = yield _endpoint(self.reactor, spec, self.tls).listen(site)
+        if self.reuse_port and spec.kind in ("tcp", "tls"):
+            port = self._listen_shared(spec, site)
+        else:
+            port = yield _endpoint(self.reactor, spec, self.tls).listen(site)
         self.ports.append(port)
         log.info("listening on {endpoint}", endpoint=spec.text)
         return port
+
+    def _listen_shared(self, spec: ListenSpec, site: server.Site) -> Any:
+        """Listen on a socket bound with SO_REUSEPORT (Twisted's endpoints cannot set it)."""
+        factory: Any = site
+        if spec.kind == "tls":
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            factory = TLSMemoryBIOFactory(self.tls, False, site)
+        sock = reuse_port_socket(spec)
+        try:
+            sock.listen(1024)
+            return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        finally:
+            sock.close()   # the reactor holds its own duplicate
 
     def _metrics_site(self) -> server.Site:
         from prometheus_client.twisted import MetricsResource
@@ -270,6 +309,11 @@ def makeService(config: Config, reactor: Any = None, actions: Any = None) -> Mul
 
         def admin_dsn() -> defer.Deferred:
             return defer.succeed(admin_dsn_sync(config))
+    if config.server.workers > 1:
+        from wyseman.supervisor import WorkerSupervisor, check_embedding
+        check_embedding(actions)
+        WorkerSupervisor(config, admin_dsn, reactor).setServiceParent(top)
+        return top
     if actions is None:
         from wyseman.actions import ActionRegistry
         actions = ActionRegistry.from_config(config)

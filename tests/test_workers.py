@@ -1,0 +1,226 @@
+"""``[server] workers = N``: worker processes on one port (wyseman.supervisor)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+from tests.harness import add_user, make_config, ticket_login
+from tests.pgtest import fresh_database
+from wyseman import config as cfg
+from wyseman.config import ConfigError
+from wyseman.service import makeService
+from wyseman.supervisor import WorkerSupervisor
+
+TUPLE = {"action": "tuple", "view": "base.curr_eid()"}
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` free consecutive loopback ports."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free consecutive ports")
+
+
+class WorkerConfigTests(TestCase):
+    def config(self, **server: Any) -> cfg.Config:
+        data = {"server": server, "database": {"dsn": "dbname=x"}}
+        metrics = server.pop("metrics", None)
+        if metrics is not None:
+            data["metrics"] = {"listen": metrics}
+        return cfg.from_dict(data)
+
+    def test_default_is_one_process(self):
+        self.assertEqual(self.config().server.workers, 1)
+
+    def test_bad_counts_and_endpoints_refused(self):
+        for server, expected in (
+                ({"workers": 0}, "workers"),
+                ({"workers": 1000}, "workers"),
+                ({"workers": 2, "listen": "unix:/tmp/w.sock"}, "share only 'tcp:' and 'tls:'"),
+                ({"workers": 2, "clientinfo_listen": ["unix:/tmp/c.sock"]}, "unix:/tmp/c.sock"),
+                ({"workers": 2, "metrics": "tcp:0"}, "worker i serves PORT + i"),
+                ({"workers": 2, "metrics": "unix:/tmp/m"}, "[metrics] listen")):
+            with self.assertRaises(ConfigError, msg=server) as ctx:
+                self.config(**server)
+            self.assertIn(expected, str(ctx.exception))
+
+    def test_actions_in_code_refused_with_workers(self):
+        with self.assertRaises(ConfigError) as ctx:
+            makeService(self.config(workers=2), actions=object())
+        self.assertIn("[actions] handlers", str(ctx.exception))
+
+    def test_make_service_picks_the_supervisor(self):
+        top = makeService(self.config(workers=3))
+        supervisor = top.getServiceNamed("gateway")
+        self.assertIsInstance(supervisor, WorkerSupervisor)
+        self.assertEqual(supervisor.count, 3)
+
+
+def _gauge(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert match is not None, text
+    return float(match.group(1))
+
+
+class WorkerProcessTests(TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def start(self, workers: int = 2) -> Any:
+        self.db = fresh_database(self)
+        self.metrics_port = consecutive_free_ports(workers)
+        config = make_config(self.db, server={"workers": workers}, metrics={
+            "listen": f"tcp:{self.metrics_port}:interface=127.0.0.1"})
+        supervisor = WorkerSupervisor(config, lambda: defer.succeed(self.db.dsn), reactor)
+        yield supervisor.startService()
+        self.addCleanup(self.stopped, supervisor)
+        port = int(supervisor.listen[0].split(":")[1])
+        supervisor.url = f"ws://127.0.0.1:{port}"
+        self.http = HTTPConnectionPool(reactor, persistent=False)
+        return supervisor
+
+    @defer.inlineCallbacks
+    def stopped(self, supervisor: WorkerSupervisor) -> Any:
+        pids = [w.transport.pid for w in supervisor.workers if w is not None]
+        yield supervisor.stopService()
+        self.assertTrue(all(w is None or w.ended.called for w in supervisor.workers))
+        for pid in pids:   # reaped: no such process any more
+            self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+    @defer.inlineCallbacks
+    def scrape(self, index: int) -> Any:
+        response = yield Agent(reactor, pool=self.http).request(
+            b"GET", f"http://127.0.0.1:{self.metrics_port + index}/metrics".encode())
+        body = yield readBody(response)
+        return body.decode()
+
+    @defer.inlineCallbacks
+    def test_workers_share_the_port_and_a_dead_one_is_replaced(self):
+        supervisor = yield self.start(workers=2)
+        pids = {w.transport.pid for w in supervisor.workers}
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(os.getpid(), pids)
+
+        connections = []
+        for _ in range(16):   # a user each: a ticket login replaces the user's key
+            conn = yield ticket_login(self, supervisor, self.db, add_user(self.db))
+            row = yield conn.request(TUPLE)
+            self.assertTrue(row["curr_eid"])
+            connections.append(conn)
+        # every worker has its own metrics page; the kernel spread the sockets over both
+        counts = []
+        for index in range(2):
+            text = yield self.scrape(index)
+            counts.append(_gauge(text, "wyseman_connections"))
+        self.assertEqual(sum(counts), 16)
+        self.assertTrue(all(count > 0 for count in counts), counts)
+
+        dead = supervisor.workers[0].transport.pid
+        replaced = supervisor.when_ready(0)
+        os.kill(dead, signal.SIGKILL)
+        new_pid = yield replaced
+        self.assertNotEqual(new_pid, dead)
+        self.assertEqual(supervisor.workers[0].transport.pid, new_pid)
+        # the survivor kept its sockets; new logins work (on either worker)
+        alive = 0
+        for conn in connections:
+            try:
+                yield conn.request(TUPLE, timeout=10)
+                alive += 1
+            except Exception:
+                pass
+        self.assertEqual(alive, counts[1])
+        for _ in range(4):
+            conn = yield ticket_login(self, supervisor, self.db, add_user(self.db))
+            row = yield conn.request(TUPLE)
+            self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_tls_workers_and_certificate_reload_signal(self):
+        from pathlib import Path
+
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.tlsutil import TestCA
+        from wyseman import keys
+        from wyseman.client.connection import connect
+        from wyseman.db import admin
+
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        ca = TestCA.create()
+        cert, key, _ = ca.issue(directory, "server")
+        self.db = fresh_database(self)
+        config = make_config(self.db, server={"workers": 2, "listen": "tls:0:interface=127.0.0.1"},
+                             tls={"cert": str(cert), "key": str(key)})
+        supervisor = WorkerSupervisor(config, lambda: defer.succeed(self.db.dsn), reactor)
+        yield supervisor.startService()
+        self.addCleanup(self.stopped, supervisor)
+        port = int(supervisor.listen[0].split(":")[1])
+        options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(ca.pem))
+        for _ in range(2):
+            user = add_user(self.db)
+            token = admin.issue_ticket(self.db.dsn, user).token
+            conn = yield connect(f"wss://localhost:{port}", user, token=token,
+                                 new_key=keys.generate_private_jwk(), tls_options=options)
+            self.addCleanup(conn.close)
+            row = yield conn.request(TUPLE)
+            self.assertTrue(row["curr_eid"])
+        # SIGHUP reaches the workers: each says (through the supervisor's log) that it
+        # re-read the certificate, and stays up
+        from twisted.logger import globalLogPublisher
+        reloaded: set[int] = set()
+        both: defer.Deferred = defer.Deferred()
+
+        def observe(event: dict) -> None:
+            if "certificate reloaded" in str(event.get("line", "")):
+                reloaded.add(event["worker"])
+                if len(reloaded) == 2 and not both.called:
+                    both.callback(None)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        pids = [w.transport.pid for w in supervisor.workers]
+        supervisor.signal_workers("HUP")
+        yield both
+        row = yield conn.request(TUPLE)
+        self.assertTrue(row["curr_eid"])
+        self.assertEqual([w.transport.pid for w in supervisor.workers], pids)
+
+    @defer.inlineCallbacks
+    def test_a_worker_that_cannot_start_fails_the_start(self):
+        db = fresh_database(self)
+        config = make_config(db, server={"workers": 2},
+                             database={"dsn": "host=127.0.0.1 port=1 dbname=nothing",
+                                       "connect_timeout": 2})
+        supervisor = WorkerSupervisor(config, lambda: defer.succeed(
+            "host=127.0.0.1 port=1 dbname=nothing connect_timeout=2"), reactor,
+            stop_reactor_on_failure=False)
+        supervisor.startService()
+        with self.assertRaises(RuntimeError) as ctx:
+            yield supervisor.ready
+        self.assertIn("failed to start", str(ctx.exception))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)   # said why, once
+        yield supervisor.stopService()
+        self.assertTrue(all(w is None or w.ended.called for w in supervisor.workers))

@@ -1,0 +1,85 @@
+"""One worker process of :mod:`wyseman.supervisor` (``python -m wyseman.worker``).
+
+It reads one JSON line from stdin (config document, admin DSN, worker number),
+serves the config's ports with SO_REUSEPORT as a :class:`GatewayService`, writes
+``ready`` on fd 3 once it listens, logs one line per event to stdout, and stops
+on SIGTERM or when stdin closes (the supervisor is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, protocol, stdio
+from twisted.logger import Logger, formatEvent, globalLogBeginner
+
+log = Logger(namespace="wyseman.worker")
+
+
+class _Lifeline(protocol.Protocol):
+    """stdin: its end means the supervisor is gone."""
+
+    def __init__(self, on_lost: Any) -> None:
+        self.on_lost = on_lost
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.on_lost()
+
+
+def _line_observer(event: dict) -> None:
+    """``level namespace: text`` on stdout (the supervisor adds time and worker number)."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text += "\n" + failure.getTraceback()
+    level = event.get("log_level")
+    name = level.name if level is not None else "info"
+    for number, line in enumerate(text.splitlines() or [""]):
+        prefix = f"{name} {event.get('log_namespace', '-')}: " if number == 0 else f"{name}   "
+        sys.stdout.write(prefix + line + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    payload = json.loads(sys.stdin.buffer.readline() or b"null")
+    if not isinstance(payload, dict):
+        print("error wyseman.worker: no configuration on stdin", flush=True)
+        return 2
+    globalLogBeginner.beginLoggingTo([_line_observer], redirectStandardIO=False)
+
+    from twisted.internet import reactor
+
+    from wyseman.actions import ActionRegistry
+    from wyseman.config import ConfigError, from_dict
+    from wyseman.service import GatewayService
+
+    try:
+        config = from_dict(payload["config"], payload["source"], Path(payload["base_dir"]))
+        service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
+                                 ActionRegistry.from_config(config), reuse_port=True)
+    except ConfigError as exc:
+        log.error("{error}", error=str(exc))
+        return 2
+    started: list[bool] = []
+
+    def ready(_: Any) -> None:
+        started.append(True)
+        os.write(3, b"ready\n")
+    service.ready.addCallbacks(ready, lambda _: None)
+
+    def lost() -> None:
+        if reactor.running:
+            reactor.stop()
+    stdio.StandardIO(_Lifeline(lost), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0 if started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
