@@ -158,6 +158,46 @@ class WorkerProcessTests(TestCase):
             self.assertTrue(row["curr_eid"])
 
     @defer.inlineCallbacks
+    def test_a_signed_login_url_is_accepted_once_by_all_workers(self):
+        """The replay cache is the supervisor's: replaying a URL that one worker accepted
+        is refused by the other worker too. Replays go on until both workers have refused
+        one (the kernel picks the worker), so each has seen the other's acceptance."""
+        from datetime import UTC, datetime
+
+        from tests.harness import raw_upgrade
+        from tests.test_websocket import js_date
+        from wyseman import keys
+        from wyseman.db import admin
+        from wyseman.protocol.credentials import signed_message
+
+        supervisor = yield self.start(workers=2)
+        port = int(supervisor.listen[0].split(":")[1])
+        from wyseman.client.connection import connect
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()   # registered by a ticket login
+        token = admin.issue_ticket(self.db.dsn, user).token
+        conn = yield connect(supervisor.url, user, token=token, new_key=private)
+        yield conn.close()
+        date = js_date(datetime.now(UTC))
+        sign = keys.sign(private, signed_message("::ffff:127.0.0.1", None, None, date))
+        query = f"user={user}&sign={sign}&date={date}"
+        statuses = []
+        refused_by: list[float] = [0, 0]
+        while min(refused_by) == 0 and len(statuses) < 60:
+            status, _ = yield raw_upgrade(port, query)
+            statuses.append(status)
+            for index in range(2):
+                text = yield self.scrape(index)
+                match = re.search(
+                    r'^wyseman_handshakes_total\{outcome="refused",reason="replay"\} (\S+)$',
+                    text, re.M)
+                refused_by[index] = float(match.group(1)) if match else 0
+        self.assertEqual(statuses.count(101), 1, statuses)
+        self.assertEqual(statuses[0], 101)
+        self.assertTrue(all(count > 0 for count in refused_by), (statuses, refused_by))
+        self.assertEqual(set(statuses[1:]), {403})
+
+    @defer.inlineCallbacks
     def test_tls_workers_and_certificate_reload_signal(self):
         from pathlib import Path
 

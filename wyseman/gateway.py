@@ -43,7 +43,8 @@ def notification_frame(notification: Notification) -> bytes:
 
 
 class Gateway:
-    def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None) -> None:
+    def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None,
+                 replay: Any = None) -> None:
         self.config = config
         self.db = db
         self.clock = clock
@@ -66,7 +67,8 @@ class Gateway:
         self.authenticator = Authenticator(
             db, clock, date_window=config.auth.date_window,
             channels=ChannelPolicy(config.channels.allow, config.channels.roles),
-            max_failures=config.auth.max_failures, failure_window=config.auth.failure_window)
+            max_failures=config.auth.max_failures, failure_window=config.auth.failure_window,
+            replay=replay)
         policy = compiler.Policy(denied_schemas=frozenset(config.views.deny_schemas),
                                  allowed_schemas=frozenset(config.views.allow_schemas) or None)
         self.dispatcher = Dispatcher(db, policy, actions, clock=clock,

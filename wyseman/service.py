@@ -144,9 +144,11 @@ class GatewayService(Service):
     name = "gateway"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
-                 reactor: Any = None, actions: Any = None, *, reuse_port: bool = False) -> None:
+                 reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
+                 replay: Any = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
-        several processes serve one port (a worker of :mod:`wyseman.supervisor`)."""
+        several processes serve one port (a worker of :mod:`wyseman.supervisor`);
+        ``replay``: the shared replay cache of such a worker (see Authenticator)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -155,6 +157,7 @@ class GatewayService(Service):
         self._admin_dsn = admin_dsn
         self._actions = actions
         self.reuse_port = reuse_port
+        self._replay = replay
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
@@ -204,7 +207,7 @@ class GatewayService(Service):
             pool_queue=db_conf.pool_queue, idle_timeout=db_conf.pool_idle_timeout,
             max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
             statement_timeout=db_conf.statement_timeout)
-        self.gateway = Gateway(self.config, db, self.reactor, self._actions)
+        self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay)
         yield self.gateway.start()
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,

@@ -10,7 +10,10 @@ The supervisor hands each worker its config (the TOML document, with port 0
 replaced by the port the supervisor reserved, and the metrics port + i) and the
 admin DSN on its stdin, and keeps that pipe open: a worker whose supervisor is
 gone sees the pipe close and stops. Workers log to their stdout, which the
-supervisor relays; a worker says it is ready on fd 3. A worker that dies is
+supervisor relays. fd 3 (worker → supervisor) and fd 4 (back) carry control
+lines: the worker's ``ready``, and its questions to the one replay cache that all
+workers share (a signed login URL is accepted once per supervisor, not once per
+worker). A worker that dies is
 started again after a back-off; SIGHUP (certificate reload) is passed on.
 """
 
@@ -28,6 +31,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
 
 from wyseman.config import Config, ConfigError
+from wyseman.protocol.credentials import ReplayCache
 from wyseman.service import _tls_factory, derived_clientinfo, parse_listen, reuse_port_socket
 
 log = Logger(namespace="wyseman.supervisor")
@@ -59,11 +63,30 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.buffers[fd] = rest[-65536:]
         for line in lines:
             if fd == 3:
-                if line + b"\n" == READY and not self.ready:
-                    self.ready = True
-                    self.supervisor._worker_ready(self)
+                self._control(line)
             else:
                 self._relay(line.decode("utf-8", "replace"))
+
+    def _control(self, line: bytes) -> None:
+        """A line from the worker's control channel: ``ready``, or ``replay ID HEX``
+        (answered on its fd 4 with ``ID OUTCOME``)."""
+        if line + b"\n" == READY:
+            if not self.ready:
+                self.ready = True
+                self.supervisor._worker_ready(self)
+            return
+        parts = line.split(b" ")
+        if len(parts) == 3 and parts[0] == b"replay":
+            try:
+                key = bytes.fromhex(parts[2].decode("ascii"))
+            except ValueError:
+                key = None
+            if key:
+                outcome = self.supervisor.replay.check_key(key, self.supervisor.reactor.seconds())
+                self.transport.writeToChild(4, parts[1] + b" " + outcome.encode() + b"\n")
+                return
+        log.warn("worker {worker}: unexpected control line {line!r}", worker=self.index,
+                 line=line[:100])
 
     def _relay(self, line: str) -> None:
         level_name, _, text = line.partition(" ")
@@ -100,6 +123,9 @@ class WorkerSupervisor(Service):
         self._admin_dsn = admin_dsn
         _tls_factory(config)   # check the certificate files now, as GatewayService does
         self.count = config.server.workers
+        # One replay cache for all workers: a signed login URL accepted by one worker is
+        # refused by every other (the workers ask here, over a pipe).
+        self.replay = ReplayCache.for_window(config.auth.date_window)
         self.workers: list[_WorkerProtocol | None] = [None] * self.count
         self.ready: defer.Deferred = defer.Deferred()
         self._reserved: list[Any] = []
@@ -179,7 +205,7 @@ class WorkerSupervisor(Service):
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self.reactor.spawnProcess(worker, self.executable,
                                   [self.executable, "-m", "wyseman.worker"], env=env,
-                                  childFDs={0: "w", 1: "r", 2: "r", 3: "r"})
+                                  childFDs={0: "w", 1: "r", 2: "r", 3: "r", 4: "w"})
         worker.transport.write(self._worker_payload(index))
         log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.transport.pid)
 

@@ -2,7 +2,8 @@
 
 It reads one JSON line from stdin (config document, admin DSN, worker number),
 serves the config's ports with SO_REUSEPORT as a :class:`GatewayService`, writes
-``ready`` on fd 3 once it listens, logs one line per event to stdout, and stops
+``ready`` on fd 3 once it listens (and asks the supervisor about replayed login
+signatures there, answers on fd 4), logs one line per event to stdout, and stops
 on SIGTERM or when stdin closes (the supervisor is gone).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from twisted.internet import defer, protocol, stdio
 from twisted.logger import Logger, formatEvent, globalLogBeginner
+from twisted.protocols.basic import LineOnlyReceiver
 
 log = Logger(namespace="wyseman.worker")
 
@@ -28,6 +30,39 @@ class _Lifeline(protocol.Protocol):
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         self.on_lost()
+
+
+class SupervisorChannel(LineOnlyReceiver):
+    """Control lines to the supervisor (fd 3) and its answers (fd 4): ``ready``, and the
+    shared replay cache (``check`` has the signature of ReplayCache.check)."""
+
+    delimiter = b"\n"
+
+    def __init__(self) -> None:
+        self._pending: dict[int, defer.Deferred] = {}
+        self._next = 0
+
+    def ready(self) -> None:
+        self.sendLine(b"ready")
+
+    def check(self, user: str, sign: str, now: float) -> defer.Deferred:
+        from wyseman.protocol.credentials import ReplayCache
+        self._next += 1
+        d: defer.Deferred = defer.Deferred()
+        self._pending[self._next] = d
+        self.sendLine(b"replay %d %s" % (self._next, ReplayCache.key(user, sign).hex().encode()))
+        return d
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        number, _, outcome = line.partition(b" ")
+        d = self._pending.pop(int(number), None) if number.isdigit() else None
+        if d is not None:
+            d.callback(outcome.decode("ascii", "replace"))
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(RuntimeError("supervisor gone: cannot check the replay cache"))
 
 
 def _line_observer(event: dict) -> None:
@@ -57,10 +92,13 @@ def main() -> int:
     from wyseman.config import ConfigError, from_dict
     from wyseman.service import GatewayService
 
+    channel = SupervisorChannel()
+    stdio.StandardIO(channel, stdin=4, stdout=3)
     try:
         config = from_dict(payload["config"], payload["source"], Path(payload["base_dir"]))
         service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
-                                 ActionRegistry.from_config(config), reuse_port=True)
+                                 ActionRegistry.from_config(config), reuse_port=True,
+                                 replay=channel)
     except ConfigError as exc:
         log.error("{error}", error=str(exc))
         return 2
@@ -68,7 +106,7 @@ def main() -> int:
 
     def ready(_: Any) -> None:
         started.append(True)
-        os.write(3, b"ready\n")
+        channel.ready()
     service.ready.addCallbacks(ready, lambda _: None)
 
     def lost() -> None:

@@ -353,6 +353,9 @@ def render_peer_ip(host: str, family_is_ipv6: bool, style: str = "node") -> str:
 
 # -- replays ---------------------------------------------------------------------------------
 
+NEW, SEEN, FULL = "new", "seen", "full"
+
+
 class ReplayCache:
     """Accepted key-login signatures, remembered for ``ttl`` seconds (D2).
 
@@ -414,15 +417,25 @@ class ReplayCache:
     def seen_or_add(self, user: str, sign: str, now: float) -> bool:
         """True: refuse this login (a replay, or the cache is full). False: it is new
         and is now remembered."""
+        return self.check(user, sign, now) != NEW
+
+    def check(self, user: str, sign: str, now: float) -> str:
+        """:data:`NEW` (now remembered), :data:`SEEN` (a replay) or :data:`FULL`."""
+        return self.check_key(self._key(user, sign), now)
+
+    def check_key(self, key: bytes, now: float) -> str:
+        """:meth:`check` for a key from :meth:`key` (how worker processes share one
+        cache: they send the key to the supervisor, wyseman.supervisor)."""
         self.expire(now)
-        key = self._key(user, sign)
         if key in self._seen:
-            return True
+            return SEEN
         if len(self._seen) >= self.max_entries:
             self.full_refusals += 1
-            return True
+            return FULL
         self._seen[key] = now
-        return False
+        return NEW
+
+    key = _key
 
     @property
     def full(self) -> bool:

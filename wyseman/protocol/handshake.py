@@ -113,14 +113,17 @@ class Authenticator:
 
     def __init__(self, db: Any, clock: Any, *, date_window: float = 60.0,
                  channels: ChannelPolicy | None = None, max_failures: int = 20,
-                 failure_window: float = 60.0) -> None:
+                 failure_window: float = 60.0, replay: Any = None) -> None:
+        """``replay``: where accepted signatures are remembered, an object with
+        ``check(user, sign, now)`` → outcome or Deferred of it (default: a
+        :class:`~wyseman.protocol.credentials.ReplayCache` of this process)."""
         self.db = db
         self.clock = clock
         self.date_window = date_window
         self.channels = channels or ChannelPolicy()
         self.limiter = FailureLimiter(max_failures, failure_window)
         # Accepted signatures are refused again for 2× the window (D2).
-        self.replay = cred.ReplayCache.for_window(date_window)
+        self.replay = replay if replay is not None else cred.ReplayCache.for_window(date_window)
 
     def authenticate(self, handshake: Handshake) -> defer.Deferred:
         now = self.clock.seconds()
@@ -194,10 +197,11 @@ class Authenticator:
             if key is None:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",
                              "bad_signature")
-            if self.replay.seen_or_add(user, sign, now):
-                if self.replay.full:
-                    raise refuse(INVALID_LOGIN, "key login: replay cache full, login refused",
-                                 "replay_cache_full")
+            outcome = yield defer.maybeDeferred(self.replay.check, user, sign, now)
+            if outcome == cred.FULL:
+                raise refuse(INVALID_LOGIN, "key login: replay cache full, login refused",
+                             "replay_cache_full")
+            if outcome != cred.NEW:
                 raise refuse(INVALID_LOGIN, f"key login: replayed signature for {user!r}",
                              "replay")
             return Login(user, listen, "key", key.get("x"))
