@@ -194,6 +194,46 @@ class RequestTests(_SampleServer):
         self.assertEqual(self.db.run("select x from app.canary"), [(1,)])
 
     @defer.inlineCallbacks
+    def test_schema_change_signal_drops_compiled_statements(self):
+        """Statements are compiled once per distinct request (the reply must not change),
+        until the admin channel says the schema changed: then the new column types
+        count (a numeric column is rendered as a string, a text one as it is)."""
+        yield self.insert(name="widget", qty=1)
+        request = {"action": "select", "view": "app.label_v", "fields": ["label"],
+                   "order": ["label"]}
+        self.db.run("create view app.label_v as select name as label from app.item;"
+                    "grant select on app.label_v to wyseman_user")
+        for _ in range(2):   # compiled, then from the statement cache
+            rows = yield self.conn.request(request)
+            self.assertEqual(rows, [{"label": "widget"}])
+        self.db.run("drop view app.label_v; create view app.label_v as "
+                    "select length(name)::numeric * 1.5 as label from app.item;"
+                    "grant select on app.label_v to wyseman_user")
+        dropped: defer.Deferred = defer.Deferred()
+        database = self.server.gateway.db
+        original = database.clear_caches
+
+        def clear() -> None:
+            original()
+            if not dropped.called:
+                dropped.callback(None)
+        database.clear_caches = clear
+        self.db.run("notify wyseman")
+        yield dropped
+        rows = yield self.conn.request(request)
+        self.assertEqual(rows, [{"label": "9.0"}])   # numeric: a string, as node-pg gives
+
+    @defer.inlineCallbacks
+    def test_request_nested_past_the_encoder_limit_is_answered(self):
+        where: dict = {"left": "qty", "oper": "isnull"}
+        for _ in range(300):
+            where = {"and": True, "items": [where]}
+        yield self.assertRequestError("!wm.lang:badMessage", action="select",
+                                      view="app.item_v", fields=["id"], where=where)
+        rows = yield self.request(action="select", view="app.item_v", fields=["id"])
+        self.assertEqual(rows, [])
+
+    @defer.inlineCallbacks
     def test_meta_and_lang(self):
         meta = yield self.request(action="meta", view="app.item")
         self.assertEqual(meta["obj"], "app.item")

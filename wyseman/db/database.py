@@ -178,8 +178,12 @@ class Database:
             cache[key] = value
         return value
 
+    #: bumped whenever the metadata caches are cleared (callers key their own caches on it)
+    generation = 0
+
     def clear_caches(self) -> None:
         """Forget all metadata (the admin channel said the schema changed)."""
+        self.generation += 1
         self._columns.clear()
         self._meta.clear()
         self._lang.clear()

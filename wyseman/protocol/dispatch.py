@@ -74,6 +74,8 @@ class Dispatcher:
         self.actions = actions
         self.clock = clock
         self.observe = observe
+        # Compiled statements by request (minus its id): apps repeat the same requests.
+        self._statements: dict[bytes, compiler.Statement] = {}
 
     # -- entry point -------------------------------------------------------
     def handle(self, session: Session, payload: bytes | str) -> defer.Deferred:
@@ -147,12 +149,19 @@ class Dispatcher:
                 raise errors.bad_message("'language' must be a string")
             row = yield self.db.lang(view, language)
             return _one_row_reply(request, row)
-        name = compiler.parse_view(view, self.policy)
-        columns = None
-        if name.arg_types is None:
-            columns = yield self.db.column_types(
-                pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
-        statement = compiler.compile_request(request, columns, self.policy, name)
+        key = _statement_key(request, self.db.generation)
+        statement = self._statements.get(key) if key is not None else None
+        if statement is None:
+            name = compiler.parse_view(view, self.policy)
+            columns = None
+            if name.arg_types is None:
+                columns = yield self.db.column_types(
+                    pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
+            statement = compiler.compile_request(request, columns, self.policy, name)
+            if key is not None:
+                if len(self._statements) >= STATEMENT_CACHE_SIZE:
+                    self._statements.clear()
+                self._statements[key] = statement
         try:
             writes = action in _WRITES
             data = yield self.db.run_as(session.user,
@@ -164,6 +173,21 @@ class Dispatcher:
             reply["error"] = errors.bad_tuples(bad.count).as_reply()
             raise _ErrorReply(dumps(reply))
         return _reply(request, data)
+
+
+STATEMENT_CACHE_SIZE = 4096
+_NOT_COMPILED = frozenset({"id"})
+
+
+def _statement_key(request: dict, generation: int) -> bytes | None:
+    """Everything the compiler reads, as bytes (and the metadata generation: a schema
+    change must not reuse statements compiled against the old columns); None when the
+    request cannot be a key (nested deeper than orjson writes: the compiler refuses it)."""
+    try:
+        return b"%d:" % generation + orjson.dumps(
+            {k: v for k, v in request.items() if k not in _NOT_COMPILED})
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _execute(conn: pg.Connection, statement: compiler.Statement,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from wyseman import errors
@@ -25,6 +26,17 @@ def quote_ident(name: Any) -> str:
     """An always-quoted identifier; refuses what PostgreSQL could not name."""
     if not isinstance(name, str) or not name:
         raise errors.bad_field_name()
+    if len(name) <= 63:   # (a longer one cannot be valid: not worth a cache slot)
+        return _quote_short(name)
+    return _quote(name)
+
+
+@lru_cache(maxsize=8192)
+def _quote_short(name: str) -> str:
+    return _quote(name)   # clients name the same few columns over and over
+
+
+def _quote(name: str) -> str:
     if "\x00" in name:
         raise errors.bad_message("identifier contains NUL")
     if len(name.encode("utf-8")) > 63:
