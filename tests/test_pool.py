@@ -10,7 +10,7 @@ from tests.pgtest import fresh_database
 from wyseman.db import pg
 from wyseman.db.database import Database
 from wyseman.db.listener import Listener
-from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolSet
+from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed, PoolSet
 
 
 class PoolTests(TestCase):
@@ -47,6 +47,20 @@ class PoolTests(TestCase):
         self.assertLessEqual(len({row[1] for row in seen}), 2)
         self.assertEqual(pools.open_connections, len({row[1] for row in seen}))
         self.assertLessEqual(self.backends(user), 2)
+
+    @defer.inlineCallbacks
+    def test_close_waits_for_connects_under_way(self):
+        """A pool closed while it is connecting must not leave that connection behind
+        (a service stopping mid-connect): close() fires once it has been closed."""
+        user = add_user(self.db)
+        pools = self.pools(size=2)
+        work = pools.run(user, lambda conn: conn.execute("select 1"))
+        closed = pools.close()
+        self.assertFalse(closed.called)          # the connect is still under way
+        yield closed
+        with self.assertRaises(PoolClosed):
+            yield work
+        self.assertEqual(self.backends(user), 0)
 
     @defer.inlineCallbacks
     def test_queue_is_bounded(self):

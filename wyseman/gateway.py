@@ -87,8 +87,8 @@ class Gateway:
         d.addCallback(lambda _: self.db.listener.subscribe(AUTH_CHANNEL, self._on_auth))
         return d
 
-    def stop(self) -> None:
-        self.db.stop()
+    def stop(self) -> defer.Deferred:
+        return self.db.stop()
 
     # -- origin ----------------------------------------------------------------
     def check_origin(self, origin: str | None, host: str | None) -> str | None:

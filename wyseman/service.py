@@ -293,7 +293,7 @@ class GatewayService(Service):
             for protocol in list(self.gateway.all_connections()):
                 protocol.sendClose(1000, "server shutting down")
                 protocol.dropConnection(abort=True)
-            self.gateway.stop()
+            yield self.gateway.stop()
 
 
 def makeService(config: Config, reactor: Any = None, actions: Any = None) -> MultiService:  # noqa: N802

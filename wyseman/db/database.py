@@ -104,10 +104,10 @@ class Database:
         log.info("database ready (admin role {role}, session mode {mode})",
                  role=self.admin_role or "(default)", mode=self.session_mode)
 
-    def stop(self) -> None:
-        self.listener.stop()
-        self.users.close()
-        self.admin.close()
+    def stop(self) -> defer.Deferred:
+        """Close everything; fires once connects that were under way are closed too."""
+        return defer.DeferredList([self.listener.stop(), self.users.close(),
+                                   self.admin.close()])
 
     # -- running ---------------------------------------------------------------
     def run_admin(self, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:

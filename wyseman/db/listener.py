@@ -51,7 +51,9 @@ class Listener:
         self._running = True
         return self._connect(first=True)
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred:
+        """Close the connection; the Deferred fires once a connect still under way has
+        finished (and been closed) too."""
         self._running = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -60,6 +62,11 @@ class Listener:
             self._conn.close()
             self._conn = None
         self._listening.clear()
+        if self._connecting is None:
+            return defer.succeed(None)
+        settled: defer.Deferred = defer.Deferred()
+        self._connecting.addBoth(lambda result: (settled.callback(None), result)[1])
+        return settled
 
     @property
     def connected(self) -> bool:

@@ -78,6 +78,7 @@ class RolePool:
         self._busy: dict[int, _Slot] = {}
         self._waiters: deque[defer.Deferred] = deque()
         self._connecting = 0
+        self._pending_connects: set[defer.Deferred] = set()
         self._closed = False
 
     # -- accounting --------------------------------------------------------
@@ -122,6 +123,8 @@ class RolePool:
 
     def _open(self) -> defer.Deferred:
         self._connecting += 1
+        settled: defer.Deferred = defer.Deferred()
+        self._pending_connects.add(settled)
         self.stats.connects_total += 1
         d = defer.maybeDeferred(self.connector, self.role)
 
@@ -148,7 +151,12 @@ class RolePool:
                 self._waiters.popleft().errback(error)
             return Failure(error)
 
-        return d.addCallbacks(opened, failed)
+        def settle(result: Any) -> Any:
+            self._pending_connects.discard(settled)
+            settled.callback(None)
+            return result
+
+        return d.addCallbacks(opened, failed).addBoth(settle)
 
     def release(self, conn: Connection, broken: bool = False) -> None:
         """Give a connection back; ``broken`` ones (lost, or mid-error) are closed."""
@@ -218,7 +226,9 @@ class RolePool:
         self._discard(self._idle.popleft())
         return True
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred:
+        """Close every connection; the Deferred fires once connects still under way have
+        finished too (each is closed as it completes), so nothing outlives the pool."""
         self._closed = True
         while self._waiters:
             self._waiters.popleft().errback(PoolClosed(self.role))
@@ -226,6 +236,7 @@ class RolePool:
             self._discard(self._idle.popleft())
         for slot in list(self._busy.values()):
             slot.conn.close()
+        return defer.DeferredList(list(self._pending_connects))
 
     # -- running work --------------------------------------------------------
     def run(self, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
@@ -306,6 +317,5 @@ class PoolSet:
             else:
                 pool._serve_waiters()
 
-    def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
+    def close(self) -> defer.Deferred:
+        return defer.DeferredList([pool.close() for pool in self.pools.values()])
