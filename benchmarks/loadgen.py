@@ -3,7 +3,8 @@
 The runner starts several of these so that the generator is not the bottleneck. Each
 speaks JSON lines on stdout and takes commands on stdin:
 
-1. it fetches ``/clientinfo`` once, opens its connections (signed key logins) and prints
+1. it fetches ``/clientinfo`` once, opens its connections (signed key logins; with
+   ``plain_user`` only a user name, for the Node server baseline) and prints
    ``{"event": "ready", ...}``;
 2. on ``go`` it runs its mode and prints ``{"event": "result", ...}`` (on ``stop``
    it reports what it has so far);
@@ -103,6 +104,21 @@ class Signer:
         return "/?" + query
 
 
+class PlainUser:
+    """``/?user=…`` only: how clients log in to the Node server's insecure mode (the
+    baseline server of the benchmark; ours refuses this unless configured)."""
+
+    def __init__(self, users: list[dict[str, Any]]) -> None:
+        self.users = users
+
+    def target(self, index: int, date: str | None = None, listen: str | None = None,
+               ip: str | None = None) -> str:
+        query = f"user={quote(self.users[index % len(self.users)]['name'])}"
+        if listen:
+            query += f"&db={listen}"
+        return "/?" + query
+
+
 class LoadGen:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -115,7 +131,7 @@ class LoadGen:
         self.go = asyncio.Event()
         self.stop = asyncio.Event()
         self.end = asyncio.Event()
-        self.signer: Signer | None = None
+        self.signer: Signer | PlainUser | None = None
 
     # -- plumbing ---------------------------------------------------------------
     async def control(self) -> None:
@@ -164,8 +180,11 @@ class LoadGen:
 
     # -- modes ------------------------------------------------------------------------
     async def run(self) -> None:
-        info = await get_json(self.host, self.port, "/clientinfo")
-        self.signer = Signer(self.spec["users"], info["ip"])
+        if self.spec.get("plain_user"):
+            self.signer = PlainUser(self.spec["users"])
+        else:
+            info = await get_json(self.host, self.port, "/clientinfo")
+            self.signer = Signer(self.spec["users"], info["ip"])
         control = asyncio.create_task(self.control())
         mode = self.spec["mode"]
         try:

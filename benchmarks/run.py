@@ -45,9 +45,12 @@ import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("tuple", "select", "notify", "handshake", "memory")
+SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling")
 CHANNEL = "bench_fanout"
-TUPLE_MESSAGE = {"action": "tuple", "view": "base.curr_eid()"}
+# One row by primary key: what pgbench -S does, and a request the Node server answers too
+# (it cannot call a function view without arguments: `base.curr_eid()` → 42P01).
+TUPLE_MESSAGE = {"action": "tuple", "view": "bench.item", "fields": ["id", "name", "qty"],
+                 "where": {"id": 7}}
 SELECT_MESSAGE = {"action": "select", "view": "bench.item"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISE: list[float] = []  # CPU % of one core used by other processes in each window
@@ -142,7 +145,8 @@ class CpuSnapshot:
 
     @classmethod
     def take(cls, server_pid: int | None, postmaster_pid: int | None) -> CpuSnapshot:
-        return cls(time.monotonic(), proc_cpu(server_pid) if server_pid else 0.0,
+        # children: the worker processes of a server with [server] workers > 1
+        return cls(time.monotonic(), children_cpu(server_pid) if server_pid else 0.0,
                    children_cpu(postmaster_pid) if postmaster_pid else 0.0, machine_cpu())
 
     def until(self, later: CpuSnapshot) -> dict[str, float]:
@@ -376,9 +380,11 @@ class Environment:
         self.children.append(child)
         return child
 
-    def start_server(self, deadline: Deadline, profile: bool = False) -> Server:
+    def start_server(self, deadline: Deadline, profile: bool = False,
+                     workers: int | None = None) -> Server:
         config = {
-            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": []},
+            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
+                       "workers": workers or self.args.server_workers},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000},
             "channels": {"allow": ["bench_*"]},
@@ -396,6 +402,29 @@ class Environment:
             if line and line[0] == "FAILED":
                 raise BenchError(f"server did not start: {' '.join(line[1:])}; "
                                  f"log: {spec['log_file']}")
+
+    def start_node_server(self, deadline: Deadline) -> Server | None:
+        """The Node.js Wyseman server (npm ``wyseman``, pinned in tests/js) on the same
+        database, or None (and why, in the log) when node or its modules are missing."""
+        node = shutil.which("node")
+        script = ROOT / "tests" / "js" / "node_server.js"
+        if node is None or not (ROOT / "tests" / "js" / "node_modules" / "wyseman").is_dir():
+            log("  node baseline skipped: needs node and `npm ci` in tests/js")
+            return None
+        from wyseman.db.pg import dsn_params
+        params = dsn_params(self.bench_dsn)
+        port = free_port()
+        config = {"port": port, "pg": {"host": params.get("host", "127.0.0.1"),
+                                       "port": int(params.get("port", 5432)),
+                                       "database": params["dbname"],
+                                       "user": params.get("user", "postgres")}}
+        self.counter += 1
+        child = Child("node-server", [node, str(script), json.dumps(config)],
+                      self.workdir / f"{self.counter:03d}-node-server.log")
+        self.children.append(child)
+        while child.readline(deadline, 60).strip() != b"ready":
+            pass
+        return Server(child, port, child.pid, None)
 
     def loadgens(self, total: int, base: dict[str, Any], processes: int | None = None
                  ) -> list[Child]:
@@ -538,9 +567,10 @@ class Bench:
     # -- a closed-loop request run ----------------------------------------------------
     def request_run(self, server: Server, connections: int, message: dict[str, Any],
                     deadline: Deadline, expect_rows: int | None = None,
-                    profile: bool = False) -> dict[str, Any]:
+                    profile: bool = False, plain_user: bool = False) -> dict[str, Any]:
         args, env = self.args, self.env
         base = {"mode": "requests", "port": server.port, "message": message,
+                "plain_user": plain_user,
                 "depth": args.depth, "warmup": args.warmup, "duration": args.duration,
                 "open_concurrency": 32, "max_seconds": deadline.left()}
         gens = env.loadgens(connections, base)
@@ -587,6 +617,18 @@ class Bench:
             self.profiles[f"tuple C={target} D={args.depth}"] = summarize_profile(
                 server.profile_file)
         env.finish([server.child])
+        node: dict[int, dict[str, Any]] = {}
+        if not args.no_node:
+            node_server = env.start_node_server(deadline)
+            if node_server is not None:
+                for clients in args.connections:
+                    log(f"  node server: tuple C={clients} D={args.depth}")
+                    try:
+                        node[clients] = self.request_run(node_server, clients, TUPLE_MESSAGE,
+                                                         deadline, plain_user=True)
+                    except BenchError as exc:
+                        self.failures.append(f"tuple node baseline C={clients}: {exc}")
+                env.finish([node_server.child])
         if not args.no_baseline:
             for clients in args.connections:
                 log(f"  pgbench -S -c {clients}")
@@ -602,13 +644,22 @@ class Bench:
             if m["errors"]:
                 notes += f"; {m['errors']} errors: {m['first_error']}"
             extra = {"measured": m, "pgbench": base}
-            self.rows.append(Row("tuple base.curr_eid()", params, m["rps"], "req/s",
+            self.rows.append(Row("tuple bench.item by id", params, m["rps"], "req/s",
                                  base["tps"] if base else None, "pgbench -S TPS" if base else "",
                                  notes, extra))
             self.rows.append(Row("tuple latency p50", params, m["p50"], "ms",
                                  base["latency_avg_ms"] if base else None,
                                  "pgbench avg" if base else "", pgbench_notes(base)))
             self.rows.append(Row("tuple latency p99", params, m["p99"], "ms"))
+            n = node.get(clients)
+            if n is not None:
+                n_notes = "node server " + cpu_notes(n["cpu"], n["gen_cpu"])
+                if n["errors"]:
+                    n_notes += f"; {n['errors']} errors: {n['first_error']}"
+                self.rows.append(Row("tuple vs Node server", params, m["rps"], "req/s",
+                                     n["rps"], "Node req/s", n_notes, {"node": n}))
+                self.rows.append(Row("tuple p99 vs Node", params, m["p99"], "ms",
+                                     n["p99"], "Node p99"))
 
     def select_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -636,6 +687,30 @@ class Bench:
                              base["latency_avg_ms"] if base else None,
                              "pgbench avg" if base else "", pgbench_notes(base)))
         self.rows.append(Row("select latency p99", params, m["p99"], "ms"))
+
+    def scaling_scenario(self, deadline: Deadline) -> None:
+        """Tuple requests at C=100 with [server] workers = 1, 2, … up to the core count."""
+        args, env = self.args, self.env
+        clients = 100
+        counts = list(range(1, max(2, os.cpu_count() or 1) + 1))
+        measured: dict[int, dict[str, Any]] = {}
+        for count in counts:
+            server = env.start_server(deadline, workers=count)
+            log(f"  scaling: workers={count} C={clients} D={args.depth}")
+            measured[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+            env.finish([server.child])
+        one = measured[1]["rps"]
+        for count in counts:
+            m = measured[count]
+            notes = cpu_notes(m["cpu"], m["gen_cpu"])
+            if m["errors"]:
+                notes += f"; {m['errors']} errors: {m['first_error']}"
+            self.rows.append(Row("tuple, server workers", f"workers={count} C={clients}",
+                                 m["rps"], "req/s", one if count > 1 else None,
+                                 "workers=1 req/s" if count > 1 else "", notes,
+                                 {"measured": m}))
+            self.rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
+                                 m["p99"], "ms"))
 
     def notify_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -852,7 +927,8 @@ def summarize_profile(path: str | None, top: int = 12) -> dict[str, Any] | None:
     by_tot = sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:top]
     ours = [r for r in rows if r["function"].startswith("wyseman/")]
     by_cum = sorted(ours, key=lambda r: r["cumtime_s"], reverse=True)[:top]
-    os.unlink(path)
+    RESULTS.mkdir(exist_ok=True)
+    shutil.move(path, RESULTS / "server.prof")   # for a closer look: python -m pstats
     return {"profiled_s": total, "top_tottime": by_tot, "top_cumtime_wyseman": by_cum}
 
 
@@ -875,13 +951,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loadgens", type=int, default=2, help="load generator processes")
     parser.add_argument("--workers", type=int, default=16,
                         help="handshake: concurrent logins per generator process")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")
     parser.add_argument("--notifies", type=int, default=10,
                         help="notify: NOTIFYs per phase (paced, then burst)")
     parser.add_argument("--idle", type=int, help="memory: idle sockets (10000; quick 2000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip pgbench")
+    parser.add_argument("--no-node", action="store_true",
+                        help="skip the Node.js Wyseman server baseline (tuple scenario)")
     parser.add_argument("--profile", action="store_true",
-                        help="cProfile the server in an extra tuple run at C=100")
+                        help="cProfile the server in an extra tuple run at C=100 "
+                        "(stats kept in benchmarks/results/server.prof)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy server/generator logs to benchmarks/results/logs/ "
@@ -901,12 +982,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def budgets(args: argparse.Namespace) -> dict[str, float]:
     run = args.duration + args.warmup
     return {
-        "tuple": 60 + sum(3 * run + 30 + c / 20 for c in args.connections)
+        "tuple": 60 + sum(4 * run + 40 + c / 10 for c in args.connections)
         + (3 * run + 30 if args.profile else 0),
         "select": 60 + 3 * run + 30,
         "notify": 120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40),
         "memory": 60 + args.idle / 100,
+        "scaling": 60 + max(2, os.cpu_count() or 1) * (3 * run + 40),
     }
 
 
@@ -935,7 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario_bodies = {"tuple": bench.tuple_scenario, "select": bench.select_scenario,
                            "notify": bench.notify_scenario,
                            "handshake": bench.handshake_scenario,
-                           "memory": bench.memory_scenario}
+                           "memory": bench.memory_scenario,
+                           "scaling": bench.scaling_scenario}
         for name in args.scenarios:
             bench.run(name, limits[name], scenario_bodies[name])
     except KeyboardInterrupt as exc:

@@ -8,8 +8,10 @@
 * ``profile_file`` (optional): SIGUSR1 starts cProfile, SIGUSR2 stops it and writes the
   stats there (pstats format).
 
-No ``twistd``: a :class:`GatewayService` is started and ``reactor.run()`` runs until
-SIGTERM/SIGINT. Once the ports are open, one line ``READY <port> <pid>`` goes to stdout.
+No ``twistd``: a :class:`GatewayService` (or, with ``[server] workers`` > 1, a
+:class:`~wyseman.supervisor.WorkerSupervisor` and its worker processes) is started
+and ``reactor.run()`` runs until SIGTERM/SIGINT. Once the ports are open, one line
+``READY <port> <pid>`` goes to stdout.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = cfg.from_dict(spec["config"], source="benchmark")
     dsn = config.database.dsn
-    service = GatewayService(config, lambda: defer.succeed(dsn), reactor, ActionRegistry())
+    if config.server.workers > 1:
+        from wyseman.supervisor import WorkerSupervisor
+        service: Any = WorkerSupervisor(config, lambda: defer.succeed(dsn), reactor)
+    else:
+        service = GatewayService(config, lambda: defer.succeed(dsn), reactor, ActionRegistry())
 
     profiler: list[cProfile.Profile] = []
     profile_file = spec.get("profile_file")
@@ -85,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = [0]
 
     def started(_: Any) -> None:
-        port = service.ports[0].getHost().port
+        if config.server.workers > 1:
+            port = int(service.listen[0].split(":")[1])
+        else:
+            port = service.ports[0].getHost().port
         print(f"READY {port} {os.getpid()}", flush=True)
 
     def failed(failure: Any) -> None:
