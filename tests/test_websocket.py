@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
@@ -254,3 +254,55 @@ class OriginTests(TestCase):
         self.assertEqual(status, 401)
         status, _ = yield raw_upgrade(server.port, "user=x", {"Origin": "http://127.0.0.1"})
         self.assertEqual(status, 403)
+
+
+class _Collector(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.expected = 0
+        self.complete: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.data += data
+        if len(self.data) >= self.expected and not self.complete.called:
+            self.complete.callback(bytes(self.data))
+
+
+class DirectWriteTests(TestCase):
+    """write_now: frames go to a plain TCP socket at once, what does not fit is buffered
+    by Twisted as usual, and the byte order is kept."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_small_frames_leave_nothing_buffered_big_ones_arrive_whole(self):
+        from twisted.internet import endpoints
+
+        from wyseman.protocol.server import write_now
+
+        accepted: defer.Deferred = defer.Deferred()
+
+        class Accept(protocol.Protocol):
+            def connectionMade(self) -> None:  # noqa: N802
+                accepted.callback(self.transport)
+
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(Accept))
+        self.addCleanup(port.stopListening)
+        collector = _Collector()
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), collector)
+        server = yield accepted
+        self.addCleanup(collector.transport.loseConnection)
+        self.addCleanup(server.loseConnection)
+
+        write_now(server, b"small frame")
+        self.assertEqual((server.dataBuffer, server._tempDataBuffer), (b"", []))  # sent
+        big = bytes(range(256)) * (16 * 1024 * 1024 // 256)      # more than the socket takes
+        write_now(server, big)
+        buffered = len(server.dataBuffer) + server._tempDataLen
+        self.assertTrue(0 < buffered < len(big))     # part sent at once, the rest queued
+        write_now(server, b"tail")                   # behind the queued bytes, not before
+        collector.expected = len(b"small frame") + len(big) + 4
+        received = yield collector.complete
+        self.assertEqual(received, b"small frame" + big + b"tail")
