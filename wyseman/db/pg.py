@@ -96,6 +96,7 @@ class Connection:
         self._observers: dict[Callable[[Notification], Any], Callable[[Any], Any]] = {}
         self.dsn = ""
         self.lost = False
+        self._cursor: Any = None
 
     # -- life cycle ------------------------------------------------------
     @defer.inlineCallbacks
@@ -160,16 +161,17 @@ class Connection:
         return self._conn._connection
 
     # -- statements ------------------------------------------------------
-    @defer.inlineCallbacks
     def execute(self, statement: str | pgsql.Composable,
-                params: Mapping[str, Any] | Sequence[Any] | None = None) -> Any:
-        """Run one statement and fetch its rows (if any) → :class:`Result`."""
-        cursor = self._conn.cursor()
-        try:
-            yield cursor.execute(statement, params)
-            return _result(cursor)
-        finally:
-            cursor.close()
+                params: Mapping[str, Any] | Sequence[Any] | None = None) -> defer.Deferred:
+        """Run one statement and fetch its rows (if any) → Deferred of :class:`Result`.
+
+        One cursor per connection, reused: a connection runs one statement at a time
+        (the pool hands it to one caller), and a cursor per statement costs as much as
+        the rest of the Python side of a small query."""
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.cursor()
+        return cursor.execute(statement, params).addCallback(_result)
 
     def transaction(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
         """Run ``work(tx, *args)`` inside BEGIN/COMMIT; an error rolls back.

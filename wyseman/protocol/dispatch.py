@@ -128,8 +128,8 @@ class Dispatcher:
         log.failure("request failed", failure)
         return _protocol_error(request, ProtocolError("internal", "internal server error"))
 
-    @defer.inlineCallbacks
     def _handle(self, session: Session, request: dict) -> Any:
+        """The reply frame, or a Deferred of it (plain callbacks: this runs per request)."""
         action = request.get("action")
         view = request.get("view")
         if not isinstance(view, str) or not view:
@@ -138,41 +138,53 @@ class Dispatcher:
             handler = self.actions.find(view, request) if self.actions else None
             if handler is None:
                 raise errors.bad_action(action)
-            data = yield handler(session, request, self.db)
-            return _reply(request, data)
+            return defer.maybeDeferred(handler, session, request, self.db).addCallback(
+                lambda data: _reply(request, data))
         if action == "meta":
-            row = yield self.db.meta(view)
-            return _one_row_reply(request, row)
+            return self.db.meta(view).addCallback(lambda row: _one_row_reply(request, row))
         if action == "lang":
             language = request.get("language") or "eng"
             if not isinstance(language, str):
                 raise errors.bad_message("'language' must be a string")
-            row = yield self.db.lang(view, language)
-            return _one_row_reply(request, row)
+            return self.db.lang(view, language).addCallback(
+                lambda row: _one_row_reply(request, row))
         key = _statement_key(request, self.db.generation)
         statement = self._statements.get(key) if key is not None else None
-        if statement is None:
-            name = compiler.parse_view(view, self.policy)
-            columns = None
-            if name.arg_types is None:
-                columns = yield self.db.column_types(
-                    pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
-            statement = compiler.compile_request(request, columns, self.policy, name)
-            if key is not None:
-                if len(self._statements) >= STATEMENT_CACHE_SIZE:
-                    self._statements.clear()
-                self._statements[key] = statement
-        try:
-            writes = action in _WRITES
-            data = yield self.db.run_as(session.user,
-                                        lambda conn: _execute(conn, statement, writes))
-        except _BadTuples as bad:
-            reply = dict(request)
-            if bad.first is not None:
-                reply["data"] = bad.first
-            reply["error"] = errors.bad_tuples(bad.count).as_reply()
-            raise _ErrorReply(dumps(reply))
-        return _reply(request, data)
+        if statement is not None:
+            return self._run(statement, session, request)
+        name = compiler.parse_view(view, self.policy)
+        if name.arg_types is not None:   # a function: no column metadata
+            return self._compiled(None, name, key, session, request)
+        d = self.db.column_types(pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
+        return d.addCallback(self._compiled, name, key, session, request)
+
+    def _compiled(self, columns: Any, name: compiler.ViewName, key: bytes | None,
+                  session: Session, request: dict) -> defer.Deferred:
+        statement = compiler.compile_request(request, columns, self.policy, name)
+        if key is not None:
+            if len(self._statements) >= STATEMENT_CACHE_SIZE:
+                self._statements.clear()
+            self._statements[key] = statement
+        return self._run(statement, session, request)
+
+    def _run(self, statement: compiler.Statement, session: Session,
+             request: dict) -> defer.Deferred:
+        writes = statement.rows == "one" and request.get("action") in _WRITES
+        d = self.db.run_as(session.user, lambda conn: _execute(conn, statement, writes))
+        return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
+                              errbackArgs=(request,))
+
+
+def _bad_tuples(failure: Any, request: dict) -> Any:
+    """Row count ≠ 1 → the request echoed with the first row and the error."""
+    bad = failure.check(_BadTuples) and failure.value
+    if not bad:
+        return failure
+    reply = dict(request)
+    if bad.first is not None:
+        reply["data"] = bad.first
+    reply["error"] = errors.bad_tuples(bad.count).as_reply()
+    raise _ErrorReply(dumps(reply))
 
 
 STATEMENT_CACHE_SIZE = 4096
