@@ -268,6 +268,10 @@ class RequestTests(_SampleServer):
         self.db.run("select pg_notify('app_events', 'not json')")  # D8: sent as a string
         yield arrived
         self.assertEqual(received, [{"n": 1}, "not json"])
+        metrics = self.server.gateway.metrics
+        self.assertEqual(metrics.notifications._value.get(), 2)
+        fanouts = metrics.registry.get_sample_value("wyseman_notification_fanout_seconds_count")
+        self.assertEqual(fanouts, 2)   # app_other has no subscriber: not counted
 
 
 HOSTILE = ["'", '"', ";", "--", "/*", "$1", "%s", "%(p1)s", "\\", "\n", "é", "😀",

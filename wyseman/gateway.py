@@ -8,6 +8,7 @@ each frame encoded once and sent to every subscribed socket).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -155,8 +156,10 @@ class Gateway:
         members = self._by_channel.get(notification.channel)
         if not members:
             return
+        started = time.perf_counter()
         frame = prepare_frame(notification_frame(notification))  # framed once for all
         sent = sum(1 for protocol in list(members) if protocol.send_frame(frame))
+        self.metrics.notification_fanout.observe(time.perf_counter() - started)
         self.metrics.notifications.inc(sent)
         if sent < len(members):
             self.metrics.notifications_dropped.inc(len(members) - sent)

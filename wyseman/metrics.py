@@ -17,6 +17,10 @@ class Metrics:
                                   ["action", "outcome"], registry=r)
         self.notifications = Counter("wyseman_notifications_delivered",
                                      "Notification frames sent to sockets", registry=r)
+        self.notification_fanout = Histogram(
+            "wyseman_notification_fanout_seconds",
+            "Time to hand one notification to all its subscribed sockets", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
         self.notifications_dropped = Counter("wyseman_notifications_dropped",
                                              "Notifications not delivered", registry=r)
         self.slow_consumers = Counter("wyseman_slow_consumers",
