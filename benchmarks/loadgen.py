@@ -3,18 +3,21 @@
 The runner starts several of these so that the generator is not the bottleneck. Each
 speaks JSON lines on stdout and takes commands on stdin:
 
-1. it fetches ``/clientinfo`` once, opens its connections (signed key logins; with
-   ``plain_user`` only a user name, for the Node server baseline) and prints
-   ``{"event": "ready", ...}``;
+1. it fetches ``/clientinfo`` once, opens its connections (signed key logins) and prints
+   ``{"event": "ready", ...}``; with ``plain_user`` it logs in with the user name alone
+   (``/?user=NAME``, no ``/clientinfo``, no signature): how clients log in to the Node.js
+   Wyseman server's insecure mode, the baseline server of the benchmark;
 2. on ``go`` it runs its mode and prints ``{"event": "result", ...}`` (on ``stop``
    it reports what it has so far);
 3. on ``end`` (or end of input) it drops its sockets and exits.
 
 Modes (``spec["mode"]``):
 
-* ``requests``: ``connections`` sockets, each keeping ``depth`` copies of ``message`` in
-  flight; after ``warmup`` seconds, replies to requests sent and answered within the next
-  ``duration`` seconds are counted and their latencies kept.
+* ``requests``: ``connections`` sockets; before ``ready``, ``message`` is sent once on
+  the first (the reply goes into the ready event as ``verify``, data included) and, unless
+  ``warm_all`` is false, once on every socket; on ``go`` each socket keeps ``depth``
+  copies of ``message`` in flight; after ``warmup`` seconds, replies to requests sent and
+  answered within the next ``duration`` seconds are counted and their latencies kept.
 * ``notify``: ``connections`` sockets LISTENing to ``channel``; every notification's
   payload carries the sender's ``time.time()`` (``t``) and phase (``p``); the result
   comes once ``expected`` notifications reached every socket (or on ``stop``).
@@ -227,6 +230,10 @@ class LoadGen:
             t0 = ws.tag.pop(reply.get("id"), None)
             if t0 is None:
                 return
+            if not isinstance(t0, float):  # the warm-up request of warm_sockets
+                if not t0.done():
+                    t0.set_result(None)
+                return
             in_flight[0] -= 1
             if "error" in reply:
                 counts["errors"] += 1
@@ -251,10 +258,13 @@ class LoadGen:
                 reply = orjson.loads(await asyncio.wait_for(waiter, 30))
                 data = reply.get("data")
                 verify = {"error": reply.get("error"), "type": type(data).__name__,
-                          "rows": len(data) if isinstance(data, list | dict) else None}
+                          "rows": len(data) if isinstance(data, list | dict) else None,
+                          "data": data}
             except TimeoutError:
                 verify = {"error": "no reply to the verification request"}
-        self.ready(verify=verify)
+            check.clear()
+        warmed = await self.warm_sockets(opened, body) if not verify.get("error") else 0
+        self.ready(verify=verify, warmed=warmed)
         await self.go.wait()
         if self.end.is_set():
             return
@@ -278,6 +288,24 @@ class LoadGen:
              first_error=first_error[0] if first_error else None, sent=next_id[0],
              unanswered=in_flight[0], duration=duration, latencies_ms=sample(latencies),
              cpu_s=cpu["end"] - cpu["start"], connections=len(opened))
+
+    async def warm_sockets(self, opened: list[WebSocket], body: bytes) -> int:
+        """One request on every socket before ``ready`` (answered or not within
+        ``warm_timeout``): a server that opens a database connection per socket on its
+        first request (the Node server) does so here, not in the measured window."""
+        if not opened or not self.spec.get("warm_all", True):
+            return 0
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for ws in opened:
+            waiter = loop.create_future()
+            waiters.append(waiter)
+            ws.tag[-1] = waiter
+            ws.send(b'{"id":-1,' + body)
+        done, _ = await asyncio.wait(waiters, timeout=float(self.spec.get("warm_timeout", 60)))
+        for ws in opened:
+            ws.tag.pop(-1, None)
+        return len(done)
 
     async def mode_notify(self) -> None:
         spec = self.spec

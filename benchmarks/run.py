@@ -8,7 +8,10 @@ One command does everything and cleans up after itself (see ``docs/performance.m
 2. for every scenario a fresh gateway process (``benchmarks.server_proc``, key logins
    only, ``/clientinfo`` on the same port);
 3. load from several ``benchmarks.loadgen`` processes, each reporting its own CPU time;
-4. ``pgbench`` on the same cluster as the baseline;
+4. two baselines on the same cluster: ``pgbench``, and (``tuple``, ``select``) the
+   Node.js Wyseman server (npm ``wyseman`` pinned in ``tests/js``, started with
+   ``tests/js/node_server.js``) under the same load, logged in by user name only;
+   skipped, with a message, when ``node`` or ``tests/js/node_modules`` is missing;
 5. a plain-text table on stdout and ``benchmarks/results/latest.json``.
 
 Every wait has a deadline; children are killed and the cluster removed at the end,
@@ -47,11 +50,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling")
 CHANNEL = "bench_fanout"
-# One row by primary key: what pgbench -S does, and a request the Node server answers too
-# (it cannot call a function view without arguments: `base.curr_eid()` → 42P01).
+# One row by primary key: what pgbench -S does, and a request the Node server answers with
+# the same data. (It fails {"action": "tuple", "view": "base.curr_eid()"}, the request of
+# earlier runs, with 42P01: without "params" it drops a function view's parentheses and,
+# without "fields", the from clause: `select base.curr_eid;`. With "params": [] both
+# servers answer it.)
 TUPLE_MESSAGE = {"action": "tuple", "view": "bench.item", "fields": ["id", "name", "qty"],
                  "where": {"id": 7}}
-SELECT_MESSAGE = {"action": "select", "view": "bench.item"}
+# Every column, named: without "fields" the Node server emits `select bench.item` (42P01).
+SELECT_MESSAGE = {"action": "select", "view": "bench.item",
+                  "fields": ["id", "name", "qty", "price", "made"]}
+JS_DIR = ROOT / "tests" / "js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISE: list[float] = []  # CPU % of one core used by other processes in each window
 
@@ -171,14 +180,18 @@ def percentile(values: list[float], q: float) -> float | None:
 class Child:
     """A child process speaking lines on stdout; stderr goes to a log file."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, args: list[str], log_path: Path,
+                 extra_env: dict[str, str] | None = None, die_with_parent: bool = False
+                 ) -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(extra_env or {})
         self.popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._log, cwd=ROOT, env=env)
+                                      stderr=self._log, cwd=ROOT, env=env,
+                                      preexec_fn=_die_with_parent if die_with_parent else None)
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -251,6 +264,35 @@ class Child:
         self._log.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the runner dies (for children that do not
+    watch their stdin or parent, such as the Node server)."""
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
+def node_baseline_missing() -> str | None:
+    """Why the Node server baseline cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "`node` is not on PATH"
+    if not (JS_DIR / "node_modules" / "wyseman").is_dir():
+        return f"{JS_DIR / 'node_modules'} is missing (run `cd tests/js && npm ci`)"
+    return None
+
+
+def node_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"node": None, "wyseman": None}
+    try:
+        versions["node"] = subprocess.run(["node", "--version"], capture_output=True,
+                                          text=True, timeout=20).stdout.strip() or None
+        package = JS_DIR / "node_modules" / "wyseman" / "package.json"
+        versions["wyseman"] = json.loads(package.read_text()).get("version")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+    return versions
+
+
 # -- the environment: cluster, users, server --------------------------------------------
 
 @dataclass
@@ -276,7 +318,9 @@ class Environment:
         from wyseman.db.cluster import LocalCluster
 
         biggest = max(self.args.connections)
-        max_conn = max(300, biggest + 100) if not self.args.no_baseline else 300
+        # pgbench -c C, and the Node server's one database connection per socket
+        wide = not self.args.no_baseline or not self.args.no_node
+        max_conn = max(300, biggest + 100) if wide else 300
         self.cluster = LocalCluster(self.workdir / "pgdata", port=free_port(), listen_tcp=True,
                                     extra_settings=[f"max_connections={max_conn}"])
         log(f"cluster: initdb in {self.cluster.data_dir} (port {self.cluster.port})")
@@ -403,14 +447,16 @@ class Environment:
                 raise BenchError(f"server did not start: {' '.join(line[1:])}; "
                                  f"log: {spec['log_file']}")
 
-    def start_node_server(self, deadline: Deadline) -> Server | None:
-        """The Node.js Wyseman server (npm ``wyseman``, pinned in tests/js) on the same
-        database, or None (and why, in the log) when node or its modules are missing."""
-        node = shutil.which("node")
-        script = ROOT / "tests" / "js" / "node_server.js"
-        if node is None or not (ROOT / "tests" / "js" / "node_modules" / "wyseman").is_dir():
-            log("  node baseline skipped: needs node and `npm ci` in tests/js")
-            return None
+    def start_node_server(self, deadline: Deadline) -> Server:
+        """The Node.js Wyseman server (npm ``wyseman``, pinned in tests/js, run by
+        ``tests/js/node_server.js``) on the same database, over the same Unix socket.
+        It connects to PostgreSQL as each socket's user (one connection per socket, opened
+        on its first request), i.e. as the same login roles our server uses. Insecure mode:
+        any user name logs in on plain ws://. Its logs go nowhere (node_server.js is quiet
+        unless WYSEMAN_NODE_LOG is set)."""
+        missing = node_baseline_missing()
+        if missing:
+            raise BenchError(f"node baseline: {missing}")
         from wyseman.db.pg import dsn_params
         params = dsn_params(self.bench_dsn)
         port = free_port()
@@ -419,11 +465,17 @@ class Environment:
                                        "database": params["dbname"],
                                        "user": params.get("user", "postgres")}}
         self.counter += 1
-        child = Child("node-server", [node, str(script), json.dumps(config)],
-                      self.workdir / f"{self.counter:03d}-node-server.log")
+        child = Child("node-server", [shutil.which("node") or "node",
+                                      str(JS_DIR / "node_server.js"), json.dumps(config)],
+                      self.workdir / f"{self.counter:03d}-node-server.log",
+                      extra_env={"TZ": "UTC"}, die_with_parent=True)
         self.children.append(child)
-        while child.readline(deadline, 60).strip() != b"ready":
-            pass
+        try:
+            while child.readline(deadline, 60).strip() != b"ready":
+                pass
+        except BenchError:
+            self.finish([child])
+            raise
         return Server(child, port, child.pid, None)
 
     def loadgens(self, total: int, base: dict[str, Any], processes: int | None = None
@@ -551,6 +603,7 @@ class Bench:
         self.rows: list[Row] = []
         self.failures: list[str] = []
         self.profiles: dict[str, Any] = {}
+        self.node_status: dict[str, str] = {}
 
     def run(self, name: str, budget: float, body: Callable[[Deadline], None]) -> None:
         log(f"scenario {name}: start (hard limit {budget:.0f} s)")
@@ -580,11 +633,15 @@ class Bench:
             problems = [r["open_errors"] for r in readies if r["open_errors"]]
             if opened < connections:
                 raise BenchError(f"only {opened}/{connections} connections opened: {problems}")
-            verify = readies[0].get("verify") or {}
+            verify = dict(readies[0].get("verify") or {})
+            reply = verify.pop("data", None)
             if verify.get("error"):
                 raise BenchError(f"the request fails: {verify['error']}")
             if expect_rows is not None and verify.get("rows") != expect_rows:
                 raise BenchError(f"expected {expect_rows} rows, got {verify}")
+            warmed = sum(r.get("warmed", 0) for r in readies)
+            if warmed < opened:
+                log(f"  warning: only {warmed}/{opened} sockets answered the warm-up request")
             for g in gens:
                 g.send("go")
             before, after = measure_window(server, env, deadline, profile)
@@ -596,11 +653,73 @@ class Bench:
         errors = sum(r["errors"] for r in results)
         first_error = next((r["first_error"] for r in results if r["first_error"]), None)
         return {"rps": completed / args.duration, "completed": completed, "errors": errors,
-                "first_error": first_error,
+                "first_error": first_error, "reply": reply, "warmed": warmed,
                 "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                 "mean": statistics.fmean(latencies) if latencies else None,
                 "cpu": before.until(after),
                 "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results]}
+
+    # -- the Node.js server baseline ---------------------------------------------------
+    def node_runs(self, scenario: str, connections: list[int], message: dict[str, Any],
+                  ours: dict[int, dict[str, Any]], deadline: Deadline,
+                  expect_rows: int | None = None) -> dict[int, dict[str, Any]]:
+        """The same request runs (C values, message, load generators) against the Node
+        server, logged in by user name only; {C: result}. Skipped (and said so) when node
+        or its modules are missing; a failure is reported without losing our rows."""
+        args, env = self.args, self.env
+        results: dict[int, dict[str, Any]] = {}
+        replies = {c: m.pop("reply", None) for c, m in ours.items()}  # not for the JSON
+        if args.no_node:
+            self.node_status[scenario] = "skipped (--no-node)"
+            return results
+        missing = node_baseline_missing()
+        if missing:
+            self.node_status[scenario] = f"skipped: {missing}"
+            log(f"  Node server baseline SKIPPED: {missing}")
+            return results
+        node_server = None
+        try:
+            node_server = env.start_node_server(deadline)
+            log(f"  Node server: pid {node_server.pid}, port {node_server.port}")
+            for clients in connections:
+                log(f"  Node server: {scenario} C={clients} D={args.depth}")
+                try:
+                    n = self.request_run(node_server, clients, message, deadline,
+                                         expect_rows=expect_rows, plain_user=True)
+                except BenchError as exc:
+                    self.failures.append(f"{scenario} Node baseline C={clients}: {exc}")
+                    continue
+                theirs = n.pop("reply", None)
+                n["same_reply"] = theirs == replies.get(clients)
+                if not n["same_reply"]:
+                    self.failures.append(
+                        f"{scenario} Node baseline C={clients}: the servers answer "
+                        f"differently: ours {str(replies.get(clients))[:200]}, "
+                        f"Node {str(theirs)[:200]}")
+                results[clients] = n
+        except BenchError as exc:
+            self.failures.append(f"{scenario} Node baseline: {exc}")
+        finally:
+            if node_server is not None:
+                env.finish([node_server.child])  # killed whatever happened
+        self.node_status[scenario] = (f"measured at C={','.join(map(str, sorted(results)))}"
+                                      if results else "failed")
+        return results
+
+    def node_rows(self, scenario: str, params: str, m: dict[str, Any],
+                  n: dict[str, Any] | None) -> None:
+        """Ours next to the Node server: req/s, p50, p99; ratio = ours / Node."""
+        if n is None:
+            return
+        notes = "Node server run " + cpu_notes(n["cpu"], n["gen_cpu"])
+        if n["errors"]:
+            notes += f"; {n['errors']} errors: {n['first_error']}"
+        self.rows.append(Row(f"{scenario} vs Node server", params, m["rps"], "req/s",
+                             n["rps"], "Node req/s", notes, {"node": n}))
+        self.rows.append(Row(f"{scenario} p50 vs Node", params, m["p50"], "ms",
+                             n["p50"], "Node p50"))
+        self.rows.append(Row(f"{scenario} p99 vs Node", params, m["p99"], "ms",
+                             n["p99"], "Node p99"))
 
     def tuple_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -617,18 +736,7 @@ class Bench:
             self.profiles[f"tuple C={target} D={args.depth}"] = summarize_profile(
                 server.profile_file)
         env.finish([server.child])
-        node: dict[int, dict[str, Any]] = {}
-        if not args.no_node:
-            node_server = env.start_node_server(deadline)
-            if node_server is not None:
-                for clients in args.connections:
-                    log(f"  node server: tuple C={clients} D={args.depth}")
-                    try:
-                        node[clients] = self.request_run(node_server, clients, TUPLE_MESSAGE,
-                                                         deadline, plain_user=True)
-                    except BenchError as exc:
-                        self.failures.append(f"tuple node baseline C={clients}: {exc}")
-                env.finish([node_server.child])
+        node = self.node_runs("tuple", args.connections, TUPLE_MESSAGE, measured, deadline)
         if not args.no_baseline:
             for clients in args.connections:
                 log(f"  pgbench -S -c {clients}")
@@ -651,15 +759,7 @@ class Bench:
                                  base["latency_avg_ms"] if base else None,
                                  "pgbench avg" if base else "", pgbench_notes(base)))
             self.rows.append(Row("tuple latency p99", params, m["p99"], "ms"))
-            n = node.get(clients)
-            if n is not None:
-                n_notes = "node server " + cpu_notes(n["cpu"], n["gen_cpu"])
-                if n["errors"]:
-                    n_notes += f"; {n['errors']} errors: {n['first_error']}"
-                self.rows.append(Row("tuple vs Node server", params, m["rps"], "req/s",
-                                     n["rps"], "Node req/s", n_notes, {"node": n}))
-                self.rows.append(Row("tuple p99 vs Node", params, m["p99"], "ms",
-                                     n["p99"], "Node p99"))
+            self.node_rows("tuple", params, m, node.get(clients))
 
     def select_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -668,6 +768,8 @@ class Bench:
         log(f"  select 100 rows: C={clients}")
         m = self.request_run(server, clients, SELECT_MESSAGE, deadline, expect_rows=100)
         env.finish([server.child])
+        node = self.node_runs("select", [clients], SELECT_MESSAGE, {clients: m}, deadline,
+                              expect_rows=100)
         base = None
         if not args.no_baseline:
             try:
@@ -687,6 +789,7 @@ class Bench:
                              base["latency_avg_ms"] if base else None,
                              "pgbench avg" if base else "", pgbench_notes(base)))
         self.rows.append(Row("select latency p99", params, m["p99"], "ms"))
+        self.node_rows("select", params, m, node.get(clients))
 
     def scaling_scenario(self, deadline: Deadline) -> None:
         """Tuple requests at C=100 with [server] workers = 1, 2, … up to the core count."""
@@ -698,6 +801,7 @@ class Bench:
             server = env.start_server(deadline, workers=count)
             log(f"  scaling: workers={count} C={clients} D={args.depth}")
             measured[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+            measured[count].pop("reply", None)
             env.finish([server.child])
         one = measured[1]["rps"]
         for count in counts:
@@ -959,7 +1063,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle", type=int, help="memory: idle sockets (10000; quick 2000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip pgbench")
     parser.add_argument("--no-node", action="store_true",
-                        help="skip the Node.js Wyseman server baseline (tuple scenario)")
+                        help="skip the Node.js Wyseman server baseline (tuple, select)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the server in an extra tuple run at C=100 "
                         "(stats kept in benchmarks/results/server.prof)")
@@ -981,10 +1085,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def budgets(args: argparse.Namespace) -> dict[str, float]:
     run = args.duration + args.warmup
+    node = 0 if args.no_node else 1  # the Node server runs: the same load again
     return {
         "tuple": 60 + sum(4 * run + 40 + c / 10 for c in args.connections)
+        + node * (60 + sum(run + 30 + c / 10 for c in args.connections))
         + (3 * run + 30 if args.profile else 0),
-        "select": 60 + 3 * run + 30,
+        "select": 60 + 3 * run + 30 + node * (60 + run + 30),
         "notify": 120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40),
         "memory": 60 + args.idle / 100,
@@ -1049,6 +1155,9 @@ def main(argv: list[str] | None = None) -> int:
         print("  cumulative, wyseman code:")
         for r in prof["top_cumtime_wyseman"][:8]:
             print(f"  {r['cumtime_pct']:5.1f}%  {r['calls']:>9}  {r['function']}")
+    for scenario, status in bench.node_status.items():
+        if not status.startswith("measured"):
+            print(f"Node server baseline ({scenario}): {status}")
     for failure in bench.failures:
         print(f"FAILED: {failure}")
     noisy = max(NOISE, default=0.0)
@@ -1063,6 +1172,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rows": [r.as_json() for r in bench.rows],
         "profiles": bench.profiles,
+        "node_baseline": {"status": bench.node_status,
+                          "request": {"tuple": TUPLE_MESSAGE, "select": SELECT_MESSAGE},
+                          "login": "user name only (insecure mode, plain ws://)",
+                          **(node_versions() if node_baseline_missing() is None else {})},
         "failures": bench.failures,
         "max_other_cpu_pct": max(NOISE, default=None),
     }
