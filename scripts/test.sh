@@ -33,16 +33,27 @@ status=${PIPESTATUS[0]}
 # everyone else (the caller): when this runs as root, check the unprivileged path too.
 if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1 && id nobody >/dev/null 2>&1; then
     echo "== embedded PostgreSQL as an unprivileged user (nobody)"
-    if runuser -u nobody -- test -r wyseman/__init__.py -a -x .venv/bin/python; then
+    # The venv's interpreter may live where nobody cannot go (e.g. pyenv under /root):
+    # then use the system's interpreter of the same version on the venv's packages.
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    version=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    runner=""
+    if runuser -u nobody -- .venv/bin/python -c '' >/dev/null 2>&1; then
+        runner=".venv/bin/python"
+    elif runuser -u nobody -- "python$version" -c '' >/dev/null 2>&1; then
+        runner="python$version"
+    fi
+    if [ -n "$runner" ] && runuser -u nobody -- test -r wyseman/__init__.py -a -r "$site"; then
         home=$(mktemp -d)
         chmod 777 "$home"
-        runuser -u nobody -- env HOME="$home" .venv/bin/python -m twisted.trial \
-            --reporter=text --temp-directory="$home/trial" tests.test_service.EmbeddedTests \
-            2>&1 | tee -a "$log"
+        runuser -u nobody -- env HOME="$home" PYTHONPATH="$PWD:$site" "$runner" \
+            -m twisted.trial --reporter=text --temp-directory="$home/trial" \
+            tests.test_service.EmbeddedTests 2>&1 | tee -a "$log"
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
         rm -rf "$home"
     else
-        echo "skipped: this checkout is not readable by user nobody"
+        echo "skipped: no Python $version that user nobody can run, or this checkout is not" \
+             "readable by nobody"
     fi
 fi
 set -e
