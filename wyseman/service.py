@@ -15,7 +15,6 @@ that cannot check its login. Add the returned service to your own application
 
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from wyseman.db.database import Database
 from wyseman.gateway import Gateway
 from wyseman.protocol.handshake import is_loopback
 from wyseman.protocol.server import build_site
+from wyseman.sighup import SighupHandler
 from wyseman.tls import ReloadableContextFactory, TLSConfigError
 
 log = Logger(namespace="wyseman.service")
@@ -165,7 +165,7 @@ class GatewayService(Service):
             if spec.kind == "tls" and self.tls is None:
                 raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
         self.gateway: Gateway | None = None
-        self._previous_sighup: Any = None
+        self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
         self._warn_insecure()
@@ -220,7 +220,7 @@ class GatewayService(Service):
         if self.config.metrics.listen:
             yield self._listen(parse_listen(self.config.metrics.listen), self._metrics_site())
         if self.tls is not None:
-            self._install_sighup()
+            self._sighup.install()   # kill -HUP re-reads the certificate
         self.ready.callback(self)
         return self
 
@@ -255,24 +255,6 @@ class GatewayService(Service):
         root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
         return server.Site(root)
 
-    def _install_sighup(self) -> None:
-        """``kill -HUP`` re-reads the certificate (chaining to any earlier handler)."""
-        try:
-            previous = signal.getsignal(signal.SIGHUP)
-        except (ValueError, AttributeError):
-            return
-
-        def on_hup(signum: int, frame: Any) -> None:
-            assert self.tls is not None
-            self.reactor.callFromThread(self.tls.reload)
-            if callable(previous):
-                previous(signum, frame)
-        try:
-            signal.signal(signal.SIGHUP, on_hup)
-        except ValueError:  # not the main thread (embedded in a test runner, say)
-            return
-        self._previous_sighup = previous
-
     def _start_failed(self, failure: Any) -> None:
         log.failure("wyseman could not start", failure)
         if not self.ready.called:
@@ -283,9 +265,7 @@ class GatewayService(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self._sighup.remove()
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()

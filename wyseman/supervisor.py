@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ from twisted.logger import Logger, LogLevel
 from wyseman.config import Config, ConfigError
 from wyseman.protocol.credentials import ReplayCache
 from wyseman.service import _tls_factory, derived_clientinfo, parse_listen, reuse_port_socket
+from wyseman.sighup import SighupHandler
 
 log = Logger(namespace="wyseman.supervisor")
 
@@ -134,7 +134,7 @@ class WorkerSupervisor(Service):
         self._backoff = [BACKOFF_FIRST] * self.count
         self._started_at = [0.0] * self.count
         self._restarts: dict[int, Any] = {}
-        self._previous_sighup: Any = None
+        self._sighup = SighupHandler(reactor, lambda: self.signal_workers("HUP"))
         self._ready_waiters: list[tuple[int, defer.Deferred]] = []
         #: the ports actually served (port 0 in the config → the port reserved for it)
         self.listen: list[str] = []
@@ -168,7 +168,8 @@ class WorkerSupervisor(Service):
             yield defer.gatherResults(waiting, consumeErrors=True)
         except defer.FirstError as first:
             first.subFailure.raiseException()
-        self._install_sighup()
+        if self.config.tls.cert:
+            self._sighup.install()   # certificate reload: passed on to every worker
         log.info("{count} workers serving {listen}", count=self.count, listen=self.listen)
         self.ready.callback(self)
         return self
@@ -271,22 +272,6 @@ class WorkerSupervisor(Service):
             self.reactor.stop()
 
     # -- signals and stop ---------------------------------------------------------------
-    def _install_sighup(self) -> None:
-        """SIGHUP (certificate reload) goes to every worker."""
-        if not self.config.tls.cert:
-            return
-        try:
-            previous = signal.getsignal(signal.SIGHUP)
-
-            def on_hup(signum: int, frame: Any) -> None:
-                self.reactor.callFromThread(self.signal_workers, "HUP")
-                if callable(previous):
-                    previous(signum, frame)
-            signal.signal(signal.SIGHUP, on_hup)
-        except (ValueError, AttributeError):  # not the main thread
-            return
-        self._previous_sighup = previous
-
     def signal_workers(self, name: str) -> None:
         for worker in self.workers:
             if worker is not None:
@@ -330,9 +315,7 @@ class WorkerSupervisor(Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self._sighup.remove()
         yield self._stop_workers()
         reserved, self._reserved = self._reserved, []
         for sock in reserved:

@@ -1,0 +1,40 @@
+"""``kill -HUP``: what the running server does with it (re-read the TLS certificate)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+
+class SighupHandler:
+    """Runs ``action`` in the reactor thread on SIGHUP, chaining to the handler that was
+    there before; :meth:`remove` puts that one back. Installing does nothing outside
+    the main thread (a server embedded in a test runner, say)."""
+
+    def __init__(self, reactor: Any, action: Callable[[], Any]) -> None:
+        self.reactor = reactor
+        self.action = action
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        try:
+            previous = signal.getsignal(signal.SIGHUP)
+        except (ValueError, AttributeError):   # no SIGHUP on this platform
+            return
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.action)
+            if callable(previous):
+                previous(signum, frame)
+        try:
+            signal.signal(signal.SIGHUP, on_hup)
+        except ValueError:   # not the main thread
+            return
+        self._previous, self._installed = previous, True
+
+    def remove(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._installed = False
