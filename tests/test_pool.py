@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
@@ -190,3 +191,37 @@ class DatabaseFacadeTests(TestCase):
         self.assertEqual(meta["obj"], "public.thing")
         database.clear_caches()
         self.assertEqual(database._meta, {})
+
+
+class AdapterTests(TestCase):
+    """wyseman.db.pg: results are handed over within the poll cycle, and the next
+    statement may start from the callback of the previous one."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_next_statement_from_the_callback_and_no_timer_per_result(self):
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        zero_delay = []
+        original = reactor.callLater
+
+        def counting(delay, *args, **kwargs):
+            if delay == 0:
+                zero_delay.append(args[0] if args else None)
+            return original(delay, *args, **kwargs)
+        reactor.callLater = counting
+        try:
+            chained = conn.execute("select 1").addCallback(
+                lambda first: conn.execute("select %(n)s::int + 1", {"n": first.rows[0][0]}))
+            second = yield chained
+            failed = conn.execute("select 1/0")
+            with self.assertRaises(psycopg2.errors.DivisionByZero):
+                yield failed
+            after_error = yield conn.execute("select 3")
+        finally:
+            reactor.callLater = original
+        self.assertEqual(second.rows, [(2,)])
+        self.assertEqual(after_error.rows, [(3,)])
+        self.assertEqual(zero_delay, [])   # (txpostgres alone delays each by callLater(0))

@@ -66,8 +66,46 @@ def dsn_params(dsn: str) -> dict[str, str]:
     return psycopg2.extensions.parse_dsn(dsn) if dsn else {}
 
 
+class _PromptCursor(txpostgres.Cursor):
+    """A txpostgres cursor that hands its result over as soon as the poll cycle ends.
+
+    txpostgres delays every result by a ``callLater(0)`` (one more reactor iteration,
+    and a timer, per statement) so that code run from the callback cannot re-enter the
+    poll cycle. Ours can: the pool gives the connection to the next waiter, whose
+    statement starts a new cycle on a cursor whose previous one is over (``_pollingD``
+    is cleared first, and the reactor has already stopped watching for it).
+    """
+
+    def continuePolling(self, swallowErrors: bool = False) -> None:  # noqa: N802, N803
+        try:
+            state = self.pollable().poll()
+        except Exception:
+            if self._pollingD:
+                d, self._pollingD = self._pollingD, None
+                d.errback(Failure())
+                return
+            if not swallowErrors:
+                raise
+            return
+        if state == psycopg2.extensions.POLL_OK:
+            if self._pollingD:
+                d, self._pollingD = self._pollingD, None
+                d.callback(self)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            self.reactor.addWriter(self)
+        elif state == psycopg2.extensions.POLL_READ:
+            self.reactor.addReader(self)
+        elif self._pollingD:
+            d, self._pollingD = self._pollingD, None
+            d.errback(txpostgres.UnexpectedPollResult())
+        elif not swallowErrors:
+            raise txpostgres.UnexpectedPollResult()
+
+
 class _LossAwareConnection(txpostgres.Connection):
     """txpostgres connection that reports an unexpected loss to its owner."""
+
+    cursorFactory = _PromptCursor  # noqa: N815 (txpostgres's name)
 
     lost_callback: Callable[[Failure], None] | None = None
     closing = False
