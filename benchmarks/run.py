@@ -27,7 +27,6 @@ import platform
 import pstats
 import queue
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+
+from benchmarks import raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,15 +90,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def rss_kib(pid: int) -> int:
@@ -585,6 +577,14 @@ def cpu_notes(cpu: dict[str, float], gen: list[float]) -> str:
             f"machine {cpu['machine_busy_pct']:.0f}%")
 
 
+def run_notes(m: dict[str, Any]) -> str:
+    """CPU notes of a request run, and its errors if any."""
+    notes = cpu_notes(m["cpu"], m["gen_cpu"])
+    if m["errors"]:
+        notes += f"; {m['errors']} errors: {m['first_error']}"
+    return notes
+
+
 def pgbench_notes(base: dict[str, Any] | None) -> str:
     cpu = (base or {}).get("cpu")
     if not cpu:
@@ -706,16 +706,26 @@ class Bench:
                                       if results else "failed")
         return results
 
+    def pgbench_rows(self, name: str, label: str, params: str, m: dict[str, Any],
+                     base: dict[str, Any] | None) -> None:
+        """Ours next to pgbench: req/s (ratio to its TPS), p50 (to its average), p99."""
+        self.rows.append(Row(name, params, m["rps"], "req/s", base["tps"] if base else None,
+                             f"{label} TPS" if base else "", run_notes(m),
+                             {"measured": m, "pgbench": base}))
+        scenario = name.split()[0]
+        self.rows.append(Row(f"{scenario} latency p50", params, m["p50"], "ms",
+                             base["latency_avg_ms"] if base else None,
+                             "pgbench avg" if base else "", pgbench_notes(base)))
+        self.rows.append(Row(f"{scenario} latency p99", params, m["p99"], "ms"))
+
     def node_rows(self, scenario: str, params: str, m: dict[str, Any],
                   n: dict[str, Any] | None) -> None:
         """Ours next to the Node server: req/s, p50, p99; ratio = ours / Node."""
         if n is None:
             return
-        notes = "Node server run " + cpu_notes(n["cpu"], n["gen_cpu"])
-        if n["errors"]:
-            notes += f"; {n['errors']} errors: {n['first_error']}"
         self.rows.append(Row(f"{scenario} vs Node server", params, m["rps"], "req/s",
-                             n["rps"], "Node req/s", notes, {"node": n}))
+                             n["rps"], "Node req/s", "Node server run " + run_notes(n),
+                             {"node": n}))
         self.rows.append(Row(f"{scenario} p50 vs Node", params, m["p50"], "ms",
                              n["p50"], "Node p50"))
         self.rows.append(Row(f"{scenario} p99 vs Node", params, m["p99"], "ms",
@@ -748,17 +758,7 @@ class Bench:
             m = measured[clients]
             base = baselines.get(clients)
             params = f"C={clients} D={args.depth}"
-            notes = cpu_notes(m["cpu"], m["gen_cpu"])
-            if m["errors"]:
-                notes += f"; {m['errors']} errors: {m['first_error']}"
-            extra = {"measured": m, "pgbench": base}
-            self.rows.append(Row("tuple bench.item by id", params, m["rps"], "req/s",
-                                 base["tps"] if base else None, "pgbench -S TPS" if base else "",
-                                 notes, extra))
-            self.rows.append(Row("tuple latency p50", params, m["p50"], "ms",
-                                 base["latency_avg_ms"] if base else None,
-                                 "pgbench avg" if base else "", pgbench_notes(base)))
-            self.rows.append(Row("tuple latency p99", params, m["p99"], "ms"))
+            self.pgbench_rows("tuple bench.item by id", "pgbench -S", params, m, base)
             self.node_rows("tuple", params, m, node.get(clients))
 
     def select_scenario(self, deadline: Deadline) -> None:
@@ -778,17 +778,7 @@ class Bench:
             except BenchError as exc:
                 self.failures.append(f"select baseline: {exc}")
         params = f"C={clients} D={args.depth} 100 rows"
-        notes = cpu_notes(m["cpu"], m["gen_cpu"])
-        if m["errors"]:
-            notes += f"; {m['errors']} errors: {m['first_error']}"
-        self.rows.append(Row("select bench.item", params, m["rps"], "req/s",
-                             base["tps"] if base else None,
-                             "pgbench -f select TPS" if base else "", notes,
-                             {"measured": m, "pgbench": base}))
-        self.rows.append(Row("select latency p50", params, m["p50"], "ms",
-                             base["latency_avg_ms"] if base else None,
-                             "pgbench avg" if base else "", pgbench_notes(base)))
-        self.rows.append(Row("select latency p99", params, m["p99"], "ms"))
+        self.pgbench_rows("select bench.item", "pgbench -f select", params, m, base)
         self.node_rows("select", params, m, node.get(clients))
 
     def scaling_scenario(self, deadline: Deadline) -> None:
@@ -806,12 +796,9 @@ class Bench:
         one = measured[1]["rps"]
         for count in counts:
             m = measured[count]
-            notes = cpu_notes(m["cpu"], m["gen_cpu"])
-            if m["errors"]:
-                notes += f"; {m['errors']} errors: {m['first_error']}"
             self.rows.append(Row("tuple, server workers", f"workers={count} C={clients}",
                                  m["rps"], "req/s", one if count > 1 else None,
-                                 "workers=1 req/s" if count > 1 else "", notes,
+                                 "workers=1 req/s" if count > 1 else "", run_notes(m),
                                  {"measured": m}))
             self.rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
                                  m["p99"], "ms"))

@@ -19,18 +19,11 @@ from __future__ import annotations
 import cProfile
 import json
 import os
-import resource
 import signal
 import sys
 from typing import Any
 
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from benchmarks import raise_fd_limit
 
 
 def _load(arg: str) -> dict[str, Any]:
@@ -46,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m benchmarks.server_proc CONFIG_JSON", file=sys.stderr)
         return 2
     spec = _load(argv[0])
-    _raise_fd_limit()
+    raise_fd_limit()
 
     # Imported after the limit is raised: the reactor's poller may size itself early.
     from twisted.internet import defer, reactor
