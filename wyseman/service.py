@@ -138,7 +138,32 @@ def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | No
         raise ConfigError(f"endpoint {spec.text!r}: {exc}") from None
 
 
-class GatewayService(Service):
+class StartingService(Service):
+    """``startService`` runs :meth:`_start`; if that fails, the failure is logged, fails
+    :attr:`ready`, and stops the reactor (a server that cannot start exits) unless
+    :attr:`stop_reactor_on_failure` is false (embedded, tests)."""
+
+    ready: defer.Deferred
+    reactor: Any
+    stop_reactor_on_failure = True
+    failure_message = "wyseman could not start"
+
+    def startService(self) -> defer.Deferred:  # noqa: N802
+        super().startService()
+        return self._start().addErrback(self._start_failed)
+
+    def _start(self) -> defer.Deferred:
+        raise NotImplementedError
+
+    def _start_failed(self, failure: Any) -> None:
+        log.failure(self.failure_message, failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if self.stop_reactor_on_failure and self.reactor.running:
+            self.reactor.stop()
+
+
+class GatewayService(StartingService):
     """Database, gateway and listening ports; starts once the database answers."""
 
     name = "gateway"
@@ -190,12 +215,6 @@ class GatewayService(Service):
             elif self.config.auth.insecure and not spec.secure:
                 log.warn("[auth] insecure is set but ignored on non-loopback endpoint "
                          "{endpoint} (see insecure_on_public_interfaces)", endpoint=spec.text)
-
-    def startService(self) -> defer.Deferred:  # noqa: N802
-        super().startService()
-        d = self._start()
-        d.addErrback(self._start_failed)
-        return d
 
     @defer.inlineCallbacks
     def _start(self) -> Any:
@@ -254,13 +273,6 @@ class GatewayService(Service):
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
         return server.Site(root)
-
-    def _start_failed(self, failure: Any) -> None:
-        log.failure("wyseman could not start", failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802

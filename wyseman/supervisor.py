@@ -25,28 +25,42 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
 
 from wyseman.config import Config, ConfigError
 from wyseman.protocol.credentials import ReplayCache
-from wyseman.service import _tls_factory, derived_clientinfo, parse_listen, reuse_port_socket
+from wyseman.service import (
+    StartingService,
+    _tls_factory,
+    derived_clientinfo,
+    parse_listen,
+    reuse_port_socket,
+)
 from wyseman.sighup import SighupHandler
 
 log = Logger(namespace="wyseman.supervisor")
 
-READY = b"ready\n"
+READY = b"ready"
 STOP_GRACE = 10.0          # seconds a worker gets to close its sockets before SIGKILL
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0       # a worker up this long resets the back-off
 
 
+_LEVELS = frozenset({"debug", "info", "warn", "error", "critical"})
+
+
 def _with_port(text: str, port: int) -> str:
     spec = parse_listen(text)
     interface = spec.interface.replace(":", "\\:")
     return f"{spec.kind}:{port}" + (f":interface={interface}" if interface else "")
+
+
+def _cancel_if_active(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
@@ -70,7 +84,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def _control(self, line: bytes) -> None:
         """A line from the worker's control channel: ``ready``, or ``replay ID HEX``
         (answered on its fd 4 with ``ID OUTCOME``)."""
-        if line + b"\n" == READY:
+        if line == READY:
             if not self.ready:
                 self.ready = True
                 self.supervisor._worker_ready(self)
@@ -89,11 +103,12 @@ class _WorkerProtocol(protocol.ProcessProtocol):
                  line=line[:100])
 
     def _relay(self, line: str) -> None:
+        """``LEVEL rest`` (wyseman.worker's lines) at that level; anything else at info."""
         level_name, _, text = line.partition(" ")
-        level = LogLevel.levelWithName(level_name) if level_name in (
-            "debug", "info", "warn", "error", "critical") else LogLevel.info
-        if level_name not in ("debug", "info", "warn", "error", "critical"):
-            text = line
+        if level_name in _LEVELS:
+            level = LogLevel.levelWithName(level_name)
+        else:
+            level, text = LogLevel.info, line
         log.emit(level, "worker {worker}: {line}", worker=self.index, line=text,
                  pid=self.transport.pid if self.transport else None)
 
@@ -105,10 +120,11 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.supervisor._worker_ended(self, reason)
 
 
-class WorkerSupervisor(Service):
+class WorkerSupervisor(StartingService):
     """Starts, watches and stops ``config.server.workers`` gateway processes."""
 
     name = "gateway"
+    failure_message = "wyseman workers could not start"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, executable: str = sys.executable, *,
@@ -140,12 +156,6 @@ class WorkerSupervisor(Service):
         self.listen: list[str] = []
 
     # -- start -----------------------------------------------------------------------
-    def startService(self) -> defer.Deferred:  # noqa: N802
-        super().startService()
-        d = self._start()
-        d.addErrback(self._start_failed)
-        return d
-
     @defer.inlineCallbacks
     def _start(self) -> Any:
         dsn = yield self._admin_dsn()
@@ -264,12 +274,8 @@ class WorkerSupervisor(Service):
                 self.ready.errback(failure)
                 self.ready.addErrback(lambda _: None)
             return
-        log.failure("wyseman workers could not start", failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
         self._stop_workers()
-        if self.stop_reactor_on_failure and self.reactor.running:
-            self.reactor.stop()
+        super()._start_failed(failure)
 
     # -- signals and stop ---------------------------------------------------------------
     def signal_workers(self, name: str) -> None:
@@ -297,8 +303,7 @@ class WorkerSupervisor(Service):
             except error.ProcessExitedAlready:
                 continue
             kill = self.reactor.callLater(STOP_GRACE, self._kill, worker)
-            worker.ended.addBoth(lambda result, call=kill: (
-                call.cancel() if call.active() else None, result)[1])
+            worker.ended.addCallback(_cancel_if_active, kill)
         for _, d in self._ready_waiters:
             d.errback(defer.CancelledError("supervisor stopping"))
         self._ready_waiters = []

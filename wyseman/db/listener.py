@@ -65,7 +65,11 @@ class Listener:
         if self._connecting is None:
             return defer.succeed(None)
         settled: defer.Deferred = defer.Deferred()
-        self._connecting.addBoth(lambda result: (settled.callback(None), result)[1])
+
+        def settle(result: Any) -> Any:
+            settled.callback(None)
+            return result
+        self._connecting.addBoth(settle)
         return settled
 
     @property
