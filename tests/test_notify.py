@@ -76,6 +76,22 @@ class FanOutTests(TestCase):
         self.assertNotIn("app_one", listener.channels)
 
     @defer.inlineCallbacks
+    def test_started_server_is_already_listening(self):
+        """Ports open only once the LISTEN connection is up with the server's own
+        channels: a client that logs in at once and is sent a notification gets it."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        listener = server.gateway.db.listener
+        self.assertTrue(listener.connected)
+        self.assertEqual(listener.channels, {"wyseman", "wyseman_auth"})
+        user = add_user(db)
+        _, (conn,) = yield self.sockets(server, db, user, 1, listen=["app_now"])
+        got = defer.Deferred()
+        conn.on_notify("app_now", got.callback)
+        db.run("""notify app_now, '{"n": 1}'""")
+        self.assertEqual((yield got), {"n": 1})
+
+    @defer.inlineCallbacks
     def test_two_servers_on_one_database(self):
         """The scale-out model: each server LISTENs for its own clients."""
         db = fresh_database(self)

@@ -98,9 +98,11 @@ class Database:
     # -- life cycle -----------------------------------------------------------
     @defer.inlineCallbacks
     def start(self) -> Any:
-        """Check the admin connection works and start listening."""
+        """Check the admin connection works and open the LISTEN connection: a client must
+        not log in before it, or notifications sent meanwhile to its channels are lost."""
         yield self.run_admin(lambda conn: conn.execute("select 1"))
         self.listener.start()
+        yield self.listener.ready
         log.info("database ready (admin role {role}, session mode {mode})",
                  role=self.admin_role or "(default)", mode=self.session_mode)
 
