@@ -225,3 +225,67 @@ class AdapterTests(TestCase):
         self.assertEqual(second.rows, [(2,)])
         self.assertEqual(after_error.rows, [(3,)])
         self.assertEqual(zero_delay, [])   # (txpostgres alone delays each by callLater(0))
+
+    @defer.inlineCallbacks
+    def test_statements_leave_the_reactor_registration_alone(self):
+        """Once connected, the socket stays registered: no add/remove per statement
+        (txpostgres alone makes four epoll_ctl calls per statement), and NOTIFYs
+        arriving between and during statements still reach the observers."""
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        other = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(other.close)
+        got = []
+        conn.add_notify_observer(lambda n: got.append(n.payload))
+        yield conn.listen("adapter_test")
+        calls = []
+        patched = {}
+        for name in ("addReader", "removeReader", "addWriter", "removeWriter"):
+            original = getattr(reactor, name)
+            patched[name] = original
+
+            def counting(selectable, _name=name, _original=original):
+                if selectable is conn._conn or getattr(selectable, "_connection", None) \
+                        is conn._conn:
+                    calls.append(_name)
+                return _original(selectable)
+            setattr(reactor, name, counting)
+        try:
+            total = 0
+            for n in range(20):
+                result = yield conn.execute("select %(n)s::int", {"n": n})
+                total += result.rows[0][0]
+            yield other.execute("notify adapter_test, 'between'")
+            # a notification that arrives while a statement of the listening connection runs
+            slow = conn.execute("select pg_sleep(0.2), 1")
+            yield other.execute("notify adapter_test, 'during'")
+            yield slow
+            while len(got) < 2:
+                yield conn.execute("select 1")
+        finally:
+            for name, original in patched.items():
+                setattr(reactor, name, original)
+        self.assertEqual(total, sum(range(20)))
+        self.assertEqual(calls, [])
+        self.assertEqual(sorted(got), ["between", "during"])
+
+    @defer.inlineCallbacks
+    def test_backend_killed_during_a_statement(self):
+        """The running statement fails with a connection error, the owner hears of the
+        loss, and the reactor is left clean (libpq closes its socket on the way)."""
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        admin = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(admin.close)
+        lost = defer.Deferred()
+        conn.on_lost(lambda reason: lost.callback(reason.value))
+        running = conn.execute("select pg_sleep(30)")
+        yield admin.execute("select pg_terminate_backend(%(pid)s)", {"pid": conn.backend_pid})
+        with self.assertRaises(psycopg2.Error) as caught:
+            yield running
+        self.assertTrue(pg.is_connection_error(caught.exception))
+        yield lost
+        self.assertTrue(conn.closed)
+        self.assertNotIn(conn._conn, reactor.getReaders())
