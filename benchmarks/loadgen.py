@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from benchmarks import raise_fd_limit
-from benchmarks.wsclient import HandshakeError, WebSocket, connect, get_json
+from benchmarks.wsclient import HandshakeError, WebSocket, connect, get_json, receive_raw
 from wyseman import keys
 from wyseman.protocol.credentials import js_date, signed_message
 
@@ -311,7 +311,7 @@ class LoadGen:
         burst_cpu: list[float] = []  # CPU seconds at the first burst notification
 
         def on_message(ws: WebSocket, payload: bytes) -> None:
-            now = time.time()
+            now = ws.received_at or time.time()
             msg = orjson.loads(payload)
             if msg.get("action") != "notify":
                 other["non_notify"] += 1
@@ -339,9 +339,7 @@ class LoadGen:
         await self.go.wait()
         cpu0 = cpu_seconds()
         if expected[0]:
-            await asyncio.wait([asyncio.ensure_future(done.wait()),
-                                asyncio.ensure_future(self.stop.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await receive_raw(opened, lambda: done.is_set() or self.stop.is_set())
         emit("result", received=got[0], expected=expected[0], other=dict(other),
              phases={p: {"count": len(v), "latencies_ms": sample(v),
                          "first": first_last[p][0], "last": first_last[p][1]}

@@ -92,6 +92,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """A port P with P … P+count-1 all free now (metrics of worker i are on P+i)."""
+    for _ in range(100):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise BenchError(f"no {count} consecutive free ports")
+
+
+def fanout_stats(ports: list[int]) -> dict[str, Any]:
+    """The server's own ``wyseman_notification_fanout_seconds`` (time to hand one
+    notification to all its sockets) from each process's metrics page: count, mean and
+    the histogram bucket that holds the slowest fan-out (its upper bound)."""
+    import urllib.request
+    count, total, worst = 0, 0.0, 0.0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        n = float(re.search(r"^wyseman_notification_fanout_seconds_count (\S+)$", text,
+                            re.M).group(1))
+        total += float(re.search(r"^wyseman_notification_fanout_seconds_sum (\S+)$", text,
+                                 re.M).group(1))
+        count += int(n)
+        buckets = [(float(le), float(c)) for le, c in re.findall(
+            r'^wyseman_notification_fanout_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)]
+        worst = max([worst] + [min((le for le, c in buckets if c >= n), default=0.0)])
+    return {"count": count, "mean_ms": 1000 * total / count if count else None,
+            "max_bucket_ms": 1000 * worst if count else None}
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
@@ -417,16 +454,22 @@ class Environment:
         return child
 
     def start_server(self, deadline: Deadline, profile: bool = False,
-                     workers: int | None = None) -> Server:
+                     workers: int | None = None, metrics: bool = False) -> Server:
+        workers = workers or self.args.server_workers
+        metrics_ports = []
         config = {
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
-                       "workers": workers or self.args.server_workers},
+                       "workers": workers},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000},
             "channels": {"allow": ["bench_*"]},
             "auth": {"max_failures": 1_000_000},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
         }
+        if metrics:
+            first = free_ports(workers)
+            config["metrics"] = {"listen": f"tcp:{first}:interface=127.0.0.1"}
+            metrics_ports = list(range(first, first + workers))
         spec = {"config": config, "log_file": str(self.workdir / f"server-{self.counter}.log")}
         if profile:
             spec["profile_file"] = str(self.workdir / "server.prof")
@@ -434,7 +477,8 @@ class Environment:
         while True:
             line = child.readline(deadline, 60).decode(errors="replace").split()
             if line and line[0] == "READY":
-                return Server(child, int(line[1]), int(line[2]), spec.get("profile_file"))
+                return Server(child, int(line[1]), int(line[2]), spec.get("profile_file"),
+                              metrics_ports)
             if line and line[0] == "FAILED":
                 raise BenchError(f"server did not start: {' '.join(line[1:])}; "
                                  f"log: {spec['log_file']}")
@@ -505,6 +549,7 @@ class Server:
     port: int
     pid: int
     profile_file: str | None
+    metrics_ports: list[int] = field(default_factory=list)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -810,7 +855,7 @@ class Bench:
         # One paced NOTIFY at a time: the interval must exceed a whole fan-out, or the
         # latencies would measure a queue (Python fans out ~10-100 µs per socket).
         interval = max(0.25, subscribers / 5000)
-        server = env.start_server(deadline, profile=args.profile)
+        server = env.start_server(deadline, profile=args.profile, metrics=True)
         base = {"mode": "notify", "port": server.port, "channel": CHANNEL,
                 "expected": paced + burst, "open_concurrency": 32,
                 "max_seconds": deadline.left()}
@@ -835,6 +880,7 @@ class Bench:
                         cur.execute("select pg_notify(%s, %s)", (CHANNEL, payload))
                         time.sleep(interval)
                     time.sleep(max(1.0, 2 * interval))
+                    paced_fanout = fanout_stats(server.metrics_ports)
                     if args.profile:  # the burst only (profiling slows it down a little)
                         server.child.popen.send_signal(signal.SIGUSR1)
                     before = CpuSnapshot.take(server.pid, env.postmaster_pid)
@@ -880,7 +926,8 @@ class Bench:
         extra = {"received": received, "expected": expected, "paced_notifies": paced,
                  "paced_interval_s": interval, "burst_notifies": burst,
                  "burst_p50_ms": percentile(phase["burst"], 50),
-                 "burst_p99_ms": percentile(phase["burst"], 99)}
+                 "burst_p99_ms": percentile(phase["burst"], 99),
+                 "paced_server_fanout": paced_fanout}
         self.rows.append(Row("notify fan-out", f"{params} K={burst} burst", rate,
                              "deliveries/s", notes=notes, extra=extra))
         self.rows.append(Row("notify latency p50", f"{params} K={paced} paced",
@@ -888,7 +935,9 @@ class Bench:
         self.rows.append(Row("notify latency p99", f"{params} K={paced} paced",
                              percentile(phase["paced"], 99), "ms", notes=(
                                  f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
-                                 f"p99 {fmt(extra['burst_p99_ms'])} ms")))
+                                 f"p99 {fmt(extra['burst_p99_ms'])} ms; server's own "
+                                 f"fan-out (paced): mean {fmt(paced_fanout['mean_ms'])} ms, "
+                                 f"all ≤ {fmt(paced_fanout['max_bucket_ms'])} ms")))
 
     def handshake_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env

@@ -158,7 +158,10 @@ class Gateway:
             return
         started = time.perf_counter()
         frame = prepare_frame(notification_frame(notification))  # framed once for all
-        sent = sum(1 for protocol in list(members) if protocol.send_frame(frame))
+        sent = 0
+        for protocol in list(members):
+            if protocol.send_notification(frame):
+                sent += 1
         self.metrics.notification_fanout.observe(time.perf_counter() - started)
         self.metrics.notifications.inc(sent)
         if sent < len(members):
