@@ -21,6 +21,11 @@ from typing import Any
 import orjson
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# asyncio reads a socket with recv(256 KiB): a buffer above glibc's mmap threshold, so an
+# mmap, a shrinking mremap and a munmap per read, a good share of the generator's CPU for
+# small replies. Frames here are small; 16 KiB reads (more arrive on the next round).
+asyncio.selector_events._SelectorSocketTransport.max_size = 16 * 1024
 _rand32 = random.Random(os.getpid()).getrandbits
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10

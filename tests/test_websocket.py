@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
@@ -306,3 +307,120 @@ class DirectWriteTests(TestCase):
         collector.expected = len(b"small frame") + len(big) + 4
         received = yield collector.complete
         self.assertEqual(received, b"small frame" + big + b"tail")
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    """One client frame (payload under 126 bytes), masked as RFC 6455 requires."""
+    assert len(payload) < 126
+    mask = b"\x37\xfa\x21\x3d"
+    head = bytes([(0x80 if fin else 0) | opcode, (0x80 if masked else 0) | len(payload)])
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class _RawWebSocket(protocol.Protocol):
+    """Logs in (insecure mode), writes ``frames`` in one go, and collects the server's
+    frames as (opcode, payload); ``enough`` fires once ``wanted(frames)`` is true,
+    ``closed`` when the TCP connection goes."""
+
+    def __init__(self, port: int, user: str, frames: bytes, wanted: Any) -> None:
+        self.request = (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.frames, self.wanted = frames, wanted
+        self.buffer = b""
+        self.upgraded = False
+        self.received: list[tuple[int, bytes]] = []
+        self.enough: defer.Deferred = defer.Deferred()
+        self.closed: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.buffer += data
+        if not self.upgraded:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            assert head.startswith(b"HTTP/1.1 101"), head
+            self.upgraded, self.buffer = True, rest
+            self.transport.write(self.frames)
+        while len(self.buffer) >= 2:
+            length, start = self.buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
+            if len(self.buffer) < start + length:
+                break
+            self.received.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
+            self.buffer = self.buffer[start + length:]
+        if not self.enough.called and self.wanted(self.received):
+            self.enough.callback(self.received)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.closed.callback(self.received)
+
+
+class FrameParsingTests(TestCase):
+    """The short cut for small whole text frames (GatewayProtocol.processData) next to
+    Autobahn's own parser: fragments, control frames, bad UTF-8, unmasked frames."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.user = add_user(self.db, "frames")
+        self.server = yield start_gateway(self, self.db, auth={"insecure": True})
+
+    def open(self, frames: bytes, wanted: Any = lambda received: False) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        client = _RawWebSocket(self.server.port, self.user, frames, wanted)
+        return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port),
+                               client).addCallback(lambda _: client)
+
+    @defer.inlineCallbacks
+    def test_short_frames_between_fragments_and_pings(self):
+        from autobahn.websocket.protocol import WebSocketProtocol
+        begun = []
+        original = WebSocketProtocol.onFrameBegin
+
+        def counting(protocol_self):
+            begun.append(protocol_self.current_frame.opcode)
+            return original(protocol_self)
+        self.patch(WebSocketProtocol, "onFrameBegin", counting)
+
+        def request(n):
+            return json.dumps({"id": n, "action": "no_such_action"}).encode()
+        second = request(2)
+        frames = (client_frame(1, request(1)) + client_frame(9, b"ping!")
+                  + client_frame(1, second[:7], fin=False) + client_frame(0, second[7:])
+                  + client_frame(1, request(3)) + client_frame(1, request(4)))
+        client = yield self.open(frames, lambda got: sum(op == 1 for op, _ in got) == 4)
+        received = yield client.enough
+        client.transport.loseConnection()
+        yield client.closed
+        replies = sorted(json.loads(payload)["id"] for op, payload in received if op == 1)
+        self.assertEqual(replies, [1, 2, 3, 4])
+        for op, payload in received:
+            if op == 1:
+                self.assertIn("error", json.loads(payload))
+        self.assertIn((10, b"ping!"), received)            # the pong
+        self.assertEqual(begun, [9, 1, 0])  # only the ping and the fragments took Autobahn's way
+
+    @defer.inlineCallbacks
+    def test_short_frame_with_invalid_utf8_closes_1007(self):
+        client = yield self.open(client_frame(1, b'{"id": 1, "x": "\xff\xfe"}'))
+        received = yield client.closed
+        closes = [payload for op, payload in received if op == 8]
+        self.assertEqual([int.from_bytes(c[:2], "big") for c in closes], [1007])
+        self.assertFalse([payload for op, payload in received if op == 1])
+
+    @defer.inlineCallbacks
+    def test_unmasked_short_frame_closes_1002(self):
+        client = yield self.open(client_frame(1, b'{"id": 1}', masked=False))
+        received = yield client.closed
+        closes = [payload for op, payload in received if op == 8]
+        self.assertEqual([int.from_bytes(c[:2], "big") for c in closes], [1002])
