@@ -96,14 +96,9 @@ class RolePool:
         """A Deferred firing with a :class:`Connection` reserved for the caller."""
         if self._closed:
             return defer.fail(PoolClosed(self.role))
-        while self._idle:
-            slot = self._idle.pop()  # most recently used: warm, and lets others idle out
-            self._cancel_idle_timer(slot)
-            if slot.conn.closed:
-                continue
-            self._busy[id(slot.conn)] = slot
-            self._update_stats()
-            return defer.succeed(slot.conn)
+        conn = self._take_idle()
+        if conn is not None:
+            return defer.succeed(conn)
         if self.open_count < self.size and self.owner.reserve(self):
             return self._open()
         if len(self._waiters) >= self.queue_limit:
@@ -114,6 +109,18 @@ class RolePool:
         self.stats.waits_total += 1
         self._update_stats()
         return waiter
+
+    def _take_idle(self) -> Connection | None:
+        """An idle connection, now busy, or None."""
+        while self._idle:
+            slot = self._idle.pop()  # most recently used: warm, and lets others idle out
+            self._cancel_idle_timer(slot)
+            if slot.conn.closed:
+                continue
+            self._busy[id(slot.conn)] = slot
+            self._update_stats()
+            return slot.conn
+        return None
 
     def _cancel_waiter(self, waiter: defer.Deferred) -> None:
         try:
@@ -240,20 +247,26 @@ class RolePool:
 
     # -- running work --------------------------------------------------------
     def run(self, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
-        """Acquire, run ``work(conn)``, release (discarding the connection if it broke)."""
-        d = self.acquire()
+        """Acquire, run ``work(conn)``, release (discarding the connection if it broke).
+        With an idle connection at hand, ``work`` runs at once (no Deferred to wait on)."""
+        conn = None if self._closed else self._take_idle()
+        if conn is None:
+            return self.acquire().addCallback(self._run_on, work)
+        return self._run_on(conn, work)
 
-        def got(conn: Connection) -> defer.Deferred:
-            inner = defer.maybeDeferred(work, conn)
+    def _run_on(self, conn: Connection, work: Callable[[Connection], Any]) -> defer.Deferred:
+        try:
+            inner = work(conn)
+        except Exception:
+            inner = defer.fail()
+        if not isinstance(inner, defer.Deferred):
+            inner = defer.succeed(inner)
+        return inner.addBoth(self._done, conn)
 
-            def done(result: Any) -> Any:
-                broken = isinstance(result, Failure) and is_connection_error(result)
-                self.release(conn, broken=broken or conn.closed)
-                return result
-
-            return inner.addBoth(done)
-
-        return d.addCallback(got)
+    def _done(self, result: Any, conn: Connection) -> Any:
+        broken = isinstance(result, Failure) and is_connection_error(result)
+        self.release(conn, broken=broken or conn.closed)
+        return result
 
 
 def _describe(failure: Failure) -> str:
@@ -311,6 +324,8 @@ class PoolSet:
         self.capacity_available()
 
     def capacity_available(self) -> None:
+        if not self.waiting:
+            return
         for pool in list(self.waiting):
             if not pool.has_waiters():
                 self.waiting.discard(pool)

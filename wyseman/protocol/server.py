@@ -68,6 +68,15 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
         n, "little")
 
 
+def text_frame_header(length: int) -> bytes:
+    """Header of a final, unmasked text frame of ``length`` payload bytes (RFC 6455 §5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but for a plain TCP connection whose write buffer is
     empty the bytes go to the socket at once (what does not fit is buffered as usual)."""
@@ -310,6 +319,17 @@ class GatewayProtocol(WebSocketServerProtocol):
     def _send_now(self, frame: bytes | PreparedMessage) -> None:
         if isinstance(frame, PreparedMessage):
             self.sendPreparedMessage(frame)
+        elif (self._perMessageCompress is None and not self.autoFragmentSize
+              and not self.maskServerFrames and not self.logFrames and not self.trackedTimings
+              and not self.send_queue and self.state == self.STATE_OPEN
+              and not 0 < self.maxMessagePayloadSize < len(frame)):
+            # What sendMessage → sendFrame → sendData come to for an unfragmented,
+            # uncompressed text frame from a server, in one step.
+            write_now(self.transport, text_frame_header(len(frame)) + frame)
+            stats = self.trafficStats
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingWebSocketFrames += 1
+            stats.outgoingOctetsWireLevel += len(frame)
         else:
             self.sendMessage(frame, isBinary=False)
 
