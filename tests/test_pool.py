@@ -289,3 +289,80 @@ class AdapterTests(TestCase):
         yield lost
         self.assertTrue(conn.closed)
         self.assertNotIn(conn._conn, reactor.getReaders())
+
+    @defer.inlineCallbacks
+    def prepared_names(self, conn):
+        result = yield conn.execute("select name, statement from pg_prepared_statements "
+                                    "order by prepare_time")
+        return result.rows
+
+    @defer.inlineCallbacks
+    def test_prepared_statement_reused(self):
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        sql = "select $1::int + 1 as n"
+        answers = []
+        for value in ("41", "1", None):
+            result = yield conn.execute_prepared(
+                sql, (value,), ("select %(p1)s::int + 1 as n", {"p1": value}))
+            answers.append(result.rows[0][0])
+        self.assertEqual(answers, [42, 2, None])
+        prepared = yield self.prepared_names(conn)
+        self.assertEqual(len(prepared), 1)            # prepared once, executed three times
+        self.assertIn(sql, prepared[0][1])
+
+    @defer.inlineCallbacks
+    def test_unpreparable_text_runs_with_literals(self):
+        """``pg_typeof($1)``: PREPARE cannot type the parameter (42P18); the literal
+        is of type unknown, and that is what the caller gets, every time."""
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        sql = "select pg_typeof($1)::text as v, $1 is null as n"
+        for _ in range(2):
+            result = yield conn.execute_prepared(
+                sql, ("7",), ("select pg_typeof(%(p1)s)::text as v, %(p1)s is null as n",
+                              {"p1": "7"}))
+            self.assertEqual(result.rows, [("unknown", False)])
+        self.assertEqual((yield self.prepared_names(conn)), [])
+        self.assertIsNone(conn._prepared[sql])   # not tried a second time
+
+    @defer.inlineCallbacks
+    def test_errors_reach_the_caller_and_result_type_changes_are_survived(self):
+        db = fresh_database(self)
+        db.run("create table public.t (id int primary key, a int); "
+               "insert into public.t values (1, 10)")
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+
+        def run(sql, values, plain):
+            return conn.execute_prepared(sql, values, plain)
+        with self.assertRaises(psycopg2.errors.UndefinedTable):     # a PREPARE error
+            yield run("select * from public.nope where id = $1", ("1",),
+                      ("select * from public.nope where id = %(p1)s", {"p1": "1"}))
+        with self.assertRaises(psycopg2.errors.DivisionByZero):     # an EXECUTE error
+            yield run("select 1 / $1::int", ("0",), ("select 1 / %(p1)s::int", {"p1": "0"}))
+        select = ("select * from public.t where id = $1", ("1",),
+                  ("select * from public.t where id = %(p1)s", {"p1": "1"}))
+        first = yield run(*select)
+        self.assertEqual((first.columns, first.rows), (("id", "a"), [(1, 10)]))
+        db.run("alter table public.t add column b text default 'x'")   # result type changes
+        second = yield run(*select)
+        self.assertEqual((second.columns, second.rows), (("id", "a", "b"), [(1, 10, "x")]))
+        third = yield run(*select)                                     # prepared anew
+        self.assertEqual(third.rows, [(1, 10, "x")])
+        statements = [s for _, s in (yield self.prepared_names(conn))]
+        self.assertEqual(sum("public.t where" in s for s in statements), 1)
+
+    @defer.inlineCallbacks
+    def test_prepared_statements_are_bounded_per_connection(self):
+        self.patch(pg, "PREPARED_LIMIT", 3)
+        db = fresh_database(self)
+        conn = yield pg.connect(db.dsn, reactor)
+        self.addCleanup(conn.close)
+        for n in range(7):
+            result = yield conn.execute_prepared(
+                f"select $1::int + {n}", ("1",), (f"select %(p1)s::int + {n}", {"p1": "1"}))
+            self.assertEqual(result.rows, [(1 + n,)])
+            self.assertLessEqual(len((yield self.prepared_names(conn))), 3)

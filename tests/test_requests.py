@@ -64,6 +64,49 @@ class StatementTimeoutTests(TestCase):
         self.assertTrue(row["curr_eid"])
 
 
+class PreparedStatementTests(TestCase):
+    """[database] prepared_statements: reads run as prepared statements of the session
+    connection (same answers), and not at all when the option is off."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def answers_and_prepared(self, **database):
+        db = fresh_database(self)
+        db.run(SAMPLE)
+        user = add_user(db, "prep")
+        server = yield start_gateway(self, db, database=database)
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        yield conn.request({"action": "insert", "view": "app.item_v",
+                            "fields": {"name": "bolt", "qty": 3}})
+        answers = []
+        for _ in range(3):
+            answers.append((yield conn.request({"action": "select", "view": "app.item_v",
+                                                "fields": ["name", "qty"],
+                                                "where": {"qty": 3}})))
+            answers.append((yield conn.request({"action": "tuple", "view": "app.item_v",
+                                                "fields": ["name"], "where": {"name": "bolt"}})))
+        # the requests ran one after the other: on the one pooled connection of the role
+        result = yield server.gateway.db.run_as(
+            user, lambda c: c.execute("select statement from pg_prepared_statements"))
+        return answers, [row[0] for row in result.rows]
+
+    @defer.inlineCallbacks
+    def test_reads_prepared_once_per_connection(self):
+        answers, prepared = yield self.answers_and_prepared()
+        self.assertEqual(answers, [[{"name": "bolt", "qty": 3}], {"name": "bolt"}] * 3)
+        self.assertEqual(len(prepared), 2, prepared)        # one per distinct request shape
+        self.assertFalse([s for s in prepared if "insert" in s])   # writes are not prepared
+
+    @defer.inlineCallbacks
+    def test_option_off(self):
+        answers, prepared = yield self.answers_and_prepared(prepared_statements=False)
+        self.assertEqual(answers, [[{"name": "bolt", "qty": 3}], {"name": "bolt"}] * 3)
+        self.assertEqual(prepared, [])
+
+
 class _SampleServer(TestCase):
     """A server in front of the sample schema, and one logged-in connection."""
 

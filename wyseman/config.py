@@ -214,6 +214,12 @@ OPTIONS: tuple[Option, ...] = (
        "Seconds to wait for a PostgreSQL connection."),
     _o("database", "statement_timeout", _seconds, 30.0,
        "Per-request `statement_timeout` in seconds (0 disables)."),
+    _o("database", "prepared_statements", _bool, True,
+       "Run `select`/`tuple`/`delete` requests as prepared statements of their session "
+       "connection (SQL `PREPARE`/`EXECUTE`; PostgreSQL then skips parsing and planning: "
+       "about half its CPU for a one-row lookup). Turn off behind a pooler in transaction "
+       "mode (PgBouncer `pool_mode = transaction`), where a session's prepared statements "
+       "do not follow it."),
 
     # [auth]
     _o("auth", "date_window", _seconds, 60.0,

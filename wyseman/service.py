@@ -225,7 +225,8 @@ class GatewayService(StartingService):
             reactor=self.reactor, pool_size=db_conf.pool_size, pool_total=db_conf.pool_total,
             pool_queue=db_conf.pool_queue, idle_timeout=db_conf.pool_idle_timeout,
             max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
-            statement_timeout=db_conf.statement_timeout)
+            statement_timeout=db_conf.statement_timeout,
+            prepared_statements=db_conf.prepared_statements)
         self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay)
         yield self.gateway.start()
         for spec in self.specs:

@@ -51,8 +51,11 @@ class Database:
                  pool_queue: int = 1000, idle_timeout: float = 300.0,
                  max_lifetime: float = 3600.0, connect_timeout: float = 10.0,
                  statement_timeout: float = 30.0, admin_pool_size: int = 4,
+                 prepared_statements: bool = True,
                  on_listener_reconnect: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
+        #: run reads as prepared statements of their session connection
+        self.prepared_statements = prepared_statements
         self.admin_dsn = admin_dsn
         self.session_dsn = session_dsn or admin_dsn
         self.session_mode = session_mode

@@ -170,7 +170,9 @@ class Dispatcher:
     def _run(self, statement: compiler.Statement, session: Session,
              request: dict) -> defer.Deferred:
         writes = statement.rows == "one" and request.get("action") in _WRITES
-        d = self.db.run_as(session.user, lambda conn: _execute(conn, statement, writes))
+        prepare = getattr(self.db, "prepared_statements", False)
+        d = self.db.run_as(session.user,
+                           lambda conn: _execute(conn, statement, writes, prepare))
         return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
                               errbackArgs=(request,))
 
@@ -202,17 +204,11 @@ def _statement_key(request: dict, generation: int) -> bytes | None:
         return None
 
 
-def _execute(conn: pg.Connection, statement: compiler.Statement,
-             writes: bool) -> defer.Deferred:
+def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
+             prepare: bool = False) -> defer.Deferred:
     as_json = statement.json_sql is not None and not writes
     sql, params = statement.pyformat(as_json)
     rows_of = _json_rows if as_json else pg.Result.dicts
-    if statement.rows == "many":
-        if as_json:
-            return conn.execute(sql, params).addCallback(_json_array)
-        return conn.execute(sql, params).addCallback(rows_of)
-    if statement.rows == "none":
-        return conn.execute(sql, params).addCallback(lambda r: None)
 
     def single(result: pg.Result) -> Any:
         rows = rows_of(result)
@@ -223,7 +219,18 @@ def _execute(conn: pg.Connection, statement: compiler.Statement,
     # Writes run in a transaction that rolls back unless exactly one row was hit.
     if writes:
         return conn.transaction(lambda tx: tx.execute(sql, params).addCallback(single))
-    return conn.execute(sql, params).addCallback(single)
+    if prepare and all(type(v) is str or v is None for v in statement.params):
+        # (bytes values are typed literals: as EXECUTE arguments they could resolve
+        # differently from what PREPARE inferred, so such statements stay literal)
+        dollar_sql = statement.json_sql if as_json else statement.sql
+        result = conn.execute_prepared(dollar_sql, statement.params, (sql, params))
+    else:
+        result = conn.execute(sql, params)
+    if statement.rows == "many":
+        return result.addCallback(_json_array if as_json else rows_of)
+    if statement.rows == "none":
+        return result.addCallback(lambda r: None)
+    return result.addCallback(single)
 
 
 def _json_rows(result: pg.Result) -> list[RawJSON]:
