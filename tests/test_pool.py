@@ -88,6 +88,32 @@ class PoolTests(TestCase):
         self.assertEqual(pools.open_connections, 0)
 
     @defer.inlineCallbacks
+    def test_each_idle_connection_closes_after_its_own_idle_time(self):
+        """One timer per pool: many releases do not pile up timers, a connection used
+        again is not closed on its old schedule, and each closes idle_timeout after its
+        own last release."""
+        user = add_user(self.db)
+        pool = self.pools(size=2, idle_timeout=10).pool(user)
+        first = yield pool.acquire()
+        second = yield pool.acquire()
+        pool.release(first)                         # t=0
+        self.clock.advance(4)
+        pool.release(second)                        # t=4
+        for _ in range(50):                         # busy: the same (warm) one each time
+            again = yield pool.acquire()
+            self.assertIs(again, second)
+            pool.release(again)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(6)                       # t=10: first idle for 10 s
+        self.assertTrue(first.closed)
+        self.assertFalse(second.closed)
+        self.clock.advance(3.9)                     # t=13.9: second idle 9.9 s
+        self.assertFalse(second.closed)
+        self.clock.advance(0.1)
+        self.assertTrue(second.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
     def test_connections_replaced_after_max_lifetime(self):
         user = add_user(self.db)
         pools = self.pools(size=1, max_lifetime=60, idle_timeout=0)

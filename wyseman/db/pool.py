@@ -48,7 +48,6 @@ class _Slot:
     conn: Connection
     born: float
     idle_since: float = 0.0
-    idle_timer: Any = None
 
 
 @dataclass
@@ -80,6 +79,9 @@ class RolePool:
         self._connecting = 0
         self._pending_connects: set[defer.Deferred] = set()
         self._closed = False
+        #: one timer per pool closes idle connections (not one per release: a timer
+        #: made and cancelled per request costs more than the pool's own bookkeeping)
+        self._sweep: Any = None
 
     # -- accounting --------------------------------------------------------
     @property
@@ -114,7 +116,6 @@ class RolePool:
         """An idle connection, now busy, or None."""
         while self._idle:
             slot = self._idle.pop()  # most recently used: warm, and lets others idle out
-            self._cancel_idle_timer(slot)
             if slot.conn.closed:
                 continue
             self._busy[id(slot.conn)] = slot
@@ -182,9 +183,9 @@ class RolePool:
             self._update_stats()
             return
         slot.idle_since = now
-        if self.idle_timeout > 0:
-            slot.idle_timer = self.clock.callLater(self.idle_timeout, self._idle_out, slot)
-        self._idle.append(slot)
+        self._idle.append(slot)       # (oldest on the left: idle_since increases)
+        if self._sweep is None:
+            self._schedule_sweep(now)
         self._update_stats()
         self.owner.capacity_available()
 
@@ -201,19 +202,20 @@ class RolePool:
         return bool(self._waiters)
 
     # -- closing -----------------------------------------------------------
-    def _cancel_idle_timer(self, slot: _Slot) -> None:
-        if slot.idle_timer is not None and slot.idle_timer.active():
-            slot.idle_timer.cancel()
-        slot.idle_timer = None
+    def _schedule_sweep(self, now: float) -> None:
+        if self.idle_timeout > 0 and self._idle and not self._closed:
+            due = self._idle[0].idle_since + self.idle_timeout
+            self._sweep = self.clock.callLater(max(0.0, due - now), self._sweep_idle)
 
-    def _idle_out(self, slot: _Slot) -> None:
-        slot.idle_timer = None
-        if slot in self._idle:
-            self._idle.remove(slot)
-            self._discard(slot)
+    def _sweep_idle(self) -> None:
+        """Close the connections idle for ``idle_timeout``; wake again for the next."""
+        self._sweep = None
+        now = self.clock.seconds()
+        while self._idle and now - self._idle[0].idle_since >= self.idle_timeout:
+            self._discard(self._idle.popleft())
+        self._schedule_sweep(now)
 
     def _discard(self, slot: _Slot) -> None:
-        self._cancel_idle_timer(slot)
         slot.conn.close()
         self.owner.release_capacity()
         self._update_stats()
@@ -222,7 +224,6 @@ class RolePool:
         """The server dropped a connection: forget it (a busy one errors in its query)."""
         if slot in self._idle:
             self._idle.remove(slot)
-            self._cancel_idle_timer(slot)
             self.owner.release_capacity()
             self._update_stats()
 
@@ -237,6 +238,9 @@ class RolePool:
         """Close every connection; the Deferred fires once connects still under way have
         finished too (each is closed as it completes), so nothing outlives the pool."""
         self._closed = True
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         while self._waiters:
             self._waiters.popleft().errback(PoolClosed(self.role))
         while self._idle:

@@ -210,6 +210,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         except RuntimeError:
             pass
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted name)
+        """Autobahn's, without the debug-log arguments it formats for every read."""
+        self._dataReceived(data)
+
     def processData(self) -> bool:  # noqa: N802 (Autobahn name)
         """Autobahn's frame parser, with a short cut for the frame almost every request
         is: one whole, final, masked text frame under 126 bytes, no extension, outside a
