@@ -700,6 +700,7 @@ class Bench:
         return {"rps": completed / args.duration, "completed": completed, "errors": errors,
                 "first_error": first_error, "reply": reply, "warmed": warmed,
                 "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                "pct": {q: percentile(latencies, q) for q in (10, 25, 50, 75, 90, 95, 99, 99.9)},
                 "mean": statistics.fmean(latencies) if latencies else None,
                 "cpu": before.until(after),
                 "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results]}
