@@ -21,6 +21,7 @@ from wyseman.config import Config
 from wyseman.db.database import Database
 from wyseman.db.pg import Notification
 from wyseman.db.types import dumps
+from wyseman.gcpause import PauseObserver
 from wyseman.metrics import Metrics
 from wyseman.protocol.dispatch import Dispatcher
 from wyseman.protocol.handshake import Authenticator, ChannelPolicy
@@ -50,6 +51,7 @@ class Gateway:
         self.db = db
         self.clock = clock
         self.metrics = Metrics()
+        self._gc_pauses = PauseObserver(self.metrics.gc_pauses)
         self.metrics.listen_reconnects.set_function(lambda: db.listener.reconnects)
         pools = db.users
         self.metrics.pool_connections.set_function(lambda: pools.open_connections)
@@ -81,6 +83,7 @@ class Gateway:
 
     # -- life cycle ----------------------------------------------------------
     def start(self) -> Any:
+        self._gc_pauses.start()
         d = self.db.start()
         if self.admin_channel:
             d.addCallback(lambda _: self.db.listener.subscribe(self.admin_channel,
@@ -89,6 +92,7 @@ class Gateway:
         return d
 
     def stop(self) -> defer.Deferred:
+        self._gc_pauses.stop()
         return self.db.stop()
 
     # -- origin ----------------------------------------------------------------

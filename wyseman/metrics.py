@@ -33,6 +33,11 @@ class Metrics:
         self.pool_waits = Gauge("wyseman_pool_waits",
                                 "Requests that had to wait for a pooled connection, in all",
                                 registry=r)
+        self.gc_pauses = Histogram(
+            "wyseman_gc_pause_seconds",
+            "Duration of Python's cyclic garbage collections, by generation", ["generation"],
+            registry=r,
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.listen_reconnects = Gauge("wyseman_listen_reconnects",
                                        "Times the LISTEN connection was re-opened", registry=r)
 
