@@ -108,22 +108,25 @@ def free_ports(count: int) -> int:
     raise BenchError(f"no {count} consecutive free ports")
 
 
-def fanout_stats(ports: list[int]) -> dict[str, Any]:
-    """The server's own ``wyseman_notification_fanout_seconds`` (time to hand one
-    notification to all its sockets) from each process's metrics page: count, mean and
-    the histogram bucket that holds the slowest fan-out (its upper bound)."""
+def histogram_stats(ports: list[int], name: str, labels: str = "") -> dict[str, Any]:
+    """A histogram of the server's metrics pages (one per process), summed: count, mean
+    and the upper bound of the bucket that holds the largest observation. ``labels`` is
+    the label text before ``le`` (e.g. ``generation="2",``)."""
     import urllib.request
     count, total, worst = 0, 0.0, 0.0
+    sel = "{" + labels[:-1] + "}" if labels else ""
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
             text = page.read().decode()
-        n = float(re.search(r"^wyseman_notification_fanout_seconds_count (\S+)$", text,
-                            re.M).group(1))
-        total += float(re.search(r"^wyseman_notification_fanout_seconds_sum (\S+)$", text,
+        found = re.search(rf"^{name}_count{re.escape(sel)} (\S+)$", text, re.M)
+        if not found:
+            continue
+        n = float(found.group(1))
+        total += float(re.search(rf"^{name}_sum{re.escape(sel)} (\S+)$", text,
                                  re.M).group(1))
         count += int(n)
         buckets = [(float(le), float(c)) for le, c in re.findall(
-            r'^wyseman_notification_fanout_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)]
+            rf'^{name}_bucket\{{{re.escape(labels)}le="([^"]+)"\}} (\S+)$', text, re.M)]
         worst = max([worst] + [min((le for le, c in buckets if c >= n), default=0.0)])
     return {"count": count, "mean_ms": 1000 * total / count if count else None,
             "max_bucket_ms": 1000 * worst if count else None}
@@ -881,7 +884,10 @@ class Bench:
                         cur.execute("select pg_notify(%s, %s)", (CHANNEL, payload))
                         time.sleep(interval)
                     time.sleep(max(1.0, 2 * interval))
-                    paced_fanout = fanout_stats(server.metrics_ports)
+                    paced_fanout = histogram_stats(server.metrics_ports,
+                                                   "wyseman_notification_fanout_seconds")
+                    full_gc = histogram_stats(server.metrics_ports, "wyseman_gc_pause_seconds",
+                                              'generation="2",')
                     if args.profile:  # the burst only (profiling slows it down a little)
                         server.child.popen.send_signal(signal.SIGUSR1)
                     before = CpuSnapshot.take(server.pid, env.postmaster_pid)
@@ -928,7 +934,7 @@ class Bench:
                  "paced_interval_s": interval, "burst_notifies": burst,
                  "burst_p50_ms": percentile(phase["burst"], 50),
                  "burst_p99_ms": percentile(phase["burst"], 99),
-                 "paced_server_fanout": paced_fanout}
+                 "paced_server_fanout": paced_fanout, "server_full_gc": full_gc}
         self.rows.append(Row("notify fan-out", f"{params} K={burst} burst", rate,
                              "deliveries/s", notes=notes, extra=extra))
         self.rows.append(Row("notify latency p50", f"{params} K={paced} paced",
@@ -938,7 +944,10 @@ class Bench:
                                  f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
                                  f"p99 {fmt(extra['burst_p99_ms'])} ms; server's own "
                                  f"fan-out (paced): mean {fmt(paced_fanout['mean_ms'])} ms, "
-                                 f"all ≤ {fmt(paced_fanout['max_bucket_ms'])} ms")))
+                                 f"all ≤ {fmt(paced_fanout['max_bucket_ms'])} ms; "
+                                 f"full GCs until then: {full_gc['count']}, mean "
+                                 f"{fmt(full_gc['mean_ms'])} ms, all ≤ "
+                                 f"{fmt(full_gc['max_bucket_ms'])} ms")))
 
     def handshake_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
