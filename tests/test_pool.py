@@ -380,6 +380,12 @@ class AdapterTests(TestCase):
         self.assertEqual(third.rows, [(1, 10, "x")])
         statements = [s for _, s in (yield self.prepared_names(conn))]
         self.assertEqual(sum("public.t where" in s for s in statements), 1)
+        yield conn.execute("deallocate all")          # e.g. a function ran DISCARD ALL
+        fourth = yield run(*select)                    # 26000: answered, then prepared anew
+        self.assertEqual(fourth.rows, [(1, 10, "x")])
+        fifth = yield run(*select)
+        self.assertEqual(fifth.rows, [(1, 10, "x")])
+        self.assertEqual(len((yield self.prepared_names(conn))), 1)
 
     @defer.inlineCallbacks
     def test_prepared_statements_are_bounded_per_connection(self):
