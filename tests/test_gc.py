@@ -48,3 +48,26 @@ class GcFreezeTests(TestCase):
         sentinel = [object()]
         yield start_gateway(self, db, server={"gc_freeze": False})
         self.assertTrue(tracked(sentinel))
+
+
+class GcThresholdTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        gc.set_threshold(700, 10, 10)
+
+    @defer.inlineCallbacks
+    def test_young_threshold_raised(self):
+        db = fresh_database(self)
+        yield start_gateway(self, db)
+        self.assertEqual(gc.get_threshold(), (10_000, 10, 10))
+
+    @defer.inlineCallbacks
+    def test_configured_and_zero_leaves_it_alone(self):
+        db = fresh_database(self)
+        yield start_gateway(self, db, server={"gc_threshold": 2500})
+        self.assertEqual(gc.get_threshold(), (2500, 10, 10))
+        gc.set_threshold(700, 10, 10)
+        yield start_gateway(self, db, server={"gc_threshold": 0})
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))

@@ -170,6 +170,11 @@ OPTIONS: tuple[Option, ...] = (
        "Python's cyclic garbage collector's view (`gc.freeze()`): its full collections no "
        "longer walk them, which paused the server 15–25 ms about twice a second under load. "
        "Turn off if the embedding application manages the collector itself."),
+    _o("server", "gc_threshold", _int_range(0, 10_000_000), 10_000,
+       "Allocations between two collections of Python's youngest garbage-collector "
+       "generation (`gc.set_threshold`; Python's default is 700, which under load promotes "
+       "in-flight requests' objects and triggers long full collections). 0 leaves the "
+       "process's setting alone."),
     _o("server", "allowed_origins", _list_of(_string, "origins"), (),
        "Origins (`https://app.example.com`) allowed to open a WebSocket from a browser. Empty: "
        "only an `Origin` whose host equals the `Host` header's host. `\"*\"` allows any. "

@@ -22,6 +22,22 @@ from twisted.logger import Logger
 log = Logger(namespace="wyseman.gc")
 
 
+def set_young_threshold(threshold: int) -> None:
+    """Collect the youngest generation every ``threshold`` allocations (Python: 700).
+
+    At 700, a busy server collects the young generation hundreds of times a second; each
+    collection promotes whatever is in flight at that moment (requests' Deferreds, frames)
+    to the older generations, and those promotions are what trigger full collections,
+    which walk every connection's objects. On the benchmark machine, at 10,000: 9 full
+    collections (mean 114 ms) while 10,000 sockets logged in and listened became 1 (24 ms),
+    and tuple requests at C=100 went from 8,200–9,100 to 9,200–9,600 per second.
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(threshold, middle, old)
+    log.info("garbage collector: young generation collected every {n} allocations",
+             n=threshold)
+
+
 def freeze_startup_objects() -> int:
     """Collect, then freeze what is left; → how many objects are frozen now."""
     gc.collect()

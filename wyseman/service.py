@@ -28,7 +28,7 @@ from twisted.web import server
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
 from wyseman.gateway import Gateway
-from wyseman.gcpause import freeze_startup_objects
+from wyseman.gcpause import freeze_startup_objects, set_young_threshold
 from wyseman.protocol.handshake import is_loopback
 from wyseman.protocol.server import build_site
 from wyseman.sighup import SighupHandler
@@ -242,6 +242,8 @@ class GatewayService(StartingService):
             yield self._listen(parse_listen(self.config.metrics.listen), self._metrics_site())
         if self.tls is not None:
             self._sighup.install()   # kill -HUP re-reads the certificate
+        if self.config.server.gc_threshold:
+            set_young_threshold(self.config.server.gc_threshold)
         if self.config.server.gc_freeze:
             freeze_startup_objects()
         self.ready.callback(self)
