@@ -44,6 +44,19 @@ class LimitTests(TestCase):
         self.assertEqual(code, 1009)
 
     @defer.inlineCallbacks
+    def test_reply_larger_than_max_message_size_is_delivered(self):
+        """max_message_size bounds what a client may send, not the replies it asked for."""
+        db = fresh_database(self)
+        db.run(BIG)
+        user = add_user(db)
+        server = yield start_gateway(self, db, limits={"max_message_size": 4096,
+                                                       "max_frame_size": 4096})
+        conn = yield self.login(server, db, user)
+        row = yield conn.request({"action": "tuple", "view": "public.big(int)",
+                                  "params": [100_000]})
+        self.assertEqual(row["big"], "x" * 100_000)
+
+    @defer.inlineCallbacks
     def test_slow_consumer_is_cut(self):
         db = fresh_database(self)
         db.run(BIG)

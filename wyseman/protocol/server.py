@@ -229,7 +229,9 @@ class GatewayProtocol(WebSocketServerProtocol):
             b1 = data[1]
             length = b1 & 0x7F
             end = 6 + length
-            if b1 & 0x80 and length < 126 and len(data) >= end:
+            if (b1 & 0x80 and length < 126 and len(data) >= end
+                    and not 0 < self.maxFramePayloadSize < length
+                    and not 0 < self.maxMessagePayloadSize < length):
                 payload = unmask(data[6:end], data[2:6])
                 try:
                     payload.decode("utf-8")
@@ -321,21 +323,36 @@ class GatewayProtocol(WebSocketServerProtocol):
         return self.send_frame(frame)
 
     def _send_now(self, frame: bytes | PreparedMessage) -> None:
+        """Frame and send a reply ourselves: in one step, and whatever its size.
+
+        Autobahn's ``sendMessage`` refuses (raises) a message larger than
+        ``maxMessagePayloadSize``, the limit we set on what a *client* may send
+        (``[limits] max_message_size``): a reply of more than 1 MiB would be lost.
+        Compression and fragmenting options are not used by this server; should they be
+        on, Autobahn's path is taken and the limit is lifted for the call.
+        """
         if isinstance(frame, PreparedMessage):
             self.sendPreparedMessage(frame)
         elif (self._perMessageCompress is None and not self.autoFragmentSize
               and not self.maskServerFrames and not self.logFrames and not self.trackedTimings
-              and not self.send_queue and self.state == self.STATE_OPEN
-              and not 0 < self.maxMessagePayloadSize < len(frame)):
+              and self.state == self.STATE_OPEN):
             # What sendMessage → sendFrame → sendData come to for an unfragmented,
-            # uncompressed text frame from a server, in one step.
-            write_now(self.transport, text_frame_header(len(frame)) + frame)
+            # uncompressed text frame from a server.
+            data = text_frame_header(len(frame)) + frame
+            if self.send_queue:
+                self.sendData(data)     # behind what Autobahn has queued
+            else:
+                write_now(self.transport, data)
+                self.trafficStats.outgoingOctetsWireLevel += len(data)
             stats = self.trafficStats
             stats.outgoingWebSocketMessages += 1
             stats.outgoingWebSocketFrames += 1
-            stats.outgoingOctetsWireLevel += len(frame)
         else:
-            self.sendMessage(frame, isBinary=False)
+            limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+            try:
+                self.sendMessage(frame, isBinary=False)
+            finally:
+                self.maxMessagePayloadSize = limit
 
     def _flush_outbound(self) -> None:
         while self._outbound and not self._send_paused and self.state == self.STATE_OPEN:
