@@ -71,3 +71,24 @@ class GcThresholdTests(TestCase):
         gc.set_threshold(700, 10, 10)
         yield start_gateway(self, db, server={"gc_threshold": 0})
         self.assertEqual(gc.get_threshold(), (700, 10, 10))
+
+
+class OpenSocketObjectsTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_handshake_lists_no_longer_walked_by_the_collector(self):
+        from tests.harness import add_user, ticket_login
+        from wyseman.protocol.server import _HANDSHAKE_LISTS
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db)
+        conn = yield ticket_login(self, server, db, user)
+        [protocol] = server.gateway.all_connections()
+        gc.collect()        # (a new tuple is untracked by the first collection that sees it)
+        still_walked = [name for name in (*_HANDSHAKE_LISTS, "http_request_params")
+                        if gc.is_tracked(getattr(protocol, name))]
+        self.assertEqual(still_walked, [])
+        self.assertEqual(protocol._valid_events, ("message",))
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})  # still works
+        self.assertIn("curr_eid", row)
