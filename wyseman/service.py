@@ -149,6 +149,17 @@ class StartingService(Service):
     stop_reactor_on_failure = True
     failure_message = "wyseman could not start"
 
+    def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
+                 reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self._admin_dsn = admin_dsn
+        #: fires with the service once it serves, or fails if it could not start
+        self.ready: defer.Deferred = defer.Deferred()
+
     def startService(self) -> defer.Deferred:  # noqa: N802
         super().startService()
         return self._start().addErrback(self._start_failed)
@@ -175,12 +186,8 @@ class GatewayService(StartingService):
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of :mod:`wyseman.supervisor`);
         ``replay``: the shared replay cache of such a worker (see Authenticator)."""
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
-        self.config = config
-        self.reactor = reactor
-        self._admin_dsn = admin_dsn
+        super().__init__(config, admin_dsn, reactor)
+        reactor = self.reactor
         self._actions = actions
         self.reuse_port = reuse_port
         self._replay = replay
@@ -193,7 +200,6 @@ class GatewayService(StartingService):
         self.gateway: Gateway | None = None
         self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
-        self.ready: defer.Deferred = defer.Deferred()
         self._warn_insecure()
 
     def _clientinfo_endpoints(self) -> list[str]:

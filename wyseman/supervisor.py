@@ -129,21 +129,16 @@ class WorkerSupervisor(StartingService):
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, executable: str = sys.executable, *,
                  stop_reactor_on_failure: bool = True) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
-        self.config = config
-        self.reactor = reactor
+        super().__init__(config, admin_dsn, reactor)
+        reactor = self.reactor
         self.executable = executable
         self.stop_reactor_on_failure = stop_reactor_on_failure
-        self._admin_dsn = admin_dsn
         _tls_factory(config)   # check the certificate files now, as GatewayService does
         self.count = config.server.workers
         # One replay cache for all workers: a signed login URL accepted by one worker is
         # refused by every other (the workers ask here, over a pipe).
         self.replay = ReplayCache.for_window(config.auth.date_window)
         self.workers: list[_WorkerProtocol | None] = [None] * self.count
-        self.ready: defer.Deferred = defer.Deferred()
         self._reserved: list[Any] = []
         self._payload: dict[str, Any] = {}
         self._stopping = False

@@ -326,8 +326,7 @@ class Connection:
         if known is None:                           # cannot be prepared
             return self.execute(*plain)
         if known:
-            name, text = known
-            return self.execute(text, values).addErrback(self._stale_prepared, sql, name, plain)
+            return self._execute_named(sql, known, values, plain)
         if len(self._prepared) >= PREPARED_LIMIT:
             self._prepared.clear()
             d = self.execute("deallocate all")
@@ -340,7 +339,7 @@ class Connection:
 
         def prepared(_: Any) -> defer.Deferred:
             self._prepared[sql] = (name, text)
-            return self.execute(text, values).addErrback(self._stale_prepared, sql, name, plain)
+            return self._execute_named(sql, (name, text), values, plain)
 
         def not_preparable(failure: Failure) -> Any:
             if is_connection_error(failure):
@@ -351,6 +350,11 @@ class Connection:
 
         d.addCallback(lambda _: self.execute(f"prepare {name} as {sql}"))
         return d.addCallbacks(prepared, not_preparable)
+
+    def _execute_named(self, sql: str, known: tuple[str, str], values: Sequence[Any],
+                       plain: tuple[str, Mapping[str, Any]]) -> defer.Deferred:
+        name, text = known
+        return self.execute(text, values).addErrback(self._stale_prepared, sql, name, plain)
 
     def _stale_prepared(self, failure: Failure, sql: str, name: str,
                         plain: tuple[str, Mapping[str, Any]]) -> Any:

@@ -170,7 +170,7 @@ class Dispatcher:
     def _run(self, statement: compiler.Statement, session: Session,
              request: dict) -> defer.Deferred:
         writes = statement.rows == "one" and request.get("action") in _WRITES
-        prepare = getattr(self.db, "prepared_statements", False)
+        prepare = self.db.prepared_statements
         d = self.db.run_as(session.user,
                            lambda conn: _execute(conn, statement, writes, prepare))
         return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
