@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from benchmarks import raise_fd_limit
+from benchmarks import raise_fd_limit, wsclient
 from benchmarks.wsclient import HandshakeError, WebSocket, connect, get_json, receive_raw
 from wyseman import keys
 from wyseman.protocol.credentials import js_date, signed_message
@@ -308,7 +308,11 @@ class LoadGen:
         got = [0]
         done = asyncio.Event()
         other = Counter()
-        burst_cpu: list[float] = []  # CPU seconds at the first burst notification
+        rounds: dict[Any, list[float]] = {}  # paced latencies by notification
+        first_burst: list[float] = []  # when the first burst notification was read
+        # (time, CPU seconds) whenever the sockets went quiet: the generator's CPU for the
+        # burst counts from the last quiet moment before it (parsing is done afterwards)
+        quiet: list[tuple[float, float]] = []
 
         def on_message(ws: WebSocket, payload: bytes) -> None:
             now = ws.received_at or time.time()
@@ -322,9 +326,11 @@ class LoadGen:
             except (TypeError, KeyError):
                 other["bad_payload"] += 1
                 return
-            if phase == "burst" and not burst_cpu:
-                burst_cpu.append(cpu_seconds())
+            if phase == "burst" and not first_burst:
+                first_burst.append(now)
             phases.setdefault(phase, []).append(now - sent)
+            if phase == "paced":
+                rounds.setdefault(data.get("k"), []).append(now - sent)
             span = first_last.setdefault(phase, [now, now])
             if now > span[1]:
                 span[1] = now
@@ -339,11 +345,16 @@ class LoadGen:
         await self.go.wait()
         cpu0 = cpu_seconds()
         if expected[0]:
-            await receive_raw(opened, lambda: done.is_set() or self.stop.is_set())
+            await receive_raw(opened, lambda: done.is_set() or self.stop.is_set(),
+                              on_quiet=lambda: quiet.append((time.time(), cpu_seconds())))
+        if wsclient.unstamped_reads[0]:
+            other["unstamped_reads"] = wsclient.unstamped_reads[0]
+        burst_cpu = [c for t, c in quiet if first_burst and t <= first_burst[0]][-1:]
         emit("result", received=got[0], expected=expected[0], other=dict(other),
              phases={p: {"count": len(v), "latencies_ms": sample(v),
                          "first": first_last[p][0], "last": first_last[p][1]}
                      for p, v in phases.items()},
+             rounds={str(k): sample(v) for k, v in sorted(rounds.items(), key=str)},
              cpu_s=cpu_seconds() - cpu0, connections=len(opened),
              burst_cpu_s=cpu_seconds() - burst_cpu[0] if burst_cpu else None)
 

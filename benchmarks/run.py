@@ -26,6 +26,7 @@ import os
 import platform
 import pstats
 import queue
+import random
 import re
 import shlex
 import shutil
@@ -93,14 +94,23 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> int:
-    """A port P with P … P+count-1 all free now (metrics of worker i are on P+i)."""
-    for _ in range(100):
-        first = free_port()
-        if first + count > 65535:
-            continue
+    """A port P with P … P+count-1 all free now (metrics of worker i are on P+i).
+
+    Taken below the kernel's ephemeral range: after a 10,000-socket run most ports in
+    that range are the local ends of connections in TIME_WAIT, which a listening socket
+    cannot bind (SO_REUSEADDR does not help when the other socket did not set it)."""
+    low = 10_000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            high = int(ranges.read().split()[0]) - count
+    except (OSError, ValueError, IndexError):
+        high = 32_768 - count
+    for _ in range(200):
+        first = random.randrange(low, max(low + 1, high))
         try:
-            for port in range(first + 1, first + count):
+            for port in range(first, first + count):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted
                     sock.bind(("127.0.0.1", port))
         except OSError:
             continue
@@ -918,6 +928,15 @@ class Bench:
         expected = sum(r["expected"] for r in results)
         phase = {p: [v for r in results for v in r["phases"].get(p, {}).get("latencies_ms", [])]
                  for p in ("paced", "burst")}
+        rounds = sorted({k for r in results for k in r.get("rounds", {})}, key=int)
+        round_p99 = [percentile([v for r in results for v in r["rounds"].get(k, [])], 99)
+                     for k in rounds]
+        for k in rounds:
+            values = [v for r in results for v in r["rounds"].get(k, [])]
+            log(f"  paced NOTIFY {k}: p50 {fmt(percentile(values, 50))}, p90 "
+                f"{fmt(percentile(values, 90))}, p99 {fmt(percentile(values, 99))}, max "
+                f"{fmt(max(values, default=None))} ms")
+        log(f"  generators: {[r.get('other') for r in results]}")
         last_burst = max((r["phases"]["burst"]["last"] for r in results
                           if "burst" in r["phases"]), default=None)
         burst_count = sum(r["phases"].get("burst", {}).get("count", 0) for r in results)
@@ -934,13 +953,16 @@ class Bench:
                  "paced_interval_s": interval, "burst_notifies": burst,
                  "burst_p50_ms": percentile(phase["burst"], 50),
                  "burst_p99_ms": percentile(phase["burst"], 99),
-                 "paced_server_fanout": paced_fanout, "server_full_gc": full_gc}
+                 "paced_server_fanout": paced_fanout, "server_full_gc": full_gc,
+                 "paced_round_p99_ms": round_p99}
         self.rows.append(Row("notify fan-out", f"{params} K={burst} burst", rate,
                              "deliveries/s", notes=notes, extra=extra))
         self.rows.append(Row("notify latency p50", f"{params} K={paced} paced",
                              percentile(phase["paced"], 50), "ms"))
         self.rows.append(Row("notify latency p99", f"{params} K={paced} paced",
                              percentile(phase["paced"], 99), "ms", notes=(
+                                 f"each paced NOTIFY's p99: {fmt(min(round_p99, default=None))}"
+                                 f"–{fmt(max(round_p99, default=None))} ms; "
                                  f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
                                  f"p99 {fmt(extra['burst_p99_ms'])} ms; server's own "
                                  f"fan-out (paced): mean {fmt(paced_fanout['mean_ms'])} ms, "

@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import select
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -89,7 +90,8 @@ class WebSocket(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._fragment_op = 0
         self.tag: Any = None  # free for the caller
-        #: when :func:`receive_raw` saw this socket readable (None under asyncio)
+        #: when the frame being delivered reached the socket (:func:`receive_raw`; None
+        #: under asyncio)
         self.received_at: float | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -237,57 +239,132 @@ async def connect(host: str, port: int, target: str,
     return ws
 
 
-async def receive_raw(sockets: list[WebSocket], until: Callable[[], bool],
-                      slice_s: float = 0.05, pause_s: float = 0.001) -> None:
-    """Read ``sockets`` with an epoll loop of our own until ``until()`` is true.
+#: Linux's SO_TIMESTAMPNS (asm-generic and x86; the socket module does not name it) and
+#: the control message it brings (struct timespec: seconds, nanoseconds)
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+#: reads that came without a receive time (stamped when read: late, never early)
+unstamped_reads = [0]
 
-    For fan-out, where thousands of sockets each get one small frame at once: asyncio's
-    transports cost more per readable socket than the server's whole send, so the
-    generator, not the server, would set the latency. The sockets' transports are paused
-    meanwhile; bytes go to the same frame parser (:meth:`WebSocket.data_received`), and
-    each socket's ``received_at`` is the time epoll reported the batch it is in: the
-    bytes had arrived by then, and parsing the sockets before it in the batch is not
-    counted against the server. After each batch the loop yields to asyncio for
-    ``pause_s`` (so the control channel keeps working): frames arriving meanwhile are
-    read in the next batch, which is what keeps the generator cheap under fan-out (a
-    reader that sleeps in ``epoll_wait`` costs the sender a wake-up per frame). The
-    latency measured is then late by up to ``pause_s``, never early.
+
+def _frame_size(header: bytes) -> int | None:
+    """Size of the server frame (unmasked) that starts with ``header``, or None if the
+    header itself is not all there."""
+    if len(header) < 2:
+        return None
+    length = header[1] & 0x7F
+    if length < 126:
+        return 2 + length
+    extended = 2 if length == 126 else 8
+    if len(header) < 2 + extended:
+        return None
+    return 2 + extended + int.from_bytes(header[2:2 + extended], "big")
+
+
+def _read_stamped(sock: socket.socket) -> list[tuple[bytes, float]]:
+    """Everything readable on ``sock``, a frame per read, each with the time the kernel
+    received its last byte (SO_TIMESTAMPNS: for TCP, the stamp of the last segment a read
+    took from). ``[(b"", now)]`` at EOF."""
+    chunks: list[tuple[bytes, float]] = []
+    while True:
+        try:
+            header = sock.recv(14, socket.MSG_PEEK)
+        except BlockingIOError:
+            return chunks
+        except OSError:
+            header = b""
+        if not header:
+            chunks.append((b"", time.time()))
+            return chunks
+        size = _frame_size(header) or len(header)
+        try:
+            data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(_TIMESPEC.size))
+        except BlockingIOError:
+            return chunks
+        stamp = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack(value[:_TIMESPEC.size])
+                stamp = seconds + nanoseconds / 1e9
+        if stamp is None and data:
+            unstamped_reads[0] += 1
+            stamp = time.time()
+        chunks.append((data, stamp))
+        if not data:
+            return chunks
+
+
+async def receive_raw(sockets: list[WebSocket], until: Callable[[], bool],
+                      slice_s: float = 0.05, pause_s: float = 0.001, busy_events: int = 16,
+                      on_quiet: Callable[[], None] | None = None) -> None:
+    """Receive on ``sockets`` outside asyncio until ``until()`` is true, each frame
+    stamped with the time it reached the socket.
+
+    For fan-out, where thousands of sockets each get one small frame at once: a generator
+    that reads and parses them as they come takes CPU from the server it measures (on a
+    small machine, most of a core), and its own delays would count as the server's. So
+    the sockets' transports are paused, and an edge-triggered epoll of our own only notes
+    which sockets got data while frames pour in (``busy_events`` or more per
+    ``epoll_wait``, one every ``pause_s``); the noted sockets are read once the flow
+    drops below that (or ``slice_s`` passes with nothing new), one frame per read, and
+    each frame gets the kernel's receive time of its last byte (SO_TIMESTAMPNS):
+    :attr:`WebSocket.received_at` when its ``on_message`` runs. ``on_quiet`` is called
+    after each such reading.
+
+    The kernel merges a segment into the unread one before it and gives the merged one
+    the later time: frames read together (a burst, or a heartbeat ping behind a
+    notification) carry the arrival of the last of them. Latencies are then late, never
+    early; reading as soon as the flow drops keeps such merges rare for paced
+    notifications.
     """
     poller = select.epoll()
-    by_fd: dict[int, WebSocket] = {}
+    by_fd: dict[int, tuple[WebSocket, socket.socket]] = {}
     for ws in sockets:
         if ws.transport is None:
             continue
         ws.transport.pause_reading()
         fd = ws.transport.get_extra_info("socket").fileno()
-        by_fd[fd] = ws
-        poller.register(fd, select.EPOLLIN)
-    try:
-        while by_fd and not until():
-            events = poller.poll(slice_s)
-            now = time.time()
-            for fd, _ in events:
-                ws = by_fd.get(fd)
-                if ws is None:
-                    continue
-                try:
-                    data = os.read(fd, 16_384)   # (256 KiB, as asyncio reads, is an mmap each)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
+        sock = socket.socket(fileno=fd)   # detached again below: asyncio owns the fd
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        by_fd[fd] = (ws, sock)
+        poller.register(fd, select.EPOLLIN | select.EPOLLET)
+    noted: set[int] = set()
+
+    def read_noted() -> None:
+        for fd in list(noted):
+            ws, sock = by_fd[fd]
+            for data, stamp in _read_stamped(sock):
                 if not data or ws.transport is None:   # EOF: let asyncio see it
                     poller.unregister(fd)
                     del by_fd[fd]
+                    sock.detach()
                     if ws.transport is not None:
                         ws.transport.resume_reading()
-                    continue
-                ws.received_at = now
+                    break
+                ws.received_at = stamp
                 ws.data_received(data)
-            await asyncio.sleep(pause_s if events else 0)
+        noted.clear()
+
+    try:
+        while by_fd and not until():
+            events = poller.poll(slice_s)
+            noted.update(fd for fd, _ in events)
+            if len(events) >= busy_events:   # a fan-out under way: note, read later
+                await asyncio.sleep(pause_s)
+                continue
+            read_noted()
+            if on_quiet is not None:
+                on_quiet()
+            await asyncio.sleep(0)
+        read_noted()
     finally:
         poller.close()
-        for ws in by_fd.values():
+        for ws, sock in by_fd.values():
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
+            except OSError:
+                pass
+            sock.detach()
             ws.received_at = None
             if ws.transport is not None:
                 ws.transport.resume_reading()

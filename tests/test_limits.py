@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -99,7 +100,9 @@ class HeartbeatTests(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_silent_peer_is_dropped(self):
+    def open_socket(self):
+        """A logged-in socket on a StringTransport whose heartbeat runs on a fake clock
+        (ping every 10 s, 5 s to answer)."""
         db = fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db, auth={"insecure": True},
@@ -118,6 +121,62 @@ class HeartbeatTests(TestCase):
         yield opened
         self.assertIn(b"101 Switching Protocols", transport.value())
         transport.clear()
+        return server, clock, protocol, transport
+
+    def ping_payload(self, clock, transport):
+        """Let the ping interval pass; the payload of the ping that went out."""
+        transport.clear()
+        clock.advance(10.5)
+        sent = transport.value()
+        self.assertEqual(sent[:1], b"\x89", sent)
+        self.assertEqual(len(sent), 2 + sent[1])
+        return sent[2:]
+
+    @defer.inlineCallbacks
+    def test_answered_pings_keep_the_socket(self):
+        from tests.test_websocket import client_frame
+        server, clock, protocol, transport = yield self.open_socket()
+        parsed = []   # first bytes of the frames that went through Autobahn's parser
+
+        def autobahn_parser(protocol_, original=WebSocketServerProtocol.processData):
+            if protocol_.current_frame is None:
+                parsed.append(protocol_.data[:1])
+            return original(protocol_)
+        self.patch(WebSocketServerProtocol, "processData", autobahn_parser)
+        for split in (False, True, False):
+            pong = client_frame(0xA, self.ping_payload(clock, transport))
+            if split:   # in two reads: Autobahn's parser, not the short cut
+                protocol.dataReceived(pong[:3])
+                protocol.dataReceived(pong[3:])
+            else:       # with the client's own ping behind it in the same read
+                transport.clear()
+                protocol.dataReceived(pong + client_frame(0x9, b"hi"))
+                self.assertEqual(transport.value(), b"\x8a\x02hi")   # answered
+            self.assertIsNone(protocol.autoPingPending)
+            self.assertIsNone(protocol.autoPingTimeoutCall)
+            clock.advance(6)                  # past the timeout: still open
+            self.assertFalse(transport.disconnecting)
+        # the client's pings and the split pong took Autobahn's way, whole pongs ours
+        self.assertEqual(parsed, [b"\x89", b"\x8a", b"\x89"])
+        transport.clear()
+        clock.advance(4)                      # the next ping, 10 s after the last pong
+        self.assertEqual(transport.value()[:1], b"\x89")
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    @defer.inlineCallbacks
+    def test_wrong_pong_does_not_count(self):
+        from tests.test_websocket import client_frame
+        server, clock, protocol, transport = yield self.open_socket()
+        payload = self.ping_payload(clock, transport)
+        protocol.dataReceived(client_frame(0xA, payload[:-1] + bytes([payload[-1] ^ 1])))
+        self.assertEqual(protocol.autoPingPending, payload)
+        clock.advance(6)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    @defer.inlineCallbacks
+    def test_silent_peer_is_dropped(self):
+        server, clock, protocol, transport = yield self.open_socket()
         clock.advance(10.5)
         self.assertEqual(transport.value()[:1], b"\x89")  # a ping frame went out
         self.assertFalse(transport.disconnecting)

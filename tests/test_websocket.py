@@ -324,8 +324,9 @@ class _RawWebSocket(protocol.Protocol):
     frames as (opcode, payload); ``enough`` fires once ``wanted(frames)`` is true,
     ``closed`` when the TCP connection goes."""
 
-    def __init__(self, port: int, user: str, frames: bytes, wanted: Any) -> None:
-        self.request = (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    def __init__(self, port: int, user: str, frames: bytes, wanted: Any,
+                 query: str = "") -> None:
+        self.request = (f"GET /?user={user}{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                         "Sec-WebSocket-Version: 13\r\n\r\n").encode()
@@ -335,6 +336,7 @@ class _RawWebSocket(protocol.Protocol):
         self.received: list[tuple[int, bytes]] = []
         self.enough: defer.Deferred = defer.Deferred()
         self.closed: defer.Deferred = defer.Deferred()
+        self.opened: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.write(self.request)
@@ -348,6 +350,7 @@ class _RawWebSocket(protocol.Protocol):
             assert head.startswith(b"HTTP/1.1 101"), head
             self.upgraded, self.buffer = True, rest
             self.transport.write(self.frames)
+            self.opened.callback(self)
         while len(self.buffer) >= 2:
             length, start = self.buffer[1] & 0x7F, 2
             if length == 126:

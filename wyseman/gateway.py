@@ -21,6 +21,7 @@ from wyseman.config import Config
 from wyseman.db.database import Database
 from wyseman.db.pg import Notification
 from wyseman.db.types import dumps
+from wyseman.fanout import FanOut, auto_threads
 from wyseman.gcpause import PauseObserver
 from wyseman.metrics import Metrics
 from wyseman.protocol.dispatch import Dispatcher
@@ -80,6 +81,8 @@ class Gateway:
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0
         self.admin_channel = config.channels.admin
+        self.fanout = FanOut(config.server.fanout_threads
+                             or auto_threads(config.server.workers))
 
     # -- life cycle ----------------------------------------------------------
     def start(self) -> Any:
@@ -93,6 +96,7 @@ class Gateway:
 
     def stop(self) -> defer.Deferred:
         self._gc_pauses.stop()
+        self.fanout.close()
         return self.db.stop()
 
     # -- origin ----------------------------------------------------------------
@@ -162,10 +166,7 @@ class Gateway:
             return
         started = time.perf_counter()
         frame = prepare_frame(notification_frame(notification))  # framed once for all
-        sent = 0
-        for protocol in list(members):
-            if protocol.send_notification(frame):
-                sent += 1
+        sent = self.fanout.send(list(members), frame)
         self.metrics.notification_fanout.observe(time.perf_counter() - started)
         self.metrics.notifications.inc(sent)
         if sent < len(members):

@@ -29,6 +29,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
 
 from wyseman.config import Config, ConfigError
+from wyseman.fanout import auto_threads
 from wyseman.protocol.credentials import ReplayCache
 from wyseman.service import (
     StartingService,
@@ -164,6 +165,8 @@ class WorkerSupervisor(StartingService):
                                       for t in self.config.server.listen) if d]
         server["clientinfo_listen"] = [self._reserve(text) for text in clientinfo]
         server["workers"] = 1
+        server["fanout_threads"] = (self.config.server.fanout_threads
+                                    or auto_threads(self.count))
         self._payload = {"config": raw, "source": self.config.source,
                          "base_dir": str(self.config.base_dir), "admin_dsn": dsn}
         waiting = [self.when_ready(index) for index in range(self.count)]
