@@ -472,7 +472,7 @@ class Environment:
         metrics_ports = []
         config = {
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
-                       "workers": workers},
+                       "workers": workers, "fanout_threads": self.args.fanout_threads},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000},
             "channels": {"allow": ["bench_*"]},
@@ -1123,6 +1123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loadgens", type=int, default=2, help="load generator processes")
     parser.add_argument("--workers", type=int, default=16,
                         help="handshake: concurrent logins per generator process")
+    parser.add_argument("--fanout-threads", type=int, default=0,
+                        help="the server's [server] fanout_threads (0: its default)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")

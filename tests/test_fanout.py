@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.test_websocket import _RawWebSocket
-from wyseman import keys
+from wyseman import fanout, keys
 from wyseman.fanout import auto_threads
 from wyseman.protocol.server import GatewayProtocol
 
@@ -66,16 +66,16 @@ class ThreadedFanOutTests(TestCase):
     @defer.inlineCallbacks
     def test_every_subscriber_gets_every_frame_whole_and_in_order(self):
         threads, rests = set(), []
-        direct, rest = GatewayProtocol.send_direct, GatewayProtocol.send_rest
+        share, rest = fanout._send_share, GatewayProtocol.send_rest
 
-        def recording_direct(protocol, data):
+        def recording_share(sends, data):
             threads.add(threading.current_thread().name.split("_")[0])
-            return direct(protocol, data)
+            return share(sends, data)
 
         def recording_rest(protocol, data, written):
             rests.append(written)
             return rest(protocol, data, written)
-        self.patch(GatewayProtocol, "send_direct", recording_direct)
+        self.patch(fanout, "_send_share", recording_share)
         self.patch(GatewayProtocol, "send_rest", recording_rest)
 
         readers = []

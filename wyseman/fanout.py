@@ -7,11 +7,13 @@ releases the GIL for the duration of ``send``, so with helper threads the calls 
 on several cores at once: 10,000 sends took ~60 ms with two threads instead of ~100
 on a 2-core machine (docs/performance.md).
 
-The threads only write to sockets that take the frame at once (open, nothing queued,
-plain TCP: :meth:`GatewayProtocol.send_direct`); meanwhile the reactor thread sends its
-own share and then waits for theirs, so no Twisted object is used by two threads at a
-time. Everything else (a socket with queued output, TLS, a partial write) is finished
-by the reactor thread afterwards, through the usual path, in the order of the list.
+The reactor thread first picks the sockets that take the frame at once (open, nothing
+queued, plain TCP: :meth:`GatewayProtocol.direct_socket`); the threads then only call
+``send`` on them (between two calls the GIL is held for a moment only, so the threads
+rarely wait for it), the reactor thread sending its own share and then waiting for
+theirs: no Twisted object is used by two threads at a time. What falls short, and the
+other sockets (queued output, TLS), are finished by the reactor thread afterwards
+through the usual path.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ def auto_threads(workers: int, cpus: int | None = None) -> int:
     return max(1, min(4, cpus // max(1, workers)))
 
 
-def _send_share(protocols: Sequence[Any], data: bytes) -> list[tuple[Any, int]]:
-    """Send ``data`` to each protocol that can take it directly; the others (and partial
-    writes) are returned as (protocol, bytes written or -1)."""
-    rest = []
-    for protocol in protocols:
-        written = protocol.send_direct(data)
-        if written != len(data):
-            rest.append((protocol, written))
-    return rest
+def _send_share(sends: Sequence[Any], data: bytes) -> list[tuple[int, int]]:
+    """Call each ``socket.send`` with ``data``; (index, bytes written) of those that
+    fell short. Nothing else happens between the calls, so the GIL is held briefly."""
+    size = len(data)
+    short = []
+    for index, send in enumerate(sends):
+        try:
+            written = send(data)
+        except OSError:   # EAGAIN, or an error that Twisted's write path will report
+            written = 0
+        if written != size:
+            short.append((index, written))
+    return short
 
 
 class FanOut:
@@ -63,19 +69,26 @@ class FanOut:
         if self.threads == 1 or len(protocols) < self.min_parallel:
             return sum(1 for protocol in protocols if protocol.send_notification(frame))
         data = frame.payloadHybi
-        shares = [protocols[i::self.threads] for i in range(self.threads)]
-        pool = self._helpers()
-        futures = [pool.submit(_send_share, share, data) for share in shares[1:]]
-        rest = _send_share(shares[0], data)
-        for future in futures:
-            rest.extend(future.result())
-        sent = len(protocols) - len(rest)
-        for protocol, written in rest:
-            if written < 0:
-                sent += protocol.send_notification(frame)
+        size = len(data)
+        direct, sends, others = [], [], []
+        for protocol in protocols:       # which sockets take the bytes at once
+            sock = protocol.direct_socket(size)
+            if sock is None:
+                others.append(protocol)
             else:
-                protocol.send_rest(data, written)
-                sent += 1
+                direct.append(protocol)
+                sends.append(sock.send)
+        step = self.threads
+        pool = self._helpers()
+        futures = [(i, pool.submit(_send_share, sends[i::step], data)) for i in range(1, step)]
+        short = [(0, index, written) for index, written in _send_share(sends[0::step], data)]
+        for i, future in futures:
+            short.extend((i, index, written) for index, written in future.result())
+        for i, index, written in short:  # back on the reactor thread: Twisted buffers
+            direct[i + index * step].send_rest(data, written)
+        sent = len(direct)
+        for protocol in others:
+            sent += protocol.send_notification(frame)
         return sent
 
     def close(self) -> None:

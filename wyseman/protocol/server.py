@@ -364,30 +364,26 @@ class GatewayProtocol(WebSocketServerProtocol):
             return True
         return self.send_frame(frame)
 
-    def send_direct(self, data: bytes) -> int:
-        """Write a prepared frame's bytes straight to the socket if nothing stands in the
-        way (open, nothing queued, no compression, plain TCP with an empty buffer): the
-        number of bytes written, or -1 if the frame must take :meth:`send_notification`'s
-        way. Used by fan-out threads while the reactor thread waits for them; it touches
-        this connection only."""
+    def direct_socket(self, size: int) -> Any:
+        """The socket, if a prepared frame of ``size`` bytes may be written straight to it
+        (open, nothing queued, no compression, plain TCP with an empty buffer); None if
+        the frame must take :meth:`send_notification`'s way. The bytes are counted as
+        sent: a fan-out thread writes them while the reactor thread waits (what falls
+        short goes to :meth:`send_rest`)."""
         transport = self.transport
         if (self.state != self.STATE_OPEN or self._send_paused or self._outbound
                 or self.send_queue or self._perMessageCompress is not None
                 or type(transport) is not tcp.Server or not transport.connected
                 or transport.disconnecting or transport.dataBuffer
                 or getattr(transport, "_tempDataBuffer", True)):
-            return -1
-        try:
-            written = transport.socket.send(data)
-        except OSError:   # EAGAIN, or an error that Twisted's write path will report
-            written = 0
-        self.trafficStats.outgoingOctetsWireLevel += written
-        return written
+            return None
+        self.trafficStats.outgoingOctetsWireLevel += size
+        return transport.socket
 
     def send_rest(self, data: bytes, written: int) -> None:
-        """What :meth:`send_direct` could not write, buffered by Twisted (reactor thread)."""
+        """What a fan-out thread could not write to :meth:`direct_socket`, buffered by
+        Twisted (reactor thread)."""
         write_now(self.transport, data[written:])
-        self.trafficStats.outgoingOctetsWireLevel += len(data) - written
 
     def _send_now(self, frame: bytes | PreparedMessage) -> None:
         """Frame and send a reply ourselves: in one step, and whatever its size.
