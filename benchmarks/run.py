@@ -936,16 +936,19 @@ class Bench:
             log(f"  paced NOTIFY {k}: p50 {fmt(percentile(values, 50))}, p90 "
                 f"{fmt(percentile(values, 90))}, p99 {fmt(percentile(values, 99))}, max "
                 f"{fmt(max(values, default=None))} ms")
-        log(f"  generators: {[r.get('other') for r in results]}")
+        if any(r.get("other") for r in results):
+            log(f"  generators' other frames: {[r.get('other') for r in results]}")
         last_burst = max((r["phases"]["burst"]["last"] for r in results
                           if "burst" in r["phases"]), default=None)
         burst_count = sum(r["phases"].get("burst", {}).get("count", 0) for r in results)
         rate = burst_count / (last_burst - burst_start) if last_burst else None
-        gen_cpu = [100.0 * r["burst_cpu_s"] / max(1e-6, r["phases"]["burst"]["last"]
-                                                  - r["phases"]["burst"]["first"])
-                   for r in results if r.get("burst_cpu_s") is not None]
-        notes = (f"delivered {received}/{expected}; burst " +
-                 cpu_notes(before.until(after), gen_cpu))
+        # CPU seconds, not %: the generators read the burst after it has arrived
+        gen_ms = [1000.0 * r["burst_cpu_s"] for r in results if r.get("burst_cpu_s") is not None]
+        server_ms = 1000.0 * (after.server - before.server)
+        notes = (f"delivered {received}/{expected}; burst CPU: server {server_ms:,.0f} ms "
+                 f"({1000.0 * server_ms / max(1, burst_count):.1f} µs a delivery), pg "
+                 f"{1000.0 * (after.pg - before.pg):,.0f} ms, generators "
+                 f"{'+'.join(f'{g:,.0f}' for g in gen_ms) or '-'} ms (reading after it)")
         if args.profile:
             notes += "; burst run under cProfile (slower)"
         params = f"S={subscribers}"

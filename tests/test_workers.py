@@ -16,6 +16,7 @@ from tests.harness import add_user, make_config, ticket_login
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
 from wyseman.config import ConfigError
+from wyseman.fanout import auto_threads
 from wyseman.service import makeService
 from wyseman.supervisor import WorkerSupervisor
 
@@ -122,6 +123,10 @@ class WorkerProcessTests(TestCase):
         pids = {w.transport.pid for w in supervisor.workers}
         self.assertEqual(len(pids), 2)
         self.assertNotIn(os.getpid(), pids)
+        # each worker sends notifications on the cores left to it, not on all of them
+        worker_server = supervisor._payload["config"]["server"]
+        self.assertEqual((worker_server["workers"], worker_server["fanout_threads"]),
+                         (1, auto_threads(2)))
 
         connections = []
         for _ in range(16):   # a user each: a ticket login replaces the user's key
