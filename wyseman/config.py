@@ -168,8 +168,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("server", "fanout_threads", _int_range(0, 64), 0,
        "Threads that send a notification to its subscribers' sockets when there are 1,024 "
        "or more (the `send` calls, ~95 % of a fan-out, overlap on several cores; the GIL "
-       "is released during each). 0: the cores per worker process (`cpu_count // "
-       "workers`), at most 4. 1: the reactor thread alone."),
+       "is released during each). 0: the cores each worker process has (the cores this "
+       "process may use ÷ `workers`), at most 4. 1: the reactor thread alone."),
     _o("server", "gc_freeze", _bool, True,
        "Once started, move the objects that exist then (the loaded code, ~60,000) out of "
        "Python's cyclic garbage collector's view (`gc.freeze()`): its full collections no "

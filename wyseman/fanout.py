@@ -27,10 +27,19 @@ from typing import Any
 MIN_PARALLEL_SOCKETS = 1024
 
 
+def _usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under ``taskset`` or a
+    container's cpuset), not all the host's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):   # not on Linux
+        return os.cpu_count() or 1
+
+
 def auto_threads(workers: int, cpus: int | None = None) -> int:
     """``[server] fanout_threads = 0``: the cores left to each worker process, at most 4
     (past that the GIL, held between the calls, limits the gain)."""
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or _usable_cpus()
     return max(1, min(4, cpus // max(1, workers)))
 
 
