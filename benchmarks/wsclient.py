@@ -276,7 +276,9 @@ def _read_stamped(sock: socket.socket) -> list[tuple[bytes, float]]:
         if not header:
             chunks.append((b"", time.time()))
             return chunks
-        size = _frame_size(header) or len(header)
+        # (after a frame that was not all there, the next bytes are no header: any size
+        # read keeps the bytes in order, and a stamp is never early, so just bound it)
+        size = min(_frame_size(header) or len(header), 65_536)
         try:
             data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(_TIMESPEC.size))
         except BlockingIOError:
