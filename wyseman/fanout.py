@@ -4,8 +4,9 @@ A notification for 10,000 subscribers is 10,000 ``send`` system calls, and they 
 ~95 % of the fan-out: on loopback each costs 8–12 µs of kernel time (the receiving
 side's TCP work runs in the sender's call), so one thread needs ~100 ms. Python
 releases the GIL for the duration of ``send``, so with helper threads the calls run
-on several cores at once: 10,000 sends took ~60 ms with two threads instead of ~100
-on a 2-core machine (docs/performance.md).
+on several cores at once. On a 2-core VM a bare loop of 10,000 sends took 45–68 ms on
+two threads instead of 75–105 on one, and the server's fan-out to 10,000 sockets
+83–110 ms instead of 120–145 (docs/performance.md, "Fourth round").
 
 The reactor thread first picks the sockets that take the frame at once (open, nothing
 queued, plain TCP: :meth:`GatewayProtocol.direct_socket`); the threads then only call
