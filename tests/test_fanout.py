@@ -95,3 +95,24 @@ class ThreadedFanOutTests(TestCase):
         self.assertEqual(threads, {"MainThread", "wyseman-fanout"})
         self.assertTrue(rests, "no write fell short: the stalled socket was not exercised")
         self.assertEqual(self.server.gateway.metrics.notifications._value.get(), 7 * COUNT)
+
+    @defer.inlineCallbacks
+    def test_after_stopping_no_new_threads(self):
+        fan = self.server.gateway.fanout
+        client = yield self.subscriber()
+        yield self.notify_and_wait(client, "before")
+        self.assertIsNotNone(fan._pool)               # the helpers ran
+        fan.close()
+        self.assertIsNone(fan._pool)
+        yield self.notify_and_wait(client, "after")
+        self.assertIsNone(fan._pool)                   # sent without starting helpers again
+        self.assertEqual([json.loads(p)["data"] for p in texts(client.received)],
+                         ["before", "after"])
+
+    def notify_and_wait(self, client, payload):
+        """NOTIFY ``payload``; fires once ``client`` has received it."""
+        count = len(texts(client.received)) + 1
+        client.enough = defer.Deferred()
+        client.wanted = lambda received: len(texts(received)) >= count
+        self.db.run("select pg_notify('fan', %s)", (payload,))
+        return client.enough

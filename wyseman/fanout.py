@@ -102,6 +102,9 @@ class FanOut:
         return sent
 
     def close(self) -> None:
+        """Stop the helper threads; a notification that still comes (the service is
+        stopping) is sent by the calling thread alone."""
+        self.threads = 1
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
