@@ -9,7 +9,7 @@ two threads instead of 75–105 on one, and the server's fan-out to 10,000 socke
 83–110 ms instead of 120–145 (docs/performance.md, "Fourth round").
 
 The reactor thread first picks the sockets that take the frame at once (open, nothing
-queued, plain TCP: :meth:`GatewayProtocol.direct_socket`); the threads then only call
+queued, plain TCP: :meth:`GatewayProtocol.direct_send`); the threads then only call
 ``send`` on them (between two calls the GIL is held for a moment only, so the threads
 rarely wait for it), the reactor thread sending its own share and then waiting for
 theirs: no Twisted object is used by two threads at a time. What falls short, and the
@@ -79,15 +79,14 @@ class FanOut:
         if self.threads == 1 or len(protocols) < self.min_parallel:
             return sum(1 for protocol in protocols if protocol.send_notification(frame))
         data = frame.payloadHybi
-        size = len(data)
         direct, sends, others = [], [], []
         for protocol in protocols:       # which sockets take the bytes at once
-            sock = protocol.direct_socket(size)
-            if sock is None:
+            send = protocol.direct_send()
+            if send is None:
                 others.append(protocol)
             else:
                 direct.append(protocol)
-                sends.append(sock.send)
+                sends.append(send)
         step = self.threads
         pool = self._helpers()
         futures = [(i, pool.submit(_send_share, sends[i::step], data)) for i in range(1, step)]

@@ -83,6 +83,9 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but for a plain TCP connection whose write buffer is
     empty the bytes go to the socket at once (what does not fit is buffered as usual)."""
@@ -364,24 +367,23 @@ class GatewayProtocol(WebSocketServerProtocol):
             return True
         return self.send_frame(frame)
 
-    def direct_socket(self, size: int) -> Any:
-        """The socket, if a prepared frame of ``size`` bytes may be written straight to it
+    def direct_send(self) -> Any:
+        """The socket's ``send``, if a prepared frame may be written straight to it
         (open, nothing queued, no compression, plain TCP with an empty buffer); None if
-        the frame must take :meth:`send_notification`'s way. The bytes are counted as
-        sent: a fan-out thread writes them while the reactor thread waits (what falls
-        short goes to :meth:`send_rest`)."""
+        the frame must take :meth:`send_notification`'s way. A fan-out thread calls it
+        while the reactor thread waits (what falls short goes to :meth:`send_rest`).
+        (Wire-level byte counts are not kept on this path: nothing reads them, and with
+        10,000 sockets every attribute touched here is a cache miss of its own.)"""
         transport = self.transport
-        if (self.state != self.STATE_OPEN or self._send_paused or self._outbound
-                or self.send_queue or self._perMessageCompress is not None
-                or type(transport) is not tcp.Server or not transport.connected
-                or transport.disconnecting or transport.dataBuffer
-                or getattr(transport, "_tempDataBuffer", True)):
+        if (self.state != _OPEN or self._send_paused or self._outbound or self.send_queue
+                or self._perMessageCompress is not None or type(transport) is not tcp.Server
+                or not transport.connected or transport.disconnecting
+                or transport.dataBuffer or transport._tempDataBuffer):
             return None
-        self.trafficStats.outgoingOctetsWireLevel += size
-        return transport.socket
+        return transport.socket.send
 
     def send_rest(self, data: bytes, written: int) -> None:
-        """What a fan-out thread could not write to :meth:`direct_socket`, buffered by
+        """What a fan-out thread could not write to :meth:`direct_send`, buffered by
         Twisted (reactor thread)."""
         write_now(self.transport, data[written:])
 
