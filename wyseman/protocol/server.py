@@ -370,8 +370,9 @@ class GatewayProtocol(WebSocketServerProtocol):
     def direct_send(self) -> Any:
         """The socket's ``send``, if a prepared frame may be written straight to it
         (open, nothing queued, no compression, plain TCP with an empty buffer); None if
-        the frame must take :meth:`send_notification`'s way. A fan-out thread calls it
-        while the reactor thread waits (what falls short goes to :meth:`send_rest`).
+        the frame must take :meth:`send_notification`'s way. The reactor thread asks
+        before a fan-out whose ``send`` calls run on several threads (what falls short
+        goes to :meth:`send_rest`).
         (Wire-level byte counts are not kept on this path: nothing reads them, and with
         10,000 sockets every attribute touched here is a cache miss of its own.)"""
         transport = self.transport
