@@ -929,10 +929,10 @@ class Bench:
         phase = {p: [v for r in results for v in r["phases"].get(p, {}).get("latencies_ms", [])]
                  for p in ("paced", "burst")}
         rounds = sorted({k for r in results for k in r.get("rounds", {})}, key=int)
-        round_p99 = [percentile([v for r in results for v in r["rounds"].get(k, [])], 99)
-                     for k in rounds]
+        round_p99 = []
         for k in rounds:
             values = [v for r in results for v in r["rounds"].get(k, [])]
+            round_p99.append(percentile(values, 99))
             log(f"  paced NOTIFY {k}: p50 {fmt(percentile(values, 50))}, p90 "
                 f"{fmt(percentile(values, 90))}, p99 {fmt(percentile(values, 99))}, max "
                 f"{fmt(max(values, default=None))} ms")

@@ -358,19 +358,23 @@ class GatewayProtocol(WebSocketServerProtocol):
     def send_notification(self, frame: PreparedMessage) -> bool:
         """:meth:`send_frame` for a frame prepared once for many sockets, with as few
         calls as possible between the fan-out loop and ``send`` on the common path
-        (open, nothing queued, no compression, plain TCP)."""
-        if (self.state == self.STATE_OPEN and not self._send_paused and not self._outbound
-                and not self.send_queue and self._perMessageCompress is None):
-            data = frame.payloadHybi
-            write_now(self.transport, data)
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-            return True
-        return self.send_frame(frame)
+        (:meth:`direct_send`)."""
+        send = self.direct_send()
+        if send is None:
+            return self.send_frame(frame)
+        data = frame.payloadHybi
+        try:
+            written = send(data)
+        except OSError:   # EAGAIN, or an error that Twisted's write path will report
+            written = 0
+        if written != len(data):
+            self.send_rest(data, written)
+        return True
 
     def direct_send(self) -> Any:
         """The socket's ``send``, if a prepared frame may be written straight to it
         (open, nothing queued, no compression, plain TCP with an empty buffer); None if
-        the frame must take :meth:`send_notification`'s way. The reactor thread asks
+        the frame must be queued (:meth:`send_frame`). The reactor thread asks, also
         before a fan-out whose ``send`` calls run on several threads (what falls short
         goes to :meth:`send_rest`).
         (Wire-level byte counts are not kept on this path: nothing reads them, and with
