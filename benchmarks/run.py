@@ -142,6 +142,19 @@ def histogram_stats(ports: list[int], name: str, labels: str = "") -> dict[str, 
             "max_bucket_ms": 1000 * worst if count else None}
 
 
+def gauge_sum(ports: list[int], name: str) -> float:
+    """An unlabelled gauge (or counter) of the server's metrics pages, summed."""
+    import urllib.request
+    total = 0.0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        if found:
+            total += float(found.group(1))
+    return total
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
@@ -474,7 +487,8 @@ class Environment:
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
                        "workers": workers, "fanout_threads": self.args.fanout_threads},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
-                         "pool_total": 200, "pool_queue": 1_000_000},
+                         "pool_total": 200, "pool_queue": 1_000_000,
+                         "read_batch": self.args.read_batch},
             "channels": {"allow": ["bench_*"]},
             "auth": {"max_failures": 1_000_000},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
@@ -638,6 +652,9 @@ def cpu_notes(cpu: dict[str, float], gen: list[float]) -> str:
 def run_notes(m: dict[str, Any]) -> str:
     """CPU notes of a request run, and its errors if any."""
     notes = cpu_notes(m["cpu"], m["gen_cpu"])
+    if m.get("batched_reads"):
+        notes += (f"; {100 * m['batched_reads'] / max(1, m['completed']):.0f}% of requests "
+                  f"in read batches of {m['batched_reads'] / m['read_batches']:.1f} on average")
     if m["errors"]:
         notes += f"; {m['errors']} errors: {m['first_error']}"
     return notes
@@ -700,10 +717,12 @@ class Bench:
             warmed = sum(r.get("warmed", 0) for r in readies)
             if warmed < opened:
                 log(f"  warning: only {warmed}/{opened} sockets answered the warm-up request")
+            batches = self.batch_counts(server)
             for g in gens:
                 g.send("go")
             before, after = measure_window(server, env, deadline, profile)
             results = [g.event("result", deadline) for g in gens]
+            batches = [b - a for a, b in zip(batches, self.batch_counts(server), strict=True)]
         finally:
             env.finish(gens)
         latencies = [v for r in results for v in r["latencies_ms"]]
@@ -716,7 +735,17 @@ class Bench:
                 "pct": {q: percentile(latencies, q) for q in (10, 25, 50, 75, 90, 95, 99, 99.9)},
                 "mean": statistics.fmean(latencies) if latencies else None,
                 "cpu": before.until(after),
-                "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results]}
+                "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results],
+                "read_batches": batches[0], "batched_reads": batches[1]}
+
+    @staticmethod
+    def batch_counts(server: Server) -> list[float]:
+        """Batches and the reads they answered so far (0, 0 without a metrics page, as
+        for the Node server); the generators' own requests included."""
+        if not server.metrics_ports:
+            return [0.0, 0.0]
+        return [gauge_sum(server.metrics_ports, "wyseman_read_batches"),
+                gauge_sum(server.metrics_ports, "wyseman_batched_reads")]
 
     # -- the Node.js server baseline ---------------------------------------------------
     def node_runs(self, scenario: str, connections: list[int], message: dict[str, Any],
@@ -792,7 +821,7 @@ class Bench:
 
     def tuple_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
-        server = env.start_server(deadline, profile=args.profile)
+        server = env.start_server(deadline, profile=args.profile, metrics=True)
         baselines: dict[int, dict[str, float]] = {}
         measured: dict[int, dict[str, Any]] = {}
         for clients in args.connections:
@@ -823,7 +852,7 @@ class Bench:
     def select_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
         clients = 10
-        server = env.start_server(deadline)
+        server = env.start_server(deadline, metrics=True)
         log(f"  select 100 rows: C={clients}")
         m = self.request_run(server, clients, SELECT_MESSAGE, deadline, expect_rows=100)
         env.finish([server.child])
@@ -1123,6 +1152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per socket")
     parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
     parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
+    parser.add_argument("--read-batch", type=int, default=16,
+                        help="[database] read_batch (1: no batching)")
     parser.add_argument("--loadgens", type=int, default=2, help="load generator processes")
     parser.add_argument("--workers", type=int, default=16,
                         help="handshake: concurrent logins per generator process")

@@ -235,6 +235,12 @@ OPTIONS: tuple[Option, ...] = (
        "about half its CPU for a one-row lookup). Turn off behind a pooler in transaction "
        "mode (PgBouncer `pool_mode = transaction`), where a session's prepared statements "
        "do not follow it."),
+    _o("database", "read_batch", _int_range(1, 256), 16,
+       "Most reads (`select`/`tuple` of a view or table) of one role that run together as "
+       "one statement when all of the role's connections are busy: one PostgreSQL round "
+       "trip for several waiting requests. A read's errors stay its own (a failed batch "
+       "runs its reads again one by one) and a statement seen taking over 25 ms is not "
+       "batched. 1 turns batching off."),
 
     # [auth]
     _o("auth", "date_window", _seconds, 60.0,

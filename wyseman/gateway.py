@@ -57,9 +57,14 @@ class Gateway:
         pools = db.users
         self.metrics.pool_connections.set_function(lambda: pools.open_connections)
         self.metrics.pool_waiting.set_function(
-            lambda: sum(pool.stats.waiting for pool in pools.pools.values()))
+            lambda: sum(pool.stats.waiting for pool in pools.pools.values())
+            + db.reads_waiting())
         self.metrics.pool_waits.set_function(
             lambda: sum(pool.stats.waits_total for pool in pools.pools.values()))
+        batches = db.batch_stats
+        self.metrics.read_batches.set_function(lambda: batches.batches)
+        self.metrics.batched_reads.set_function(lambda: batches.batched_reads)
+        self.metrics.failed_batches.set_function(lambda: batches.failed_batches)
         limits = config.limits
         self.max_connections = limits.max_connections
         self.max_connections_per_user = limits.max_connections_per_user

@@ -33,6 +33,14 @@ class Metrics:
         self.pool_waits = Gauge("wyseman_pool_waits",
                                 "Requests that had to wait for a pooled connection, in all",
                                 registry=r)
+        self.read_batches = Gauge(
+            "wyseman_read_batches",
+            "Statements that answered several waiting reads at once, in all", registry=r)
+        self.batched_reads = Gauge("wyseman_batched_reads",
+                                   "Reads answered by a batch statement, in all", registry=r)
+        self.failed_batches = Gauge(
+            "wyseman_read_batches_failed",
+            "Batches that failed, whose reads then ran again one by one, in all", registry=r)
         self.gc_pauses = Histogram(
             "wyseman_gc_pause_seconds",
             "Duration of Python's cyclic garbage collections, by generation", ["generation"],

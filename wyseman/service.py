@@ -233,7 +233,7 @@ class GatewayService(StartingService):
             pool_queue=db_conf.pool_queue, idle_timeout=db_conf.pool_idle_timeout,
             max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
             statement_timeout=db_conf.statement_timeout,
-            prepared_statements=db_conf.prepared_statements)
+            prepared_statements=db_conf.prepared_statements, read_batch=db_conf.read_batch)
         self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay)
         yield self.gateway.start()
         for spec in self.specs:

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.db import pg, types
+from wyseman.db.batch import BatchStats, ReadBatcher
 from wyseman.db.listener import Listener
 from wyseman.db.pool import PoolSet
 
@@ -51,11 +52,15 @@ class Database:
                  pool_queue: int = 1000, idle_timeout: float = 300.0,
                  max_lifetime: float = 3600.0, connect_timeout: float = 10.0,
                  statement_timeout: float = 30.0, admin_pool_size: int = 4,
-                 prepared_statements: bool = True,
+                 prepared_statements: bool = True, read_batch: int = 16,
                  on_listener_reconnect: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
         #: run reads as prepared statements of their session connection
         self.prepared_statements = prepared_statements
+        #: most reads of one role run together when its pool is busy (1: never)
+        self.read_batch = read_batch
+        self.batch_stats = BatchStats()
+        self._batchers: dict[str, ReadBatcher] = {}
         self.admin_dsn = admin_dsn
         self.session_dsn = session_dsn or admin_dsn
         self.session_mode = session_mode
@@ -120,6 +125,22 @@ class Database:
 
     def run_as(self, role: str, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:
         return self.users.run(role, work)
+
+    def read_as(self, role: str, sql: str, values: tuple,
+                plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+        """Run a read (``sql`` renders each row as one JSON text) as ``role`` → Deferred of
+        the row texts. When the role's pool is busy, reads waiting for it run together
+        (:mod:`wyseman.db.batch`)."""
+        batcher = self._batchers.get(role)
+        if batcher is None:
+            batcher = self._batchers[role] = ReadBatcher(
+                self.users.pool(role), limit=self.read_batch,
+                prepare=self.prepared_statements, stats=self.batch_stats)
+        return batcher.read(sql, values, plain)
+
+    def reads_waiting(self) -> int:
+        """Reads waiting for a busy pool to run them in a batch."""
+        return sum(batcher.waiting for batcher in self._batchers.values())
 
     # -- authentication lookups -------------------------------------------------
     def token_valid(self, user: str, token: str, pub_json: str) -> defer.Deferred:

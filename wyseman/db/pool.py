@@ -94,8 +94,10 @@ class RolePool:
         self.stats.waiting = len(self._waiters)
 
     # -- acquire / release -------------------------------------------------
-    def acquire(self) -> defer.Deferred:
-        """A Deferred firing with a :class:`Connection` reserved for the caller."""
+    def acquire(self, count_wait: bool = True) -> defer.Deferred:
+        """A Deferred firing with a :class:`Connection` reserved for the caller.
+        ``count_wait=False``: a wait is not counted in ``stats.waits_total`` (the caller
+        counts its own)."""
         if self._closed:
             return defer.fail(PoolClosed(self.role))
         conn = self._take_idle()
@@ -108,9 +110,14 @@ class RolePool:
         waiter: defer.Deferred = defer.Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
         self.owner.waiting.add(self)
-        self.stats.waits_total += 1
+        self.stats.waits_total += count_wait
         self._update_stats()
         return waiter
+
+    def can_run_now(self) -> bool:
+        """True when work given to :meth:`run` now would not wait behind other work: a
+        connection is idle, or there is room to open one, and nobody is waiting."""
+        return (bool(self._idle) or self.open_count < self.size) and not self._waiters
 
     def _take_idle(self) -> Connection | None:
         """An idle connection, now busy, or None."""

@@ -170,6 +170,12 @@ class Dispatcher:
     def _run(self, statement: compiler.Statement, session: Session,
              request: dict) -> defer.Deferred:
         writes = statement.rows == "one" and request.get("action") in _WRITES
+        if statement.batchable and self.db.read_batch > 1:
+            d = self.db.read_as(session.user, statement.json_sql, statement.params,
+                                statement.pyformat(True))
+            d.addCallback(_read_rows, statement.rows)
+            return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
+                                  errbackArgs=(request,))
         prepare = self.db.prepared_statements
         d = self.db.run_as(session.user,
                            lambda conn: _execute(conn, statement, writes, prepare))
@@ -231,6 +237,15 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
     if statement.rows == "none":
         return result.addCallback(lambda r: None)
     return result.addCallback(single)
+
+
+def _read_rows(rows: list[str], kind: str) -> Any:
+    """A read's JSON row texts → the reply's data (``many``: a list, ``one``: the row)."""
+    if kind == "many":
+        return RawJSON("[" + ",".join(rows) + "]")
+    if len(rows) != 1:
+        raise _BadTuples(len(rows), RawJSON(rows[0]) if rows else None)
+    return RawJSON(rows[0])
 
 
 def _json_rows(result: pg.Result) -> list[RawJSON]:

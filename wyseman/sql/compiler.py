@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from wyseman import errors
@@ -76,6 +76,15 @@ class Statement:
     #: (:mod:`wyseman.sql.json_rows`), when every column's type allows it
     json_sql: str | None = None
 
+    @cached_property
+    def batchable(self) -> bool:
+        """May run in a batch of reads (:mod:`wyseman.sql.batch`): a read of a relation
+        rendered as JSON rows, whose values are text or null (as every read's are: bytes,
+        typed literals, only come from binary fields of writes)."""
+        return (self.json_sql is not None and self.view.arg_types is None
+                and self.rows in ("many", "one")
+                and all(type(v) is str or v is None for v in self.params))
+
     def pyformat(self, as_json: bool = False) -> tuple[str, dict[str, Param]]:
         """The statement (or :attr:`json_sql`) for psycopg2: ``$n`` → ``%(pn)s``,
         every other ``%`` doubled.
@@ -86,11 +95,12 @@ class Statement:
         """
         sql = self.json_sql if as_json and self.json_sql is not None else self.sql
         params = {f"p{n}": value for n, value in enumerate(self.params, 1)}
-        return _pyformat_sql(sql), params
+        return pyformat_sql(sql), params
 
 
 @lru_cache(maxsize=4096)
-def _pyformat_sql(sql: str) -> str:
+def pyformat_sql(sql: str) -> str:
+    """``$n`` → ``%(pn)s`` and ``%`` → ``%%`` outside double-quoted identifiers."""
     return _PYFORMAT_TOKEN.sub(_pyformat_token, sql)
 
 

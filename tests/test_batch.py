@@ -1,0 +1,288 @@
+"""Reads waiting for a busy role pool run as one statement (wyseman.db.batch), on a real
+PostgreSQL; and end to end through the gateway."""
+
+from __future__ import annotations
+
+import psycopg2
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from tests.harness import add_user, start_gateway
+from tests.pgtest import fresh_database
+from tests.test_requests import SAMPLE
+from wyseman import keys
+from wyseman.client.connection import connect
+from wyseman.db import admin, batch, pg
+from wyseman.db.batch import ReadBatcher
+from wyseman.db.pool import PoolBusy, PoolClosed, PoolSet
+from wyseman.sql.compiler import pyformat_sql
+
+#: reads as the batcher takes them: one JSON text per row
+ONE = "select json_build_object('n', $1::int)::text"
+SERIES = "select json_build_object('n', n)::text from generate_series(1, $1::int) n"
+NAP = "select json_build_object('n', $2::int)::text from pg_sleep($1::float8)"
+
+
+def rows(*numbers: int) -> list[str]:
+    return [f'{{"n" : {n}}}' for n in numbers]
+
+
+class ReadBatcherTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.user = add_user(self.db)
+        # A clock of the test's: a statement's measured time is what the test makes it.
+        self.clock = task.Clock()
+        self.pools = self.pool_set()
+
+    def pool_set(self, **options):
+        def connector(role):
+            return pg.connect(pg.dsn_with(self.db.dsn, user=role), reactor)
+        pools = PoolSet(connector, self.clock, size=1, **options)
+        self.addCleanup(pools.close)
+        self.pool = pools.pool(self.user)
+        self.batcher = ReadBatcher(self.pool)
+        return pools
+
+    def read(self, sql, *values):
+        params = {f"p{n}": value for n, value in enumerate(values, 1)}
+        return self.batcher.read(sql, values, (pyformat_sql(sql), params))
+
+    @defer.inlineCallbacks
+    def known(self, *reads):
+        """Run each read once alone (measured fast: the test clock stands still)."""
+        for sql, *values in reads:
+            yield self.read(sql, *values)
+
+    def hold(self):
+        """The role's only connection, taken: reads issued now must wait."""
+        return self.pool.acquire()
+
+    def last_statement(self, pid):
+        return self.db.run("select query from pg_stat_activity where pid = %s", (pid,))[0][0]
+
+    @defer.inlineCallbacks
+    def test_waiting_reads_answered_by_one_statement(self):
+        yield self.known((SERIES, "1"), (ONE, "0"))
+        conn = yield self.hold()
+        reads = [self.read(SERIES, "2"), self.read(ONE, "5"), self.read(SERIES, "3")]
+        self.assertEqual(self.batcher.waiting, 3)
+        self.pool.release(conn)
+        answers = yield defer.gatherResults(reads)
+        self.assertEqual(answers, [rows(1, 2), rows(5), rows(1, 2, 3)])
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 3))
+        self.assertTrue(self.last_statement(conn.backend_pid).startswith("select array("))
+
+    @defer.inlineCallbacks
+    def test_at_most_limit_reads_a_batch(self):
+        self.batcher.limit = 2
+        yield self.known((ONE, "0"))
+        conn = yield self.hold()
+        reads = [self.read(ONE, str(n)) for n in (1, 2, 3)]
+        self.pool.release(conn)
+        answers = yield defer.gatherResults(reads)
+        self.assertEqual(answers, [rows(1), rows(2), rows(3)])
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 2))
+
+    @defer.inlineCallbacks
+    def test_an_error_stays_with_its_read(self):
+        yield self.known((SERIES, "1"), (ONE, "0"))
+        conn = yield self.hold()
+        good = self.read(SERIES, "2")
+        bad = self.read(ONE, "not a number")
+        other = self.read(ONE, "4")
+        self.pool.release(conn)
+        self.assertEqual((yield good), rows(1, 2))
+        with self.assertRaises(psycopg2.DataError) as caught:
+            yield bad
+        self.assertEqual(caught.exception.pgcode, "22P02")
+        self.assertEqual((yield other), rows(4))
+        self.assertEqual(self.batcher.stats.failed_batches, 1)
+        self.assertEqual(self.batcher.stats.batches, 0)
+
+    @defer.inlineCallbacks
+    def test_statements_not_seen_or_slow_run_alone(self):
+        yield self.known((SERIES, "1"))        # (the connection opened)
+        # PostgreSQL takes a moment, so the test clock moves while the statement runs
+        slow = self.read(NAP, "0.2", "1")
+        self.clock.advance(1)                  # answered after a "second": slow
+        yield slow
+        conn = yield self.hold()
+        reads = [self.read(NAP, "0", "2"), self.read(ONE, "1"), self.read(ONE, "2")]
+        self.assertEqual(self.batcher.waiting, 0)   # slow, and never seen: the pool's queue
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(2), rows(1), rows(2)])
+        self.assertEqual(self.batcher.stats.batches, 0)
+        # measured fast alone this time: now they join batches
+        conn = yield self.hold()
+        reads = [self.read(NAP, "0", "4"), self.read(ONE, "3")]
+        self.assertEqual(self.batcher.waiting, 2)
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(4), rows(3)])
+        self.assertEqual(self.batcher.stats.batches, 1)
+
+    @defer.inlineCallbacks
+    def test_a_slow_batch_sends_its_reads_back_to_running_alone(self):
+        yield self.known((NAP, "0", "0"), (ONE, "0"))
+        conn = yield self.hold()
+        reads = [self.read(NAP, "0.2", "1"), self.read(ONE, "2")]
+        self.pool.release(conn)                # the batch is sent now, and takes a moment
+        self.clock.advance(1)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2)])
+        self.assertEqual(self.batcher.stats.batches, 1)
+        conn = yield self.hold()
+        later = [self.read(NAP, "0", "3"), self.read(ONE, "4")]
+        self.assertEqual(self.batcher.waiting, 0)
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(later)), [rows(3), rows(4)])
+
+    @defer.inlineCallbacks
+    def test_connection_lost_during_a_batch_fails_its_reads(self):
+        yield self.known((NAP, "0", "7"), (ONE, "0"))
+        conn = yield self.hold()
+        pid = conn.backend_pid
+        reads = [self.read(NAP, "30", "1"), self.read(ONE, "2")]
+        self.pool.release(conn)
+        self.assertTrue(self.last_statement(pid).startswith("select array("))
+        self.db.run("select pg_terminate_backend(%s)", (pid,))
+        for read in reads:
+            with self.assertRaises(Exception) as caught:
+                yield read
+            self.assertTrue(pg.is_connection_error(caught.exception), caught.exception)
+        self.assertEqual(self.batcher.stats.failed_batches, 0)  # not run again
+        self.assertEqual((yield self.read(ONE, "9")), rows(9))  # on a new connection
+
+    @defer.inlineCallbacks
+    def test_closing_the_pool_fails_waiting_reads(self):
+        yield self.known((ONE, "0"))
+        yield self.hold()
+        reads = [self.read(ONE, "1"), self.read(ONE, "2")]
+        yield self.pools.close()
+        for read in reads:
+            with self.assertRaises(PoolClosed):
+                yield read
+
+    @defer.inlineCallbacks
+    def test_waiting_reads_count_against_the_pool_queue(self):
+        self.pool_set(queue_limit=2)
+        yield self.known((ONE, "0"))
+        conn = yield self.hold()
+        reads = [self.read(ONE, "1"), self.read(ONE, "2")]
+        with self.assertRaises(PoolBusy):
+            yield self.read(ONE, "3")
+        self.assertEqual(self.pool.stats.waits_total, 2)
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2)])
+
+    @defer.inlineCallbacks
+    def test_a_repeated_batch_is_prepared(self):
+        yield self.known((ONE, "0"))
+
+        @defer.inlineCallbacks
+        def batch_then_prepared(first):
+            conn = yield self.hold()
+            reads = [self.read(ONE, str(first)), self.read(ONE, str(first + 1))]
+            self.pool.release(conn)
+            self.assertEqual((yield defer.gatherResults(reads)), [rows(first), rows(first + 1)])
+            conn = yield self.hold()
+            result = yield conn.execute("select statement from pg_prepared_statements")
+            self.pool.release(conn)
+            return [row[0] for row in result.rows if "array(" in row[0]]
+        self.assertEqual((yield batch_then_prepared(1)), [])   # a one-off mix: not prepared
+        prepared = yield batch_then_prepared(3)
+        self.assertEqual(len(prepared), 1, prepared)
+        self.assertEqual((yield batch_then_prepared(5)), prepared)
+
+    @defer.inlineCallbacks
+    def test_limit_one_never_batches(self):
+        self.batcher.limit = 1
+        yield self.known((ONE, "0"))
+        conn = yield self.hold()
+        reads = [self.read(ONE, "1"), self.read(ONE, "2")]
+        self.assertEqual(self.batcher.waiting, 0)
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2)])
+        self.assertEqual(self.batcher.stats.batches, 0)
+
+
+GOOD = [
+    {"action": "select", "view": "app.item_v", "fields": ["name", "price"],
+     "where": {"qty": 3}, "order": ["name"]},
+    {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"name": "gear"}},
+    {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"qty": 3}},
+]
+#: a bad value: the batch it is in fails, and every read in it runs again alone
+BAD = {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"qty": "x"}}
+
+
+class GatewayBatchTests(TestCase):
+    """Requests of one user that wait for its busy pool: batched, with the answers they
+    get without batching."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def answers(self, read_batch, requests):
+        # "fast" is measured on the reactor's clock: a loaded test machine must not make
+        # the warm-up requests look slow
+        self.patch(batch, "FAST_SECONDS", 60.0)
+        db = fresh_database(self)
+        db.run(SAMPLE)
+        db.run("insert into app.item (name, qty, price) values ('bolt', 3, 1.5), "
+               "('nut', 3, 0.25), ('gear', 7, 12)")
+        user = add_user(db, "batch")
+        server = yield start_gateway(self, db, database={"pool_size": 1,
+                                                         "read_batch": read_batch})
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        for request in GOOD:                  # each statement seen once: known to be fast
+            yield conn.request(request).addErrback(lambda _: None)
+        gateway_db = server.gateway.db
+        pool = gateway_db.users.pool(user)
+        held = yield pool.acquire()
+        arrived, seen = defer.Deferred(), []
+
+        def counting(method):
+            def count(*args):
+                result = method(*args)
+                seen.append(args)
+                if len(seen) == len(requests):       # all the requests are waiting
+                    arrived.callback(None)
+                return result
+            return count
+        gateway_db.read_as = counting(gateway_db.read_as)    # batching
+        gateway_db.run_as = counting(gateway_db.run_as)      # read_batch = 1
+
+        def error(failure):
+            return ("error", failure.value.code, failure.value.reply.get("data"))
+        pending = [conn.request(r).addErrback(error) for r in requests]
+        yield arrived
+        waiting = gateway_db.reads_waiting()
+        pool.release(held)
+        answers = yield defer.gatherResults(pending)
+        stats = gateway_db.batch_stats
+        return answers, waiting, (stats.batches, stats.batched_reads, stats.failed_batches)
+
+    @defer.inlineCallbacks
+    def test_waiting_requests_batched_with_the_same_answers(self):
+        batched, waiting, stats = yield self.answers(16, GOOD)
+        self.assertEqual(batched[:2], [
+            [{"name": "bolt", "price": "1.50"}, {"name": "nut", "price": "0.25"}], {"qty": 7}])
+        self.assertEqual(batched[2][0], "error")
+        self.assertTrue(batched[2][1].endswith("badTuples"), batched[2])
+        self.assertEqual(batched[2][2], {"qty": 3})     # the first row, as unbatched
+        self.assertEqual((waiting, stats), (3, (1, 3, 0)))
+        alone, waiting, stats = yield self.answers(1, GOOD)
+        self.assertEqual(alone, batched)
+        self.assertEqual((waiting, stats), (0, (0, 0, 0)))
+
+    @defer.inlineCallbacks
+    def test_a_bad_request_does_not_change_the_others_answers(self):
+        batched, waiting, stats = yield self.answers(16, [BAD] + GOOD)
+        self.assertEqual(batched[0][:2], ("error", "22P02"))
+        self.assertEqual((waiting, stats), (4, (0, 0, 1)))
+        alone, _, _ = yield self.answers(1, [BAD] + GOOD)
+        self.assertEqual(alone, batched)

@@ -1,0 +1,216 @@
+"""Reads that wait for a busy role pool run together, as one statement.
+
+A read whose role has a connection free runs at once, alone, as before. When every
+connection of the role is busy, the read waits here instead of in the pool's queue;
+whenever the pool hands this batcher a connection, all the reads waiting (up to
+``limit``) run as one statement (:mod:`wyseman.sql.batch`). Under load that is one
+PostgreSQL round trip for several requests; without load nothing changes.
+
+What a client sees does not depend on batching:
+
+- **Errors** stay with their request: if a batch fails (any SQL error, a statement
+  timeout), each of its reads runs again alone and gets its own answer. A batch is
+  one statement, so a failed batch has changed nothing.
+- **Slow reads are not batched**: a read joins a batch only once its statement has
+  been seen to answer within ``fast`` seconds, so a report query never holds up the
+  quick lookups queued with it. A batch slower than that sends its statements back
+  to running alone until they are measured fast again.
+- Only reads of relations (views, tables) that the caller marked batchable are
+  taken; function calls and writes never are.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from wyseman.db.pg import Connection, Result, is_connection_error
+from wyseman.db.pool import PoolBusy, RolePool
+from wyseman.sql import batch as batch_sql
+
+#: a statement answering within this many seconds may join batches
+FAST_SECONDS = 0.025
+#: statements whose speed is remembered (then the memory starts over)
+_COST_LIMIT = 4096
+#: batch texts remembered as seen (a text is prepared the second time it is seen)
+_SEEN_LIMIT = 1024
+
+
+@dataclass(eq=False)
+class Read:
+    """One read: ``sql`` renders each row as one JSON text, ``$n`` placeholders."""
+
+    sql: str
+    values: tuple[Any, ...]
+    plain: tuple[str, dict[str, Any]]   #: the same for psycopg2 (``%(pn)s`` placeholders)
+    done: defer.Deferred = field(default_factory=defer.Deferred)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0            #: statements that answered several reads
+    batched_reads: int = 0      #: reads answered by them
+    failed_batches: int = 0     #: batches whose reads ran again alone
+
+
+class ReadBatcher:
+    """The batching front of one role's pool."""
+
+    def __init__(self, pool: RolePool, *, limit: int = 16, prepare: bool = True,
+                 fast: float | None = None, stats: BatchStats | None = None) -> None:
+        self.pool = pool
+        self.limit = limit
+        self.prepare = prepare
+        self.fast = FAST_SECONDS if fast is None else fast
+        self.stats = stats if stats is not None else BatchStats()
+        self._pending: deque[Read] = deque()
+        self._acquiring = 0
+        #: statement → seconds of its last answer (alone, or the batch it was in)
+        self._cost: dict[str, float] = {}
+        self._seen: set[str] = set()
+
+    def read(self, sql: str, values: Sequence[Any],
+             plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+        """Deferred firing with the read's rows (a list of JSON texts)."""
+        read = Read(sql, tuple(values), plain)
+        if self.limit < 2 or self.pool.can_run_now() or not self._is_fast(sql):
+            return self._alone(read)
+        # the pool's own bound, shared: its waiters (but for this batcher's own acquires)
+        # and the reads here
+        waiting = len(self._pending) + self.pool.stats.waiting - self._acquiring
+        if waiting >= self.pool.queue_limit:
+            return defer.fail(PoolBusy(self.pool.role))
+        self._pending.append(read)
+        self.pool.stats.waits_total += 1
+        self._acquire_more()
+        return read.done
+
+    @property
+    def waiting(self) -> int:
+        """Reads waiting here for a connection."""
+        return len(self._pending)
+
+    # -- running alone ---------------------------------------------------------
+    def _alone(self, read: Read) -> defer.Deferred:
+        return self.pool.run(lambda conn: self._run_alone(conn, read))
+
+    def _run_alone(self, conn: Connection, read: Read) -> defer.Deferred:
+        clock = self.pool.clock
+        started = clock.seconds()
+        if self.prepare:
+            d = conn.execute_prepared(read.sql, read.values, read.plain)
+        else:
+            d = conn.execute(*read.plain)
+
+        def rows(result: Result) -> list[str]:
+            self._note_cost(read.sql, clock.seconds() - started)
+            return [row[0] for row in result.rows]
+        return d.addCallback(rows)
+
+    def _is_fast(self, sql: str) -> bool:
+        cost = self._cost.get(sql)
+        return cost is not None and cost <= self.fast
+
+    def _note_cost(self, sql: str, seconds: float) -> None:
+        if sql not in self._cost and len(self._cost) >= _COST_LIMIT:
+            self._cost.clear()
+        self._cost[sql] = seconds
+
+    # -- waiting for a connection ------------------------------------------------
+    def _acquire_more(self) -> None:
+        """Ask the pool for connections: one per waiting read, at most the pool's size."""
+        while self._acquiring < min(len(self._pending), self.pool.size):
+            self._acquiring += 1
+            self.pool.acquire(count_wait=False).addCallbacks(self._acquired,
+                                                             self._not_acquired)
+
+    def _not_acquired(self, failure: Failure) -> None:
+        self._acquiring -= 1
+        if self._acquiring == 0:           # nobody left to serve the waiting reads
+            while self._pending:
+                self._pending.popleft().done.errback(failure)
+
+    def _acquired(self, conn: Connection) -> None:
+        self._acquiring -= 1
+        reads = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
+        self._acquire_more()
+        if not reads:
+            self.pool.release(conn)
+        elif len(reads) == 1:
+            self._hand_over(conn, reads[0], self._run_alone)
+        else:
+            self._hand_over(conn, reads, self._run_batch)
+
+    def _hand_over(self, conn: Connection, work: Any, run: Any) -> None:
+        """Run ``run(conn, work)``, give the connection back, then fire the Deferreds."""
+        try:
+            d = run(conn, work)
+        except Exception:
+            d = defer.fail()
+
+        def release(result: Any) -> Any:
+            broken = isinstance(result, Failure) and is_connection_error(result)
+            self.pool.release(conn, broken=broken or conn.closed)
+            return result
+        d.addBoth(release)
+        if isinstance(work, Read):
+            d.chainDeferred(work.done)
+        else:
+            d.addCallbacks(self._deliver, self._batch_failed, callbackArgs=(work,),
+                           errbackArgs=(work,))
+
+    @staticmethod
+    def _deliver(answers: list[list[str]], reads: list[Read]) -> None:
+        for read, rows in zip(reads, answers, strict=True):
+            if not read.done.called:
+                read.done.callback(rows)
+
+    # -- a batch -------------------------------------------------------------------
+    def _run_batch(self, conn: Connection, reads: list[Read]) -> defer.Deferred:
+        batch = batch_sql.compose([(read.sql, read.values) for read in reads])
+        clock = self.pool.clock
+        started = clock.seconds()
+        if self.prepare and self._seen_before(batch.sql):
+            d = conn.execute_prepared(batch.sql, batch.values, batch.pyformat())
+        else:
+            d = conn.execute(*batch.pyformat())
+
+        def answers(result: Result) -> list[list[str]]:
+            elapsed = clock.seconds() - started
+            if elapsed > self.fast:        # too slow to batch: run alone until fast again
+                for read in reads:
+                    self._note_cost(read.sql, elapsed)
+            self.stats.batches += 1
+            self.stats.batched_reads += len(reads)
+            return batch_sql.split(result.rows[0], batch)
+        return d.addCallback(answers)
+
+    def _seen_before(self, sql: str) -> bool:
+        """A text is prepared once it repeats: a one-off mix of reads is not worth the
+        extra round trip of PREPARE."""
+        if sql in self._seen:
+            return True
+        if len(self._seen) >= _SEEN_LIMIT:
+            self._seen.clear()
+        self._seen.add(sql)
+        return False
+
+    def _batch_failed(self, failure: Failure, reads: list[Read]) -> None:
+        """The connection is gone: every read fails with it. Any other error: each read
+        runs again alone (and is not batched again until it has been answered alone)."""
+        if is_connection_error(failure):
+            for read in reads:
+                if not read.done.called:
+                    read.done.errback(failure)
+            return
+        self.stats.failed_batches += 1
+        for read in reads:
+            if read.done.called:
+                continue
+            self._cost.pop(read.sql, None)
+            self._alone(read).chainDeferred(read.done)
