@@ -239,7 +239,7 @@ OPTIONS: tuple[Option, ...] = (
        "Most reads (`select`/`tuple` of a view or table) of one role that run together as "
        "one statement when all of the role's connections are busy: one PostgreSQL round "
        "trip for several waiting requests. A read's errors stay its own (a failed batch "
-       "runs its reads again one by one) and a statement seen taking over 25 ms is not "
+       "runs its reads again one by one) and a statement seen taking over 100 ms is not "
        "batched. 1 turns batching off."),
 
     # [auth]

@@ -34,7 +34,7 @@ from wyseman.db.pool import PoolBusy, RolePool
 from wyseman.sql import batch as batch_sql
 
 #: a statement answering within this many seconds may join batches
-FAST_SECONDS = 0.025
+FAST_SECONDS = 0.1
 #: statements whose speed is remembered (then the memory starts over)
 _COST_LIMIT = 4096
 #: batch texts remembered as seen (a text is prepared the second time it is seen)
@@ -77,9 +77,9 @@ class ReadBatcher:
     def read(self, sql: str, values: Sequence[Any],
              plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
         """Deferred firing with the read's rows (a list of JSON texts)."""
-        read = Read(sql, tuple(values), plain)
         if self.limit < 2 or self.pool.can_run_now() or not self._is_fast(sql):
-            return self._alone(read)
+            return self._alone(sql, values, plain)
+        read = Read(sql, tuple(values), plain)
         # the pool's own bound, shared: its waiters (but for this batcher's own acquires)
         # and the reads here
         waiting = len(self._pending) + self.pool.stats.waiting - self._acquiring
@@ -96,21 +96,22 @@ class ReadBatcher:
         return len(self._pending)
 
     # -- running alone ---------------------------------------------------------
-    def _alone(self, read: Read) -> defer.Deferred:
-        return self.pool.run(lambda conn: self._run_alone(conn, read))
+    def _alone(self, sql: str, values: Sequence[Any],
+               plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+        return self.pool.run(lambda conn: self._run_alone(conn, sql, values, plain))
 
-    def _run_alone(self, conn: Connection, read: Read) -> defer.Deferred:
-        clock = self.pool.clock
-        started = clock.seconds()
+    def _run_alone(self, conn: Connection, sql: str, values: Sequence[Any],
+                   plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+        started = self.pool.clock.seconds()
         if self.prepare:
-            d = conn.execute_prepared(read.sql, read.values, read.plain)
+            d = conn.execute_prepared(sql, values, plain)
         else:
-            d = conn.execute(*read.plain)
+            d = conn.execute(*plain)
+        return d.addCallback(self._rows_alone, sql, started)
 
-        def rows(result: Result) -> list[str]:
-            self._note_cost(read.sql, clock.seconds() - started)
-            return [row[0] for row in result.rows]
-        return d.addCallback(rows)
+    def _rows_alone(self, result: Result, sql: str, started: float) -> list[str]:
+        self._note_cost(sql, self.pool.clock.seconds() - started)
+        return [row[0] for row in result.rows]
 
     def _is_fast(self, sql: str) -> bool:
         cost = self._cost.get(sql)
@@ -142,7 +143,9 @@ class ReadBatcher:
         if not reads:
             self.pool.release(conn)
         elif len(reads) == 1:
-            self._hand_over(conn, reads[0], self._run_alone)
+            read = reads[0]
+            self._hand_over(conn, read, lambda conn, read: self._run_alone(
+                conn, read.sql, read.values, read.plain))
         else:
             self._hand_over(conn, reads, self._run_batch)
 
@@ -213,4 +216,4 @@ class ReadBatcher:
             if read.done.called:
                 continue
             self._cost.pop(read.sql, None)
-            self._alone(read).chainDeferred(read.done)
+            self._alone(read.sql, read.values, read.plain).chainDeferred(read.done)

@@ -32,16 +32,30 @@ OperationalError = psycopg2.OperationalError
 InterfaceError = psycopg2.InterfaceError
 
 
-@dataclass(frozen=True)
 class Result:
-    """Rows of one statement, with column names and the affected row count."""
+    """Rows of one statement, with column names and the affected row count.
 
-    columns: tuple[str, ...]
-    rows: list[tuple]
-    rowcount: int
+    (A plain class: one is made per statement, and the names are only looked up when
+    asked for, since most reads use the rows alone.)"""
+
+    __slots__ = ("_description", "_columns", "rows", "rowcount")
+
+    def __init__(self, description: Sequence[Any] | None, rows: list[tuple],
+                 rowcount: int) -> None:
+        self._description = description
+        self._columns: tuple[str, ...] | None = None
+        self.rows = rows
+        self.rowcount = rowcount
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if self._columns is None:
+            self._columns = tuple(column.name for column in self._description or ())
+        return self._columns
 
     def dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+        columns = self.columns
+        return [dict(zip(columns, row, strict=True)) for row in self.rows]
 
 
 @dataclass(frozen=True)
@@ -421,9 +435,8 @@ _PARAMETER_TYPE_ERRORS = frozenset({"42P18", "42P08", "42725", "42804"})
 def _result(cursor: Any) -> Result:
     description = cursor.description
     if description is None:
-        return Result((), [], cursor.rowcount)
-    columns = tuple(column.name for column in description)
-    return Result(columns, cursor.fetchall(), cursor.rowcount)
+        return Result(None, [], cursor.rowcount)
+    return Result(description, cursor.fetchall(), cursor.rowcount)
 
 
 def connect(dsn: str, reactor: Any = None, connect_timeout: float | None = None,
