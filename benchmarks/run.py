@@ -695,11 +695,12 @@ class Bench:
     # -- a closed-loop request run ----------------------------------------------------
     def request_run(self, server: Server, connections: int, message: dict[str, Any],
                     deadline: Deadline, expect_rows: int | None = None,
-                    profile: bool = False, plain_user: bool = False) -> dict[str, Any]:
+                    profile: bool = False, plain_user: bool = False,
+                    depth: int | None = None) -> dict[str, Any]:
         args, env = self.args, self.env
         base = {"mode": "requests", "port": server.port, "message": message,
                 "plain_user": plain_user,
-                "depth": args.depth, "warmup": args.warmup, "duration": args.duration,
+                "depth": depth or args.depth, "warmup": args.warmup, "duration": args.duration,
                 "open_concurrency": 32, "max_seconds": deadline.left()}
         gens = env.loadgens(connections, base)
         try:
@@ -748,15 +749,15 @@ class Bench:
                 gauge_sum(server.metrics_ports, "wyseman_batched_reads")]
 
     # -- the Node.js server baseline ---------------------------------------------------
-    def node_runs(self, scenario: str, connections: list[int], message: dict[str, Any],
-                  ours: dict[int, dict[str, Any]], deadline: Deadline,
-                  expect_rows: int | None = None) -> dict[int, dict[str, Any]]:
-        """The same request runs (C values, message, load generators) against the Node
-        server, logged in by user name only; {C: result}. Skipped (and said so) when node
-        or its modules are missing; a failure is reported without losing our rows."""
+    def node_runs(self, scenario: str, runs: list[tuple[int, int]], message: dict[str, Any],
+                  ours: dict[tuple[int, int], dict[str, Any]], deadline: Deadline,
+                  expect_rows: int | None = None) -> dict[tuple[int, int], dict[str, Any]]:
+        """The same request runs ((C, D) pairs, message, load generators) against the Node
+        server, logged in by user name only; {(C, D): result}. Skipped (and said so) when
+        node or its modules are missing; a failure is reported without losing our rows."""
         args, env = self.args, self.env
-        results: dict[int, dict[str, Any]] = {}
-        replies = {c: m.pop("reply", None) for c, m in ours.items()}  # not for the JSON
+        results: dict[tuple[int, int], dict[str, Any]] = {}
+        replies = {key: m.pop("reply", None) for key, m in ours.items()}  # not for the JSON
         if args.no_node:
             self.node_status[scenario] = "skipped (--no-node)"
             return results
@@ -769,29 +770,30 @@ class Bench:
         try:
             node_server = env.start_node_server(deadline)
             log(f"  Node server: pid {node_server.pid}, port {node_server.port}")
-            for clients in connections:
-                log(f"  Node server: {scenario} C={clients} D={args.depth}")
+            for clients, depth in runs:
+                label = f"C={clients} D={depth}"
+                log(f"  Node server: {scenario} {label}")
                 try:
                     n = self.request_run(node_server, clients, message, deadline,
-                                         expect_rows=expect_rows, plain_user=True)
+                                         expect_rows=expect_rows, plain_user=True, depth=depth)
                 except BenchError as exc:
-                    self.failures.append(f"{scenario} Node baseline C={clients}: {exc}")
+                    self.failures.append(f"{scenario} Node baseline {label}: {exc}")
                     continue
                 theirs = n.pop("reply", None)
-                n["same_reply"] = theirs == replies.get(clients)
+                n["same_reply"] = theirs == replies.get((clients, depth))
                 if not n["same_reply"]:
                     self.failures.append(
-                        f"{scenario} Node baseline C={clients}: the servers answer "
-                        f"differently: ours {str(replies.get(clients))[:200]}, "
+                        f"{scenario} Node baseline {label}: the servers answer "
+                        f"differently: ours {str(replies.get((clients, depth)))[:200]}, "
                         f"Node {str(theirs)[:200]}")
-                results[clients] = n
+                results[(clients, depth)] = n
         except BenchError as exc:
             self.failures.append(f"{scenario} Node baseline: {exc}")
         finally:
             if node_server is not None:
                 env.finish([node_server.child])  # killed whatever happened
-        self.node_status[scenario] = (f"measured at C={','.join(map(str, sorted(results)))}"
-                                      if results else "failed")
+        measured = ",".join(f"C={c} D={d}" for c, d in sorted(results))
+        self.node_status[scenario] = f"measured at {measured}" if results else "failed"
         return results
 
     def pgbench_rows(self, name: str, label: str, params: str, m: dict[str, Any],
@@ -819,14 +821,27 @@ class Bench:
         self.rows.append(Row(f"{scenario} p99 vs Node", params, m["p99"], "ms",
                              n["p99"], "Node p99"))
 
+    def tuple_runs(self) -> list[tuple[int, int]]:
+        """(C, D) of the tuple runs: every C at ``--depth``, and one at C=100 (or the
+        largest C) with ``--queued-depth`` requests in flight per socket, where requests
+        queue for the users' connections."""
+        args = self.args
+        runs = [(clients, args.depth) for clients in args.connections]
+        if args.queued_depth and args.queued_depth != args.depth:
+            target = 100 if 100 in args.connections else max(args.connections)
+            runs.append((target, args.queued_depth))
+        return runs
+
     def tuple_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
         server = env.start_server(deadline, profile=args.profile, metrics=True)
         baselines: dict[int, dict[str, float]] = {}
-        measured: dict[int, dict[str, Any]] = {}
-        for clients in args.connections:
-            log(f"  tuple: C={clients} D={args.depth}")
-            measured[clients] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+        measured: dict[tuple[int, int], dict[str, Any]] = {}
+        runs = self.tuple_runs()
+        for clients, depth in runs:
+            log(f"  tuple: C={clients} D={depth}")
+            measured[(clients, depth)] = self.request_run(server, clients, TUPLE_MESSAGE,
+                                                          deadline, depth=depth)
         if args.profile:
             target = max([c for c in args.connections if c <= 100] or args.connections)
             log(f"  tuple: profiling the server at C={target} (not a measured run)")
@@ -834,7 +849,7 @@ class Bench:
             self.profiles[f"tuple C={target} D={args.depth}"] = summarize_profile(
                 server.profile_file)
         env.finish([server.child])
-        node = self.node_runs("tuple", args.connections, TUPLE_MESSAGE, measured, deadline)
+        node = self.node_runs("tuple", runs, TUPLE_MESSAGE, measured, deadline)
         if not args.no_baseline:
             for clients in args.connections:
                 log(f"  pgbench -S -c {clients}")
@@ -842,12 +857,12 @@ class Bench:
                     baselines[clients] = env.pgbench_tps(clients, args.duration)
                 except BenchError as exc:
                     self.failures.append(f"tuple baseline C={clients}: {exc}")
-        for clients in args.connections:
-            m = measured[clients]
+        for clients, depth in runs:
+            m = measured[(clients, depth)]
             base = baselines.get(clients)
-            params = f"C={clients} D={args.depth}"
+            params = f"C={clients} D={depth}"
             self.pgbench_rows("tuple bench.item by id", "pgbench -S", params, m, base)
-            self.node_rows("tuple", params, m, node.get(clients))
+            self.node_rows("tuple", params, m, node.get((clients, depth)))
 
     def select_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -856,7 +871,8 @@ class Bench:
         log(f"  select 100 rows: C={clients}")
         m = self.request_run(server, clients, SELECT_MESSAGE, deadline, expect_rows=100)
         env.finish([server.child])
-        node = self.node_runs("select", [clients], SELECT_MESSAGE, {clients: m}, deadline,
+        run = (clients, args.depth)
+        node = self.node_runs("select", [run], SELECT_MESSAGE, {run: m}, deadline,
                               expect_rows=100)
         base = None
         if not args.no_baseline:
@@ -867,7 +883,7 @@ class Bench:
                 self.failures.append(f"select baseline: {exc}")
         params = f"C={clients} D={args.depth} 100 rows"
         self.pgbench_rows("select bench.item", "pgbench -f select", params, m, base)
-        self.node_rows("select", params, m, node.get(clients))
+        self.node_rows("select", params, m, node.get(run))
 
     def scaling_scenario(self, deadline: Deadline) -> None:
         """Tuple requests at C=100 with [server] workers = 1, 2, … up to the core count."""
@@ -1150,6 +1166,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")],
                         help="tuple: comma-separated C values (1,10,100,1000; quick 1,10,100)")
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per socket")
+    parser.add_argument("--queued-depth", type=int, default=4,
+                        help="tuple: one more run at C=100 with this many requests in flight "
+                             "per socket, so that requests queue for the users' connections "
+                             "(default 4; 0: none)")
     parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
     parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
     parser.add_argument("--read-batch", type=int, default=16,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from wyseman.sql.compiler import pyformat_sql
@@ -57,14 +58,22 @@ def compose(members: Sequence[tuple[str, Sequence[Any]]]) -> Batch:
     """
     if not members:
         raise ValueError("a batch needs at least one read")
-    order = sorted(range(len(members)), key=lambda i: members[i][0])
+    order = tuple(sorted(range(len(members)), key=lambda i: members[i][0]))
+    sql = _batch_text(tuple(members[i][0] for i in order),
+                      tuple(len(members[i][1]) for i in order))
+    return Batch(sql, tuple(v for i in order for v in members[i][1]), order)
+
+
+@lru_cache(maxsize=1024)
+def _batch_text(sqls: tuple[str, ...], counts: tuple[int, ...]) -> str:
+    """The statement for reads ``sqls`` (in this order) with ``counts`` values each:
+    apps repeat the same mixes, and renumbering costs more than the rest of a batch."""
     columns: list[str] = []
-    values: list[Any] = []
-    for index in order:
-        sql, params = members[index]
-        columns.append(f"array({shift_placeholders(sql, len(values))})")
-        values.extend(params)
-    return Batch("select " + ", ".join(columns), tuple(values), tuple(order))
+    offset = 0
+    for sql, count in zip(sqls, counts, strict=True):
+        columns.append(f"array({shift_placeholders(sql, offset)})")
+        offset += count
+    return "select " + ", ".join(columns)
 
 
 def split(row: Sequence[Any], batch: Batch) -> list[list[str]]:
