@@ -718,12 +718,11 @@ class Bench:
             warmed = sum(r.get("warmed", 0) for r in readies)
             if warmed < opened:
                 log(f"  warning: only {warmed}/{opened} sockets answered the warm-up request")
-            batches = self.batch_counts(server)
             for g in gens:
                 g.send("go")
-            before, after = measure_window(server, env, deadline, profile)
+            before, after, batches = measure_window(server, env, deadline, profile,
+                                                    lambda: self.batch_counts(server))
             results = [g.event("result", deadline) for g in gens]
-            batches = [b - a for a, b in zip(batches, self.batch_counts(server), strict=True)]
         finally:
             env.finish(gens)
         latencies = [v for r in results for v in r["latencies_ms"]]
@@ -742,7 +741,7 @@ class Bench:
     @staticmethod
     def batch_counts(server: Server) -> list[float]:
         """Batches and the reads they answered so far (0, 0 without a metrics page, as
-        for the Node server); the generators' own requests included."""
+        for the Node server)."""
         if not server.metrics_ports:
             return [0.0, 0.0]
         return [gauge_sum(server.metrics_ports, "wyseman_read_batches"),
@@ -1044,7 +1043,7 @@ class Bench:
                         g.event("ready", deadline)
                     for g in gens:
                         g.send("go")
-                    before, after = measure_window(server, env, deadline, profile)
+                    before, after, _ = measure_window(server, env, deadline, profile)
                     results = [g.event("result", deadline) for g in gens]
                 finally:
                     env.finish(gens)
@@ -1112,21 +1111,26 @@ class Bench:
 
 
 def measure_window(server: Server, env: Environment, deadline: Deadline,
-                   profile: bool = False) -> tuple[CpuSnapshot, CpuSnapshot]:
+                   profile: bool = False, counters: Callable[[], list[float]] | None = None
+                   ) -> tuple[CpuSnapshot, CpuSnapshot, list[float]]:
     """Called right after 'go': skip the warm-up, then CPU snapshots around the measured
-    seconds (cProfile of the server over exactly those seconds with ``profile``)."""
+    seconds (cProfile of the server over exactly those seconds with ``profile``), and what
+    ``counters`` counted in them."""
     args = env.args
     time.sleep(args.warmup)
     if profile:
         server.child.popen.send_signal(signal.SIGUSR1)
+    counted = counters() if counters else []
     before = CpuSnapshot.take(server.pid, env.postmaster_pid)
     time.sleep(args.duration)
     after = CpuSnapshot.take(server.pid, env.postmaster_pid)
+    if counters:
+        counted = [b - a for a, b in zip(counted, counters(), strict=True)]
     if profile:
         server.child.popen.send_signal(signal.SIGUSR2)
         while server.child.readline(deadline, 60).strip() != b"PROFILED":
             pass
-    return before, after
+    return before, after, counted
 
 
 def summarize_profile(path: str | None, top: int = 12) -> dict[str, Any] | None:

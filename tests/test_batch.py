@@ -46,9 +46,12 @@ class ReadBatcherTests(TestCase):
         self.batcher = ReadBatcher(self.pool)
         return pools
 
-    def read(self, sql, *values):
+    def read(self, sql, *values, flush=True):
         params = {f"p{n}": value for n, value in enumerate(values, 1)}
-        return self.batcher.read(sql, values, (pyformat_sql(sql), params))
+        read = self.batcher.read(sql, values, (pyformat_sql(sql), params))
+        if flush:
+            self.clock.advance(0)         # the end of the reactor iteration
+        return read
 
     @defer.inlineCallbacks
     def known(self, *reads):
@@ -74,6 +77,41 @@ class ReadBatcherTests(TestCase):
         self.assertEqual(answers, [rows(1, 2), rows(5), rows(1, 2, 3)])
         self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 3))
         self.assertTrue(self.last_statement(conn.backend_pid).startswith("select array("))
+
+    @defer.inlineCallbacks
+    def test_reads_of_one_reactor_iteration_run_together(self):
+        """The connection is free: reads that arrived together still make one statement
+        (a connection each would wake PostgreSQL once per read)."""
+        yield self.known((SERIES, "1"), (ONE, "0"))
+        self.assertTrue(self.pool.can_run_now())
+        reads = [self.read(ONE, "1", flush=False), self.read(SERIES, "2", flush=False),
+                 self.read(ONE, "3", flush=False)]
+        self.assertEqual(self.batcher.waiting, 3)
+        self.clock.advance(0)                  # the reactor iteration ends
+        self.assertEqual(self.batcher.waiting, 0)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(1, 2), rows(3)])
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 3))
+        self.assertEqual(self.pool.stats.waits_total, 0)   # nobody waited for a connection
+
+    @defer.inlineCallbacks
+    def test_a_read_on_its_own_runs_alone(self):
+        yield self.known((ONE, "0"))
+        self.assertEqual((yield self.read(ONE, "5")), rows(5))
+        self.assertEqual(self.batcher.stats.batches, 0)
+
+    @defer.inlineCallbacks
+    def test_a_batch_is_kept_within_the_time_of_a_fast_read(self):
+        """Reads measured at 60 ms each: two in one batch would hold the second up for
+        longer than a fast read takes, so they go to separate statements."""
+        yield self.known((ONE, "0"))
+        nap = self.read(NAP, "0.2", "0")
+        self.clock.advance(0.06)
+        yield nap
+        conn = yield self.hold()
+        reads = [self.read(NAP, "0", "1"), self.read(NAP, "0", "2"), self.read(ONE, "3")]
+        self.pool.release(conn)
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2), rows(3)])
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 2))
 
     @defer.inlineCallbacks
     def test_at_most_limit_reads_a_batch(self):

@@ -237,10 +237,11 @@ OPTIONS: tuple[Option, ...] = (
        "do not follow it."),
     _o("database", "read_batch", _int_range(1, 256), 16,
        "Most reads (`select`/`tuple` of a view or table) of one role that run together as "
-       "one statement when all of the role's connections are busy: one PostgreSQL round "
-       "trip for several waiting requests. A read's errors stay its own (a failed batch "
-       "runs its reads again one by one) and a statement seen taking over 100 ms is not "
-       "batched. 1 turns batching off."),
+       "one statement: those that arrive in the same turn of the event loop, or wait for "
+       "the role's busy connections. One PostgreSQL round trip for several requests. A "
+       "read's errors stay its own (a failed batch runs its reads again one by one); a "
+       "statement not yet seen, or seen taking over 100 ms, runs alone. 1 turns batching "
+       "off."),
 
     # [auth]
     _o("auth", "date_window", _seconds, 60.0,

@@ -1,10 +1,13 @@
-"""Reads that wait for a busy role pool run together, as one statement.
+"""Reads of one role that arrive together, or wait for its busy pool, run as one statement.
 
-A read whose role has a connection free runs at once, alone, as before. When every
-connection of the role is busy, the read waits here instead of in the pool's queue;
-whenever the pool hands this batcher a connection, all the reads waiting (up to
-``limit``) run as one statement (:mod:`wyseman.sql.batch`). Under load that is one
-PostgreSQL round trip for several requests; without load nothing changes.
+A read of a statement known to be fast waits here until the end of the reactor
+iteration it arrived in (a ``callLater(0)``). Then the reads of that iteration, and
+any still waiting for a connection, go to the role's connections in batches of up to
+``limit``: a batch is one statement (:mod:`wyseman.sql.batch`), so PostgreSQL is woken
+once and answers once for all its reads. A read that comes alone runs alone; when all
+the connections are busy, the reads wait here (not in the pool's queue) and the next
+connection free takes as many as a batch may hold. The idea is a DataLoader's: what
+one turn of the event loop asks for goes out as one request.
 
 What a client sees does not depend on batching:
 
@@ -12,9 +15,10 @@ What a client sees does not depend on batching:
   timeout), each of its reads runs again alone and gets its own answer. A batch is
   one statement, so a failed batch has changed nothing.
 - **Slow reads are not batched**: a read joins a batch only once its statement has
-  been seen to answer within ``fast`` seconds, so a report query never holds up the
-  quick lookups queued with it. A batch slower than that sends its statements back
-  to running alone until they are measured fast again.
+  been seen to answer within ``fast`` seconds, and a batch takes only as many reads as
+  their last known times fit in ``fast``; so a report query never holds up the quick
+  lookups that came with it. A batch slower than that sends its statements back to
+  running alone until they are measured fast again.
 - Only reads of relations (views, tables) that the caller marked batchable are
   taken; function calls and writes never are.
 """
@@ -73,11 +77,12 @@ class ReadBatcher:
         #: statement → seconds of its last answer (alone, or the batch it was in)
         self._cost: dict[str, float] = {}
         self._seen: set[str] = set()
+        self._flush_call: Any = None
 
     def read(self, sql: str, values: Sequence[Any],
              plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
         """Deferred firing with the read's rows (a list of JSON texts)."""
-        if self.limit < 2 or self.pool.can_run_now() or not self._is_fast(sql):
+        if self.limit < 2 or not self._is_fast(sql):
             return self._alone(sql, values, plain)
         read = Read(sql, tuple(values), plain)
         # the pool's own bound, shared: its waiters (but for this batcher's own acquires)
@@ -86,9 +91,17 @@ class ReadBatcher:
         if waiting >= self.pool.queue_limit:
             return defer.fail(PoolBusy(self.pool.role))
         self._pending.append(read)
-        self.pool.stats.waits_total += 1
-        self._acquire_more()
+        if not self.pool.can_run_now():
+            self.pool.stats.waits_total += 1
+        if self._flush_call is None:
+            # the reads of this reactor iteration go together (then a read waits for
+            # the connections only as long as the reactor takes to get round to it)
+            self._flush_call = self.pool.clock.callLater(0, self._flush)
         return read.done
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._acquire_more()
 
     @property
     def waiting(self) -> int:
@@ -124,8 +137,9 @@ class ReadBatcher:
 
     # -- waiting for a connection ------------------------------------------------
     def _acquire_more(self) -> None:
-        """Ask the pool for connections: one per waiting read, at most the pool's size."""
-        while self._acquiring < min(len(self._pending), self.pool.size):
+        """Ask the pool for connections: one per batch the waiting reads make, at most
+        the pool's size (a free connection is handed over at once)."""
+        while self._acquiring < min(-(-len(self._pending) // self.limit), self.pool.size):
             self._acquiring += 1
             self.pool.acquire(count_wait=False).addCallbacks(self._acquired,
                                                              self._not_acquired)
@@ -138,7 +152,7 @@ class ReadBatcher:
 
     def _acquired(self, conn: Connection) -> None:
         self._acquiring -= 1
-        reads = [self._pending.popleft() for _ in range(min(self.limit, len(self._pending)))]
+        reads = self._take()
         self._acquire_more()
         if not reads:
             self.pool.release(conn)
@@ -148,6 +162,21 @@ class ReadBatcher:
                 conn, read.sql, read.values, read.plain))
         else:
             self._hand_over(conn, reads, self._run_batch)
+
+    def _take(self) -> list[Read]:
+        """The next batch: up to ``limit`` reads whose statements' last known times add up
+        to at most ``fast`` (so that reads that could have run side by side on other
+        connections are not held up long behind each other); at least one."""
+        reads: list[Read] = []
+        spent = 0.0
+        pending = self._pending
+        while pending and len(reads) < self.limit:
+            cost = self._cost.get(pending[0].sql, 0.0)
+            if reads and spent + cost > self.fast:
+                break
+            reads.append(pending.popleft())
+            spent += cost
+        return reads
 
     def _hand_over(self, conn: Connection, work: Any, run: Any) -> None:
         """Run ``run(conn, work)``, give the connection back, then fire the Deferreds."""
