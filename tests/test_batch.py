@@ -250,6 +250,11 @@ GOOD = [
      "where": {"qty": 3}, "order": ["name"]},
     {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"name": "gear"}},
     {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"qty": 3}},
+    # numeric, timestamptz, jsonb, int8; sorted one way, limited, offset
+    {"action": "select", "view": "app.item_v", "fields": ["name", "price", "made", "data", "big"],
+     "order": [{"field": "price"}], "limit": 2, "offset": 1},
+    {"action": "select", "view": "app.item_v", "fields": ["id", "made"],
+     "where": {"left": "qty", "oper": ">=", "entry": 3}, "order": [{"field": "id", "asc": True}]},
 ]
 #: a bad value: the batch it is in fails, and every read in it runs again alone
 BAD = {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"qty": "x"}}
@@ -268,8 +273,9 @@ class GatewayBatchTests(TestCase):
         self.patch(batch, "FAST_SECONDS", 60.0)
         db = fresh_database(self)
         db.run(SAMPLE)
-        db.run("insert into app.item (name, qty, price) values ('bolt', 3, 1.5), "
-               "('nut', 3, 0.25), ('gear', 7, 12)")
+        db.run("insert into app.item (name, qty, price, data, blob, big) values "
+               """('bolt', 3, 1.5, '{"a": [1, 2]}', '\\x0102', 9007199254740993), """
+               "('nut', 3, 0.25, null, null, null), ('gear', 7, 12, '[]', '', -1)")
         user = add_user(db, "batch")
         server = yield start_gateway(self, db, database={"pool_size": 1,
                                                          "read_batch": read_batch})
@@ -296,7 +302,11 @@ class GatewayBatchTests(TestCase):
 
         def error(failure):
             return ("error", failure.value.code, failure.value.reply.get("data"))
-        pending = [conn.request(r).addErrback(error) for r in requests]
+        def early(result):          # (it never reached the pool: fail, do not hang)
+            if not arrived.called:
+                arrived.errback(AssertionError(f"answered without waiting: {result}"))
+            return result
+        pending = [conn.request(r).addErrback(error).addBoth(early) for r in requests]
         yield arrived
         waiting = gateway_db.reads_waiting()
         pool.release(held)
@@ -312,7 +322,9 @@ class GatewayBatchTests(TestCase):
         self.assertEqual(batched[2][0], "error")
         self.assertTrue(batched[2][1].endswith("badTuples"), batched[2])
         self.assertEqual(batched[2][2], {"qty": 3})     # the first row, as unbatched
-        self.assertEqual((waiting, stats), (3, (1, 3, 0)))
+        self.assertEqual([row["name"] for row in batched[3]], ["bolt", "nut"])   # desc, from 2nd
+        self.assertEqual(len(batched[4]), 3)
+        self.assertEqual((waiting, stats), (5, (1, 5, 0)))
         alone, waiting, stats = yield self.answers(1, GOOD)
         self.assertEqual(alone, batched)
         self.assertEqual((waiting, stats), (0, (0, 0, 0)))
@@ -321,6 +333,6 @@ class GatewayBatchTests(TestCase):
     def test_a_bad_request_does_not_change_the_others_answers(self):
         batched, waiting, stats = yield self.answers(16, [BAD] + GOOD)
         self.assertEqual(batched[0][:2], ("error", "22P02"))
-        self.assertEqual((waiting, stats), (4, (0, 0, 1)))
+        self.assertEqual((waiting, stats), (6, (0, 0, 1)))
         alone, _, _ = yield self.answers(1, [BAD] + GOOD)
         self.assertEqual(alone, batched)
