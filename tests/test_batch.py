@@ -232,6 +232,10 @@ class ReadBatcherTests(TestCase):
         prepared = yield batch_then_prepared(3)
         self.assertEqual(len(prepared), 1, prepared)
         self.assertEqual((yield batch_then_prepared(5)), prepared)
+        self.batcher.prepare = False           # [database] prepared_statements = false
+        yield self.pool.run(lambda conn: conn.execute("deallocate all"))
+        for first in (7, 9):
+            self.assertEqual((yield batch_then_prepared(first)), [])
 
     @defer.inlineCallbacks
     def test_limit_one_never_batches(self):
