@@ -63,6 +63,16 @@ class ReadBatcherTests(TestCase):
         """The role's only connection, taken: reads issued now must wait."""
         return self.pool.acquire()
 
+    @defer.inlineCallbacks
+    def while_held(self, *reads, waiting):
+        """Issue ``reads`` (sql, values…) while the connection is taken, check how many
+        wait here for a batch, then free it → their answers."""
+        conn = yield self.hold()
+        pending = [self.read(*read) for read in reads]
+        self.assertEqual(self.batcher.waiting, waiting)
+        self.pool.release(conn)
+        return (yield defer.gatherResults(pending))
+
     def last_statement(self, pid):
         return self.db.run("select query from pg_stat_activity where pid = %s", (pid,))[0][0]
 
@@ -107,20 +117,15 @@ class ReadBatcherTests(TestCase):
         nap = self.read(NAP, "0.2", "0")
         self.clock.advance(0.06)
         yield nap
-        conn = yield self.hold()
-        reads = [self.read(NAP, "0", "1"), self.read(NAP, "0", "2"), self.read(ONE, "3")]
-        self.pool.release(conn)
-        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2), rows(3)])
+        answers = yield self.while_held((NAP, "0", "1"), (NAP, "0", "2"), (ONE, "3"), waiting=3)
+        self.assertEqual(answers, [rows(1), rows(2), rows(3)])
         self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 2))
 
     @defer.inlineCallbacks
     def test_at_most_limit_reads_a_batch(self):
         self.batcher.limit = 2
         yield self.known((ONE, "0"))
-        conn = yield self.hold()
-        reads = [self.read(ONE, str(n)) for n in (1, 2, 3)]
-        self.pool.release(conn)
-        answers = yield defer.gatherResults(reads)
+        answers = yield self.while_held(*[(ONE, str(n)) for n in (1, 2, 3)], waiting=3)
         self.assertEqual(answers, [rows(1), rows(2), rows(3)])
         self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 2))
 
@@ -147,18 +152,13 @@ class ReadBatcherTests(TestCase):
         slow = self.read(NAP, "0.2", "1")
         self.clock.advance(1)                  # answered after a "second": slow
         yield slow
-        conn = yield self.hold()
-        reads = [self.read(NAP, "0", "2"), self.read(ONE, "1"), self.read(ONE, "2")]
-        self.assertEqual(self.batcher.waiting, 0)   # slow, and never seen: the pool's queue
-        self.pool.release(conn)
-        self.assertEqual((yield defer.gatherResults(reads)), [rows(2), rows(1), rows(2)])
+        # slow, and never seen: alone, through the pool's queue
+        answers = yield self.while_held((NAP, "0", "2"), (ONE, "1"), (ONE, "2"), waiting=0)
+        self.assertEqual(answers, [rows(2), rows(1), rows(2)])
         self.assertEqual(self.batcher.stats.batches, 0)
         # measured fast alone this time: now they join batches
-        conn = yield self.hold()
-        reads = [self.read(NAP, "0", "4"), self.read(ONE, "3")]
-        self.assertEqual(self.batcher.waiting, 2)
-        self.pool.release(conn)
-        self.assertEqual((yield defer.gatherResults(reads)), [rows(4), rows(3)])
+        answers = yield self.while_held((NAP, "0", "4"), (ONE, "3"), waiting=2)
+        self.assertEqual(answers, [rows(4), rows(3)])
         self.assertEqual(self.batcher.stats.batches, 1)
 
     @defer.inlineCallbacks
@@ -170,11 +170,8 @@ class ReadBatcherTests(TestCase):
         self.clock.advance(1)
         self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2)])
         self.assertEqual(self.batcher.stats.batches, 1)
-        conn = yield self.hold()
-        later = [self.read(NAP, "0", "3"), self.read(ONE, "4")]
-        self.assertEqual(self.batcher.waiting, 0)
-        self.pool.release(conn)
-        self.assertEqual((yield defer.gatherResults(later)), [rows(3), rows(4)])
+        answers = yield self.while_held((NAP, "0", "3"), (ONE, "4"), waiting=0)
+        self.assertEqual(answers, [rows(3), rows(4)])
 
     @defer.inlineCallbacks
     def test_connection_lost_during_a_batch_fails_its_reads(self):
@@ -220,10 +217,8 @@ class ReadBatcherTests(TestCase):
 
         @defer.inlineCallbacks
         def batch_then_prepared(first):
-            conn = yield self.hold()
-            reads = [self.read(ONE, str(first)), self.read(ONE, str(first + 1))]
-            self.pool.release(conn)
-            self.assertEqual((yield defer.gatherResults(reads)), [rows(first), rows(first + 1)])
+            answers = yield self.while_held((ONE, str(first)), (ONE, str(first + 1)), waiting=2)
+            self.assertEqual(answers, [rows(first), rows(first + 1)])
             conn = yield self.hold()
             result = yield conn.execute("select statement from pg_prepared_statements")
             self.pool.release(conn)
@@ -241,11 +236,8 @@ class ReadBatcherTests(TestCase):
     def test_limit_one_never_batches(self):
         self.batcher.limit = 1
         yield self.known((ONE, "0"))
-        conn = yield self.hold()
-        reads = [self.read(ONE, "1"), self.read(ONE, "2")]
-        self.assertEqual(self.batcher.waiting, 0)
-        self.pool.release(conn)
-        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(2)])
+        answers = yield self.while_held((ONE, "1"), (ONE, "2"), waiting=0)
+        self.assertEqual(answers, [rows(1), rows(2)])
         self.assertEqual(self.batcher.stats.batches, 0)
 
 
