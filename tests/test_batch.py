@@ -233,6 +233,24 @@ class ReadBatcherTests(TestCase):
             self.assertEqual((yield batch_then_prepared(first)), [])
 
     @defer.inlineCallbacks
+    def test_waiting_reads_keep_their_pool(self):
+        """A pool is forgotten once it has no connection left, but not while reads wait
+        in its batcher (they would be served by a pool nobody closes)."""
+        self.pool.batcher = self.batcher
+        yield self.known((ONE, "0"))
+        conn = self.pool._idle[0].conn
+        lost = defer.Deferred()
+        conn.on_lost(lambda reason: lost.callback(None))
+        read = self.read(ONE, "1", flush=False)   # waits for the end of the iteration
+        self.db.run("select pg_terminate_backend(%s)", (conn.backend_pid,))
+        yield lost                                # the pool's only connection is gone
+        self.assertIs(self.pools.pool(self.user), self.pool)
+        self.clock.advance(0)
+        self.assertEqual((yield read), rows(1))   # on a new connection of the same pool
+        self.clock.advance(self.pool.idle_timeout)
+        self.assertNotIn(self.user, self.pools.pools)
+
+    @defer.inlineCallbacks
     def test_limit_one_never_batches(self):
         self.batcher.limit = 1
         yield self.known((ONE, "0"))

@@ -88,6 +88,29 @@ class PoolTests(TestCase):
         self.assertEqual(pools.open_connections, 0)
 
     @defer.inlineCallbacks
+    def test_an_unused_pool_is_forgotten_and_its_counts_kept(self):
+        """A server meets many users: a role's pool (and read batcher) goes once its last
+        connection has closed, the totals the metrics show stay, and the role's next
+        request gets a new pool."""
+        user = add_user(self.db)
+        pools = self.pools(size=1, idle_timeout=10)
+        pool = pools.pool(user)
+        first = yield pool.acquire()
+        waiting = pool.acquire()              # waits: counted
+        pool.release(first)
+        pool.release((yield waiting))
+        self.assertEqual((pools.waits_total(), pool.stats.connects_total), (1, 1))
+        self.clock.advance(9)
+        self.assertIs(pools.pool(user), pool)  # an idle connection: kept
+        self.clock.advance(2)
+        self.assertNotIn(user, pools.pools)
+        self.assertEqual((pools.open_connections, pools.waits_total()), (0, 1))
+        self.assertEqual(pools.retired.connects_total, 1)
+        result = yield pools.run(user, lambda conn: conn.execute("select session_user"))
+        self.assertEqual(result.rows, [(user,)])
+        self.assertIsNot(pools.pool(user), pool)
+
+    @defer.inlineCallbacks
     def test_each_idle_connection_closes_after_its_own_idle_time(self):
         """One timer per pool: many releases do not pile up timers, a connection used
         again is not closed on its old schedule, and each closes idle_timeout after its

@@ -56,11 +56,8 @@ class Gateway:
         self.metrics.listen_reconnects.set_function(lambda: db.listener.reconnects)
         pools = db.users
         self.metrics.pool_connections.set_function(lambda: pools.open_connections)
-        self.metrics.pool_waiting.set_function(
-            lambda: sum(pool.stats.waiting for pool in pools.pools.values())
-            + db.reads_waiting())
-        self.metrics.pool_waits.set_function(
-            lambda: sum(pool.stats.waits_total for pool in pools.pools.values()))
+        self.metrics.pool_waiting.set_function(pools.waiting_now)
+        self.metrics.pool_waits.set_function(pools.waits_total)
         batches = db.batch_stats
         self.metrics.read_batches.set_function(lambda: batches.batches)
         self.metrics.batched_reads.set_function(lambda: batches.batched_reads)

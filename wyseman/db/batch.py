@@ -108,6 +108,11 @@ class ReadBatcher:
         """Reads waiting here for a connection."""
         return len(self._pending)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting here, nothing asked of the pool."""
+        return not self._pending and not self._acquiring and self._flush_call is None
+
     # -- running alone ---------------------------------------------------------
     def _alone(self, sql: str, values: Sequence[Any],
                plain: tuple[str, dict[str, Any]]) -> defer.Deferred:

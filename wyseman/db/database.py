@@ -60,7 +60,6 @@ class Database:
         #: most reads of one role run together when its pool is busy (1: never)
         self.read_batch = read_batch
         self.batch_stats = BatchStats()
-        self._batchers: dict[str, ReadBatcher] = {}
         self.admin_dsn = admin_dsn
         self.session_dsn = session_dsn or admin_dsn
         self.session_mode = session_mode
@@ -131,16 +130,17 @@ class Database:
         """Run a read (``sql`` renders each row as one JSON text) as ``role`` → Deferred of
         the row texts. When the role's pool is busy, reads waiting for it run together
         (:mod:`wyseman.db.batch`)."""
-        batcher = self._batchers.get(role)
+        pool = self.users.pool(role)
+        batcher = pool.batcher
         if batcher is None:
-            batcher = self._batchers[role] = ReadBatcher(
-                self.users.pool(role), limit=self.read_batch,
-                prepare=self.prepared_statements, stats=self.batch_stats)
+            batcher = pool.batcher = ReadBatcher(pool, limit=self.read_batch,
+                                                 prepare=self.prepared_statements,
+                                                 stats=self.batch_stats)
         return batcher.read(sql, values, plain)
 
     def reads_waiting(self) -> int:
         """Reads waiting for a busy pool to run them in a batch."""
-        return sum(batcher.waiting for batcher in self._batchers.values())
+        return sum(pool.batcher.waiting for pool in self.users.pools.values() if pool.batcher)
 
     # -- authentication lookups -------------------------------------------------
     def token_valid(self, user: str, token: str, pub_json: str) -> defer.Deferred:

@@ -71,6 +71,8 @@ class RolePool:
     idle_timeout: float = 300.0
     max_lifetime: float = 3600.0
     stats: PoolStats = field(default_factory=PoolStats)
+    #: the read batcher in front of this pool (:mod:`wyseman.db.batch`), made on first use
+    batcher: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._idle: deque[_Slot] = deque()
@@ -183,6 +185,7 @@ class RolePool:
         if broken or expired or conn.closed or self._closed:
             self._discard(slot)
             self._serve_waiters()
+            self._retire_if_unused()
             return
         if self._waiters:
             self._busy[id(conn)] = slot
@@ -221,6 +224,7 @@ class RolePool:
         while self._idle and now - self._idle[0].idle_since >= self.idle_timeout:
             self._discard(self._idle.popleft())
         self._schedule_sweep(now)
+        self._retire_if_unused()
 
     def _discard(self, slot: _Slot) -> None:
         slot.conn.close()
@@ -233,6 +237,19 @@ class RolePool:
             self._idle.remove(slot)
             self.owner.release_capacity()
             self._update_stats()
+            self._retire_if_unused()
+
+    def _retire_if_unused(self) -> None:
+        """No connection left, nothing waiting: the set forgets this pool (a server meets
+        many users over its life; each pool and batcher is a few KiB). The role's next
+        request makes a new one."""
+        if (not self._idle and not self._busy and not self._connecting and not self._waiters
+                and not self._pending_connects and not self._closed
+                and (self.batcher is None or self.batcher.idle)):
+            if self._sweep is not None and self._sweep.active():
+                self._sweep.cancel()
+            self._sweep = None
+            self.owner.retire(self)
 
     def close_one_idle(self) -> bool:
         """Close the least recently used idle connection (to make room for another role)."""
@@ -301,6 +318,8 @@ class PoolSet:
         self.pools: dict[str, RolePool] = {}
         #: pools with requests waiting (so freeing capacity need not scan every pool)
         self.waiting: set[RolePool] = set()
+        #: the counts of pools no longer in use (so the totals never go down)
+        self.retired = PoolStats()
         self._open = 0
 
     def pool(self, role: str) -> RolePool:
@@ -314,6 +333,26 @@ class PoolSet:
 
     def run(self, role: str, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
         return self.pool(role).run(work)
+
+    def retire(self, pool: RolePool) -> None:
+        """Forget ``pool`` (it has no connections and nothing waiting), keeping its counts."""
+        if self.pools.get(pool.role) is not pool:
+            return
+        del self.pools[pool.role]
+        self.waiting.discard(pool)
+        self.retired.waits_total += pool.stats.waits_total
+        self.retired.connects_total += pool.stats.connects_total
+        self.retired.connect_failures_total += pool.stats.connect_failures_total
+
+    def waits_total(self) -> int:
+        """Requests that waited for a connection, in all (pools retired included)."""
+        return self.retired.waits_total + sum(
+            pool.stats.waits_total for pool in self.pools.values())
+
+    def waiting_now(self) -> int:
+        """Requests waiting for a connection now (reads waiting for a batch included)."""
+        return sum(pool.stats.waiting + (pool.batcher.waiting if pool.batcher else 0)
+                   for pool in self.pools.values())
 
     @property
     def open_connections(self) -> int:
