@@ -35,7 +35,7 @@ class Metrics:
                                 registry=r)
         self.read_batches = Gauge(
             "wyseman_read_batches",
-            "Statements that answered several waiting reads at once, in all", registry=r)
+            "Statements that answered several reads at once, in all", registry=r)
         self.batched_reads = Gauge("wyseman_batched_reads",
                                    "Reads answered by a batch statement, in all", registry=r)
         self.failed_batches = Gauge(

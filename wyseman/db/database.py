@@ -57,7 +57,7 @@ class Database:
         self.reactor = reactor
         #: run reads as prepared statements of their session connection
         self.prepared_statements = prepared_statements
-        #: most reads of one role run together when its pool is busy (1: never)
+        #: most reads of one role that run as one statement (1: each alone)
         self.read_batch = read_batch
         self.batch_stats = BatchStats()
         self.admin_dsn = admin_dsn
@@ -128,8 +128,8 @@ class Database:
     def read_as(self, role: str, sql: str, values: tuple,
                 plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
         """Run a read (``sql`` renders each row as one JSON text) as ``role`` → Deferred of
-        the row texts. When the role's pool is busy, reads waiting for it run together
-        (:mod:`wyseman.db.batch`)."""
+        the row texts. Reads of the role that arrive in the same reactor iteration, or
+        wait for its busy pool, run together (:mod:`wyseman.db.batch`)."""
         pool = self.users.pool(role)
         batcher = pool.batcher
         if batcher is None:
@@ -139,7 +139,8 @@ class Database:
         return batcher.read(sql, values, plain)
 
     def reads_waiting(self) -> int:
-        """Reads waiting for a busy pool to run them in a batch."""
+        """Reads waiting to run in a batch (for the end of the reactor iteration, or for a
+        connection)."""
         return sum(pool.batcher.waiting for pool in self.users.pools.values() if pool.batcher)
 
     # -- authentication lookups -------------------------------------------------
