@@ -93,21 +93,34 @@ class ReadBatcherTests(TestCase):
         """The connection is free: reads that arrived together still make one statement
         (a connection each would wake PostgreSQL once per read)."""
         yield self.known((SERIES, "1"), (ONE, "0"))
+        yield self.while_held((ONE, "1"), (ONE, "2"), waiting=2)   # reads come in groups
         self.assertTrue(self.pool.can_run_now())
-        reads = [self.read(ONE, "1", flush=False), self.read(SERIES, "2", flush=False),
-                 self.read(ONE, "3", flush=False)]
+        reads = [self.read(ONE, "4", flush=False), self.read(SERIES, "2", flush=False),
+                 self.read(ONE, "5", flush=False)]
         self.assertEqual(self.batcher.waiting, 3)
         self.clock.advance(0)                  # the reactor iteration ends
         self.assertEqual(self.batcher.waiting, 0)
-        self.assertEqual((yield defer.gatherResults(reads)), [rows(1), rows(1, 2), rows(3)])
-        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 3))
-        self.assertEqual(self.pool.stats.waits_total, 0)   # nobody waited for a connection
+        self.assertEqual((yield defer.gatherResults(reads)), [rows(4), rows(1, 2), rows(5)])
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (2, 5))
+        self.assertEqual(self.pool.stats.waits_total, 2)   # (those of while_held only)
 
     @defer.inlineCallbacks
     def test_a_read_on_its_own_runs_alone(self):
+        """A role whose reads come one at a time (one socket, one request at a time) has
+        nothing to batch: its read runs at once, without waiting for the end of the turn."""
         yield self.known((ONE, "0"))
-        self.assertEqual((yield self.read(ONE, "5")), rows(5))
-        self.assertEqual(self.batcher.stats.batches, 0)
+        read = self.read(ONE, "5", flush=False)
+        self.assertEqual(self.batcher.waiting, 0)
+        self.assertEqual((yield read), rows(5))
+        yield self.while_held((ONE, "1"), (ONE, "2"), waiting=2)   # reads come in groups
+        read = self.read(ONE, "6", flush=False)
+        self.assertEqual(self.batcher.waiting, 1)  # waits for company
+        self.clock.advance(0)                      # none came: alone again from now on
+        self.assertEqual((yield read), rows(6))
+        read = self.read(ONE, "7", flush=False)
+        self.assertEqual(self.batcher.waiting, 0)
+        self.assertEqual((yield read), rows(7))
+        self.assertEqual(self.batcher.stats.batches, 1)
 
     @defer.inlineCallbacks
     def test_a_batch_is_kept_within_the_time_of_a_fast_read(self):
@@ -238,6 +251,7 @@ class ReadBatcherTests(TestCase):
         in its batcher (they would be served by a pool nobody closes)."""
         self.pool.batcher = self.batcher
         yield self.known((ONE, "0"))
+        yield self.while_held((ONE, "1"), (ONE, "2"), waiting=2)   # reads come in groups
         conn = self.pool._idle[0].conn
         lost = defer.Deferred()
         conn.on_lost(lambda reason: lost.callback(None))

@@ -116,6 +116,11 @@ class RolePool:
         self._update_stats()
         return waiter
 
+    @property
+    def in_use(self) -> int:
+        """Connections busy with work (or being opened for it)."""
+        return len(self._busy) + self._connecting
+
     def can_run_now(self) -> bool:
         """True when work given to :meth:`run` now would not wait behind other work: a
         connection is idle, or there is room to open one, and nobody is waiting."""
