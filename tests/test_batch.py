@@ -286,6 +286,18 @@ GOOD = [
 ]
 #: a bad value: the batch it is in fails, and every read in it runs again alone
 BAD = {"action": "tuple", "view": "app.item_v", "fields": ["qty"], "where": {"qty": "x"}}
+#: more than a batch holds: a bad value first, so the first batch fails, the second not
+MIXED = [BAD] + GOOD + [
+    {"action": "select", "view": "app.item_v", "fields": ["name"],
+     "where": {"left": "name", "oper": "in", "entry": ["nut", "gear"]}, "order": ["name"]},
+    {"action": "tuple", "view": "app.item_v", "fields": ["name"], "where": {"name": "none"}},
+    {"action": "select", "view": "app.item_v", "fields": ["qty"],
+     "where": {"left": "price", "oper": ">", "entry": 1}, "order": [{"field": "qty", "asc": 1}]},
+    {"action": "select", "view": "app.item_v", "fields": "name", "limit": 1, "order": ["name"]},
+    {"action": "select", "view": "app.item_v", "fields": ["name"], "where": {"qty": 99}},
+    {"action": "tuple", "view": "app.double(int)", "params": [21]},      # never batched
+] + [{"action": "tuple", "view": "app.item_v", "fields": [field], "where": {"name": name}}
+     for field in ("qty", "price", "made") for name in ("bolt", "nut", "gear")]
 
 
 class GatewayBatchTests(TestCase):
@@ -310,7 +322,7 @@ class GatewayBatchTests(TestCase):
         token = admin.issue_ticket(db.dsn, user).token
         conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
         self.addCleanup(conn.close)
-        for request in GOOD:                  # each statement seen once: known to be fast
+        for request in requests:              # each statement seen once: known to be fast
             yield conn.request(request).addErrback(lambda _: None)
         gateway_db = server.gateway.db
         pool = gateway_db.users.pool(user)
@@ -364,3 +376,14 @@ class GatewayBatchTests(TestCase):
         self.assertEqual((waiting, stats), (6, (0, 0, 1)))
         alone, _, _ = yield self.answers(1, [BAD] + GOOD)
         self.assertEqual(alone, batched)
+
+    @defer.inlineCallbacks
+    def test_a_mixed_load_gets_the_answers_it_gets_unbatched(self):
+        batched, waiting, stats = yield self.answers(16, MIXED)
+        self.assertEqual(waiting, len(MIXED) - 1)          # all but the function call
+        self.assertEqual((stats[0], stats[2]), (1, 1))     # one batch failed, one did not
+        alone, _, _ = yield self.answers(1, MIXED)
+        self.assertEqual(alone, batched)
+        self.assertEqual(batched[0][:2], ("error", "22P02"))
+        self.assertEqual(batched[11], {"double": 42})
+
