@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from wyseman.protocol.server import send_some
+
 #: below this many sockets a fan-out is not worth handing to threads
 MIN_PARALLEL_SOCKETS = 1024
 
@@ -50,10 +52,7 @@ def _send_share(sends: Sequence[Any], data: bytes) -> list[tuple[int, int]]:
     size = len(data)
     short = []
     for index, send in enumerate(sends):
-        try:
-            written = send(data)
-        except OSError:   # EAGAIN, or an error that Twisted's write path will report
-            written = 0
+        written = send_some(send, data)
         if written != size:
             short.append((index, written))
     return short

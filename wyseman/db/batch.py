@@ -136,7 +136,7 @@ class ReadBatcher:
 
     def _rows_alone(self, result: Result, sql: str, started: float) -> list[str]:
         self._note_cost(sql, self.pool.clock.seconds() - started)
-        return [row[0] for row in result.rows]
+        return result.first_column()
 
     def _is_fast(self, sql: str) -> bool:
         cost = self._cost.get(sql)

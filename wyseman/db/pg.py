@@ -53,6 +53,10 @@ class Result:
             self._columns = tuple(column.name for column in self._description or ())
         return self._columns
 
+    def first_column(self) -> list[Any]:
+        """Each row's first value (a read rendered as one JSON text per row)."""
+        return [row[0] for row in self.rows]
+
     def dicts(self) -> list[dict[str, Any]]:
         columns = self.columns
         return [dict(zip(columns, row, strict=True)) for row in self.rows]

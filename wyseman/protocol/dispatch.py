@@ -214,10 +214,9 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
              prepare: bool = False) -> defer.Deferred:
     as_json = statement.json_sql is not None and not writes
     sql, params = statement.pyformat(as_json)
-    rows_of = _json_rows if as_json else pg.Result.dicts
 
     def single(result: pg.Result) -> Any:
-        rows = rows_of(result)
+        rows = result.dicts()
         if len(rows) != 1:
             raise _BadTuples(len(rows), rows[0] if rows else None)
         return rows[0]
@@ -225,36 +224,29 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
     # Writes run in a transaction that rolls back unless exactly one row was hit.
     if writes:
         return conn.transaction(lambda tx: tx.execute(sql, params).addCallback(single))
-    if prepare and all(type(v) is str or v is None for v in statement.params):
-        # (bytes values are typed literals: as EXECUTE arguments they could resolve
-        # differently from what PREPARE inferred, so such statements stay literal)
+    if prepare and statement.text_values:
         dollar_sql = statement.json_sql if as_json else statement.sql
         result = conn.execute_prepared(dollar_sql, statement.params, (sql, params))
     else:
         result = conn.execute(sql, params)
-    if statement.rows == "many":
-        return result.addCallback(_json_array if as_json else rows_of)
     if statement.rows == "none":
         return result.addCallback(lambda r: None)
+    if as_json:
+        return result.addCallback(pg.Result.first_column).addCallback(_read_rows,
+                                                                      statement.rows)
+    if statement.rows == "many":
+        return result.addCallback(pg.Result.dicts)
     return result.addCallback(single)
 
 
 def _read_rows(rows: list[str], kind: str) -> Any:
-    """A read's JSON row texts → the reply's data (``many``: a list, ``one``: the row)."""
+    """A read's rows as PostgreSQL rendered them (one JSON text each) → the reply's data,
+    spliced unparsed (``many``: a list, ``one``: the row)."""
     if kind == "many":
         return RawJSON("[" + ",".join(rows) + "]")
     if len(rows) != 1:
         raise _BadTuples(len(rows), RawJSON(rows[0]) if rows else None)
     return RawJSON(rows[0])
-
-
-def _json_rows(result: pg.Result) -> list[RawJSON]:
-    """Rows that PostgreSQL rendered (one JSON text each), spliced unparsed."""
-    return [RawJSON(row[0]) for row in result.rows]
-
-
-def _json_array(result: pg.Result) -> RawJSON:
-    return RawJSON("[" + ",".join([row[0] for row in result.rows]) + "]")
 
 
 def _reply(request: dict, data: Any) -> bytes:

@@ -86,15 +86,21 @@ def text_frame_header(length: int) -> bytes:
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
+def send_some(send: Any, data: bytes) -> int:
+    """``send(data)`` on a non-blocking socket: the bytes written, 0 on EAGAIN or an
+    error (Twisted's own write path, given the rest, reports the error)."""
+    try:
+        return send(data)
+    except OSError:
+        return 0
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but for a plain TCP connection whose write buffer is
     empty the bytes go to the socket at once (what does not fit is buffered as usual)."""
     if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
             and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
-        try:
-            written = transport.socket.send(data)
-        except OSError:   # EAGAIN, or an error: Twisted's own write path deals with it
-            written = 0
+        written = send_some(transport.socket.send, data)
         if written == len(data):
             return
         data = data[written:]
@@ -363,10 +369,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         if send is None:
             return self.send_frame(frame)
         data = frame.payloadHybi
-        try:
-            written = send(data)
-        except OSError:   # EAGAIN, or an error that Twisted's write path will report
-            written = 0
+        written = send_some(send, data)
         if written != len(data):
             self.send_rest(data, written)
         return True

@@ -77,13 +77,18 @@ class Statement:
     json_sql: str | None = None
 
     @cached_property
+    def text_values(self) -> bool:
+        """Every value is text or null: the statement may be PREPAREd with its values as
+        parameters (bytes, binary fields of writes, are typed literals, which as EXECUTE
+        arguments could resolve differently from what PREPARE inferred)."""
+        return all(type(v) is str or v is None for v in self.params)
+
+    @cached_property
     def batchable(self) -> bool:
         """May run in a batch of reads (:mod:`wyseman.sql.batch`): a read of a relation
-        rendered as JSON rows, whose values are text or null (as every read's are: bytes,
-        typed literals, only come from binary fields of writes)."""
+        rendered as JSON rows (its values are text, as every read's are)."""
         return (self.json_sql is not None and self.view.arg_types is None
-                and self.rows in ("many", "one")
-                and all(type(v) is str or v is None for v in self.params))
+                and self.rows in ("many", "one") and self.text_values)
 
     def pyformat(self, as_json: bool = False) -> tuple[str, dict[str, Param]]:
         """The statement (or :attr:`json_sql`) for psycopg2: ``$n`` → ``%(pn)s``,
