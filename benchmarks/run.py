@@ -490,7 +490,7 @@ class Environment:
                          "pool_total": 200, "pool_queue": 1_000_000,
                          "read_batch": self.args.read_batch},
             "channels": {"allow": ["bench_*"]},
-            "auth": {"max_failures": 1_000_000},
+            "auth": {"max_failures": 1_000_000, "verify_threads": self.args.verify_threads},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
         }
         if metrics:
@@ -1183,6 +1183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="handshake: concurrent logins per generator process")
     parser.add_argument("--fanout-threads", type=int, default=0,
                         help="the server's [server] fanout_threads (0: its default)")
+    parser.add_argument("--verify-threads", type=int, default=0,
+                        help="the server's [auth] verify_threads (0: its default)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")

@@ -123,10 +123,13 @@ class WorkerProcessTests(TestCase):
         pids = {w.transport.pid for w in supervisor.workers}
         self.assertEqual(len(pids), 2)
         self.assertNotIn(os.getpid(), pids)
-        # each worker sends notifications on the cores left to it, not on all of them
-        worker_server = supervisor._payload["config"]["server"]
-        self.assertEqual((worker_server["workers"], worker_server["fanout_threads"]),
-                         (1, auto_threads(2)))
+        # each worker sends notifications and checks signatures on the cores left to it,
+        # not on all of them
+        worker_config = supervisor._payload["config"]
+        self.assertEqual((worker_config["server"]["workers"],
+                          worker_config["server"]["fanout_threads"],
+                          worker_config["auth"]["verify_threads"]),
+                         (1, auto_threads(2), auto_threads(2)))
 
         connections = []
         for _ in range(16):   # a user each: a ticket login replaces the user's key

@@ -253,6 +253,12 @@ OPTIONS: tuple[Option, ...] = (
        "Only on loopback interfaces unless `insecure_on_public_interfaces` is also set."),
     _o("auth", "insecure_on_public_interfaces", _bool, False,
        "DANGEROUS: allow `insecure` on non-loopback endpoints."),
+    _o("auth", "verify_threads", _int_range(0, 64), 0,
+       "Threads that check key-login signatures (ECDSA P-521, ~0.5 ms of CPU each; the GIL "
+       "is released meanwhile), so that the reactor thread goes on serving other sockets "
+       "and logins use several cores. 0: the cores each worker process has (the cores this "
+       "process may use ÷ `[server] workers`), at most 4. 1: the reactor thread checks them "
+       "itself."),
     _o("auth", "max_failures", _int_range(1), 20,
        "Failed logins from one address within `failure_window` before further attempts "
        "from it are refused with 429."),

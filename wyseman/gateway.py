@@ -27,6 +27,7 @@ from wyseman.metrics import Metrics
 from wyseman.protocol.dispatch import Dispatcher
 from wyseman.protocol.handshake import Authenticator, ChannelPolicy
 from wyseman.protocol.server import prepare_frame
+from wyseman.protocol.signatures import SignatureChecker
 from wyseman.sql import compiler
 
 log = Logger(namespace="wyseman.gateway")
@@ -70,8 +71,10 @@ class Gateway:
         self.trusted_proxies = config.server.trusted_proxies
         self.ip_style = config.server.ip_style
         self.allowed_origins: Sequence[str] = config.server.allowed_origins
+        self.signatures = SignatureChecker(config.auth.verify_threads
+                                           or auto_threads(config.server.workers), clock)
         self.authenticator = Authenticator(
-            db, clock, date_window=config.auth.date_window,
+            db, clock, date_window=config.auth.date_window, signatures=self.signatures,
             channels=ChannelPolicy(config.channels.allow, config.channels.roles),
             max_failures=config.auth.max_failures, failure_window=config.auth.failure_window,
             replay=replay)
@@ -99,6 +102,7 @@ class Gateway:
     def stop(self) -> defer.Deferred:
         self._gc_pauses.stop()
         self.fanout.close()
+        self.signatures.close()
         return self.db.stop()
 
     # -- origin ----------------------------------------------------------------

@@ -167,6 +167,8 @@ class WorkerSupervisor(StartingService):
         server["workers"] = 1
         server["fanout_threads"] = (self.config.server.fanout_threads
                                     or auto_threads(self.count))
+        raw.setdefault("auth", {})["verify_threads"] = (self.config.auth.verify_threads
+                                                         or auto_threads(self.count))
         self._payload = {"config": raw, "source": self.config.source,
                          "base_dir": str(self.config.base_dir), "admin_dsn": dsn}
         waiting = [self.when_ready(index) for index in range(self.count)]

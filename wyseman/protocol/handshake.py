@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.protocol import credentials as cred
+from wyseman.protocol.signatures import SignatureChecker
 
 log = Logger(namespace="wyseman.auth")
 
@@ -113,10 +114,13 @@ class Authenticator:
 
     def __init__(self, db: Any, clock: Any, *, date_window: float = 60.0,
                  channels: ChannelPolicy | None = None, max_failures: int = 20,
-                 failure_window: float = 60.0, replay: Any = None) -> None:
+                 failure_window: float = 60.0, replay: Any = None,
+                 signatures: Any = None) -> None:
         """``replay``: where accepted signatures are remembered, an object with
         ``check(user, sign, now)`` → outcome or Deferred of it (default: a
-        :class:`~wyseman.protocol.credentials.ReplayCache` of this process)."""
+        :class:`~wyseman.protocol.credentials.ReplayCache` of this process).
+        ``signatures``: what checks them, an object with ``verifying_key(conn_pub,
+        message, sign)`` → Deferred of the key or None (default: checked on this thread)."""
         self.db = db
         self.clock = clock
         self.date_window = date_window
@@ -124,6 +128,7 @@ class Authenticator:
         self.limiter = FailureLimiter(max_failures, failure_window)
         # Accepted signatures are refused again for 2× the window (D2).
         self.replay = replay if replay is not None else cred.ReplayCache.for_window(date_window)
+        self.signatures = signatures if signatures is not None else SignatureChecker(1, None)
 
     def authenticate(self, handshake: Handshake) -> defer.Deferred:
         now = self.clock.seconds()
@@ -193,7 +198,7 @@ class Authenticator:
                 raise refuse(INVALID_LOGIN, f"key login: no key stored for {user!r}",
                              "no_key")
             message = cred.signed_message(hs.ip, hs.cookie, hs.user_agent, date)
-            key = cred.verifying_key(conn_pub, message, sign)
+            key = yield self.signatures.verifying_key(conn_pub, message, sign)
             if key is None:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",
                              "bad_signature")
