@@ -885,26 +885,40 @@ class Bench:
         self.node_rows("select", params, m, node.get(run))
 
     def scaling_scenario(self, deadline: Deadline) -> None:
-        """Tuple requests at C=100 with [server] workers = 1, 2, … up to the core count."""
+        """Tuple requests at C=100 and parallel key logins with [server] workers = 1, 2,
+        … up to the core count (each worker count on a fresh server)."""
         args, env = self.args, self.env
         clients = 100
         counts = list(range(1, max(2, os.cpu_count() or 1) + 1))
         measured: dict[int, dict[str, Any]] = {}
+        logins: dict[int, dict[str, Any]] = {}
         for count in counts:
             server = env.start_server(deadline, workers=count)
-            log(f"  scaling: workers={count} C={clients} D={args.depth}")
-            measured[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
-            measured[count].pop("reply", None)
-            env.finish([server.child])
-        one = measured[1]["rps"]
+            try:
+                log(f"  scaling: workers={count} C={clients} D={args.depth}")
+                measured[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+                measured[count].pop("reply", None)
+                log(f"  scaling: workers={count} handshakes {args.loadgens}x{args.workers}")
+                logins[count] = self.handshake_run(server, args.loadgens, args.workers, False,
+                                                   deadline)
+            finally:
+                env.finish([server.child])
+        one, one_logins = measured[1]["rps"], logins[1]["rate"]
         for count in counts:
             m = measured[count]
+            later = count > 1
             self.rows.append(Row("tuple, server workers", f"workers={count} C={clients}",
-                                 m["rps"], "req/s", one if count > 1 else None,
-                                 "workers=1 req/s" if count > 1 else "", run_notes(m),
+                                 m["rps"], "req/s", one if later else None,
+                                 "workers=1 req/s" if later else "", run_notes(m),
                                  {"measured": m}))
             self.rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
                                  m["p99"], "ms"))
+        for count in counts:
+            m, later = logins[count], count > 1
+            self.rows.append(Row("handshakes, server workers",
+                                 f"workers={count} {args.loadgens}x{args.workers}", m["rate"],
+                                 "logins/s", one_logins if later else None,
+                                 "workers=1 logins/s" if later else "", m["notes"], m["extra"]))
 
     def notify_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -1026,52 +1040,58 @@ class Bench:
                      args.workers, False),
                     (f"parallel + GET /clientinfo each, {args.loadgens}x{args.workers}",
                      args.loadgens, args.workers, True)]
-        if args.profile:
-            variants.append(("profile", args.loadgens, args.workers, False))
         try:
             for label, processes, workers, each in variants:
-                profile = label == "profile"
-                log(f"  handshake: {label}" + (" (not a measured run)" if profile else ""))
-                presign = int(min(20000, 2500 * (args.duration + args.warmup) / processes))
-                base = {"mode": "handshake", "port": server.port, "workers": workers,
-                        "warmup": args.warmup, "duration": args.duration,
-                        "clientinfo_each": each, "presign": presign,
-                        "max_seconds": deadline.left()}
-                gens = env.loadgens(processes, base, processes)
-                try:
-                    for g in gens:
-                        g.event("ready", deadline)
-                    for g in gens:
-                        g.send("go")
-                    before, after, _ = measure_window(server, env, deadline, profile)
-                    results = [g.event("result", deadline) for g in gens]
-                finally:
-                    env.finish(gens)
-                if profile:
-                    self.profiles[f"handshake {args.loadgens}x{args.workers} workers"] = (
-                        summarize_profile(server.profile_file))
-                    continue
-                completed = sum(r["completed"] for r in results)
-                lat = [v for r in results for v in r["latencies_ms"]]
-                errors: dict[str, int] = {}
-                for r in results:
-                    for k, v in r["errors"].items():
-                        errors[k] = errors.get(k, 0) + v
-                gen_cpu = [100.0 * r["cpu_s"] / args.duration for r in results]
-                notes = (f"upgrade p50 {fmt(percentile(lat, 50))} ms, "
-                         f"p99 {fmt(percentile(lat, 99))} ms; "
-                         + cpu_notes(before.until(after), gen_cpu))
-                if errors:
-                    notes += f"; errors {errors}"
-                if any(r["presign_left"] == 0 and not each for r in results):
-                    notes += "; presigned pool ran out (generator signed inline)"
-                self.rows.append(Row("handshake (key login)", label,
-                                     completed / args.duration, "logins/s", notes=notes,
-                                     extra={"completed": completed, "errors": errors,
-                                            "p50_ms": percentile(lat, 50),
-                                            "p99_ms": percentile(lat, 99)}))
+                log(f"  handshake: {label}")
+                m = self.handshake_run(server, processes, workers, each, deadline)
+                self.rows.append(Row("handshake (key login)", label, m["rate"], "logins/s",
+                                     notes=m["notes"], extra=m["extra"]))
+            if args.profile:
+                log("  handshake: profile (not a measured run)")
+                self.handshake_run(server, args.loadgens, args.workers, False, deadline,
+                                   profile=True)
+                self.profiles[f"handshake {args.loadgens}x{args.workers} workers"] = (
+                    summarize_profile(server.profile_file))
         finally:
             env.finish([server.child])
+
+    def handshake_run(self, server: Server, processes: int, workers: int, each: bool,
+                      deadline: Deadline, profile: bool = False) -> dict[str, Any]:
+        """Key logins in a loop by ``processes`` generators × ``workers`` → the rate, the
+        notes of its row and the raw figures (``extra``)."""
+        args, env = self.args, self.env
+        presign = int(min(20000, 2500 * (args.duration + args.warmup) / processes))
+        base = {"mode": "handshake", "port": server.port, "workers": workers,
+                "warmup": args.warmup, "duration": args.duration,
+                "clientinfo_each": each, "presign": presign,
+                "max_seconds": deadline.left()}
+        gens = env.loadgens(processes, base, processes)
+        try:
+            for g in gens:
+                g.event("ready", deadline)
+            for g in gens:
+                g.send("go")
+            before, after, _ = measure_window(server, env, deadline, profile)
+            results = [g.event("result", deadline) for g in gens]
+        finally:
+            env.finish(gens)
+        completed = sum(r["completed"] for r in results)
+        lat = [v for r in results for v in r["latencies_ms"]]
+        errors: dict[str, int] = {}
+        for r in results:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        gen_cpu = [100.0 * r["cpu_s"] / args.duration for r in results]
+        notes = (f"upgrade p50 {fmt(percentile(lat, 50))} ms, "
+                 f"p99 {fmt(percentile(lat, 99))} ms; "
+                 + cpu_notes(before.until(after), gen_cpu))
+        if errors:
+            notes += f"; errors {errors}"
+        if any(r["presign_left"] == 0 and not each for r in results):
+            notes += "; presigned pool ran out (generator signed inline)"
+        return {"rate": completed / args.duration, "notes": notes,
+                "extra": {"completed": completed, "errors": errors,
+                          "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}}
 
     def memory_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -1224,7 +1244,7 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         "notify": 120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40),
         "memory": 60 + args.idle / 100,
-        "scaling": 60 + max(2, os.cpu_count() or 1) * (3 * run + 40),
+        "scaling": 60 + max(2, os.cpu_count() or 1) * (4 * run + 80),
     }
 
 
