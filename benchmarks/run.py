@@ -46,7 +46,7 @@ from typing import Any
 
 import psycopg2
 
-from benchmarks import raise_fd_limit
+from benchmarks import raise_fd_limit, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -1296,6 +1296,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(table(bench.rows))
+    print()
+    print(targets.report(bench.rows))
     for name, prof in bench.profiles.items():
         if not prof:
             continue
@@ -1321,6 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rows": [r.as_json() for r in bench.rows],
+        "targets": [vars(v) for v in targets.judge(bench.rows)],
         "profiles": bench.profiles,
         "node_baseline": {"status": bench.node_status,
                           "request": {"tuple": TUPLE_MESSAGE, "select": SELECT_MESSAGE},

@@ -1,0 +1,105 @@
+"""The performance targets, judged on one run's rows (printed after the table).
+
+Each target of the performance issue that a run can measure gets a verdict: ``met``,
+``NOT MET``, or ``not measured`` (with what to run to measure it). The rows are those
+of :mod:`benchmarks.run` (anything with ``scenario``, ``params``, ``value`` and
+``ratio``); nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MET, NOT_MET, NOT_MEASURED = "met", "NOT MET", "not measured"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    verdict: str
+    measured: str
+
+    def line(self) -> str:
+        return f"{self.verdict:<12}  {self.target}: {self.measured}"
+
+
+def _param(row: Any, name: str) -> int | None:
+    match = re.search(rf"\b{name}=(\d+)", row.params)
+    return int(match.group(1)) if match else None
+
+
+def _find(rows: Sequence[Any], scenario: str,
+          where: Callable[[Any], bool] = lambda row: True) -> Any:
+    return next((r for r in rows if r.scenario == scenario and r.value is not None
+                 and where(r)), None)
+
+
+def _c100(row: Any) -> bool:
+    return _param(row, "C") == 100 and _param(row, "D") == 1
+
+
+def _workers(count: int) -> Callable[[Any], bool]:
+    return lambda row: _param(row, "workers") == count
+
+
+def _judge(target: str, row: Any, passed: Callable[[Any], bool],
+           measured: Callable[[Any], str], how: str) -> Verdict:
+    if row is None:
+        return Verdict(target, NOT_MEASURED, how)
+    return Verdict(target, MET if passed(row) else NOT_MET, measured(row))
+
+
+def judge(rows: Iterable[Any]) -> list[Verdict]:
+    """The verdicts this run's ``rows`` allow, one per target, in the issue's order."""
+    rows = list(rows)
+    subscribers = _find(rows, "notify latency p99",
+                        lambda r: (_param(r, "S") or 0) >= 10_000)
+    logins = _find(rows, "handshake (key login)",
+                   lambda r: r.params.startswith("parallel,"))
+    return [
+        _judge("tuple C=100 ≥ 50 % of pgbench -S",
+               _find(rows, "tuple bench.item by id", lambda r: _c100(r) and r.ratio),
+               lambda r: r.ratio >= 0.5,
+               lambda r: f"{r.value:,.0f} req/s = {r.ratio:.2f} of {r.baseline:,.0f} TPS",
+               "needs --scenario tuple with C=100 and pgbench (no --no-baseline)"),
+        _judge("tuple C=100 ≥ 1.5× the Node server",
+               _find(rows, "tuple vs Node server", _c100),
+               lambda r: r.ratio >= 1.5,
+               lambda r: f"{r.value:,.0f} vs {r.baseline:,.0f} req/s = {r.ratio:.2f}×",
+               "needs --scenario tuple with C=100 and the Node server (no --no-node)"),
+        _judge("tuple p99 at C=100 ≤ the Node server's",
+               _find(rows, "tuple p99 vs Node", _c100),
+               lambda r: r.ratio <= 1.0,
+               lambda r: f"{r.value:.1f} vs {r.baseline:.1f} ms = {r.ratio:.2f}×",
+               "needs --scenario tuple with C=100 and the Node server (no --no-node)"),
+        _judge("10,000 subscribers: p99 delivery < 100 ms", subscribers,
+               lambda r: r.value < 100,
+               lambda r: f"p99 {r.value:.1f} ms ({r.params})",
+               "needs --scenario notify with 10,000 subscribers (not --quick)"),
+        _judge("handshakes ≥ 1,000/s", logins,
+               lambda r: r.value >= 1000,
+               lambda r: f"{r.value:,.0f} logins/s ({r.params})",
+               "needs --scenario handshake"),
+        _judge("idle socket < 30 KiB RSS", _find(rows, "memory per idle socket"),
+               lambda r: r.value < 30,
+               lambda r: f"{r.value:.1f} KiB ({r.params})",
+               "needs --scenario memory"),
+        _judge("tuple C=100 scales with workers",
+               _find(rows, "tuple, server workers", _workers(2)),
+               lambda r: r.ratio > 1.0,
+               lambda r: f"workers=2 {r.ratio:.2f}× workers=1",
+               "needs --scenario scaling"),
+        _judge("parallel logins scale with workers",
+               _find(rows, "handshakes, server workers", _workers(2)),
+               lambda r: r.ratio > 1.0,
+               lambda r: f"workers=2 {r.ratio:.2f}× workers=1",
+               "needs --scenario scaling"),
+    ]
+
+
+def report(rows: Iterable[Any]) -> str:
+    """The verdicts as lines under a heading."""
+    return "\n".join(["targets (this run):", *("  " + v.line() for v in judge(rows))])

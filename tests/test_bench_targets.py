@@ -1,0 +1,85 @@
+"""The benchmark's verdicts on the performance targets (benchmarks/targets.py)."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from benchmarks.run import Row
+from benchmarks.targets import MET, NOT_MEASURED, NOT_MET, judge, report
+
+
+def full_run(**changes: float) -> list[Row]:
+    """The rows of a run that measured every target (values as in a real run)."""
+    values = {"tuple": 20_610.0, "pgbench": 47_166.0, "node": 11_126.0, "p99": 10.1,
+              "node_p99": 13.7, "notify_p99": 87.1, "logins": 998.0, "kib": 12.9,
+              "tuple_w2": 15_074.0, "logins_w2": 1_016.0}
+    values.update(changes)
+    return [
+        Row("tuple bench.item by id", "C=10 D=1", 9_816.0, "req/s", 61_540.0),
+        Row("tuple bench.item by id", "C=100 D=4", 26_592.0, "req/s", values["pgbench"]),
+        Row("tuple bench.item by id", "C=100 D=1", values["tuple"], "req/s",
+            values["pgbench"]),
+        Row("tuple vs Node server", "C=100 D=4", 26_592.0, "req/s", 8_941.0),
+        Row("tuple vs Node server", "C=100 D=1", values["tuple"], "req/s", values["node"]),
+        Row("tuple p99 vs Node", "C=100 D=1", values["p99"], "ms", values["node_p99"]),
+        Row("notify latency p99", "S=10000 K=10 paced", values["notify_p99"], "ms"),
+        Row("handshake (key login)", "sequential, 1 worker", 453.0, "logins/s"),
+        Row("handshake (key login)", "parallel, 2x16 workers", values["logins"], "logins/s"),
+        Row("memory per idle socket", "N=2000", values["kib"], "KiB"),
+        Row("tuple, server workers", "workers=1 C=100", 14_734.0, "req/s"),
+        Row("tuple, server workers", "workers=2 C=100", values["tuple_w2"], "req/s",
+            14_734.0),
+        Row("handshakes, server workers", "workers=1 2x16", 856.0, "logins/s"),
+        Row("handshakes, server workers", "workers=2 2x16", values["logins_w2"], "logins/s",
+            856.0),
+    ]
+
+
+class JudgeTests(SynchronousTestCase):
+    def verdicts(self, rows: list[Row]) -> dict[str, str]:
+        return {v.target: v.verdict for v in judge(rows)}
+
+    def test_each_target_judged_on_its_own_row(self) -> None:
+        verdicts = self.verdicts(full_run())
+        self.assertEqual(verdicts, {
+            "tuple C=100 ≥ 50 % of pgbench -S": NOT_MET,     # 0.44: the D=1 run, not D=4
+            "tuple C=100 ≥ 1.5× the Node server": MET,
+            "tuple p99 at C=100 ≤ the Node server's": MET,
+            "10,000 subscribers: p99 delivery < 100 ms": MET,
+            "handshakes ≥ 1,000/s": NOT_MET,                  # the parallel run's 998
+            "idle socket < 30 KiB RSS": MET,
+            "tuple C=100 scales with workers": MET,           # 15,074 / 14,734
+            "parallel logins scale with workers": MET,
+        })
+
+    def test_bounds(self) -> None:
+        verdicts = self.verdicts(full_run(tuple=23_583.0, logins=1_000.0, notify_p99=100.0,
+                                          p99=13.8, kib=30.0, tuple_w2=14_000.0))
+        self.assertEqual(verdicts["tuple C=100 ≥ 50 % of pgbench -S"], MET)
+        self.assertEqual(verdicts["handshakes ≥ 1,000/s"], MET)
+        self.assertEqual(verdicts["10,000 subscribers: p99 delivery < 100 ms"], NOT_MET)
+        self.assertEqual(verdicts["tuple p99 at C=100 ≤ the Node server's"], NOT_MET)
+        self.assertEqual(verdicts["idle socket < 30 KiB RSS"], NOT_MET)
+        self.assertEqual(verdicts["tuple C=100 scales with workers"], NOT_MET)
+
+    def test_quick_runs_do_not_judge_the_10000_subscriber_target(self) -> None:
+        rows = [r for r in full_run() if r.scenario != "notify latency p99"]
+        rows.append(Row("notify latency p99", "S=1000 K=10 paced", 15.3, "ms"))
+        verdict = next(v for v in judge(rows) if v.target.startswith("10,000"))
+        self.assertEqual(verdict.verdict, NOT_MEASURED)
+        self.assertIn("not --quick", verdict.measured)
+
+    def test_missing_baselines_and_scenarios(self) -> None:
+        rows = [Row("tuple bench.item by id", "C=100 D=1", 20_000.0, "req/s")]  # no pgbench
+        verdicts = self.verdicts(rows)
+        self.assertEqual(set(verdicts.values()), {NOT_MEASURED})
+        self.assertEqual(len(verdicts), 8)
+
+    def test_report_lines(self) -> None:
+        text = report(full_run())
+        self.assertTrue(text.startswith("targets (this run):\n"))
+        self.assertIn("NOT MET       tuple C=100 ≥ 50 % of pgbench -S: 20,610 req/s = 0.44 of "
+                      "47,166 TPS", text)
+        self.assertIn("NOT MET       handshakes ≥ 1,000/s: 998 logins/s (parallel, 2x16 workers)",
+                      text)
+        self.assertIn("met           idle socket < 30 KiB RSS: 12.9 KiB (N=2000)", text)
