@@ -26,7 +26,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from wyseman.db.cluster import LocalCluster
+from wyseman.db.cluster import ClusterError, LocalCluster
 from wyseman.db.pg import dsn_with
 
 _cluster: LocalCluster | None = None
@@ -53,16 +53,32 @@ def base_dsn() -> str:
     root = Path(tempfile.mkdtemp(prefix="wyseman-test-pg-"))
     os.chmod(root, 0o755)
     # TCP on a free loopback port too, for tools that need TCP (pgbench -h, psql -h).
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    _cluster = LocalCluster(root / "data", port=port, listen_tcp=True,
+    _cluster = LocalCluster(root / "data", port=free_port(), listen_tcp=True,
                             socket_dir=root / "sock")
     _cluster.init()
-    _cluster.start()
+    start_on_a_free_port(_cluster)
     atexit.register(_remove_cluster, root)
     _base_dsn = _cluster.dsn("postgres")
     return _base_dsn
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_on_a_free_port(cluster: LocalCluster, tries: int = 3) -> None:
+    """Start ``cluster``; if it cannot (its TCP port, free when probed, was taken since:
+    by another trial worker's cluster or a test server), again on another free port."""
+    for attempt in range(1, tries + 1):
+        try:
+            cluster.start()
+            return
+        except ClusterError:
+            if attempt == tries:
+                raise
+            cluster.port = free_port()
 
 
 def _remove_cluster(root: Path) -> None:
