@@ -135,6 +135,25 @@ class ReadBatcherTests(TestCase):
         self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads), (1, 2))
 
     @defer.inlineCallbacks
+    def test_a_batch_time_is_shared_by_its_reads(self):
+        """After a batch, its statements' known time is their share of the batch's: a
+        read timed alone under load includes the wait for the event loop, and would keep
+        later batches needlessly small."""
+        yield self.known((ONE, "0"), (NAP, "0", "0"))
+        conn = yield self.hold()
+        # (the nap keeps PostgreSQL from answering before the test clock has moved)
+        first = [self.read(ONE, str(n)) for n in range(4)] + [self.read(NAP, "0.05", "9")]
+        self.pool.release(conn)        # the batch of five is sent now ...
+        self.clock.advance(0.09)       # ... and answers after 90 ms: 18 ms a read
+        self.assertEqual((yield defer.gatherResults(first)),
+                         [rows(n) for n in range(4)] + [rows(9)])
+        answers = yield self.while_held(*[(ONE, str(n)) for n in range(10, 16)], waiting=6)
+        self.assertEqual(answers, [rows(n) for n in range(10, 16)])
+        # five of 18 ms fit the 100 ms of a batch; the sixth ran on its own
+        self.assertEqual((self.batcher.stats.batches, self.batcher.stats.batched_reads),
+                         (2, 10))
+
+    @defer.inlineCallbacks
     def test_at_most_limit_reads_a_batch(self):
         self.batcher.limit = 2
         yield self.known((ONE, "0"))

@@ -19,8 +19,11 @@ What a client sees does not depend on batching:
 - **Slow reads are not batched**: a read joins a batch only once its statement has
   been seen to answer within ``fast`` seconds, and a batch takes only as many reads as
   their last known times fit in ``fast``; so a report query never holds up the quick
-  lookups that came with it. A batch slower than that sends its statements back to
-  running alone until they are measured fast again.
+  lookups that came with it. A batch slower than ``fast`` sends its statements back to
+  running alone until they are measured fast again. A statement's known time is that
+  of its last answer alone, or its share of the last batch it was in: timed alone under
+  load, a read's time is mostly the wait for the event loop (tens of milliseconds with a
+  thousand sockets), which would keep later batches needlessly small.
 - Only reads of relations (views, tables) that the caller marked batchable are
   taken; function calls and writes never are.
 """
@@ -226,9 +229,10 @@ class ReadBatcher:
 
         def answers(result: Result) -> list[list[str]]:
             elapsed = clock.seconds() - started
-            if elapsed > self.fast:        # too slow to batch: run alone until fast again
-                for read in reads:
-                    self._note_cost(read.sql, elapsed)
+            # too slow to batch: run alone until fast again; else each read's share
+            cost = elapsed if elapsed > self.fast else elapsed / len(reads)
+            for read in reads:
+                self._note_cost(read.sql, cost)
             self.stats.batches += 1
             self.stats.batched_reads += len(reads)
             return batch_sql.split(result.rows[0], batch)
