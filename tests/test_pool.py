@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from tests.harness import add_user
 from tests.pgtest import fresh_database
-from wyseman.db import pg
+from wyseman.db import batch, pg
 from wyseman.db.database import Database
 from wyseman.db.listener import Listener
 from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed, PoolSet
@@ -240,6 +242,33 @@ class DatabaseFacadeTests(TestCase):
         self.assertEqual(meta["obj"], "public.thing")
         database.clear_caches()
         self.assertEqual(database._meta, {})
+
+
+    @defer.inlineCallbacks
+    def test_key_lookups_of_a_burst_of_logins_share_one_statement(self):
+        """Logins that arrive together look their keys up in one round trip on the admin
+        connection, each getting its own user's key (or None)."""
+        self.patch(batch, "FAST_SECONDS", 60.0)   # a loaded machine must not look slow
+        db = fresh_database(self)
+        alice, bob, carol = (add_user(db, name) for name in ("alice", "bob", "carol"))
+        for user, x in ((alice, "a"), (bob, "b")):
+            db.run("update base.ent set conn_pub = %s where username = %s",
+                   (json.dumps({"default": {"kty": "EC", "x": x}}), user))
+        database = Database(admin_dsn=db.dsn, reactor=reactor, admin_pool_size=1)
+        self.addCleanup(database.stop)
+        yield database.start()
+        first = yield database.conn_pub(alice)       # (seen once: known to be fast)
+        self.assertEqual(first, {"default": {"kty": "EC", "x": "a"}})
+        pool = database.admin.pool("admin")
+        held = yield pool.acquire()                   # the admin connection is busy
+        lookups = [database.conn_pub(user) for user in (alice, bob, carol, "nobody_here")]
+        pool.release(held)
+        found = yield defer.gatherResults(lookups)
+        self.assertEqual(found, [{"default": {"kty": "EC", "x": "a"}},
+                                 {"default": {"kty": "EC", "x": "b"}}, None, None])
+        self.assertEqual((database.lookup_stats.batches, database.lookup_stats.batched_reads),
+                         (1, 4))
+        self.assertEqual(database.batch_stats.batches, 0)   # (user reads are counted apart)
 
 
 class AdapterTests(TestCase):

@@ -240,8 +240,9 @@ OPTIONS: tuple[Option, ...] = (
        "one statement: those that arrive in the same turn of the event loop, or wait for "
        "the role's busy connections. One PostgreSQL round trip for several requests. A "
        "read's errors stay its own (a failed batch runs its reads again one by one); a "
-       "statement not yet seen, or seen taking over 100 ms, runs alone. 1 turns batching "
-       "off."),
+       "statement not yet seen, or seen taking over 100 ms, runs alone. The key lookups of "
+       "logins that arrive together are batched the same way on the admin connection. 1 "
+       "turns batching off."),
 
     # [auth]
     _o("auth", "date_window", _seconds, 60.0,

@@ -20,10 +20,14 @@ from wyseman.db import pg, types
 from wyseman.db.batch import BatchStats, ReadBatcher
 from wyseman.db.listener import Listener
 from wyseman.db.pool import PoolSet
+from wyseman.sql.compiler import pyformat_sql
 
 log = Logger(namespace="wyseman.db")
 
-_CONN_PUB_SQL = "select conn_pub from base.ent_v where username = %(u)s"
+# A user's stored key material as JSON text: a read that the admin pool's batcher may run
+# together with other logins' (one round trip for the lookups of a burst of logins).
+_CONN_PUB_SQL = "select conn_pub::text from base.ent_v where username = $1"
+_CONN_PUB_PLAIN = pyformat_sql(_CONN_PUB_SQL)
 _USER_EXISTS_SQL = "select 1 from base.ent_v where username = %(u)s"
 _TOKEN_VALID_SQL = "select base.token_valid(%(u)s, %(t)s, %(p)s::jsonb) as valid"
 # Column name -> type name of a relation, from the catalogue (function views: no row).
@@ -44,6 +48,16 @@ _LANG_SQL = ("select title,help,columns,messages from wm.table_lang "
              "where obj = %(v)s and language = %(l)s")
 
 
+def _parse_conn_pub(rows: list[str | None]) -> Any:
+    """The rows of the conn_pub lookup (JSON texts) → the key material, or None."""
+    if not rows or rows[0] is None:
+        return None
+    try:
+        return orjson.loads(rows[0])
+    except orjson.JSONDecodeError:
+        return None
+
+
 class Database:
     """Owns the pools and the LISTEN connection of one server process."""
 
@@ -60,6 +74,8 @@ class Database:
         #: most reads of one role that run as one statement (1: each alone)
         self.read_batch = read_batch
         self.batch_stats = BatchStats()
+        #: the same for the admin pool's key lookups (logins)
+        self.lookup_stats = BatchStats()
         self.admin_dsn = admin_dsn
         self.session_dsn = session_dsn or admin_dsn
         self.session_mode = session_mode
@@ -152,19 +168,13 @@ class Database:
 
     def conn_pub(self, user: str) -> defer.Deferred:
         """The stored key material of ``user`` (parsed JSON), or None."""
-        d = self.run_admin(lambda c: c.execute(_CONN_PUB_SQL, {"u": user}))
-
-        def parse(result: pg.Result) -> Any:
-            if not result.rows or result.rows[0][0] is None:
-                return None
-            value = result.rows[0][0]
-            if isinstance(value, str):  # RawJSON from a json/jsonb column, or text
-                try:
-                    return orjson.loads(str(value))
-                except orjson.JSONDecodeError:
-                    return None
-            return value
-        return d.addCallback(parse)
+        pool = self.admin.pool("admin")
+        if pool.batcher is None:
+            pool.batcher = ReadBatcher(pool, limit=self.read_batch,
+                                       prepare=self.prepared_statements,
+                                       stats=self.lookup_stats)
+        d = pool.batcher.read(_CONN_PUB_SQL, (user,), (_CONN_PUB_PLAIN, {"p1": user}))
+        return d.addCallback(_parse_conn_pub)
 
     def user_exists(self, user: str) -> defer.Deferred:
         d = self.run_admin(lambda c: c.execute(_USER_EXISTS_SQL, {"u": user}))
