@@ -113,3 +113,15 @@ def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) ->
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
     return status, body.decode("utf-8", "replace")
+
+
+@defer.inlineCallbacks
+def http_get(port: int, path: str) -> Any:
+    """One GET (the server closes the connection after it) → (status, headers, body)."""
+    raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    "Connection: close\r\n\r\n").encode())
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+    data = yield raw.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0]
+    return int(status_line.split(b" ", 2)[1]), head.decode("latin-1").lower(), body

@@ -11,7 +11,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.harness import add_user, raw_upgrade, start_gateway
+from tests.harness import add_user, http_get, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect, fetch_clientinfo
@@ -203,6 +203,20 @@ class LoginTests(TestCase):
         body = json.loads((yield readBody(response)))
         self.assertEqual(list(body), ["ip", "cookie", "userAgent", "date"])
         self.assertEqual((body["cookie"], body["userAgent"]), ("a=1", "ua/1"))
+
+
+    @defer.inlineCallbacks
+    def test_plain_http_gets_426_not_a_status_page(self):
+        """A request without ``Upgrade`` gets 426, as from the Node server's ws, and not
+        Autobahn's status page: that page names the Autobahn version, and its
+        ``?redirect=URL`` made the gateway an open redirector."""
+        for path in ("/?redirect=https%3A%2F%2Fevil.example%2F", "/", "/anything?x=1"):
+            status, headers, body = yield http_get(self.server.port, path)
+            self.assertEqual(status, 426, path)
+            self.assertNotIn("location:", headers)
+            self.assertNotIn(b"autobahn", body.lower())
+        status, _, _ = yield http_get(self.server.port, "/clientinfo")
+        self.assertEqual(status, 200)
 
 
 class InsecureModeTests(TestCase):

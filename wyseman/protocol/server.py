@@ -466,6 +466,10 @@ class GatewayFactory(WebSocketServerFactory):
             maxConnections=limits.max_connections,
             failByDrop=False,
             perMessageCompressionAccept=lambda offers: None,
+            # A request without Upgrade gets 426 (as from the Node server's ws), not
+            # Autobahn's status page, which names its version and 303-redirects to any
+            # URL given as ?redirect= (an open redirector on the gateway's domain).
+            webStatus=False,
         )
         self.isSecure = secure
         self.server = "wyseman"
