@@ -310,8 +310,8 @@ OPTIONS: tuple[Option, ...] = (
 
     # [metrics]
     _o("metrics", "listen", _string, "",
-       "Endpoint of the Prometheus metrics page (e.g. `tcp:9100:interface=127.0.0.1`); "
-       "empty turns it off."),
+       "Endpoint of the Prometheus metrics page `/metrics` and of the health check "
+       "`/healthz` (e.g. `tcp:9100:interface=127.0.0.1`); empty turns both off."),
 
 )
 

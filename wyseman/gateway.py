@@ -26,6 +26,7 @@ from wyseman.gcpause import PauseObserver
 from wyseman.metrics import Metrics
 from wyseman.protocol.dispatch import Dispatcher
 from wyseman.protocol.handshake import Authenticator, ChannelPolicy
+from wyseman.protocol.health import HealthCheck
 from wyseman.protocol.server import prepare_frame
 from wyseman.protocol.signatures import SignatureChecker
 from wyseman.sql import compiler
@@ -71,6 +72,8 @@ class Gateway:
         self.trusted_proxies = config.server.trusted_proxies
         self.ip_style = config.server.ip_style
         self.allowed_origins: Sequence[str] = config.server.allowed_origins
+        #: what ``GET /healthz`` reports
+        self.health = HealthCheck(db.ping, clock)
         self.signatures = SignatureChecker(config.auth.verify_threads
                                            or auto_threads(config.server.workers), clock)
         self.authenticator = Authenticator(

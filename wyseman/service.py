@@ -281,9 +281,12 @@ class GatewayService(StartingService):
     def _metrics_site(self) -> server.Site:
         from prometheus_client.twisted import MetricsResource
         from twisted.web.resource import Resource
+
+        from wyseman.protocol.health import HealthResource
         assert self.gateway is not None
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
+        root.putChild(b"healthz", HealthResource(self.gateway.health))
         return server.Site(root)
 
     @defer.inlineCallbacks

@@ -123,11 +123,15 @@ class Database:
     def start(self) -> Any:
         """Check the admin connection works and open the LISTEN connection: a client must
         not log in before it, or notifications sent meanwhile to its channels are lost."""
-        yield self.run_admin(lambda conn: conn.execute("select 1"))
+        yield self.ping()
         self.listener.start()
         yield self.listener.ready
         log.info("database ready (admin role {role}, session mode {mode})",
                  role=self.admin_role or "(default)", mode=self.session_mode)
+
+    def ping(self) -> defer.Deferred:
+        """Fires once the admin connection answered ``select 1`` (fails if it cannot)."""
+        return self.run_admin(lambda conn: conn.execute("select 1"))
 
     def stop(self) -> defer.Deferred:
         """Close everything; fires once connects that were under way are closed too."""
