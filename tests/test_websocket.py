@@ -206,7 +206,7 @@ class LoginTests(TestCase):
 
 
     @defer.inlineCallbacks
-    def test_plain_http_gets_426_not_a_status_page(self):
+    def test_plain_http_gets_426_and_no_versions(self):
         """A request without ``Upgrade`` gets 426, as from the Node server's ws, and not
         Autobahn's status page: that page names the Autobahn version, and its
         ``?redirect=URL`` made the gateway an open redirector."""
@@ -215,8 +215,10 @@ class LoginTests(TestCase):
             self.assertEqual(status, 426, path)
             self.assertNotIn("location:", headers)
             self.assertNotIn(b"autobahn", body.lower())
-        status, _, _ = yield http_get(self.server.port, "/clientinfo")
+        # twisted.web does not name itself and its version either
+        status, headers, _ = yield http_get(self.server.port, "/clientinfo")
         self.assertEqual(status, 200)
+        self.assertIn("server: wyseman\r\n", headers + "\r\n")
 
 
 class InsecureModeTests(TestCase):

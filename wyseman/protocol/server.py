@@ -522,6 +522,7 @@ class _Root(resource.Resource):
         self.websocket = websocket
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:  # noqa: N802
+        request.setHeader(b"server", b"wyseman")   # not twisted.web's name and version
         if path == b"clientinfo":
             return self.clientinfo
         if self.websocket is None:
@@ -529,6 +530,7 @@ class _Root(resource.Resource):
         return self.websocket
 
     def render(self, request: server.Request) -> bytes:
+        request.setHeader(b"server", b"wyseman")
         if self.websocket is None:
             return resource.NoResource().render(request)
         return self.websocket.render(request)
