@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -222,6 +223,32 @@ class AdmissionTests(TestCase):
             conn.request({"action": "tuple", "view": "public.nap()"}) for _ in range(6)])
         self.assertEqual(len(replies), 6)
         self.assertEqual(state["most"], 2)   # reading paused while two were running
+
+    @defer.inlineCallbacks
+    def test_a_connection_that_sends_no_request_is_closed(self):
+        """An idle connection may not hold a socket for long before its request is in:
+        open_handshake_timeout, not twisted.web's 60 s."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, limits={"open_handshake_timeout": 0.5})
+        closed: defer.Deferred = defer.Deferred()
+
+        class Idle(protocol.Protocol):
+            def connectionLost(self, reason):  # noqa: N802
+                closed.callback(None)
+        started = reactor.seconds()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), Idle())
+        yield closed                          # the server hung up (we sent nothing)
+        self.assertLess(reactor.seconds() - started, 30)
+        # an upgraded socket is not subject to it: a request that takes a second (the
+        # client silent meanwhile) is answered, and the socket stays open
+        db.run("create function public.nap1() returns int language sql "
+               "as $$ select 1 from pg_sleep(1) $$; "
+               "grant execute on function public.nap1() to wyseman_user")
+        user = add_user(db)
+        conn = yield ticket_login(self, server, db, user)
+        row = yield conn.request({"action": "tuple", "view": "public.nap1()"})
+        self.assertEqual(row, {"nap1": 1})
+        self.assertTrue(conn.connected)
 
     @defer.inlineCallbacks
     def test_clientinfo_on_the_port_below(self):

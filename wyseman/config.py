@@ -286,7 +286,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("limits", "ping_timeout", _seconds, 15.0,
        "A peer that does not answer a ping within this many seconds is dropped."),
     _o("limits", "open_handshake_timeout", _seconds, 10.0,
-       "Seconds a client has to complete the opening handshake."),
+       "Seconds a client has to complete the opening handshake; also the most a "
+       "connection may stay idle before its HTTP request is complete (or between two "
+       "requests on a kept-alive connection), where twisted.web would allow 60."),
     _o("limits", "max_connections", _int_range(1), 10000,
        "Most WebSocket connections open at once; further upgrades get 503."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,

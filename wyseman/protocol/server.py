@@ -544,7 +544,11 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
         websocket = WebSocketResource(factory)
-    site = server.Site(_Root(gateway, websocket))
+    # A connection has open_handshake_timeout idle seconds to complete its HTTP request
+    # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
+    # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
+    site = server.Site(_Root(gateway, websocket),
+                       timeout=gateway.config.limits.open_handshake_timeout)
     site.displayTracebacks = False
     site.noisy = False
     return site
