@@ -285,3 +285,67 @@ def find_free_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free pair of ports")
+
+
+class PendingConnectionTests(TestCase):
+    """[limits] max_pending_connections: connections still speaking HTTP are bounded;
+    upgraded WebSockets do not count against it."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_connections_over_the_bound_are_closed_at_once(self):
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, limits={"max_pending_connections": 2})
+        site = server.ports[0].factory
+        idle = []
+        for _ in range(2):                    # two connections that send nothing
+            lost: defer.Deferred = defer.Deferred()
+            conn = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
+                                         _Watch(lost))
+            idle.append((conn, lost))
+        # (the server counts a connection once it has accepted it: the third below is
+        # accepted after these two, as the listening socket hands them over in order)
+        refused: defer.Deferred = defer.Deferred()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
+                              _Watch(refused))
+        yield refused                          # closed by the server at once
+        self.assertEqual(site.pending, 2)
+        metric = server.gateway.metrics.handshakes.labels("refused", "pending")._value.get()
+        self.assertEqual(metric, 1)
+
+        # one idle connection goes: room for logins, whose sockets then count no more
+        released = self.next_release(site)
+        idle[0][0].transport.loseConnection()
+        yield released
+        conns = []
+        for _ in range(3):                    # more sockets than the bound, one at a time
+            user = add_user(db)
+            conns.append((yield ticket_login(self, server, db, user)))
+        self.assertEqual(site.pending, 1)      # the one idle connection left
+        for conn in conns:
+            self.assertTrue(conn.connected)
+        released = self.next_release(site)
+        idle[1][0].transport.loseConnection()
+        yield defer.gatherResults([idle[1][1], released])
+        self.assertEqual(site.pending, 0)
+
+    def next_release(self, site):
+        """Fires when the site next lets go of a connection."""
+        released: defer.Deferred = defer.Deferred()
+        original = site.release
+
+        def release(channel):
+            original(channel)
+            site.release = original
+            released.callback(None)
+        site.release = release
+        return released
+
+
+class _Watch(protocol.Protocol):
+    def __init__(self, lost: defer.Deferred) -> None:
+        self.lost = lost
+
+    def connectionLost(self, reason):  # noqa: N802
+        self.lost.callback(None)

@@ -291,6 +291,10 @@ OPTIONS: tuple[Option, ...] = (
        "requests on a kept-alive connection), where twisted.web would allow 60."),
     _o("limits", "max_connections", _int_range(1), 10000,
        "Most WebSocket connections open at once; further upgrades get 503."),
+    _o("limits", "max_pending_connections", _int_range(1), 1000,
+       "Most connections on each endpoint that are still plain HTTP (request not yet in, "
+       "`/clientinfo` kept alive, upgrade not yet done); further ones are closed as soon "
+       "as they are accepted. `max_connections` counts a connection from its upgrade on."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,
        "Most open WebSocket connections per user; further ones get 503."),
     _o("limits", "max_in_flight", _int_range(1), 32,

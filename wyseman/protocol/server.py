@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage, parseHttpHeader
 from twisted.internet import defer, interfaces, tcp
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -536,6 +537,60 @@ class _Root(resource.Resource):
         return self.websocket.render(request)
 
 
+class _Refused(Protocol):
+    """A connection over :attr:`GatewaySite.max_pending`: closed at once."""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.abortConnection()
+
+
+class GatewaySite(server.Site):
+    """A site that holds at most ``max_pending`` connections still speaking HTTP (their
+    request not yet in, a /clientinfo connection kept alive, an upgrade not yet taken
+    over): further ones are closed as soon as they are accepted. ``[limits]
+    max_connections`` counts a connection only from its upgrade on, so without this
+    bound idle and trickling clients could take every file descriptor."""
+
+    def __init__(self, root: resource.Resource, *, max_pending: int,
+                 on_refused: Any = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.max_pending = max_pending
+        self.pending = 0
+        self._on_refused = on_refused
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
+        if self.pending >= self.max_pending:
+            if self._on_refused is not None:
+                self._on_refused()
+            return _Refused()
+        channel = super().buildProtocol(addr)
+        self.pending += 1
+        lost = channel.connectionLost
+
+        def connection_lost(reason: Any) -> Any:
+            self.release(channel)
+            return lost(reason)
+        channel.connectionLost = connection_lost
+        return channel
+
+    def release(self, channel: Any) -> None:
+        """``channel`` no longer counts: it closed, or its connection became a WebSocket."""
+        if not getattr(channel, "_wyseman_released", False):
+            channel._wyseman_released = True
+            self.pending -= 1
+
+
+class _Upgrade(WebSocketResource):
+    """The WebSocket resource; the connection it takes over leaves the site's pending
+    count (Autobahn's and the gateway's connection limits count it from here on)."""
+
+    def render(self, request: server.Request) -> Any:
+        site = getattr(request.channel, "site", None)
+        if isinstance(site, GatewaySite):
+            site.release(request.channel)
+        return super().render(request)
+
+
 def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
                clientinfo_only: bool = False) -> server.Site:
     """The twisted.web site of one endpoint."""
@@ -543,12 +598,14 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     if not clientinfo_only:
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
-        websocket = WebSocketResource(factory)
+        websocket = _Upgrade(factory)
+    limits = gateway.config.limits
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
-    site = server.Site(_Root(gateway, websocket),
-                       timeout=gateway.config.limits.open_handshake_timeout)
+    site = GatewaySite(_Root(gateway, websocket), max_pending=limits.max_pending_connections,
+                       on_refused=lambda: gateway.metrics.handshake("refused", "pending"),
+                       timeout=limits.open_handshake_timeout)
     site.displayTracebacks = False
     site.noisy = False
     return site
