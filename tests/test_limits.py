@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv4Address
@@ -329,6 +332,29 @@ class PendingConnectionTests(TestCase):
         idle[1][0].transport.loseConnection()
         yield defer.gatherResults([idle[1][1], released])
         self.assertEqual(site.pending, 0)
+
+    @defer.inlineCallbacks
+    def test_an_upgraded_connections_http_channel_is_let_go(self):
+        """Once its connection is a WebSocket, the HTTP channel is freed at once (no
+        reference cycle through the site's hook keeps it for the garbage collector)."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        site = server.ports[0].factory
+        channels = []
+        build = site.buildProtocol
+
+        def recording(addr):
+            channel = build(addr)
+            channels.append(weakref.ref(channel))
+            return channel
+        site.buildProtocol = recording
+        conn = yield ticket_login(self, server, db, add_user(db))
+        self.assertTrue(conn.connected)
+        self.assertEqual(len(channels), 1)
+        gc.disable()                           # freed by reference counting alone
+        self.addCleanup(gc.enable)
+        yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertIsNone(channels[0]())
 
     def next_release(self, site):
         """Fires when the site next lets go of a connection."""

@@ -578,6 +578,9 @@ class GatewaySite(server.Site):
         if not getattr(channel, "_wyseman_released", False):
             channel._wyseman_released = True
             self.pending -= 1
+            # drop the hook (it refers to the channel): no cycle keeps a channel alive
+            # once its connection has become a WebSocket
+            vars(channel).pop("connectionLost", None)
 
 
 class _Upgrade(WebSocketResource):
