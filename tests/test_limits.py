@@ -14,7 +14,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, raw_upgrade, start_gateway, ticket_login, unregistered
+from tests.harness import (
+    add_user,
+    http_get,
+    raw_upgrade,
+    start_gateway,
+    ticket_login,
+    unregistered,
+)
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect
@@ -332,6 +339,24 @@ class PendingConnectionTests(TestCase):
         idle[1][0].transport.loseConnection()
         yield defer.gatherResults([idle[1][1], released])
         self.assertEqual(site.pending, 0)
+
+    @defer.inlineCallbacks
+    def test_a_request_body_is_cut_off(self):
+        """Clients send no body: a large or chunked one is not read (let alone spooled to
+        disk); the connection is closed at once."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, limits={"open_handshake_timeout": 300})
+        site = server.ports[0].factory
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port)
+        for head in ("POST /clientinfo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000",
+                     "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"):
+            lost: defer.Deferred = defer.Deferred()
+            released = self.next_release(site)
+            conn = yield connectProtocol(endpoint, _Watch(lost))
+            conn.transport.write(head.encode() + b"\r\n\r\n" + b"x" * 1000)
+            yield defer.gatherResults([lost, released])   # (idle timeout: 300 s)
+        status, _, _ = yield http_get(server.port, "/clientinfo")
+        self.assertEqual(status, 200)
 
     @defer.inlineCallbacks
     def test_an_upgraded_connections_http_channel_is_let_go(self):

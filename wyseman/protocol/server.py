@@ -4,6 +4,7 @@ that serves the WebSocket and ``GET /clientinfo`` on one port.
 
 from __future__ import annotations
 
+import io
 from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -537,6 +538,37 @@ class _Root(resource.Resource):
         return self.websocket.render(request)
 
 
+#: the most body an HTTP request to a gateway port may carry (its clients send none)
+MAX_REQUEST_BODY = 4096
+
+
+class _BoundedRequest(server.Request):
+    """A request to a gateway port (a WebSocket upgrade, ``GET /clientinfo``) carries no
+    body: one that announces more than :data:`MAX_REQUEST_BODY` bytes, or a chunked one,
+    is cut off at once (twisted.web would spool a body of any size to a temporary file)."""
+
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        if length is not None and length <= MAX_REQUEST_BODY:
+            super().gotLength(length)
+            return
+        self._refused = True
+        self.content = io.BytesIO()
+        log.warn("refused an HTTP request with a body of {size} from {peer}",
+                 size="unknown length (chunked)" if length is None else f"{length} bytes",
+                 peer=getattr(self.getClientAddress(), "host", "?"))
+        self.channel.transport.abortConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if not self._refused:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+
 class _Refused(Protocol):
     """A connection over :attr:`GatewaySite.max_pending`: closed at once."""
 
@@ -606,7 +638,8 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
-    site = GatewaySite(_Root(gateway, websocket), max_pending=limits.max_pending_connections,
+    site = GatewaySite(_Root(gateway, websocket), requestFactory=_BoundedRequest,
+                       max_pending=limits.max_pending_connections,
                        on_refused=lambda: gateway.metrics.handshake("refused", "pending"),
                        timeout=limits.open_handshake_timeout)
     site.displayTracebacks = False
