@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.harness import add_user, http_get, raw_upgrade, start_gateway
+from tests.harness import _RawHTTP, add_user, http_get, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect, fetch_clientinfo
@@ -213,12 +214,28 @@ class LoginTests(TestCase):
         for path in ("/?redirect=https%3A%2F%2Fevil.example%2F", "/", "/anything?x=1"):
             status, headers, body = yield http_get(self.server.port, path)
             self.assertEqual(status, 426, path)
+            self.assertTrue(headers.startswith("http/1.1 426 upgrade required\r\n"), headers)
+            self.assertIn("\r\nupgrade: websocket\r\n", headers)
             self.assertNotIn("location:", headers)
             self.assertNotIn(b"autobahn", body.lower())
         # twisted.web does not name itself and its version either
         status, headers, _ = yield http_get(self.server.port, "/clientinfo")
         self.assertEqual(status, 200)
         self.assertIn("server: wyseman\r\n", headers + "\r\n")
+
+
+    @defer.inlineCallbacks
+    def test_unsupported_version_names_the_supported_ones(self):
+        """RFC 6455 §4.4: a refused version is answered with the versions we speak."""
+        raw = _RawHTTP((f"GET /?user={self.user} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 99\r\n\r\n").encode())
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port), raw)
+        head = (yield raw.done).partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+        self.assertTrue(head.startswith("http/1.1 400 bad request\r\n"), head)
+        self.assertIn("\r\nsec-websocket-version: ", head)
+        self.assertIn("13", head.split("sec-websocket-version: ", 1)[1].split("\r\n")[0])
 
 
 class InsecureModeTests(TestCase):

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="wyseman.ws")
 
 _REASON_PHRASES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-                   429: "Too Many Requests", 500: "Internal Server Error",
-                   503: "Service Unavailable"}
+                   426: "Upgrade Required", 429: "Too Many Requests",
+                   500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 
@@ -204,11 +204,15 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str,  # noqa: N802
                               responseHeaders: Any = None) -> None:  # noqa: N803
-        """As the Node server's ``ws`` sends it: standard phrase, the reason as body."""
+        """As the Node server's ``ws`` sends it: standard phrase, the reason as body; the
+        headers Autobahn adds (``Sec-WebSocket-Version`` for a version it does not speak),
+        and ``Upgrade`` on a 426 (RFC 7231 §6.5.15)."""
         body = reason.encode("utf-8")
         phrase = _REASON_PHRASES.get(code, "Error")
+        extra = [*(responseHeaders or ()), *([("Upgrade", "websocket")] if code == 426 else [])]
         head = (f"HTTP/1.1 {code} {phrase}\r\nConnection: close\r\n"
-                f"Content-Type: text/html\r\nContent-Length: {len(body)}\r\n\r\n")
+                + "".join(f"{name}: {value}\r\n" for name, value in extra)
+                + f"Content-Type: text/html\r\nContent-Length: {len(body)}\r\n\r\n")
         self.sendData(head.encode("latin-1") + body)
 
     # -- open connection ---------------------------------------------------
