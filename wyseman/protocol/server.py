@@ -546,7 +546,7 @@ class _Root(resource.Resource):
 MAX_REQUEST_BODY = 4096
 
 
-class _BoundedRequest(server.Request):
+class BoundedRequest(server.Request):
     """A request to a gateway port (a WebSocket upgrade, ``GET /clientinfo``) carries no
     body: one that announces more than :data:`MAX_REQUEST_BODY` bytes, or a chunked one,
     is cut off at once (twisted.web would spool a body of any size to a temporary file)."""
@@ -642,7 +642,7 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
-    site = GatewaySite(_Root(gateway, websocket), requestFactory=_BoundedRequest,
+    site = GatewaySite(_Root(gateway, websocket), requestFactory=BoundedRequest,
                        max_pending=limits.max_pending_connections,
                        on_refused=lambda: gateway.metrics.handshake("refused", "pending"),
                        timeout=limits.open_handshake_timeout)
