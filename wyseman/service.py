@@ -283,7 +283,7 @@ class GatewayService(StartingService):
         from twisted.web.resource import Resource
 
         from wyseman.protocol.health import HealthResource
-        from wyseman.protocol.server import BoundedRequest, GatewaySite
+        from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite
         assert self.gateway is not None
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))

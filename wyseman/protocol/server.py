@@ -4,18 +4,15 @@ that serves the WebSocket and ``GET /clientinfo`` on one port.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage, parseHttpHeader
 from twisted.internet import defer, interfaces, tcp
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -24,6 +21,7 @@ from zope.interface import implementer
 from wyseman.protocol import credentials as cred
 from wyseman.protocol.dispatch import Session
 from wyseman.protocol.handshake import Handshake, Refusal
+from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite, Upgrade
 from wyseman.protocol.peer import client_ip
 from wyseman.timers import ClockTimer, cancel_close_timer
 
@@ -542,94 +540,6 @@ class _Root(resource.Resource):
         return self.websocket.render(request)
 
 
-#: the most body an HTTP request to a gateway port may carry (its clients send none)
-MAX_REQUEST_BODY = 4096
-
-
-class BoundedRequest(server.Request):
-    """A request to a gateway port (a WebSocket upgrade, ``GET /clientinfo``) carries no
-    body: one that announces more than :data:`MAX_REQUEST_BODY` bytes, or a chunked one,
-    is cut off at once (twisted.web would spool a body of any size to a temporary file)."""
-
-    _refused = False
-
-    def gotLength(self, length: int | None) -> None:  # noqa: N802
-        if length is not None and length <= MAX_REQUEST_BODY:
-            super().gotLength(length)
-            return
-        self._refused = True
-        self.content = io.BytesIO()
-        log.warn("refused an HTTP request with a body of {size} from {peer}",
-                 size="unknown length (chunked)" if length is None else f"{length} bytes",
-                 peer=getattr(self.getClientAddress(), "host", "?"))
-        self.channel.transport.abortConnection()
-
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
-        if not self._refused:
-            super().handleContentChunk(data)
-
-    def process(self) -> None:
-        if not self._refused:
-            super().process()
-
-
-class _Refused(Protocol):
-    """A connection over :attr:`GatewaySite.max_pending`: closed at once."""
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.transport.abortConnection()
-
-
-class GatewaySite(server.Site):
-    """A site that holds at most ``max_pending`` connections still speaking HTTP (their
-    request not yet in, a /clientinfo connection kept alive, an upgrade not yet taken
-    over): further ones are closed as soon as they are accepted. ``[limits]
-    max_connections`` counts a connection only from its upgrade on, so without this
-    bound idle and trickling clients could take every file descriptor."""
-
-    def __init__(self, root: resource.Resource, *, max_pending: int,
-                 on_refused: Any = None, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        self.max_pending = max_pending
-        self.pending = 0
-        self._on_refused = on_refused
-
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
-        if self.pending >= self.max_pending:
-            if self._on_refused is not None:
-                self._on_refused()
-            return _Refused()
-        channel = super().buildProtocol(addr)
-        self.pending += 1
-        lost = channel.connectionLost
-
-        def connection_lost(reason: Any) -> Any:
-            self.release(channel)
-            return lost(reason)
-        channel.connectionLost = connection_lost
-        return channel
-
-    def release(self, channel: Any) -> None:
-        """``channel`` no longer counts: it closed, or its connection became a WebSocket."""
-        if not getattr(channel, "_wyseman_released", False):
-            channel._wyseman_released = True
-            self.pending -= 1
-            # drop the hook (it refers to the channel): no cycle keeps a channel alive
-            # once its connection has become a WebSocket
-            vars(channel).pop("connectionLost", None)
-
-
-class _Upgrade(WebSocketResource):
-    """The WebSocket resource; the connection it takes over leaves the site's pending
-    count (Autobahn's and the gateway's connection limits count it from here on)."""
-
-    def render(self, request: server.Request) -> Any:
-        site = getattr(request.channel, "site", None)
-        if isinstance(site, GatewaySite):
-            site.release(request.channel)
-        return super().render(request)
-
-
 def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
                clientinfo_only: bool = False) -> server.Site:
     """The twisted.web site of one endpoint."""
@@ -637,7 +547,7 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     if not clientinfo_only:
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
-        websocket = _Upgrade(factory)
+        websocket = Upgrade(factory)
     limits = gateway.config.limits
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
