@@ -380,6 +380,14 @@ class PendingConnectionTests(TestCase):
         self.addCleanup(gc.enable)
         yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertIsNone(channels[0]())
+        # nor a channel that served /clientinfo and closed
+        released = self.next_release(site)
+        status, _, _ = yield http_get(server.port, "/clientinfo")
+        self.assertEqual(status, 200)
+        yield released
+        self.assertEqual(len(channels), 2)
+        self.assertIsNone(channels[1]())
+        self.assertEqual(site.pending, 0)
 
     def next_release(self, site):
         """Fires when the site next lets go of a connection."""
@@ -389,7 +397,8 @@ class PendingConnectionTests(TestCase):
         def release(channel):
             original(channel)
             site.release = original
-            released.callback(None)
+            # (once the call that released it has returned, and dropped the channel)
+            reactor.callLater(0, released.callback, None)
         site.release = release
         return released
 

@@ -89,13 +89,17 @@ class GatewaySite(server.Site):
         return channel
 
     def release(self, channel: Any) -> None:
-        """``channel`` no longer counts: it closed, or its connection became a WebSocket."""
-        if not getattr(channel, "_wyseman_released", False):
-            channel._wyseman_released = True
+        """``channel`` no longer counts: it closed, or its connection became a WebSocket.
+
+        twisted.web hands the transport a wrapper (``_GenericHTTPChannelProtocol``) whose
+        ``connectionLost`` attribute lives on the HTTP channel inside it, which is also
+        what a request's ``channel`` is: both paths come down to that inner channel."""
+        inner = getattr(channel, "_channel", channel)
+        if not getattr(inner, "_wyseman_released", False):
+            inner._wyseman_released = True
             self.pending -= 1
             # drop the hook (it refers to the channel): no cycle keeps a channel alive
-            # once its connection has become a WebSocket
-            vars(channel).pop("connectionLost", None)
+            vars(inner).pop("connectionLost", None)
 
 
 class Upgrade(WebSocketResource):
