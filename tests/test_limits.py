@@ -6,7 +6,7 @@ import gc
 import weakref
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
@@ -339,6 +339,25 @@ class PendingConnectionTests(TestCase):
         idle[1][0].transport.loseConnection()
         yield defer.gatherResults([idle[1][1], released])
         self.assertEqual(site.pending, 0)
+
+    @defer.inlineCallbacks
+    def test_a_trickling_request_is_cut_off(self):
+        """A client that sends a byte now and then is never idle, but it may speak HTTP
+        for twice open_handshake_timeout at most."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, limits={"open_handshake_timeout": 0.5})
+        lost: defer.Deferred = defer.Deferred()
+        conn = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
+                                     _Watch(lost))
+        conn.transport.write(b"GET /?user=x HTTP/1.1\r\nX-Slow: ")
+        trickle = task.LoopingCall(conn.transport.write, b"a")   # every 0.2 s: never idle
+        trickle.start(0.2)
+        started = reactor.seconds()
+        try:
+            yield lost                          # closed by the server
+        finally:
+            trickle.stop()
+        self.assertLess(reactor.seconds() - started, 5)
 
     @defer.inlineCallbacks
     def test_a_request_body_is_cut_off(self):

@@ -288,7 +288,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("limits", "open_handshake_timeout", _seconds, 10.0,
        "Seconds a client has to complete the opening handshake; also the most a "
        "connection may stay idle before its HTTP request is complete (or between two "
-       "requests on a kept-alive connection), where twisted.web would allow 60."),
+       "requests on a kept-alive connection), where twisted.web would allow 60, and half "
+       "the most it may speak HTTP in all before its WebSocket is open."),
     _o("limits", "max_connections", _int_range(1), 10000,
        "Most WebSocket connections open at once; further upgrades get 503."),
     _o("limits", "max_pending_connections", _int_range(1), 1000,

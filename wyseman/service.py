@@ -292,7 +292,8 @@ class GatewayService(StartingService):
         limits = self.config.limits
         return GatewaySite(root, requestFactory=BoundedRequest,
                            max_pending=limits.max_pending_connections,
-                           timeout=limits.open_handshake_timeout)
+                           timeout=limits.open_handshake_timeout,
+                           deadline=2 * limits.open_handshake_timeout)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802

@@ -67,10 +67,14 @@ class GatewaySite(server.Site):
     bound idle and trickling clients could take every file descriptor."""
 
     def __init__(self, root: resource.Resource, *, max_pending: int,
-                 on_refused: Any = None, **kwargs: Any) -> None:
+                 on_refused: Any = None, deadline: float | None = None,
+                 **kwargs: Any) -> None:
+        """``deadline``: the most seconds a connection may speak HTTP in all (the idle
+        ``timeout`` alone lets a client that sends a byte now and then stay for ever)."""
         super().__init__(root, **kwargs)
         self.max_pending = max_pending
         self.pending = 0
+        self.deadline = deadline
         self._on_refused = on_refused
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
@@ -86,7 +90,18 @@ class GatewaySite(server.Site):
             self.release(channel)
             return lost(reason)
         channel.connectionLost = connection_lost
+        if self.deadline:
+            inner = getattr(channel, "_channel", channel)
+            inner._wyseman_deadline = self.reactor.callLater(self.deadline, self._overdue,
+                                                             inner)
         return channel
+
+    def _overdue(self, inner: Any) -> None:
+        inner._wyseman_deadline = None
+        log.info("closed an HTTP connection that was still without a WebSocket after "
+                 "{seconds} s", seconds=self.deadline)
+        if inner.transport is not None:
+            inner.transport.abortConnection()
 
     def release(self, channel: Any) -> None:
         """``channel`` no longer counts: it closed, or its connection became a WebSocket.
@@ -98,6 +113,10 @@ class GatewaySite(server.Site):
         if not getattr(inner, "_wyseman_released", False):
             inner._wyseman_released = True
             self.pending -= 1
+            deadline = getattr(inner, "_wyseman_deadline", None)
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            inner._wyseman_deadline = None
             # drop the hook (it refers to the channel): no cycle keeps a channel alive
             vars(inner).pop("connectionLost", None)
 

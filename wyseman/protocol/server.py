@@ -552,10 +552,12 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
+    # ... and twice that in all (a client sending a byte now and then is not idle).
     site = GatewaySite(_Root(gateway, websocket), requestFactory=BoundedRequest,
                        max_pending=limits.max_pending_connections,
                        on_refused=lambda: gateway.metrics.handshake("refused", "pending"),
-                       timeout=limits.open_handshake_timeout)
+                       timeout=limits.open_handshake_timeout,
+                       deadline=2 * limits.open_handshake_timeout)
     site.displayTracebacks = False
     site.noisy = False
     return site
