@@ -283,17 +283,13 @@ class GatewayService(StartingService):
         from twisted.web.resource import Resource
 
         from wyseman.protocol.health import HealthResource
-        from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite
+        from wyseman.protocol.httpbounds import GatewaySite
         assert self.gateway is not None
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
         root.putChild(b"healthz", HealthResource(self.gateway.health))
         # the same bounds as the clients' ports: no bodies, idle and pending connections
-        limits = self.config.limits
-        return GatewaySite(root, requestFactory=BoundedRequest,
-                           max_pending=limits.max_pending_connections,
-                           timeout=limits.open_handshake_timeout,
-                           deadline=2 * limits.open_handshake_timeout)
+        return GatewaySite.bounded_by(root, self.config.limits)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802

@@ -150,13 +150,14 @@ class Database:
         """Run a read (``sql`` renders each row as one JSON text) as ``role`` → Deferred of
         the row texts. Reads of the role that arrive in the same reactor iteration, or
         wait for its busy pool, run together (:mod:`wyseman.db.batch`)."""
-        pool = self.users.pool(role)
-        batcher = pool.batcher
-        if batcher is None:
-            batcher = pool.batcher = ReadBatcher(pool, limit=self.read_batch,
-                                                 prepare=self.prepared_statements,
-                                                 stats=self.batch_stats)
-        return batcher.read(sql, values, plain)
+        return self._batcher(self.users.pool(role), self.batch_stats).read(sql, values, plain)
+
+    def _batcher(self, pool: Any, stats: BatchStats) -> ReadBatcher:
+        """The read batcher of ``pool``, made on first use (it goes with the pool)."""
+        if pool.batcher is None:
+            pool.batcher = ReadBatcher(pool, limit=self.read_batch,
+                                       prepare=self.prepared_statements, stats=stats)
+        return pool.batcher
 
     def reads_waiting(self) -> int:
         """Reads waiting to run in a batch (for the end of the reactor iteration, or for a
@@ -172,12 +173,8 @@ class Database:
 
     def conn_pub(self, user: str) -> defer.Deferred:
         """The stored key material of ``user`` (parsed JSON), or None."""
-        pool = self.admin.pool("admin")
-        if pool.batcher is None:
-            pool.batcher = ReadBatcher(pool, limit=self.read_batch,
-                                       prepare=self.prepared_statements,
-                                       stats=self.lookup_stats)
-        d = pool.batcher.read(_CONN_PUB_SQL, (user,), (_CONN_PUB_PLAIN, {"p1": user}))
+        batcher = self._batcher(self.admin.pool("admin"), self.lookup_stats)
+        d = batcher.read(_CONN_PUB_SQL, (user,), (_CONN_PUB_PLAIN, {"p1": user}))
         return d.addCallback(_parse_conn_pub)
 
     def user_exists(self, user: str) -> defer.Deferred:

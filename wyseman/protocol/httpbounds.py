@@ -77,6 +77,16 @@ class GatewaySite(server.Site):
         self.deadline = deadline
         self._on_refused = on_refused
 
+    @classmethod
+    def bounded_by(cls, root: resource.Resource, limits: Any, **kwargs: Any) -> GatewaySite:
+        """A site with the HTTP bounds of ``[limits]``: no request bodies, at most
+        ``max_pending_connections``, ``open_handshake_timeout`` idle seconds and twice
+        that in all."""
+        return cls(root, requestFactory=BoundedRequest,
+                   max_pending=limits.max_pending_connections,
+                   timeout=limits.open_handshake_timeout,
+                   deadline=2 * limits.open_handshake_timeout, **kwargs)
+
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
         if self.pending >= self.max_pending:
             if self._on_refused is not None:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from wyseman.protocol import credentials as cred
 from wyseman.protocol.dispatch import Session
 from wyseman.protocol.handshake import Handshake, Refusal
-from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite, Upgrade
+from wyseman.protocol.httpbounds import GatewaySite, Upgrade
 from wyseman.protocol.peer import client_ip
 from wyseman.timers import ClockTimer, cancel_close_timer
 
@@ -548,16 +548,13 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
         websocket = Upgrade(factory)
-    limits = gateway.config.limits
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
-    # upgraded WebSocket is not affected), and a kept-alive one as long between requests.
-    # ... and twice that in all (a client sending a byte now and then is not idle).
-    site = GatewaySite(_Root(gateway, websocket), requestFactory=BoundedRequest,
-                       max_pending=limits.max_pending_connections,
-                       on_refused=lambda: gateway.metrics.handshake("refused", "pending"),
-                       timeout=limits.open_handshake_timeout,
-                       deadline=2 * limits.open_handshake_timeout)
+    # upgraded WebSocket is not affected), a kept-alive one as long between requests, and
+    # twice that in all (a client sending a byte now and then is not idle).
+    site = GatewaySite.bounded_by(
+        _Root(gateway, websocket), gateway.config.limits,
+        on_refused=lambda: gateway.metrics.handshake("refused", "pending"))
     site.displayTracebacks = False
     site.noisy = False
     return site
