@@ -408,6 +408,51 @@ class PendingConnectionTests(TestCase):
         self.assertIsNone(channels[1]())
         self.assertEqual(site.pending, 0)
 
+    @defer.inlineCallbacks
+    def test_one_address_cannot_take_every_pending_place(self):
+        """[limits] max_pending_per_address: the connections one client leaves idle are
+        bounded well below max_pending_connections; a trusted proxy is exempt."""
+        db = fresh_database(self)
+        server = yield start_gateway(self, db, limits={"max_pending_per_address": 2})
+        site = server.ports[0].factory
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port)
+        idle = []
+        for _ in range(2):
+            lost: defer.Deferred = defer.Deferred()
+            idle.append(((yield connectProtocol(endpoint, _Watch(lost))), lost))
+        refused: defer.Deferred = defer.Deferred()
+        yield connectProtocol(endpoint, _Watch(refused))
+        yield refused                                   # closed by the server at once
+        self.assertEqual((site.pending, site.by_address), (2, {"127.0.0.1": 2}))
+        metrics = server.gateway.metrics.handshakes
+        self.assertEqual(metrics.labels("refused", "pending_address")._value.get(), 1)
+        self.assertEqual(metrics.labels("refused", "pending")._value.get(), 0)
+        # one goes: this address may log in again
+        released = self.next_release(site)
+        idle[0][0].transport.loseConnection()
+        yield released
+        conn = yield ticket_login(self, server, db, add_user(db))
+        self.assertTrue(conn.connected)
+        self.assertEqual(site.by_address, {"127.0.0.1": 1})
+        idle[1][0].transport.loseConnection()
+        yield idle[1][1]
+
+        # the same address as a trusted proxy: only max_pending_connections counts
+        proxied = yield start_gateway(self, db, limits={"max_pending_per_address": 1},
+                                      server={"trusted_proxies": ["127.0.0.0/8"]})
+        site = proxied.ports[0].factory
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxied.port)
+        conns = []
+        for _ in range(3):
+            conns.append((yield connectProtocol(endpoint, _Watch(defer.Deferred()))))
+        conn = yield ticket_login(self, proxied, db, add_user(db))
+        self.assertTrue(conn.connected)
+        self.assertEqual((site.pending, site.by_address), (3, {}))
+        for c in conns:
+            lost = c.lost
+            c.transport.loseConnection()
+            yield lost
+
     def next_release(self, site):
         """Fires when the site next lets go of a connection."""
         released: defer.Deferred = defer.Deferred()
@@ -428,3 +473,97 @@ class _Watch(protocol.Protocol):
 
     def connectionLost(self, reason):  # noqa: N802
         self.lost.callback(None)
+
+
+class PendingBoundUnitTests(TestCase):
+    """GatewaySite's bounds on connections still speaking HTTP, without a server."""
+
+    def site(self, **kwargs):
+        from twisted.web.resource import Resource
+
+        from wyseman.protocol.httpbounds import GatewaySite
+        self.refusals = []
+        options = {"max_pending": 100, "per_address": 2,
+                   "on_refused": self.refusals.append, **kwargs}
+        return GatewaySite(Resource(), reactor=MemoryReactorClock(), **options)
+
+    def connect(self, site, host, family=IPv4Address):
+        channel = site.buildProtocol(family("TCP", host, 40000))
+        channel.makeConnection(StringTransport())
+        return channel
+
+    def test_address_keys(self):
+        from twisted.internet.address import IPv6Address, UNIXAddress
+
+        from wyseman.protocol.httpbounds import address_key
+        self.assertEqual(address_key(IPv4Address("TCP", "192.0.2.7", 1)), "192.0.2.7")
+        self.assertEqual(address_key(IPv6Address("TCP", "::ffff:192.0.2.7", 1)),
+                         "192.0.2.7")
+        # one /64 is one client: it gets a whole one from its provider
+        self.assertEqual(address_key(IPv6Address("TCP", "2001:db8:1:2:aa::5", 1)),
+                         "2001:db8:1:2::/64")
+        self.assertEqual(address_key(IPv6Address("TCP", "fe80::1%eth0", 1)), "fe80::/64")
+        self.assertIsNone(address_key(UNIXAddress(b"/run/wyseman.sock")))
+
+    def test_each_address_has_its_own_bound(self):
+        from wyseman.protocol.httpbounds import _Refused
+        site = self.site()
+        first = [self.connect(site, "192.0.2.1") for _ in range(2)]
+        refused = self.connect(site, "192.0.2.1")
+        self.assertIsInstance(refused, _Refused)
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(self.refusals, ["pending_address"])
+        other = self.connect(site, "192.0.2.2")     # another client is not affected
+        self.assertNotIsInstance(other, _Refused)
+        self.assertEqual(site.by_address, {"192.0.2.1": 2, "192.0.2.2": 1})
+        # IPv6 clients in one /64 share a bound
+        from twisted.internet.address import IPv6Address
+        self.connect(site, "2001:db8::1", IPv6Address)
+        self.connect(site, "2001:db8::2", IPv6Address)
+        self.assertIsInstance(self.connect(site, "2001:db8::3", IPv6Address), _Refused)
+        self.assertNotIsInstance(self.connect(site, "2001:db8:0:1::3", IPv6Address),
+                                 _Refused)
+        # a connection that goes makes room; the count of a gone address is dropped
+        first[0].connectionLost(Failure(ConnectionDone()))
+        self.assertNotIsInstance(self.connect(site, "192.0.2.1"), _Refused)
+        other.connectionLost(Failure(ConnectionDone()))
+        self.assertNotIn("192.0.2.2", site.by_address)
+        self.assertEqual(site.pending, 5)   # 2 + 1 + 3 IPv6, one went, one came, one went
+
+    def test_trusted_proxies_and_zero(self):
+        import ipaddress
+
+        from wyseman.protocol.httpbounds import _Refused
+        site = self.site(max_pending=4, exempt=[ipaddress.ip_network("10.0.0.0/8")])
+        for _ in range(4):
+            self.assertNotIsInstance(self.connect(site, "10.1.2.3"), _Refused)
+        self.assertEqual(site.by_address, {})
+        # the endpoint-wide bound still holds for them
+        self.assertIsInstance(self.connect(site, "10.1.2.3"), _Refused)
+        self.assertEqual(self.refusals, ["pending"])
+        unbounded = self.site(per_address=0)
+        for _ in range(5):
+            self.assertNotIsInstance(self.connect(unbounded, "192.0.2.1"), _Refused)
+
+    def test_refusals_are_logged_when_they_start_and_end(self):
+        from twisted.logger import capturedLogs
+        site = self.site(max_pending=3)
+        with capturedLogs() as events:
+            kept = [self.connect(site, "192.0.2.1") for _ in range(2)]
+            for _ in range(50):
+                self.connect(site, "192.0.2.1")
+            self.connect(site, "192.0.2.9")
+            for _ in range(20):
+                self.connect(site, "192.0.2.8")
+            kept[0].connectionLost(Failure(ConnectionDone()))
+        from twisted.logger import formatEvent
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines, [
+            "refusing new connections from 192.0.2.1: 2 of its connections still speak "
+            "HTTP ([limits] max_pending_per_address)",
+            "refusing new connections: 3 connections still speak HTTP ([limits] "
+            "max_pending_connections)",
+            "accepting connections from 192.0.2.1 again (50 refused)",
+            "accepting new connections again (20 refused)",
+        ])
+        self.assertEqual(len(self.refusals), 70)

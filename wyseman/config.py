@@ -296,6 +296,12 @@ OPTIONS: tuple[Option, ...] = (
        "Most connections on each endpoint that are still plain HTTP (request not yet in, "
        "`/clientinfo` kept alive, upgrade not yet done); further ones are closed as soon "
        "as they are accepted. `max_connections` counts a connection from its upgrade on."),
+    _o("limits", "max_pending_per_address", _int_range(0), 100,
+       "Most of those connections (still plain HTTP) on each endpoint from one client "
+       "address (IPv6: one /64 network), so that one client cannot take every pending "
+       "place; further ones are closed as soon as they are accepted. Addresses in "
+       "`[server] trusted_proxies` are exempt (list your reverse proxy there, or it counts "
+       "as one client). 0: no per-address bound."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,
        "Most open WebSocket connections per user; further ones get 503."),
     _o("limits", "max_in_flight", _int_range(1), 32,

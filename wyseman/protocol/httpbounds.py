@@ -4,13 +4,16 @@ WebSocket (or while it fetches ``/clientinfo``).
 ``[limits] max_connections`` counts a connection from its upgrade on; before that it is
 twisted.web's, which bounds neither how many such connections there are nor the size of
 a request body (spooled to a temporary file). Here: at most ``max_pending`` connections
-per port still speak HTTP (:class:`GatewaySite`; the idle timeout is the site's
-``timeout``), and no request carries a body (:class:`BoundedRequest`).
+per port still speak HTTP, and at most ``per_address`` of them from one client address
+(:class:`GatewaySite`; the idle timeout is the site's ``timeout``), and no request
+carries a body (:class:`BoundedRequest`).
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -52,6 +55,33 @@ class BoundedRequest(server.Request):
             super().process()
 
 
+def address_key(addr: Any) -> str | None:
+    """What the per-address bound counts a connection from ``addr`` (a Twisted
+    ``IAddress``) under: its IPv4 address (also when IPv4-mapped), or for IPv6 its
+    ``/64`` network, which a single subscriber typically gets whole; ``None`` (not
+    counted) for a Unix socket."""
+    host = getattr(addr, "host", None)
+    if not host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _within(key: str, networks: Sequence[Any]) -> bool:
+    try:
+        network = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return False
+    return any(network.version == n.version and network.subnet_of(n) for n in networks)
+
+
 class _Refused(Protocol):
     """A connection over :attr:`GatewaySite.max_pending`: closed at once."""
 
@@ -62,20 +92,36 @@ class _Refused(Protocol):
 class GatewaySite(server.Site):
     """A site that holds at most ``max_pending`` connections still speaking HTTP (their
     request not yet in, a /clientinfo connection kept alive, an upgrade not yet taken
-    over): further ones are closed as soon as they are accepted. ``[limits]
-    max_connections`` counts a connection only from its upgrade on, so without this
-    bound idle and trickling clients could take every file descriptor."""
+    over), and at most ``per_address`` of them from one client address (see
+    :func:`address_key`; 0: no such bound): further ones are closed as soon as they are
+    accepted. ``[limits] max_connections`` counts a connection only from its upgrade on,
+    so without these bounds idle and trickling clients could take every file descriptor,
+    and one client could take every pending place.
 
-    def __init__(self, root: resource.Resource, *, max_pending: int,
-                 on_refused: Any = None, deadline: float | None = None,
-                 **kwargs: Any) -> None:
+    Addresses in ``exempt`` (the trusted reverse proxies, whose connections carry many
+    clients) are bound by ``max_pending`` alone. Refusals are logged when they start and
+    when they end (with how many there were), not one line each: a flood must not flood
+    the log too."""
+
+    def __init__(self, root: resource.Resource, *, max_pending: int, per_address: int = 0,
+                 exempt: Sequence[Any] = (), on_refused: Any = None,
+                 deadline: float | None = None, **kwargs: Any) -> None:
         """``deadline``: the most seconds a connection may speak HTTP in all (the idle
-        ``timeout`` alone lets a client that sends a byte now and then stay for ever)."""
+        ``timeout`` alone lets a client that sends a byte now and then stay for ever).
+        ``on_refused(reason)`` is called for each refused connection, with ``pending``
+        or ``pending_address``."""
         super().__init__(root, **kwargs)
         self.max_pending = max_pending
+        self.per_address = per_address
+        self.exempt = tuple(exempt)
         self.pending = 0
+        #: pending connections by :func:`address_key` (entries at 0 are removed)
+        self.by_address: dict[str, int] = {}
         self.deadline = deadline
         self._on_refused = on_refused
+        #: refusals since the bound was reached: in all, and by address
+        self._refused_all: int | None = None
+        self._refused_from: dict[str, int] = {}
 
     @classmethod
     def bounded_by(cls, root: resource.Resource, limits: Any, **kwargs: Any) -> GatewaySite:
@@ -84,16 +130,25 @@ class GatewaySite(server.Site):
         that in all."""
         return cls(root, requestFactory=BoundedRequest,
                    max_pending=limits.max_pending_connections,
+                   per_address=limits.max_pending_per_address,
                    timeout=limits.open_handshake_timeout,
                    deadline=2 * limits.open_handshake_timeout, **kwargs)
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
         if self.pending >= self.max_pending:
-            if self._on_refused is not None:
-                self._on_refused()
-            return _Refused()
+            return self._refuse(None)
+        key = address_key(addr) if self.per_address else None
+        if key is not None:
+            if self.exempt and _within(key, self.exempt):
+                key = None
+            elif self.by_address.get(key, 0) >= self.per_address:
+                return self._refuse(key)
         channel = super().buildProtocol(addr)
         self.pending += 1
+        if key is not None:
+            self.by_address[key] = self.by_address.get(key, 0) + 1
+        inner = getattr(channel, "_channel", channel)
+        inner._wyseman_address = key
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> Any:
@@ -101,10 +156,27 @@ class GatewaySite(server.Site):
             return lost(reason)
         channel.connectionLost = connection_lost
         if self.deadline:
-            inner = getattr(channel, "_channel", channel)
             inner._wyseman_deadline = self.reactor.callLater(self.deadline, self._overdue,
                                                              inner)
         return channel
+
+    def _refuse(self, key: str | None) -> Protocol:
+        if self._on_refused is not None:
+            self._on_refused("pending" if key is None else "pending_address")
+        if key is None:
+            if self._refused_all is None:
+                self._refused_all = 0
+                log.warn("refusing new connections: {count} connections still speak HTTP "
+                         "([limits] max_pending_connections)", count=self.pending)
+            self._refused_all += 1
+        else:
+            if key not in self._refused_from:
+                self._refused_from[key] = 0
+                log.warn("refusing new connections from {address}: {count} of its "
+                         "connections still speak HTTP ([limits] max_pending_per_address)",
+                         address=key, count=self.by_address.get(key, 0))
+            self._refused_from[key] += 1
+        return _Refused()
 
     def _overdue(self, inner: Any) -> None:
         inner._wyseman_deadline = None
@@ -123,6 +195,21 @@ class GatewaySite(server.Site):
         if not getattr(inner, "_wyseman_released", False):
             inner._wyseman_released = True
             self.pending -= 1
+            key = getattr(inner, "_wyseman_address", None)
+            if key is not None:
+                left = self.by_address[key] - 1
+                if left:
+                    self.by_address[key] = left
+                else:
+                    del self.by_address[key]
+                refused = self._refused_from.pop(key, None)
+                if refused is not None:
+                    log.info("accepting connections from {address} again ({refused} "
+                             "refused)", address=key, refused=refused)
+            if self._refused_all is not None:
+                log.info("accepting new connections again ({refused} refused)",
+                         refused=self._refused_all)
+                self._refused_all = None
             deadline = getattr(inner, "_wyseman_deadline", None)
             if deadline is not None and deadline.active():
                 deadline.cancel()

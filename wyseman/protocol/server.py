@@ -553,8 +553,8 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     # upgraded WebSocket is not affected), a kept-alive one as long between requests, and
     # twice that in all (a client sending a byte now and then is not idle).
     site = GatewaySite.bounded_by(
-        _Root(gateway, websocket), gateway.config.limits,
-        on_refused=lambda: gateway.metrics.handshake("refused", "pending"))
+        _Root(gateway, websocket), gateway.config.limits, exempt=gateway.trusted_proxies,
+        on_refused=lambda reason: gateway.metrics.handshake("refused", reason))
     site.displayTracebacks = False
     site.noisy = False
     return site
