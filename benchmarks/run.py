@@ -605,6 +605,22 @@ class Row:
                 "notes": self.notes, **self.extra}
 
 
+def pairs_row(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Row:
+    """The alternating pairs as one row: the pair whose ratio is the median (the lower
+    middle one of an even count), every pair's ratio in the notes."""
+    ratios = [ours["rps"] / base["tps"] for ours, base in pairs]
+    order = sorted(range(len(pairs)), key=ratios.__getitem__)
+    ours, base = pairs[order[(len(order) - 1) // 2]]
+    listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+    return Row("tuple vs pgbench -S, alternating", f"C=100 D=1 pairs={len(pairs)}",
+               ours["rps"], "req/s", base["tps"], "pgbench -S TPS",
+               f"median pair; each pair's ratio in run order: {listed} (ours "
+               f"{min(o['rps'] for o, _ in pairs):,.0f}–{max(o['rps'] for o, _ in pairs):,.0f}"
+               f" req/s, pgbench {min(b['tps'] for _, b in pairs):,.0f}–"
+               f"{max(b['tps'] for _, b in pairs):,.0f} TPS)",
+               {"pairs": [{"measured": o, "pgbench": b} for o, b in pairs]})
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -847,6 +863,7 @@ class Bench:
             self.request_run(server, target, TUPLE_MESSAGE, deadline, profile=True)
             self.profiles[f"tuple C={target} D={args.depth}"] = summarize_profile(
                 server.profile_file)
+        pairs = self.alternating_pairs(server, deadline)
         env.finish([server.child])
         node = self.node_runs("tuple", runs, TUPLE_MESSAGE, measured, deadline)
         if not args.no_baseline:
@@ -862,6 +879,29 @@ class Bench:
             params = f"C={clients} D={depth}"
             self.pgbench_rows("tuple bench.item by id", "pgbench -S", params, m, base)
             self.node_rows("tuple", params, m, node.get((clients, depth)))
+        if pairs:
+            self.rows.append(pairs_row(pairs))
+
+    def alternating_pairs(self, server: Server, deadline: Deadline
+                          ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """``--pairs`` times: our tuple run at C=100 D=1, then ``pgbench -S -c 100`` right
+        after it. Both move by ±20 % from minute to minute on a shared VM; a ratio taken
+        from runs seconds apart, and the median of several, says more than one ratio of
+        runs a minute apart."""
+        args, env = self.args, self.env
+        if not args.pairs or args.no_baseline or args.depth != 1:
+            return []
+        pairs = []
+        for number in range(1, args.pairs + 1):
+            log(f"  tuple: alternating pair {number}/{args.pairs}: ours, then pgbench -S, "
+                "C=100 D=1")
+            try:
+                ours = self.request_run(server, 100, TUPLE_MESSAGE, deadline, depth=1)
+                ours.pop("reply", None)
+                pairs.append((ours, env.pgbench_tps(100, args.duration)))
+            except BenchError as exc:
+                self.failures.append(f"tuple alternating pair {number}: {exc}")
+        return pairs
 
     def select_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -1194,6 +1234,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tuple: one more run at C=100 with this many requests in flight "
                              "per socket, so that requests queue for the users' connections "
                              "(default 4; 0: none)")
+    parser.add_argument("--pairs", type=int,
+                        help="tuple: this many more runs at C=100 D=1, each followed at once "
+                             "by pgbench -S -c 100; the target uses the median pair's ratio "
+                             "(default 3; quick 0)")
     parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
     parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
     parser.add_argument("--read-batch", type=int, default=16,
@@ -1226,6 +1270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2.0 if quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
     args.connections = args.connections or ([1, 10, 100] if quick else [1, 10, 100, 1000])
+    args.pairs = args.pairs if args.pairs is not None else (0 if quick else 3)
     args.subscribers = args.subscribers or (1000 if quick else 10000)
     args.idle = args.idle or (2000 if quick else 10000)
     args.notify_wait = 30.0 if quick else 60.0
@@ -1239,7 +1284,8 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
     return {
         "tuple": 60 + sum(4 * run + 40 + c / 10 for c in args.connections)
         + node * (60 + sum(run + 30 + c / 10 for c in args.connections))
-        + (3 * run + 30 if args.profile else 0),
+        + (3 * run + 30 if args.profile else 0)
+        + args.pairs * (2 * run + 60),
         "select": 60 + 3 * run + 30 + node * (60 + run + 30),
         "notify": 120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40),

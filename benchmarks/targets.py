@@ -57,13 +57,18 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
     rows = list(rows)
     subscribers = _find(rows, "notify latency p99",
                         lambda r: (_param(r, "S") or 0) >= 10_000)
+    # the median of alternating pairs (``--pairs``) when the run has them
+    ceiling = (_find(rows, "tuple vs pgbench -S, alternating", lambda r: r.ratio)
+               or _find(rows, "tuple bench.item by id", lambda r: _c100(r) and r.ratio))
     logins = _find(rows, "handshake (key login)",
                    lambda r: r.params.startswith("parallel,"))
     return [
         _judge("tuple C=100 ≥ 50 % of pgbench -S",
-               _find(rows, "tuple bench.item by id", lambda r: _c100(r) and r.ratio),
+               ceiling,
                lambda r: r.ratio >= 0.5,
-               lambda r: f"{r.value:,.0f} req/s = {r.ratio:.2f} of {r.baseline:,.0f} TPS",
+               lambda r: f"{r.value:,.0f} req/s = {r.ratio:.2f} of {r.baseline:,.0f} TPS"
+               + (f", the median of {_param(r, 'pairs') or '?'} alternating pairs"
+                  if "alternating" in r.scenario else ""),
                "needs --scenario tuple with C=100 and pgbench (no --no-baseline)"),
         _judge("tuple C=100 ≥ 1.5× the Node server",
                _find(rows, "tuple vs Node server", _c100),

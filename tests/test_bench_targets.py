@@ -83,3 +83,34 @@ class JudgeTests(SynchronousTestCase):
         self.assertIn("NOT MET       handshakes ≥ 1,000/s: 998 logins/s (parallel, 2x16 workers)",
                       text)
         self.assertIn("met           idle socket < 30 KiB RSS: 12.9 KiB (N=2000)", text)
+
+
+class AlternatingPairsTests(SynchronousTestCase):
+    """--pairs: our C=100 run and pgbench -S alternate; the median pair is judged."""
+
+    @staticmethod
+    def pairs(*values: tuple[float, float]) -> list:
+        return [({"rps": ours}, {"tps": tps}) for ours, tps in values]
+
+    def test_the_median_pair_is_the_row(self) -> None:
+        from benchmarks.run import pairs_row
+        row = pairs_row(self.pairs((18_000.0, 45_000.0), (19_000.0, 30_000.0),
+                                   (20_000.0, 40_000.0)))
+        self.assertEqual((row.value, row.baseline), (20_000.0, 40_000.0))   # 0.40 0.63 0.50
+        self.assertEqual(row.params, "C=100 D=1 pairs=3")
+        self.assertIn("0.40, 0.63, 0.50", row.notes)
+        # an even count: the lower middle one
+        row = pairs_row(self.pairs((10.0, 20.0), (30.0, 20.0)))
+        self.assertEqual(row.ratio, 0.5)
+
+    def test_the_target_uses_the_pairs_when_there_are(self) -> None:
+        from benchmarks.run import pairs_row
+        rows = full_run()                    # its single C=100 D=1 ratio: 0.44
+        single = {v.target: v for v in judge(rows)}["tuple C=100 ≥ 50 % of pgbench -S"]
+        self.assertEqual(single.verdict, NOT_MET)
+        rows.append(pairs_row(self.pairs((20_000.0, 38_000.0), (19_000.0, 45_000.0),
+                                         (21_000.0, 36_000.0))))
+        verdict = {v.target: v for v in judge(rows)}["tuple C=100 ≥ 50 % of pgbench -S"]
+        self.assertEqual(verdict.verdict, MET)
+        self.assertIn("0.53 of 38,000 TPS, the median of 3 alternating pairs",
+                      verdict.measured)
