@@ -89,6 +89,33 @@ class ReadBatcherTests(TestCase):
         self.assertTrue(self.last_statement(conn.backend_pid).startswith("select array("))
 
     @defer.inlineCallbacks
+    def test_a_failing_continuation_does_not_keep_the_others_from_their_answers(self):
+        """read_then's continuations are plain calls: one that raises (a bug) is logged,
+        and the other reads of its batch still get their rows, each exactly once."""
+        yield self.known((ONE, "0"))
+        conn = yield self.hold()
+        got: list = []
+
+        def broken(outcome):
+            got.append(("broken", outcome))
+            raise RuntimeError("a bug in a continuation")
+        params = {"p1": "1"}
+        self.batcher.read_then(ONE, ("1",), (pyformat_sql(ONE), params), broken)
+        self.batcher.read_then(ONE, ("2",), (pyformat_sql(ONE), {"p1": "2"}),
+                               lambda outcome: got.append(("fine", outcome)))
+        self.clock.advance(0)
+        self.assertEqual(self.batcher.waiting, 2)
+        answered = defer.Deferred()
+        self.batcher.read_then(ONE, ("3",), (pyformat_sql(ONE), {"p1": "3"}),
+                               answered.callback)
+        self.clock.advance(0)
+        self.pool.release(conn)
+        self.assertEqual((yield answered), rows(3))
+        self.assertEqual(got, [("broken", rows(1)), ("fine", rows(2))])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.batcher.stats.batched_reads, 3)
+
+    @defer.inlineCallbacks
     def test_reads_of_one_reactor_iteration_run_together(self):
         """The connection is free: reads that arrived together still make one statement
         (a connection each would wake PostgreSQL once per read)."""
@@ -356,7 +383,8 @@ class GatewayBatchTests(TestCase):
                     arrived.callback(None)
                 return result
             return count
-        gateway_db.read_as = counting(gateway_db.read_as)    # batching
+        gateway_db.read_as = counting(gateway_db.read_as)    # batching: a new statement
+        gateway_db.read_as_then = counting(gateway_db.read_as_then)    # a compiled one
         gateway_db.run_as = counting(gateway_db.run_as)      # read_batch = 1
 
         def error(failure):
@@ -395,6 +423,32 @@ class GatewayBatchTests(TestCase):
         self.assertEqual((waiting, stats), (6, (0, 0, 1)))
         alone, _, _ = yield self.answers(1, [BAD] + GOOD)
         self.assertEqual(alone, batched)
+
+    @defer.inlineCallbacks
+    def test_a_read_that_fails_to_start_gets_an_error_reply(self):
+        """A compiled read goes to its batch without a Deferred: an exception on the way
+        (a bug) still answers the request, once, with an internal error, and is logged;
+        the socket goes on serving."""
+        db = fresh_database(self)
+        db.run(SAMPLE)
+        user = add_user(db, "batch")
+        server = yield start_gateway(self, db)
+        token = admin.issue_ticket(db.dsn, user).token
+        conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        request = {"action": "select", "view": "app.item_v", "fields": ["name"]}
+        self.assertEqual((yield conn.request(request)), [])        # compiled now
+        gateway_db = server.gateway.db
+        read_as_then = gateway_db.read_as_then
+
+        def broken(role, sql, values, plain, then):
+            raise RuntimeError("a bug on the way to the batch")
+        gateway_db.read_as_then = broken
+        failure = yield self.assertFailure(conn.request(request), Exception)
+        self.assertEqual(failure.code, "!wm.lang:internal")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        gateway_db.read_as_then = read_as_then
+        self.assertEqual((yield conn.request(request)), [])
 
     @defer.inlineCallbacks
     def test_a_mixed_load_gets_the_answers_it_gets_unbatched(self):

@@ -218,17 +218,17 @@ class AdmissionTests(TestCase):
         server = yield start_gateway(self, db, limits={"max_in_flight": 2})
         conn = yield ticket_login(self, server, db, user)
         dispatcher = server.gateway.dispatcher
-        handle, state = dispatcher.handle, {"now": 0, "most": 0}
+        handle_then, state = dispatcher.handle_then, {"now": 0, "most": 0}
 
-        def counting(session, payload):
+        def counting(session, payload, reply):
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
 
-            def done(reply):
+            def done(frame):
                 state["now"] -= 1
-                return reply
-            return handle(session, payload).addBoth(done)
-        dispatcher.handle = counting
+                return reply(frame)
+            handle_then(session, payload, done)
+        dispatcher.handle_then = counting
         replies = yield defer.gatherResults([
             conn.request({"action": "tuple", "view": "public.nap()"}) for _ in range(6)])
         self.assertEqual(len(replies), 6)

@@ -152,6 +152,13 @@ class Database:
         wait for its busy pool, run together (:mod:`wyseman.db.batch`)."""
         return self._batcher(self.users.pool(role), self.batch_stats).read(sql, values, plain)
 
+    def read_as_then(self, role: str, sql: str, values: tuple,
+                     plain: tuple[str, dict[str, Any]], then: Callable[[Any], None]) -> None:
+        """:meth:`read_as` with a plain callback: ``then`` gets the row texts or a
+        :class:`~twisted.python.failure.Failure` (no Deferred: this runs per request)."""
+        self._batcher(self.users.pool(role), self.batch_stats).read_then(sql, values, plain,
+                                                                         then)
+
     def _batcher(self, pool: Any, stats: BatchStats) -> ReadBatcher:
         """The read batcher of ``pool``, made on first use (it goes with the pool)."""
         if pool.batcher is None:

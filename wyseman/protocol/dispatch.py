@@ -19,6 +19,7 @@ import orjson
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wyseman import errors
 from wyseman.db import pg
@@ -30,6 +31,9 @@ from wyseman.sql import compiler
 log = Logger(namespace="wyseman.dispatch")
 
 BUILTIN_ACTIONS = frozenset({"tuple", "select", "insert", "update", "delete", "meta", "lang"})
+_READS = frozenset({"tuple", "select"})
+#: "no statement key made yet" (None means: this request cannot have one)
+_NO_KEY = object()
 _TRANSLATABLE = re.compile(r"^![\w.]+:\w")
 _WRITES = frozenset({"insert", "update"})
 
@@ -80,18 +84,62 @@ class Dispatcher:
     # -- entry point -------------------------------------------------------
     def handle(self, session: Session, payload: bytes | str) -> defer.Deferred:
         """Deferred firing with the encoded reply (never fails)."""
+        d: defer.Deferred = defer.Deferred()
+        self.handle_then(session, payload, d.callback)
+        return d
+
+    def handle_then(self, session: Session, payload: bytes | str,
+                    reply: Callable[[bytes], Any]) -> None:
+        """Call ``reply`` with the encoded reply, once, maybe before this returns (never
+        an error: every failure becomes an error reply).
+
+        A read whose statement is compiled already (apps repeat their requests) goes to
+        its read batch and back with plain calls, without the Deferreds (several
+        microseconds a request) the other requests take."""
         try:
             request = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            return defer.succeed(_protocol_error(None, errors.bad_message(f"not JSON: {exc}")))
+            reply(_protocol_error(None, errors.bad_message(f"not JSON: {exc}")))
+            return
         if not isinstance(request, dict):
-            return defer.succeed(_protocol_error(
-                None, errors.bad_message("a request must be a JSON object")))
+            reply(_protocol_error(None, errors.bad_message("a request must be a JSON object")))
+            return
         started = self.clock.seconds() if self.clock is not None else 0.0
-        d = defer.maybeDeferred(self._handle, session, request)
+        key = _NO_KEY
+        action = request.get("action")
+        if type(action) is str and action in _READS and self.db.read_batch > 1:
+            key = _statement_key(request, self.db.generation)
+            statement = self._statements.get(key) if key is not None else None
+            if statement is not None and statement.batchable:
+                answered = False
+
+                def read_done(outcome: Any) -> None:
+                    nonlocal answered
+                    if not answered:
+                        answered = True
+                        reply(self._read_reply(outcome, statement.rows, request, started))
+                try:
+                    self.db.read_as_then(session.user, statement.json_sql, statement.params,
+                                         statement.pyformat(True), read_done)
+                except Exception:    # (as maybeDeferred would: an error reply)
+                    read_done(Failure())
+                return
+        d = defer.maybeDeferred(self._handle, session, request, key)
         d.addCallbacks(self._observed, self._failed, callbackArgs=(request, started, "ok"),
                        errbackArgs=(request, started))
-        return d
+        d.addCallback(reply)
+
+    def _read_reply(self, outcome: Any, rows: str, request: dict, started: float) -> bytes:
+        """The reply frame of a batched read (what :meth:`_run`'s callbacks make)."""
+        if isinstance(outcome, Failure):
+            return self._failed(outcome, request, started)
+        try:
+            frame = _reply(request, _read_rows(outcome, rows))
+        except _BadTuples as bad:
+            return self._observed(_bad_tuples_frame(bad, request), request, started, "error")
+        except Exception:
+            return self._failed(Failure(), request, started)
+        return self._observed(frame, request, started, "ok")
 
     def _failed(self, failure: Any, request: dict, started: float) -> bytes:
         return self._observed(self._unexpected(failure, request), request, started, "error")
@@ -128,8 +176,9 @@ class Dispatcher:
         log.failure("request failed", failure)
         return _protocol_error(request, ProtocolError("internal", "internal server error"))
 
-    def _handle(self, session: Session, request: dict) -> Any:
-        """The reply frame, or a Deferred of it (plain callbacks: this runs per request)."""
+    def _handle(self, session: Session, request: dict, key: Any = _NO_KEY) -> Any:
+        """The reply frame, or a Deferred of it (plain callbacks: this runs per request).
+        ``key``: the request's statement key when the caller has made it already."""
         action = request.get("action")
         view = request.get("view")
         if not isinstance(view, str) or not view:
@@ -148,7 +197,8 @@ class Dispatcher:
                 raise errors.bad_message("'language' must be a string")
             return self.db.lang(view, language).addCallback(
                 lambda row: _one_row_reply(request, row))
-        key = _statement_key(request, self.db.generation)
+        if key is _NO_KEY:
+            key = _statement_key(request, self.db.generation)
         statement = self._statements.get(key) if key is not None else None
         if statement is not None:
             return self._run(statement, session, request)
@@ -188,11 +238,15 @@ def _bad_tuples(failure: Any, request: dict) -> Any:
     bad = failure.check(_BadTuples) and failure.value
     if not bad:
         return failure
+    raise _ErrorReply(_bad_tuples_frame(bad, request))
+
+
+def _bad_tuples_frame(bad: _BadTuples, request: dict) -> bytes:
     reply = dict(request)
     if bad.first is not None:
         reply["data"] = bad.first
     reply["error"] = errors.bad_tuples(bad.count).as_reply()
-    raise _ErrorReply(dumps(reply))
+    return dumps(reply)
 
 
 STATEMENT_CACHE_SIZE = 4096

@@ -317,9 +317,16 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._in_flight += 1
         if self._in_flight >= gateway.max_in_flight:
             self._pause_reading()
-        d = gateway.dispatcher.handle(self.session, payload)
-        d.addCallback(self.send_frame)
-        d.addBoth(self._request_done)  # a reply to a closed socket is simply not sent
+        gateway.dispatcher.handle_then(self.session, payload, self._replied)
+
+    def _replied(self, frame: bytes) -> None:
+        """A request's reply (a reply to a closed socket is simply not sent)."""
+        try:
+            self.send_frame(frame)
+        except Exception:
+            self._request_done(Failure())
+        else:
+            self._request_done(None)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:
