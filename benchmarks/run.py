@@ -193,6 +193,47 @@ def children_cpu(parent: int) -> float:
     return total
 
 
+def children_of(parent: int) -> list[int]:
+    """The live children of ``parent`` (the postmaster's backends and helpers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if _stat_fields(entry)[1] == str(parent):
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def place(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus`` (threads and processes it starts later
+    inherit that); a process that is gone meanwhile is skipped."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """``0`` or ``0,2-3`` → the CPUs, all of which this process must be allowed."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus < allowed:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: CPUs among {sorted(allowed)}, leaving at least one for the rest")
+    return frozenset(cpus)
+
+
 def machine_cpu() -> tuple[float, float]:
     """(idle, total) jiffies of the whole machine."""
     with open("/proc/stat", encoding="ascii") as handle:
@@ -367,6 +408,21 @@ class Environment:
         except (OSError, ValueError, IndexError, AttributeError):
             return None
 
+    # -- where processes run (--server-cpus) ---------------------------------------------
+    @property
+    def all_cpus(self) -> frozenset[int]:
+        return frozenset(os.sched_getaffinity(0))
+
+    def place_cluster(self, serving: bool) -> None:
+        """With ``--server-cpus``: PostgreSQL (the postmaster, its processes, and the
+        backends it forks from now on) off the server's CPUs while a server is measured
+        (``serving``), on every CPU for pgbench, whose own ceiling it is."""
+        if not self.args.server_cpus or self.postmaster_pid is None:
+            return
+        cpus = self.all_cpus - self.args.server_cpus if serving else self.all_cpus
+        for pid in [self.postmaster_pid, *children_of(self.postmaster_pid)]:
+            place(pid, cpus)
+
     def setup(self) -> None:
         from wyseman import keys
         from wyseman.db import admin, bootstrap
@@ -420,6 +476,7 @@ class Environment:
                 sample: tuple[float, float] | None = None) -> tuple[str, dict[str, float]]:
         """Run pgbench → (stdout, CPU use between the ``sample`` offsets in seconds)."""
         from wyseman.db.cluster import find_bindir
+        self.place_cluster(serving=False)
         command = [str(find_bindir() / "pgbench"), "-h", str(self.cluster.socket_dir),
                    "-p", str(self.cluster.port), "-U", self.cluster.superuser, *options, dbname]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -477,6 +534,8 @@ class Environment:
         child = Child(name, [sys.executable, "-m", module, str(spec_path)],
                       self.workdir / f"{self.counter:03d}-{name}.log")
         self.children.append(child)
+        if self.args.server_cpus and module == "benchmarks.loadgen":
+            place(child.pid, self.all_cpus - self.args.server_cpus)   # (not yet threaded)
         return child
 
     def start_server(self, deadline: Deadline, profile: bool = False,
@@ -485,7 +544,8 @@ class Environment:
         metrics_ports = []
         config = {
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
-                       "workers": workers, "fanout_threads": self.args.fanout_threads},
+                       "workers": workers, "fanout_threads": self.args.fanout_threads,
+                       "cpu_affinity": sorted(self.args.server_cpus or ())},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000,
                          "read_batch": self.args.read_batch},
@@ -500,6 +560,7 @@ class Environment:
         spec = {"config": config, "log_file": str(self.workdir / f"server-{self.counter}.log")}
         if profile:
             spec["profile_file"] = str(self.workdir / "server.prof")
+        self.place_cluster(serving=True)
         child = self.spawn("server", "benchmarks.server_proc", spec)
         while True:
             line = child.readline(deadline, 60).decode(errors="replace").split()
@@ -539,6 +600,9 @@ class Environment:
         except BenchError:
             self.finish([child])
             raise
+        if self.args.server_cpus:   # where our server's reactor thread runs (all its threads)
+            place(child.pid, self.args.server_cpus)
+            self.place_cluster(serving=True)
         return Server(child, port, child.pid, None)
 
     def loadgens(self, total: int, base: dict[str, Any], processes: int | None = None
@@ -714,6 +778,7 @@ class Bench:
                     profile: bool = False, plain_user: bool = False,
                     depth: int | None = None) -> dict[str, Any]:
         args, env = self.args, self.env
+        env.place_cluster(serving=True)   # (after a pgbench run, with --server-cpus)
         base = {"mode": "requests", "port": server.port, "message": message,
                 "plain_user": plain_user,
                 "depth": depth or args.depth, "warmup": args.warmup, "duration": args.duration,
@@ -926,7 +991,20 @@ class Bench:
 
     def scaling_scenario(self, deadline: Deadline) -> None:
         """Tuple requests at C=100 and parallel key logins with [server] workers = 1, 2,
-        … up to the core count (each worker count on a fresh server)."""
+        … up to the core count (each worker count on a fresh server). Workers spread over
+        every core: ``--server-cpus`` does not apply here."""
+        args, env = self.args, self.env
+        placed = args.server_cpus
+        if placed:
+            log("  scaling: every process on every CPU (--server-cpus does not apply)")
+            env.place_cluster(serving=False)
+        args.server_cpus = None
+        try:
+            self.scaling_runs(deadline)
+        finally:
+            args.server_cpus = placed
+
+    def scaling_runs(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
         clients = 100
         counts = list(range(1, max(2, os.cpu_count() or 1) + 1))
@@ -1249,6 +1327,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the server's [server] fanout_threads (0: its default)")
     parser.add_argument("--verify-threads", type=int, default=0,
                         help="the server's [auth] verify_threads (0: its default)")
+    parser.add_argument("--server-cpus", type=parse_cpus,
+                        help="our server's [server] cpu_affinity (e.g. 0); its load "
+                             "generators and PostgreSQL then run on the other CPUs (the Node "
+                             "server too, on these); pgbench on all (default: the kernel "
+                             "places everything)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")

@@ -170,6 +170,14 @@ OPTIONS: tuple[Option, ...] = (
        "or more (the `send` calls, ~95 % of a fan-out, overlap on several cores; the GIL "
        "is released during each). 0: the cores each worker process has (the cores this "
        "process may use ÷ `workers`), at most 4. 1: the reactor thread alone."),
+    _o("server", "cpu_affinity", _list_of(_int_range(0, 4095), "CPU numbers"), (),
+       "CPUs the reactor thread (the one that serves the sockets) runs on, e.g. `[0]`. "
+       "On a host that also runs PostgreSQL or other busy processes, a core of its own "
+       "(the others kept to PostgreSQL: `taskset`, systemd `CPUAffinity=`) keeps them from "
+       "preempting it; see docs/operations.md. With `workers` = N, worker i's reactor "
+       "thread runs on the list's CPU i mod its length. Helper threads (`fanout_threads`, "
+       "`[auth] verify_threads`) keep all the CPUs the process may use. Linux only. "
+       "Empty: the kernel decides."),
     _o("server", "gc_freeze", _bool, True,
        "Once started, move the objects that exist then (the loaded code, ~60,000) out of "
        "Python's cyclic garbage collector's view (`gc.freeze()`): its full collections no "

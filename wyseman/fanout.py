@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from wyseman.affinity import available_cpus, release_helper_thread
 from wyseman.protocol.server import send_some
 
 #: below this many sockets a fan-out is not worth handing to threads
@@ -32,11 +33,9 @@ MIN_PARALLEL_SOCKETS = 1024
 
 def _usable_cpus() -> int:
     """The cores this process may run on (its affinity mask, e.g. under ``taskset`` or a
-    container's cpuset), not all the host's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):   # not on Linux
-        return os.cpu_count() or 1
+    container's cpuset, as it was before ``[server] cpu_affinity`` pinned the reactor
+    thread), not all the host's."""
+    return len(available_cpus()) or os.cpu_count() or 1
 
 
 def auto_threads(workers: int, cpus: int | None = None) -> int:
@@ -69,7 +68,8 @@ class FanOut:
     def _helpers(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1,
-                                            thread_name_prefix="wyseman-fanout")
+                                            thread_name_prefix="wyseman-fanout",
+                                            initializer=release_helper_thread)
         return self._pool
 
     def send(self, protocols: Sequence[Any], frame: Any) -> int:

@@ -25,6 +25,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web import server
 
+from wyseman import affinity
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
 from wyseman.gateway import Gateway
@@ -139,6 +140,15 @@ def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | No
         raise ConfigError(f"endpoint {spec.text!r}: {exc}") from None
 
 
+def check_cpu_affinity(config: Config) -> None:
+    """:raises ConfigError: ``[server] cpu_affinity`` names CPUs this process cannot use."""
+    if config.server.cpu_affinity:
+        try:
+            affinity.check(config.server.cpu_affinity)
+        except affinity.AffinityError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
+
+
 class StartingService(Service):
     """``startService`` runs :meth:`_start`; if that fails, the failure is logged, fails
     :attr:`ready`, and stops the reactor (a server that cannot start exits) unless
@@ -198,6 +208,7 @@ class GatewayService(StartingService):
             if spec.kind == "tls" and self.tls is None:
                 raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
         self.gateway: Gateway | None = None
+        self._pinned = False
         self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
         self._warn_insecure()
@@ -225,6 +236,8 @@ class GatewayService(StartingService):
 
     @defer.inlineCallbacks
     def _start(self) -> Any:
+        cpus = self.config.server.cpu_affinity
+        check_cpu_affinity(self.config)   # before anything opens: a bad list stops the start
         dsn = yield self._admin_dsn()
         db_conf = self.config.database
         db = Database(
@@ -252,6 +265,14 @@ class GatewayService(StartingService):
             set_young_threshold(self.config.server.gc_threshold)
         if self.config.server.gc_freeze:
             freeze_startup_objects()
+        if cpus:
+            # last: the embedded PostgreSQL (a child process starts with the affinity of
+            # the thread that forks it) is not started from a pinned thread
+            pinned = affinity.pin_reactor_thread(cpus)
+            self._pinned = True
+            log.info("reactor thread on CPU {cpus} ([server] cpu_affinity); helper threads "
+                     "on {all}", cpus=affinity.describe(pinned),
+                     all=affinity.describe(affinity.available_cpus()))
         self.ready.callback(self)
         return self
 
@@ -303,6 +324,9 @@ class GatewayService(StartingService):
                 protocol.sendClose(1000, "server shutting down")
                 protocol.dropConnection(abort=True)
             yield self.gateway.stop()
+        if self._pinned:
+            self._pinned = False
+            affinity.restore()   # an embedding application's reactor thread goes on
 
 
 def makeService(config: Config, reactor: Any = None, actions: Any = None) -> MultiService:  # noqa: N802

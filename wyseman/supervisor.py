@@ -34,6 +34,7 @@ from wyseman.protocol.credentials import ReplayCache
 from wyseman.service import (
     StartingService,
     _tls_factory,
+    check_cpu_affinity,
     derived_clientinfo,
     parse_listen,
     reuse_port_socket,
@@ -154,6 +155,7 @@ class WorkerSupervisor(StartingService):
     # -- start -----------------------------------------------------------------------
     @defer.inlineCallbacks
     def _start(self) -> Any:
+        check_cpu_affinity(self.config)   # (each worker is pinned by itself)
         dsn = yield self._admin_dsn()
         raw = json.loads(json.dumps(self.config.raw))   # a copy we can change
         server = raw.setdefault("server", {})
@@ -202,6 +204,9 @@ class WorkerSupervisor(StartingService):
             assert spec.port is not None
             payload["config"].setdefault("metrics", {})["listen"] = _with_port(
                 metrics, spec.port + index)
+        cpus = self.config.server.cpu_affinity
+        if cpus:   # one CPU each, in turn
+            payload["config"]["server"]["cpu_affinity"] = [cpus[index % len(cpus)]]
         payload["worker"] = index
         return json.dumps(payload).encode("utf-8") + b"\n"
 

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from wyseman.affinity import release_helper_thread
 from wyseman.protocol import credentials as cred
 
 
@@ -31,7 +32,12 @@ class _DaemonThreadPool(ThreadPool):
     computation, safe to abandon) should its owner never be stopped."""
 
     def threadFactory(self, *args: Any, **kwargs: Any) -> Thread:  # noqa: N802 (Twisted's name)
-        thread = Thread(*args, **kwargs)
+        work = kwargs.pop("target")
+
+        def run(*run_args: Any, **run_kwargs: Any) -> Any:
+            release_helper_thread()   # not on the pinned reactor thread's CPU alone
+            return work(*run_args, **run_kwargs)
+        thread = Thread(*args, target=run, **kwargs)
         thread.daemon = True
         return thread
 
