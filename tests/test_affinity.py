@@ -165,3 +165,45 @@ class PinnedWorkerTests(TestCase):
             self.assertEqual(thread_cpus(worker.transport.pid),
                              {wanted[index % len(wanted)]}, index)
         self.assertEqual(os.sched_getaffinity(0), set(cpus))   # the supervisor: not pinned
+
+
+class PinnedEmbeddedTests(TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_the_embedded_postgresql_runs_off_the_reactor_threads_cpu(self):
+        """With [server] cpu_affinity, the embedded PostgreSQL (its processes, and the
+        backends it forks later) is kept on the other CPUs."""
+        from pathlib import Path
+
+        import psycopg2
+        from twisted.internet import threads
+
+        from wyseman.service import makeService
+        cpus = cpus_or_skip()
+        self.addCleanup(affinity.restore)
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        config = cfg.from_dict({
+            "server": {"listen": "tcp:0:interface=127.0.0.1", "clientinfo_listen": [],
+                       "cpu_affinity": [cpus[0]]},
+            "database": {"embedded": "pgdata", "name": "pinned"},
+        }, source="pinned.toml", base_dir=root)
+        top = makeService(config)
+        embedded = top.getServiceNamed("embedded-postgres")
+        top.startService()
+        self.addCleanup(lambda: embedded.cluster.remove())
+        self.addCleanup(top.stopService)
+        yield top.getServiceNamed("gateway").ready
+        rest = set(cpus) - {cpus[0]}
+        self.assertEqual(os.sched_getaffinity(0), {cpus[0]})
+        self.assertEqual(thread_cpus(embedded.cluster.postmaster_pid()), rest)
+
+        def backend_pid() -> tuple[int, set[int]]:
+            with psycopg2.connect(embedded.cluster.dsn("pinned")) as conn:
+                with conn.cursor() as cursor:
+                    cursor.execute("select pg_backend_pid()")
+                    pid = cursor.fetchone()[0]
+                    return pid, thread_cpus(pid)
+        pid, backend = yield threads.deferToThread(backend_pid)   # forked just now
+        self.assertEqual(backend, rest, pid)

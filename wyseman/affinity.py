@@ -96,6 +96,35 @@ def pinned() -> bool:
     return _process_cpus is not None
 
 
+def place_process_tree(pid: int, cpus: Iterable[int]) -> int:
+    """Every thread of process ``pid`` and of its children on ``cpus`` (what they start
+    later inherits it: a postmaster's future backends) → the processes placed. Linux."""
+    wanted = frozenset(cpus)
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    text = stat.read()
+                if text[text.rindex(")") + 2:].split()[1] == str(pid):
+                    pids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    placed = 0
+    for process in pids:
+        try:
+            tids = [int(tid) for tid in os.listdir(f"/proc/{process}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, wanted)
+            except OSError:
+                pass
+        placed += 1
+    return placed
+
+
 def describe(cpus: Iterable[int]) -> str:
     """``0-3, 6`` for {0, 1, 2, 3, 6}."""
     ranges: list[str] = []

@@ -335,7 +335,8 @@ def makeService(config: Config, reactor: Any = None, actions: Any = None) -> Mul
     if config.embedded:
         from wyseman.db.embedded import EmbeddedPostgresService
         embedded = EmbeddedPostgresService(config.resolve_path(config.database.embedded),
-                                           config.database.name, config.database.admin_user)
+                                           config.database.name, config.database.admin_user,
+                                           keep_off=config.server.cpu_affinity)
         embedded.setServiceParent(top)
 
         def admin_dsn() -> defer.Deferred:

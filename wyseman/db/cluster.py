@@ -170,6 +170,13 @@ class LocalCluster:
         except ClusterError:
             return False
 
+    def postmaster_pid(self) -> int | None:
+        """The running server's process id (its ``postmaster.pid``), or None."""
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections (idempotent)."""
         if not self.initialized:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from wyseman import affinity
 from wyseman.db.cluster import LocalCluster
 
 log = Logger(namespace="wyseman.embedded")
@@ -24,10 +26,14 @@ class EmbeddedPostgresService(Service):
 
     name = "embedded-postgres"
 
-    def __init__(self, data_dir: Path, database: str, admin_user: str = "") -> None:
+    def __init__(self, data_dir: Path, database: str, admin_user: str = "",
+                 keep_off: Iterable[int] = ()) -> None:
+        """``keep_off``: CPUs PostgreSQL is kept off (the gateway's reactor thread's,
+        ``[server] cpu_affinity``), if the process has others."""
         self.cluster = LocalCluster(Path(data_dir))
         self.database = database
         self.admin_user = admin_user or None
+        self.keep_off = frozenset(keep_off)
         self.ready: defer.Deferred = defer.Deferred()
         self._started_by_us = False
 
@@ -46,11 +52,24 @@ class EmbeddedPostgresService(Service):
         ensure_database_sync(self.cluster.dsn("postgres"), self.database)
         result = init_database_sync(self.cluster.dsn(self.database))
         dsn = self.cluster.dsn(self.database, user=self.admin_user)
+        self._place()
         log.info("embedded PostgreSQL ready in {data_dir} ({state}); schema: {schema}",
                  data_dir=str(self.cluster.data_dir),
                  state="new cluster" if created else "existing cluster",
                  schema=getattr(result, "message", result))
         return dsn
+
+    def _place(self) -> None:
+        """PostgreSQL (postmaster, its processes, the backends it forks from now on) off
+        the reactor thread's CPUs, so that the backends it wakes do not preempt it."""
+        rest = affinity.available_cpus() - self.keep_off
+        pid = self.cluster.postmaster_pid() if self.keep_off and rest else None
+        if pid is None:
+            return
+        count = affinity.place_process_tree(pid, rest)
+        log.info("embedded PostgreSQL ({count} processes) on CPU {cpus}, off the reactor "
+                 "thread's ([server] cpu_affinity)", count=count,
+                 cpus=affinity.describe(rest))
 
     def _started(self, dsn: str) -> str:
         self.ready.callback(dsn)
