@@ -221,6 +221,17 @@ def place(pid: int, cpus: frozenset[int]) -> None:
             pass
 
 
+def placement(args: argparse.Namespace) -> str:
+    """How ``--server-cpus`` placed the processes ("" without it)."""
+    if not args.server_cpus:
+        return ""
+    from wyseman.affinity import describe
+    rest = frozenset(os.sched_getaffinity(0)) - args.server_cpus
+    return (f"our server's reactor thread (and the Node server) on CPU "
+            f"{describe(args.server_cpus)}, load generators and PostgreSQL on "
+            f"{describe(rest)}; pgbench on all")
+
+
 def parse_cpus(text: str) -> frozenset[int]:
     """``0`` or ``0,2-3`` → the CPUs, all of which this process must be allowed."""
     cpus: set[int] = set()
@@ -1426,7 +1437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(bench.rows))
     print()
-    print(targets.report(bench.rows))
+    print(targets.report(bench.rows, placement(args)))
     for name, prof in bench.profiles.items():
         if not prof:
             continue
@@ -1450,7 +1461,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else
+                         sorted(v) if isinstance(v, frozenset) else v)
+                     for k, v in vars(args).items()},
+        "placement": placement(args) or "none (the kernel places every process)",
         "rows": [r.as_json() for r in bench.rows],
         "targets": [vars(v) for v in targets.judge(bench.rows)],
         "profiles": bench.profiles,

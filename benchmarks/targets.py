@@ -105,6 +105,8 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
     ]
 
 
-def report(rows: Iterable[Any]) -> str:
-    """The verdicts as lines under a heading."""
-    return "\n".join(["targets (this run):", *("  " + v.line() for v in judge(rows))])
+def report(rows: Iterable[Any], placement: str = "") -> str:
+    """The verdicts as lines under a heading (which says how the run placed its
+    processes on the CPUs, if it did)."""
+    heading = f"targets (this run; {placement}):" if placement else "targets (this run):"
+    return "\n".join([heading, *("  " + v.line() for v in judge(rows))])

@@ -114,3 +114,26 @@ class AlternatingPairsTests(SynchronousTestCase):
         self.assertEqual(verdict.verdict, MET)
         self.assertIn("0.53 of 38,000 TPS, the median of 3 alternating pairs",
                       verdict.measured)
+
+
+class PlacementTests(SynchronousTestCase):
+    def test_the_heading_says_how_processes_were_placed(self) -> None:
+        self.assertTrue(report(full_run()).startswith("targets (this run):\n"))
+        text = report(full_run(), "our server's reactor thread on CPU 0")
+        self.assertTrue(text.startswith(
+            "targets (this run; our server's reactor thread on CPU 0):\n"))
+
+    def test_server_cpus_leave_one_for_the_rest(self) -> None:
+        import argparse
+        import os
+
+        from benchmarks.run import parse_cpus, placement
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            self.skipTest("needs 2 CPUs")
+        self.assertEqual(parse_cpus(str(cpus[0])), {cpus[0]})
+        for bad in (",".join(map(str, cpus)), str(cpus[-1] + 1)):
+            self.assertRaises(argparse.ArgumentTypeError, parse_cpus, bad)
+        text = placement(argparse.Namespace(server_cpus=frozenset({cpus[0]})))
+        self.assertIn(f"on CPU {cpus[0]}, load generators and PostgreSQL on", text)
+        self.assertEqual(placement(argparse.Namespace(server_cpus=None)), "")
