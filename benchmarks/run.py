@@ -47,6 +47,7 @@ from typing import Any
 import psycopg2
 
 from benchmarks import raise_fd_limit, targets
+from wyseman.affinity import place_process, place_process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,34 +192,6 @@ def children_cpu(parent: int) -> float:
         if fields[1] == str(parent):
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
-
-
-def children_of(parent: int) -> list[int]:
-    """The live children of ``parent`` (the postmaster's backends and helpers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if _stat_fields(entry)[1] == str(parent):
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def place(pid: int, cpus: frozenset[int]) -> None:
-    """Every thread of process ``pid`` on ``cpus`` (threads and processes it starts later
-    inherit that); a process that is gone meanwhile is skipped."""
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return
-    for tid in threads:
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except OSError:
-            pass
 
 
 def placement(args: argparse.Namespace) -> str:
@@ -430,9 +403,8 @@ class Environment:
         (``serving``), on every CPU for pgbench, whose own ceiling it is."""
         if not self.args.server_cpus or self.postmaster_pid is None:
             return
-        cpus = self.all_cpus - self.args.server_cpus if serving else self.all_cpus
-        for pid in [self.postmaster_pid, *children_of(self.postmaster_pid)]:
-            place(pid, cpus)
+        place_process_tree(self.postmaster_pid,
+                           self.all_cpus - self.args.server_cpus if serving else self.all_cpus)
 
     def setup(self) -> None:
         from wyseman import keys
@@ -546,7 +518,7 @@ class Environment:
                       self.workdir / f"{self.counter:03d}-{name}.log")
         self.children.append(child)
         if self.args.server_cpus and module == "benchmarks.loadgen":
-            place(child.pid, self.all_cpus - self.args.server_cpus)   # (not yet threaded)
+            place_process(child.pid, self.all_cpus - self.args.server_cpus)
         return child
 
     def start_server(self, deadline: Deadline, profile: bool = False,
@@ -612,7 +584,7 @@ class Environment:
             self.finish([child])
             raise
         if self.args.server_cpus:   # where our server's reactor thread runs (all its threads)
-            place(child.pid, self.args.server_cpus)
+            place_process(child.pid, self.args.server_cpus)
             self.place_cluster(serving=True)
         return Server(child, port, child.pid, None)
 

@@ -96,33 +96,42 @@ def pinned() -> bool:
     return _process_cpus is not None
 
 
-def place_process_tree(pid: int, cpus: Iterable[int]) -> int:
-    """Every thread of process ``pid`` and of its children on ``cpus`` (what they start
-    later inherits it: a postmaster's future backends) → the processes placed. Linux."""
+def place_process(pid: int, cpus: Iterable[int]) -> bool:
+    """Every thread of process ``pid`` on ``cpus`` (the threads and processes it starts
+    later inherit that) → False if the process is gone. Linux."""
     wanted = frozenset(cpus)
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                    text = stat.read()
-                if text[text.rindex(")") + 2:].split()[1] == str(pid):
-                    pids.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    placed = 0
-    for process in pids:
+    try:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for tid in tids:
         try:
-            tids = [int(tid) for tid in os.listdir(f"/proc/{process}/task")]
-        except OSError:
+            os.sched_setaffinity(tid, wanted)
+        except OSError:   # a thread that ended meanwhile
+            pass
+    return True
+
+
+def place_process_tree(pid: int, cpus: Iterable[int]) -> int:
+    """:func:`place_process` for ``pid`` and its children (a postmaster's processes; its
+    future backends inherit it) → the processes placed."""
+    return sum(place_process(process, cpus) for process in [pid, *children(pid)])
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from ``/proc``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, wanted)
-            except OSError:
-                pass
-        placed += 1
-    return placed
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                text = stat.read()
+            if text[text.rindex(")") + 2:].split()[1] == str(pid):
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def describe(cpus: Iterable[int]) -> str:
