@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -235,6 +236,34 @@ class AdmissionTests(TestCase):
         self.assertEqual(state["most"], 2)   # reading paused while two were running
 
     @defer.inlineCallbacks
+    def test_frames_waiting_behind_the_cap_are_answered_in_turn(self):
+        """Frames that arrived in one read while the in-flight cap was reached wait, and
+        are answered one after the other once a slot frees: thousands of quick error
+        replies behind a slow request must not nest a call each (and overflow the
+        stack); every frame gets its reply, in order, and the socket goes on."""
+        db = fresh_database(self)
+        db.run(SLOW)
+        server = yield start_gateway(self, db, limits={"max_in_flight": 1})
+        conn = yield ticket_login(self, server, db, add_user(db))
+        count, seen, done = 3000, [], defer.Deferred()
+        original = conn._message
+
+        def message(payload):
+            seen.append(payload)
+            if len(seen) == count + 1:
+                done.callback(None)
+            original(payload)
+        conn._message = message
+        slow = json.dumps({"id": "slow", "action": "tuple", "view": "public.nap()"})
+        conn._protocol.transport.write(   # one write: they arrive in one read
+            _client_frame(slow.encode()) + _client_frame(b"x") * count)
+        yield done
+        self.assertEqual(json.loads(seen[0])["id"], "slow")
+        self.assertTrue(all(b"not JSON" in payload for payload in seen[1:]))
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
     def test_a_connection_that_sends_no_request_is_closed(self):
         """An idle connection may not hold a socket for long before its request is in:
         open_handshake_timeout, not twisted.web's 60 s."""
@@ -465,6 +494,12 @@ class PendingConnectionTests(TestCase):
             reactor.callLater(0, released.callback, None)
         site.release = release
         return released
+
+
+def _client_frame(payload: bytes) -> bytes:
+    """One masked text frame as a client sends it (a zero mask: the payload as it is)."""
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
 
 
 class _Watch(protocol.Protocol):

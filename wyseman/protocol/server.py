@@ -140,6 +140,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._in_flight = 0
         self._waiting: deque[bytes] = deque()  # read before the pause took effect
         self._reading_paused = False
+        self._draining = False   # _request_done is dispatching the waiting frames
         self._send_paused = False
         self._outbound: deque[bytes] = deque()
         self._outbound_bytes = 0
@@ -334,16 +335,29 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.transport.pauseProducing()
 
     def _request_done(self, result: Any) -> None:
-        """Bookkeeping after a reply; a failure here is a bug, so it is logged loudly."""
+        """Bookkeeping after a reply; a failure here is a bug, so it is logged loudly.
+
+        Frames waiting behind the in-flight cap are dispatched by a loop, not by a call
+        nested in the reply before: a reply can come at once (an error), and thousands of
+        frames can arrive in one read."""
         self._in_flight -= 1
         if isinstance(result, Failure):
             log.failure("sending a reply failed", result)
         if self.state != self.STATE_OPEN:
             self._waiting.clear()
             return None
-        if self._waiting:
-            self._dispatch(self._waiting.popleft())
-        elif self._reading_paused and self._in_flight < self.factory.gateway.max_in_flight:
+        if self._draining:
+            return None              # the loop below, further up the stack, goes on
+        limit = self.factory.gateway.max_in_flight
+        self._draining = True
+        try:
+            while self._waiting and self._in_flight < limit and self.state == self.STATE_OPEN:
+                self._dispatch(self._waiting.popleft())
+        finally:
+            self._draining = False
+        if self.state != self.STATE_OPEN:
+            self._waiting.clear()
+        elif not self._waiting and self._reading_paused and self._in_flight < limit:
             self._reading_paused = False
             if self.transport is not None:
                 self.transport.resumeProducing()
