@@ -528,7 +528,8 @@ class Environment:
         config = {
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
                        "workers": workers, "fanout_threads": self.args.fanout_threads,
-                       "cpu_affinity": sorted(self.args.server_cpus or ())},
+                       "cpu_affinity": sorted(self.args.server_cpus or ()),
+                       "log_connections": not self.args.no_connection_log},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000,
                          "read_batch": self.args.read_batch},
@@ -1315,6 +1316,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "generators and PostgreSQL then run on the other CPUs (the Node "
                              "server too, on these); pgbench on all (default: the kernel "
                              "places everything)")
+    parser.add_argument("--no-connection-log", action="store_true",
+                        help="our server's [server] log_connections = false (no line per "
+                             "login and disconnect)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")

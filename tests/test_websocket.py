@@ -238,6 +238,44 @@ class LoginTests(TestCase):
         self.assertIn("13", head.split("sec-websocket-version: ", 1)[1].split("\r\n")[0])
 
 
+class ConnectionLogTests(TestCase):
+    """[server] log_connections: a line per login and per disconnect, or none."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def logged(self, **server: Any) -> Any:
+        from twisted.logger import capturedLogs, formatEvent
+
+        from tests.harness import unregistered
+        db = fresh_database(self)
+        user = add_user(db)
+        gateway = yield start_gateway(self, db, server=server)
+        with capturedLogs() as events:
+            conn = yield connect(gateway.url, user, token=admin.issue_ticket(db.dsn, user).token,
+                                 new_key=keys.generate_private_jwk())
+            gone = unregistered(gateway.gateway)
+            yield conn.close()
+            yield gone
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "wyseman.ws"]
+        accepted = gateway.gateway.metrics.handshakes.labels("accepted", "ticket")._value.get()
+        return user, lines, accepted
+
+    @defer.inlineCallbacks
+    def test_each_login_and_disconnect_is_logged(self):
+        user, lines, accepted = yield self.logged()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertRegex(lines[0], rf"^login {user} \(ticket\) from \S+$")
+        self.assertRegex(lines[1], rf"^disconnect {user} from \S+ \(code 1000, ")
+        self.assertEqual(accepted, 1)
+
+    @defer.inlineCallbacks
+    def test_off_nothing_is_logged_but_logins_are_counted(self):
+        _, lines, accepted = yield self.logged(log_connections=False)
+        self.assertEqual(lines, [])
+        self.assertEqual(accepted, 1)
+
+
 class InsecureModeTests(TestCase):
     timeout = 60
 

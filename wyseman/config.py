@@ -170,6 +170,12 @@ OPTIONS: tuple[Option, ...] = (
        "or more (the `send` calls, ~95 % of a fan-out, overlap on several cores; the GIL "
        "is released during each). 0: the cores each worker process has (the cores this "
        "process may use ÷ `workers`), at most 4. 1: the reactor thread alone."),
+    _o("server", "log_connections", _bool, True,
+       "Log each login and each disconnect (`login USER (key) from IP`, `disconnect …`): two "
+       "lines per connection, ~10 % of the reactor thread's time when logins come by the "
+       "thousand a second. Off: refusals, slow consumers and errors are still logged, and "
+       "`wyseman_handshakes_total` still counts every login (as PgBouncer's "
+       "`log_connections`/`log_disconnections`)."),
     _o("server", "cpu_affinity", _list_of(_int_range(0, 4095), "CPU numbers"), (),
        "CPUs the reactor thread (the one that serves the sockets) runs on, e.g. `[0]`. "
        "On a host that also runs PostgreSQL or other busy processes, a core of its own "

@@ -71,6 +71,7 @@ class Gateway:
         self.max_outbound_bytes = limits.max_outbound_bytes
         self.trusted_proxies = config.server.trusted_proxies
         self.ip_style = config.server.ip_style
+        self.log_connections = config.server.log_connections
         self.allowed_origins: Sequence[str] = config.server.allowed_origins
         #: what ``GET /healthz`` reports
         self.health = HealthCheck(db.ping, clock)

@@ -186,8 +186,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         self.session = Session(login.user, login.listen, self.send_frame, self.client_address,
                                login.key_x)
         gateway.metrics.handshake("accepted", login.method)
-        log.info("login {user} ({method}) from {ip}", user=login.user, method=login.method,
-                 ip=self.client_address)
+        if gateway.log_connections:
+            log.info("login {user} ({method}) from {ip}", user=login.user,
+                     method=login.method, ip=self.client_address)
         return gateway.ensure_listening(login.listen).addCallback(lambda _: None)
 
     def _deny(self, refusal: Refusal) -> defer.Deferred:
@@ -463,10 +464,11 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self._counted:
             self._counted = False
             self.factory.gateway.unregister(self)
-            log.info("disconnect {user} from {ip} (code {code}, {reason})",
-                     user=self.session.user if self.session else "?",
-                     ip=getattr(self, "client_address", "?"), code=code,
-                     reason=reason or ("clean" if wasClean else "unclean"))
+            if self.factory.gateway.log_connections:
+                log.info("disconnect {user} from {ip} (code {code}, {reason})",
+                         user=self.session.user if self.session else "?",
+                         ip=getattr(self, "client_address", "?"), code=code,
+                         reason=reason or ("clean" if wasClean else "unclean"))
         self._outbound.clear()
 
 
