@@ -47,7 +47,7 @@ from typing import Any
 import psycopg2
 
 from benchmarks import raise_fd_limit, targets
-from wyseman.affinity import place_process, place_process_tree
+from wyseman.affinity import describe, place_process, place_process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -198,7 +198,6 @@ def placement(args: argparse.Namespace) -> str:
     """How ``--server-cpus`` placed the processes ("" without it)."""
     if not args.server_cpus:
         return ""
-    from wyseman.affinity import describe
     rest = frozenset(os.sched_getaffinity(0)) - args.server_cpus
     return (f"our server's reactor thread (and the Node server) on CPU "
             f"{describe(args.server_cpus)}, load generators and PostgreSQL on "
