@@ -336,6 +336,21 @@ class ConfigCommandTests(CliTestCase):
         path = write_config(self, '[database]\ndsn = "dbname=x"\nbogus = 1\n')
         self.assertOneLineError(run_cli("config", "check", str(path)), str(path), "bogus")
 
+    def test_check_names_cpus_this_machine_lacks(self) -> None:
+        """cpu_affinity is checked against the CPUs this process may use here: a CPU that
+        would stop the start is reported by the check already."""
+        import os
+        if not hasattr(os, "sched_getaffinity"):
+            self.skipTest("no CPU affinity on this system (Linux only)")
+        first = min(os.sched_getaffinity(0))
+        path = write_config(self, f'[server]\ncpu_affinity = [{first}]\n'
+                                  '[database]\ndsn = "dbname=x"\n')
+        self.assertEqual(run_cli("config", "check", str(path)), (0, f"{path}: ok\n", ""))
+        path = write_config(self, '[server]\ncpu_affinity = [4095]\n'
+                                  '[database]\ndsn = "dbname=x"\n')
+        self.assertOneLineError(run_cli("config", "check", str(path)), str(path),
+                                "[server] cpu_affinity: CPU 4095 not available")
+
     def test_reference(self) -> None:
         code, out, _ = run_cli("config", "reference")
         self.assertEqual(code, 0)

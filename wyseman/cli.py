@@ -216,7 +216,13 @@ def _add_config(subparsers: argparse._SubParsersAction,
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    config_module.load(args.file)
+    config = config_module.load(args.file)
+    if config.server.cpu_affinity:   # what else would stop the start on this machine
+        from wyseman import affinity
+        try:
+            affinity.check(config.server.cpu_affinity)
+        except affinity.AffinityError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
     _out(f"{args.file}: ok")
     return 0
 
