@@ -65,7 +65,8 @@ SELECT_MESSAGE = {"action": "select", "view": "bench.item",
                   "fields": ["id", "name", "qty", "price", "made"]}
 JS_DIR = ROOT / "tests" / "js"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NOISE: list[float] = []  # CPU % of one core used by other processes in each window
+#: (CPU % of one core used by other processes, which run) for each measured window
+NOISE: list[tuple[float, str]] = []
 
 
 class BenchError(RuntimeError):
@@ -472,8 +473,9 @@ class Environment:
                 after = CpuSnapshot.take(proc.pid, self.postmaster_pid)
                 cpu = before.until(after)
                 cpu["pgbench_pct"] = cpu.pop("server_pct")
-                NOISE.append(cpu["machine_busy_pct"] * (os.cpu_count() or 1)
-                             - cpu["pgbench_pct"] - cpu["pg_pct"])
+                NOISE.append((cpu["machine_busy_pct"] * (os.cpu_count() or 1)
+                              - cpu["pgbench_pct"] - cpu["pg_pct"],
+                              "pgbench " + " ".join(options)))
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise BenchError(f"pgbench {' '.join(options)}: timed out") from None
@@ -700,21 +702,35 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def cpu_notes(cpu: dict[str, float], gen: list[float]) -> str:
+def cpu_notes(cpu: dict[str, float], gen: list[float], run: str = "our server") -> str:
     """CPU in % of one core; 'other' is what the rest of the machine used meanwhile
-    (a sign of a noisy neighbour), 'machine' the busy share of all cores."""
+    (a sign of a noisy neighbour, or of kernel time no process is charged with),
+    'machine' the busy share of all cores."""
     gens = "+".join(f"{g:.0f}" for g in gen) if gen else "-"
     other = (cpu["machine_busy_pct"] * (os.cpu_count() or 1) - cpu["server_pct"]
              - cpu["pg_pct"] - sum(gen))
-    NOISE.append(other)
+    NOISE.append((other, run))
     return (f"cpu: server {cpu['server_pct']:.0f}%, pg {cpu['pg_pct']:.0f}%, "
             f"gen {gens}%, other {max(0.0, other):.0f}%, "
             f"machine {cpu['machine_busy_pct']:.0f}%")
 
 
-def run_notes(m: dict[str, Any]) -> str:
+def noise_warning(noise: list[tuple[float, str]], bound: float = 25.0) -> str | None:
+    """The warning for windows in which 'other' CPU passed ``bound`` % of a core, naming
+    those runs (a baseline's disturbed window is not ours), or None."""
+    noisy = [(other, run) for other, run in noise if other > bound]
+    if not noisy:
+        return None
+    worst = max(other for other, _ in noisy)
+    runs = sorted({run for _, run in noisy})
+    return (f"WARNING: 'other' CPU (processes outside the run, or kernel time no process is "
+            f"charged with, as with 1,000 PostgreSQL connections) reached {worst:.0f}% of a "
+            f"core in: {'; '.join(runs)}. Those numbers may be depressed.")
+
+
+def run_notes(m: dict[str, Any], run: str = "our server") -> str:
     """CPU notes of a request run, and its errors if any."""
-    notes = cpu_notes(m["cpu"], m["gen_cpu"])
+    notes = cpu_notes(m["cpu"], m["gen_cpu"], run)
     if m.get("batched_reads"):
         notes += (f"; {100 * m['batched_reads'] / max(1, m['completed']):.0f}% of requests "
                   f"in read batches of {m['batched_reads'] / m['read_batches']:.1f} on average")
@@ -863,7 +879,8 @@ class Bench:
                      base: dict[str, Any] | None) -> None:
         """Ours next to pgbench: req/s (ratio to its TPS), p50 (to its average), p99."""
         self.rows.append(Row(name, params, m["rps"], "req/s", base["tps"] if base else None,
-                             f"{label} TPS" if base else "", run_notes(m),
+                             f"{label} TPS" if base else "",
+                             run_notes(m, f"our server, {name.split()[0]} {params}"),
                              {"measured": m, "pgbench": base}))
         scenario = name.split()[0]
         self.rows.append(Row(f"{scenario} latency p50", params, m["p50"], "ms",
@@ -877,7 +894,8 @@ class Bench:
         if n is None:
             return
         self.rows.append(Row(f"{scenario} vs Node server", params, m["rps"], "req/s",
-                             n["rps"], "Node req/s", "Node server run " + run_notes(n),
+                             n["rps"], "Node req/s",
+                             "Node server run " + run_notes(n, f"the Node server, {params}"),
                              {"node": n}))
         self.rows.append(Row(f"{scenario} p50 vs Node", params, m["p50"], "ms",
                              n["p50"], "Node p50"))
@@ -1427,10 +1445,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Node server baseline ({scenario}): {status}")
     for failure in bench.failures:
         print(f"FAILED: {failure}")
-    noisy = max(NOISE, default=0.0)
-    if noisy > 25:
-        print(f"WARNING: other processes used up to {noisy:.0f}% of a core during the "
-              "measurements (see 'other' in the notes): the numbers are depressed")
+    warning = noise_warning(NOISE)
+    if warning:
+        print(warning)
     report = {
         "date": started.isoformat(timespec="seconds"),
         "command": command.strip(),
@@ -1448,7 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
                           "login": "user name only (insecure mode, plain ws://)",
                           **(node_versions() if node_baseline_missing() is None else {})},
         "failures": bench.failures,
-        "max_other_cpu_pct": max(NOISE, default=None),
+        "max_other_cpu_pct": max((other for other, _ in NOISE), default=None),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1, default=str) + "\n")

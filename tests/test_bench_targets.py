@@ -137,3 +137,15 @@ class PlacementTests(SynchronousTestCase):
         text = placement(argparse.Namespace(server_cpus=frozenset({cpus[0]})))
         self.assertIn(f"on CPU {cpus[0]}, load generators and PostgreSQL on", text)
         self.assertEqual(placement(argparse.Namespace(server_cpus=None)), "")
+
+
+class NoiseWarningTests(SynchronousTestCase):
+    def test_the_warning_names_the_disturbed_runs(self) -> None:
+        from benchmarks.run import noise_warning
+        self.assertIsNone(noise_warning([(3.0, "our server, tuple C=100 D=1"), (25.0, "x")]))
+        text = noise_warning([(3.0, "our server, tuple C=100 D=1"),
+                              (130.0, "the Node server, C=1000 D=1"),
+                              (246.0, "pgbench -n -c 1000"), (40.0, "pgbench -n -c 1000")])
+        self.assertIn("reached 246% of a core in: pgbench -n -c 1000; the Node server, "
+                      "C=1000 D=1.", text)
+        self.assertNotIn("our server", text)
