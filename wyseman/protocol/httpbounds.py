@@ -55,31 +55,33 @@ class BoundedRequest(server.Request):
             super().process()
 
 
-def address_key(addr: Any) -> str | None:
+def client_network(addr: Any) -> Any:
     """What the per-address bound counts a connection from ``addr`` (a Twisted
-    ``IAddress``) under: its IPv4 address (also when IPv4-mapped), or for IPv6 its
-    ``/64`` network, which a single subscriber typically gets whole; ``None`` (not
-    counted) for a Unix socket."""
+    ``IAddress``) under: its IPv4 address as a /32 (also when IPv4-mapped), or for IPv6
+    its ``/64``, which a single subscriber typically gets whole; ``None`` (not counted)
+    for a Unix socket or a host that is not an address."""
     host = getattr(addr, "host", None)
     if not host:
         return None
     try:
         ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
-        return host
+        return None
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+        if ip.ipv4_mapped is None:
+            return ipaddress.IPv6Network((ip, 64), strict=False)
+        ip = ip.ipv4_mapped
+    return ipaddress.IPv4Network(ip)
 
 
-def _within(key: str, networks: Sequence[Any]) -> bool:
-    try:
-        network = ipaddress.ip_network(key, strict=False)
-    except ValueError:
-        return False
-    return any(network.version == n.version and network.subnet_of(n) for n in networks)
+def address_key(addr: Any) -> str | None:
+    """:func:`client_network` as text: ``192.0.2.7``, ``2001:db8:1:2::/64``."""
+    network = client_network(addr)
+    return None if network is None else _key(network)
+
+
+def _key(network: Any) -> str:
+    return str(network.network_address) if network.version == 4 else str(network)
 
 
 class _Refused(Protocol):
@@ -137,11 +139,13 @@ class GatewaySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
         if self.pending >= self.max_pending:
             return self._refuse(None)
-        key = address_key(addr) if self.per_address else None
-        if key is not None:
-            if self.exempt and _within(key, self.exempt):
-                key = None
-            elif self.by_address.get(key, 0) >= self.per_address:
+        network = client_network(addr) if self.per_address else None
+        key = None
+        if network is not None and not any(network.version == trusted.version
+                                           and network.subnet_of(trusted)
+                                           for trusted in self.exempt):
+            key = _key(network)
+            if self.by_address.get(key, 0) >= self.per_address:
                 return self._refuse(key)
         channel = super().buildProtocol(addr)
         self.pending += 1
