@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.harness import add_user, make_config, start_gateway, ticket_login
@@ -16,6 +15,7 @@ from tests.pgtest import fresh_database
 from wyseman import affinity
 from wyseman import config as cfg
 from wyseman.config import ConfigError
+from wyseman.protocol import credentials as cred
 from wyseman.supervisor import WorkerSupervisor
 
 
@@ -121,10 +121,15 @@ class PinnedGatewayTests(TestCase):
         row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
         # the signature checks' threads, started by the pinned thread, use every CPU
-        checker = server.gateway.signatures
-        yield checker.verifying_key(None, b"", "")    # (starts its threads)
-        helper = yield deferToThreadPool(reactor, checker._pool, os.sched_getaffinity, 0)
-        self.assertEqual(helper, set(self.cpus))
+        on_checker = []
+        check = cred.verifying_key
+
+        def recording(*args):
+            on_checker.append(os.sched_getaffinity(0))
+            return check(*args)
+        self.patch(cred, "verifying_key", recording)
+        yield server.gateway.signatures.verifying_key(None, b"", "")
+        self.assertEqual(on_checker, [set(self.cpus)])
         fanout = server.gateway.fanout
         if fanout.threads > 1:
             on_helper = fanout._helpers().submit(os.sched_getaffinity, 0).result(timeout=10)

@@ -68,6 +68,23 @@ class SignatureCheckerTests(TestCase):
             consumeErrors=True)
         self.assertEqual(keys_found, [VECTOR_JWK, VECTOR_JWK])
 
+    @defer.inlineCallbacks
+    def test_a_check_that_raises_fails_its_deferred(self):
+        """An unexpected error on a helper thread comes back as the check's failure (the
+        login is then refused with 503, handshake.Authenticator), and the thread goes on."""
+        def broken(*args):
+            raise ValueError("broken key store")
+        original = cred.verifying_key
+        self.patch(cred, "verifying_key", broken)
+        checker = self.checker(2)
+        failed = yield self.assertFailure(
+            checker.verifying_key(STORED, VECTOR_MESSAGE, VECTOR_SIGN), ValueError)
+        self.assertEqual(str(failed), "broken key store")
+        self.patch(cred, "verifying_key", original)
+        results = yield defer.gatherResults(
+            [checker.verifying_key(STORED, VECTOR_MESSAGE, VECTOR_SIGN) for _ in range(4)])
+        self.assertEqual(results, [VECTOR_JWK] * 4)
+
     def test_one_thread_is_the_callers(self):
         seen = self.record_threads()
         checker = self.checker(1)

@@ -91,6 +91,20 @@ class _Refused(Protocol):
         self.transport.abortConnection()
 
 
+class _Pending:
+    """One connection that still speaks HTTP, as :class:`GatewaySite` counts it: from
+    its acceptance to its upgrade or its end. ``protocol`` is what reads its bytes now
+    (the :class:`~wyseman.protocol.sniff.Sniffer`, then the HTTP channel, if any)."""
+
+    __slots__ = ("key", "protocol", "deadline", "released")
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.protocol: Any = None
+        self.deadline: Any = None
+        self.released = False
+
+
 class GatewaySite(server.Site):
     """A site that holds at most ``max_pending`` connections still speaking HTTP (their
     request not yet in, a /clientinfo connection kept alive, an upgrade not yet taken
@@ -103,11 +117,17 @@ class GatewaySite(server.Site):
     Addresses in ``exempt`` (the trusted reverse proxies, whose connections carry many
     clients) are bound by ``max_pending`` alone. Refusals are logged when they start and
     when they end (with how many there were), not one line each: a flood must not flood
-    the log too."""
+    the log too.
+
+    With a ``websocket`` factory, a connection's first bytes are read by a
+    :class:`~wyseman.protocol.sniff.Sniffer`: a plain WebSocket upgrade goes straight to
+    that factory's protocol (Autobahn parses the request, once), anything else to
+    twisted.web as before."""
 
     def __init__(self, root: resource.Resource, *, max_pending: int, per_address: int = 0,
                  exempt: Sequence[Any] = (), on_refused: Any = None,
-                 deadline: float | None = None, **kwargs: Any) -> None:
+                 deadline: float | None = None, websocket: Any = None,
+                 **kwargs: Any) -> None:
         """``deadline``: the most seconds a connection may speak HTTP in all (the idle
         ``timeout`` alone lets a client that sends a byte now and then stay for ever).
         ``on_refused(reason)`` is called for each refused connection, with ``pending``
@@ -120,6 +140,7 @@ class GatewaySite(server.Site):
         #: pending connections by :func:`address_key` (entries at 0 are removed)
         self.by_address: dict[str, int] = {}
         self.deadline = deadline
+        self.websocket = websocket
         self._on_refused = on_refused
         #: refusals since the bound was reached: in all, and by address
         self._refused_all: int | None = None
@@ -147,21 +168,32 @@ class GatewaySite(server.Site):
             key = _key(network)
             if self.by_address.get(key, 0) >= self.per_address:
                 return self._refuse(key)
-        channel = super().buildProtocol(addr)
+        pending = _Pending(key)
         self.pending += 1
         if key is not None:
             self.by_address[key] = self.by_address.get(key, 0) + 1
+        if self.deadline:
+            pending.deadline = self.reactor.callLater(self.deadline, self._overdue, pending)
+        if self.websocket is not None:
+            from wyseman.protocol.sniff import Sniffer
+            sniffer = Sniffer(self, addr, pending)
+            pending.protocol = sniffer
+            return sniffer
+        return self.http_channel(addr, pending)
+
+    def http_channel(self, addr: Any, pending: _Pending) -> Any:
+        """twisted.web's channel for a connection counted as ``pending``; it counts until
+        it closes or :class:`Upgrade` takes it over."""
+        channel = super().buildProtocol(addr)
         inner = getattr(channel, "_channel", channel)
-        inner._wyseman_address = key
+        inner._wyseman_pending = pending
+        pending.protocol = inner
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> Any:
             self.release(channel)
             return lost(reason)
         channel.connectionLost = connection_lost
-        if self.deadline:
-            inner._wyseman_deadline = self.reactor.callLater(self.deadline, self._overdue,
-                                                             inner)
         return channel
 
     def _refuse(self, key: str | None) -> Protocol:
@@ -182,44 +214,47 @@ class GatewaySite(server.Site):
             self._refused_from[key] += 1
         return _Refused()
 
-    def _overdue(self, inner: Any) -> None:
-        inner._wyseman_deadline = None
+    def _overdue(self, pending: _Pending) -> None:
+        pending.deadline = None
         log.info("closed an HTTP connection that was still without a WebSocket after "
                  "{seconds} s", seconds=self.deadline)
-        if inner.transport is not None:
-            inner.transport.abortConnection()
+        transport = getattr(pending.protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
     def release(self, channel: Any) -> None:
         """``channel`` no longer counts: it closed, or its connection became a WebSocket.
 
+        ``channel`` is a :class:`~wyseman.protocol.sniff.Sniffer` or twisted.web's channel.
         twisted.web hands the transport a wrapper (``_GenericHTTPChannelProtocol``) whose
         ``connectionLost`` attribute lives on the HTTP channel inside it, which is also
         what a request's ``channel`` is: both paths come down to that inner channel."""
         inner = getattr(channel, "_channel", channel)
-        if not getattr(inner, "_wyseman_released", False):
-            inner._wyseman_released = True
-            self.pending -= 1
-            key = getattr(inner, "_wyseman_address", None)
-            if key is not None:
-                left = self.by_address[key] - 1
-                if left:
-                    self.by_address[key] = left
-                else:
-                    del self.by_address[key]
-                refused = self._refused_from.pop(key, None)
-                if refused is not None:
-                    log.info("accepting connections from {address} again ({refused} "
-                             "refused)", address=key, refused=refused)
-            if self._refused_all is not None:
-                log.info("accepting new connections again ({refused} refused)",
-                         refused=self._refused_all)
-                self._refused_all = None
-            deadline = getattr(inner, "_wyseman_deadline", None)
-            if deadline is not None and deadline.active():
-                deadline.cancel()
-            inner._wyseman_deadline = None
-            # drop the hook (it refers to the channel): no cycle keeps a channel alive
-            vars(inner).pop("connectionLost", None)
+        pending = getattr(inner, "_wyseman_pending", None)
+        if pending is None or pending.released:
+            return
+        pending.released = True
+        self.pending -= 1
+        key = pending.key
+        if key is not None:
+            left = self.by_address[key] - 1
+            if left:
+                self.by_address[key] = left
+            else:
+                del self.by_address[key]
+            refused = self._refused_from.pop(key, None)
+            if refused is not None:
+                log.info("accepting connections from {address} again ({refused} "
+                         "refused)", address=key, refused=refused)
+        if self._refused_all is not None:
+            log.info("accepting new connections again ({refused} refused)",
+                     refused=self._refused_all)
+            self._refused_all = None
+        if pending.deadline is not None and pending.deadline.active():
+            pending.deadline.cancel()
+        pending.deadline = pending.protocol = None
+        # drop the hook (it refers to the channel): no cycle keeps a channel alive
+        vars(inner).pop("connectionLost", None)
 
 
 class Upgrade(WebSocketResource):

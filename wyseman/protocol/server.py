@@ -566,7 +566,7 @@ class _Root(resource.Resource):
 def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
                clientinfo_only: bool = False) -> server.Site:
     """The twisted.web site of one endpoint."""
-    websocket = None
+    websocket = factory = None
     if not clientinfo_only:
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
@@ -577,7 +577,8 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
     # twice that in all (a client sending a byte now and then is not idle).
     site = GatewaySite.bounded_by(
         _Root(gateway, websocket), gateway.config.limits, exempt=gateway.trusted_proxies,
-        on_refused=lambda reason: gateway.metrics.handshake("refused", reason))
+        on_refused=lambda reason: gateway.metrics.handshake("refused", reason),
+        websocket=factory)   # a plain upgrade skips twisted.web (wyseman.protocol.sniff)
     site.displayTracebacks = False
     site.noisy = False
     return site
