@@ -1210,6 +1210,7 @@ class Bench:
             notes += "; presigned pool ran out (generator signed inline)"
         return {"rate": completed / args.duration, "notes": notes,
                 "extra": {"completed": completed, "errors": errors,
+                          "cpu": before.until(after),
                           "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}}
 
     def memory_scenario(self, deadline: Deadline) -> None:

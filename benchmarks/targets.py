@@ -95,14 +95,38 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
         _judge("tuple C=100 scales with workers",
                _find(rows, "tuple, server workers", _workers(2)),
                lambda r: r.ratio > 1.0,
-               lambda r: f"workers=2 {r.ratio:.2f}× workers=1",
+               lambda r: f"workers=2 {r.ratio:.2f}× workers=1"
+               + _machine(rows, "tuple, server workers", r, "request"),
                "needs --scenario scaling"),
         _judge("parallel logins scale with workers",
                _find(rows, "handshakes, server workers", _workers(2)),
                lambda r: r.ratio > 1.0,
-               lambda r: f"workers=2 {r.ratio:.2f}× workers=1",
+               lambda r: f"workers=2 {r.ratio:.2f}× workers=1"
+               + _machine(rows, "handshakes, server workers", r, "login"),
                "needs --scenario scaling"),
     ]
+
+
+def _cpu(row: Any) -> dict[str, float] | None:
+    """The CPU readings of a run's row (``extra``: ``cpu``, or ``measured.cpu``)."""
+    extra = row.extra or {}
+    cpu = extra.get("cpu") or (extra.get("measured") or {}).get("cpu")
+    return cpu if cpu and row.value else None
+
+
+def _machine(rows: Sequence[Any], scenario: str, row: Any, unit: str) -> str:
+    """What a scaling verdict needs beside the ratio: how busy the whole machine was
+    (at 100 % more workers have no core to go to: the server, PostgreSQL and the load
+    generators share it), and the server's CPU time per request with one worker and
+    with two (flat: a worker added costs nothing per request; it is the machine that
+    is full)."""
+    cpu, one = _cpu(row), _find(rows, scenario, _workers(1))
+    one_cpu = _cpu(one) if one is not None else None
+    if cpu is None or one_cpu is None:
+        return ""
+    per = [10_000.0 * c["server_pct"] / r.value for c, r in ((one_cpu, one), (cpu, row))]
+    return (f" (machine {cpu['machine_busy_pct']:.0f} % busy with two; server CPU a "
+            f"{unit}: {per[0]:.0f} µs with one worker, {per[1]:.0f} µs with two)")
 
 
 def report(rows: Iterable[Any], placement: str = "") -> str:

@@ -62,6 +62,22 @@ class JudgeTests(SynchronousTestCase):
         self.assertEqual(verdicts["idle socket < 30 KiB RSS"], NOT_MET)
         self.assertEqual(verdicts["tuple C=100 scales with workers"], NOT_MET)
 
+    def test_scaling_verdicts_say_how_busy_the_machine_was(self) -> None:
+        rows = full_run()
+        measured = {v.target: v.measured for v in judge(rows)}
+        self.assertEqual(measured["tuple C=100 scales with workers"], "workers=2 1.02× workers=1")
+        for row, server, busy in [(rows[-4], 84.0, 84.0), (rows[-3], 103.0, 100.0),
+                                  (rows[-2], 124.0, 82.0), (rows[-1], 151.0, 98.0)]:
+            cpu = {"server_pct": server, "pg_pct": 40.0, "machine_busy_pct": busy}
+            row.extra = {"measured": {"cpu": cpu}} if "tuple" in row.scenario else {"cpu": cpu}
+        measured = {v.target: v.measured for v in judge(rows)}
+        self.assertEqual(measured["tuple C=100 scales with workers"],
+                         "workers=2 1.02× workers=1 (machine 100 % busy with two; server CPU "
+                         "a request: 57 µs with one worker, 68 µs with two)")
+        self.assertEqual(measured["parallel logins scale with workers"],
+                         "workers=2 1.19× workers=1 (machine 98 % busy with two; server CPU "
+                         "a login: 1449 µs with one worker, 1486 µs with two)")
+
     def test_quick_runs_do_not_judge_the_10000_subscriber_target(self) -> None:
         rows = [r for r in full_run() if r.scenario != "notify latency p99"]
         rows.append(Row("notify latency p99", "S=1000 K=10 paced", 15.3, "ms"))
