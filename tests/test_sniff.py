@@ -3,6 +3,8 @@ twisted.web (wyseman.protocol.sniff)."""
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -12,22 +14,37 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web import resource
 
-from tests.harness import add_user, http_get, raw_upgrade, start_gateway, ticket_login
+from tests.harness import (
+    _RawHTTP,
+    add_user,
+    http_get,
+    raw_upgrade,
+    start_gateway,
+    ticket_login,
+)
 from tests.pgtest import fresh_database
 from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite
-from wyseman.protocol.sniff import MAX_HEAD, Sniffer, hand_over, is_plain_upgrade
+from wyseman.protocol.sniff import (
+    CLIENTINFO,
+    MAX_HEAD,
+    UPGRADE,
+    Sniffer,
+    classify,
+    hand_over,
+    is_plain_upgrade,
+)
 
-UPGRADE = (b"GET /?user=kim HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+UPGRADE_HEAD = (b"GET /?user=kim HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            b"Sec-WebSocket-Version: 13")
 
 
 class PlainUpgradeTests(TestCase):
     def test_plain_upgrades(self):
-        self.assertTrue(is_plain_upgrade(UPGRADE))
-        self.assertTrue(is_plain_upgrade(UPGRADE.replace(b"Upgrade: websocket",
+        self.assertTrue(is_plain_upgrade(UPGRADE_HEAD))
+        self.assertTrue(is_plain_upgrade(UPGRADE_HEAD.replace(b"Upgrade: websocket",
                                                          b"upgrade:WebSocket")))
-        self.assertTrue(is_plain_upgrade(UPGRADE.replace(b"/?user", b"/any/path?user")))
+        self.assertTrue(is_plain_upgrade(UPGRADE_HEAD.replace(b"/?user", b"/any/path?user")))
 
     def test_everything_else_is_left_to_twisted_web(self):
         for old, new in [
@@ -37,6 +54,8 @@ class PlainUpgradeTests(TestCase):
             (b"GET /?user=kim", b"GET /clientinfo"),                  # /clientinfo ...
             (b"GET /?user=kim", b"GET /clientinfo/x?y"),
             (b"GET /?user=kim", b"GET /%63lientinfo"),                # ... however spelt
+            (b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\n folded"),       # a folded line
+            (b"Host: 127.0.0.1", b"Host : 127.0.0.1"),                # a space in a name
             (b"Upgrade: websocket", b"Upgrade: h2c"),                 # not a WebSocket
             (b"Upgrade: websocket", b"X-Upgrade: websocket"),         # no Upgrade at all
             (b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\nContent-Length: 5"),      # a body
@@ -44,10 +63,24 @@ class PlainUpgradeTests(TestCase):
             (b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\nnot a header line"),
             (b"GET /?user=kim HTTP/1.1", b"GET  /?user=kim HTTP/1.1"),  # malformed line
         ]:
-            head = UPGRADE.replace(old, new)
-            self.assertNotEqual(head, UPGRADE)
+            head = UPGRADE_HEAD.replace(old, new)
+            self.assertNotEqual(head, UPGRADE_HEAD)
             self.assertFalse(is_plain_upgrade(head), head)
         self.assertFalse(is_plain_upgrade(b"GET / HTTP/1.1"))
+
+    def test_plain_clientinfo_requests(self):
+        for target in (b"/clientinfo", b"/clientinfo?x=1", b"/clientinfo/", b"/%63lientinfo"):
+            kind, headers = classify(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n"
+                                     b"Cookie: a=1\r\ncookie:  b=2 \r\nUser-Agent: UA 1")
+            self.assertEqual(kind, CLIENTINFO, target)
+            # names in lower case; the last of a repeated field, trimmed (as twisted.web)
+            self.assertEqual(headers, {b"host": b"h", b"cookie": b"b=2",
+                                       b"user-agent": b"UA 1"})
+        self.assertEqual(classify(UPGRADE_HEAD)[0], UPGRADE)
+        for head in (b"HEAD /clientinfo HTTP/1.1", b"GET /clientinfo HTTP/1.0",
+                     b"GET /clientinfo HTTP/1.1\r\nContent-Length: 0",
+                     b"GET /other HTTP/1.1\r\nHost: h"):
+            self.assertIsNone(classify(head)[0], head)
 
 
 class _Recorder(protocol.Protocol):
@@ -65,12 +98,25 @@ class _Text(resource.Resource):
         return b"plain http"
 
 
+class _ClientInfo:
+    """What the sniffer asks for a /clientinfo answer (the server's is ClientInfo)."""
+
+    def __init__(self) -> None:
+        self.asked = []
+
+    def body(self, peer, forwarded_for, real_ip, cookie, user_agent):
+        self.asked.append((peer.host, forwarded_for, real_ip, cookie, user_agent))
+        return b'{"ip":"x"}'
+
+
 class SnifferTests(TestCase):
     """The sniffer on a :class:`GatewaySite` (no reactor, no network)."""
 
     def setUp(self):
         self.clock = MemoryReactorClock()
+        self.clock.advance(1_700_000_000)
         self.websockets = []
+        self.clientinfo = _ClientInfo()
 
         def websocket():
             recorder = _Recorder()
@@ -80,7 +126,8 @@ class SnifferTests(TestCase):
         root.putChild(b"clientinfo", _Text())
         self.site = GatewaySite(root, requestFactory=BoundedRequest, reactor=self.clock,
                                 max_pending=10, timeout=5, deadline=10,
-                                websocket=protocol.Factory.forProtocol(websocket))
+                                websocket=protocol.Factory.forProtocol(websocket),
+                                clientinfo=self.clientinfo)
 
     def connect(self):
         sniffer = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
@@ -92,7 +139,7 @@ class SnifferTests(TestCase):
 
     def test_an_upgrade_goes_to_the_websocket_in_whatever_pieces_it_comes(self):
         sniffer, transport = self.connect()
-        sent = UPGRADE + b"\r\n\r\n" + b"\x81\x80frame"      # a frame right behind it
+        sent = UPGRADE_HEAD + b"\r\n\r\n" + b"\x81\x80frame"      # a frame right behind it
         for byte in sent[:-10]:
             sniffer.dataReceived(bytes([byte]))
         self.assertEqual((self.websockets, self.site.pending), ([], 1))
@@ -105,12 +152,35 @@ class SnifferTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])      # no timer left behind
         self.assertEqual(transport.value(), b"")                # twisted.web said nothing
 
+    def test_a_plain_clientinfo_request_is_answered_and_closed(self):
+        sniffer, transport = self.connect()
+        request = (b"GET /clientinfo HTTP/1.1\r\nHost: x\r\nUser-Agent: UA\r\n"
+                   b"X-Forwarded-For: 198.51.100.1\r\n\r\n")
+        for byte in request:
+            transport.protocol.dataReceived(bytes([byte]))
+        self.assertIs(transport.protocol, sniffer)
+        self.assertEqual(self.clientinfo.asked,
+                         [("192.0.2.1", "198.51.100.1", None, None, "UA")])
+        self.assertEqual(transport.value(), (
+            b"HTTP/1.1 200 OK\r\nServer: wyseman\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+            b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+            b"Access-Control-Allow-Origin: *\r\nContent-Length: 10\r\n"
+            b"Connection: close\r\n\r\n{\"ip\":\"x\"}"))
+        self.assertTrue(transport.disconnecting)
+        sniffer.dataReceived(b"GET /clientinfo HTTP/1.1\r\n\r\n")   # closing: ignored
+        self.assertEqual(len(self.clientinfo.asked), 1)
+        self.assertEqual(self.site.pending, 1)
+        sniffer.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_other_requests_are_answered_by_twisted_web(self):
         sniffer, transport = self.connect()
-        for byte in b"GET /clientinfo HTTP/1.1\r\nHost: x\r\n\r\n":
+        for byte in b"GET /clientinfo HTTP/1.0\r\nHost: x\r\n\r\n":
             transport.protocol.dataReceived(bytes([byte]))   # as the transport delivers
         self.assertIn(b"200 OK", transport.value())
         self.assertIn(b"plain http", transport.value())
+        self.assertEqual(self.clientinfo.asked, [])
         self.assertEqual(self.websockets, [])
         self.assertEqual(self.site.pending, 1)   # an HTTP connection counts ...
         transport.protocol.connectionLost(Failure(ConnectionDone()))
@@ -160,31 +230,53 @@ class SnifferTests(TestCase):
 
 
 class ServerTests(TestCase):
-    """A real server: a login never becomes a twisted.web request."""
+    """A real server: a login or a plain /clientinfo never becomes a twisted.web request."""
 
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_logins_skip_twisted_web(self):
+    def test_logins_and_clientinfo_skip_twisted_web(self):
         db = fresh_database(self)
-        server = yield start_gateway(self, db)
-        site = server.ports[0].factory
+        server = yield start_gateway(
+            self, db, server={"clientinfo_listen": ["tcp:0:interface=127.0.0.1"]})
+        self.assertEqual(len(server.ports), 2)
         requests = []
-        make_request = site.requestFactory
+        for port in server.ports:     # the WebSocket port and its /clientinfo port
+            site = port.factory
+            make_request = site.requestFactory
 
-        def counting(*args, **kwargs):
-            request = make_request(*args, **kwargs)
-            requests.append(request.__class__.__name__)
-            return request
-        site.requestFactory = counting
+            def counting(*args, make_request=make_request, **kwargs):
+                request = make_request(*args, **kwargs)
+                requests.append(request.__class__.__name__)
+                return request
+            site.requestFactory = counting
+        site = server.ports[0].factory
         conn = yield ticket_login(self, server, db, add_user(db))
         reply = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertIsNotNone(reply)
         self.assertEqual(requests, [])
         self.assertEqual(site.pending, 0)
-        status, _, _ = yield http_get(server.port, "/clientinfo")
-        self.assertEqual((status, requests), (200, ["BoundedRequest"]))
+        fast = []
+        for port in [p.getHost().port for p in server.ports]:
+            status, headers, body = yield http_get(port, "/clientinfo")
+            self.assertEqual(status, 200)
+            self.assertIn("content-type: application/json", headers)
+            fast.append(json.loads(body))
+        self.assertEqual(requests, [])
         # refused upgrades are Autobahn's answer, as before
         status, body = yield raw_upgrade(server.port, "user=nobody")
         self.assertEqual((status, body), (401, "No login credentials"))
-        self.assertEqual(len(requests), 1)
+        self.assertEqual(requests, [])
+        # the same client's /clientinfo through twisted.web (HTTP/1.0): the same answer
+        raw = _RawHTTP(b"GET /clientinfo HTTP/1.0\r\nHost: x\r\n\r\n")
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), raw)
+        head, _, body = (yield raw.done).partition(b"\r\n\r\n")
+        self.assertEqual(requests, ["BoundedRequest"])
+        self.assertIn(b"content-type: application/json", head.lower())
+        slow = json.loads(body)
+        for answer in [*fast, slow]:
+            answer.pop("date")
+        self.assertEqual(fast, [slow, slow])
+        self.assertEqual(set(slow), {"ip"})   # (no cookie, user agent or proxy header)

@@ -119,15 +119,16 @@ class GatewaySite(server.Site):
     when they end (with how many there were), not one line each: a flood must not flood
     the log too.
 
-    With a ``websocket`` factory, a connection's first bytes are read by a
-    :class:`~wyseman.protocol.sniff.Sniffer`: a plain WebSocket upgrade goes straight to
-    that factory's protocol (Autobahn parses the request, once), anything else to
+    With a ``websocket`` factory or a ``clientinfo`` resource, a connection's first bytes
+    are read by a :class:`~wyseman.protocol.sniff.Sniffer`: a plain WebSocket upgrade goes
+    straight to that factory's protocol (Autobahn parses the request, once), a plain
+    ``GET /clientinfo`` is answered at once (``clientinfo.body``), anything else goes to
     twisted.web as before."""
 
     def __init__(self, root: resource.Resource, *, max_pending: int, per_address: int = 0,
                  exempt: Sequence[Any] = (), on_refused: Any = None,
                  deadline: float | None = None, websocket: Any = None,
-                 **kwargs: Any) -> None:
+                 clientinfo: Any = None, **kwargs: Any) -> None:
         """``deadline``: the most seconds a connection may speak HTTP in all (the idle
         ``timeout`` alone lets a client that sends a byte now and then stay for ever).
         ``on_refused(reason)`` is called for each refused connection, with ``pending``
@@ -141,6 +142,7 @@ class GatewaySite(server.Site):
         self.by_address: dict[str, int] = {}
         self.deadline = deadline
         self.websocket = websocket
+        self.clientinfo = clientinfo
         self._on_refused = on_refused
         #: refusals since the bound was reached: in all, and by address
         self._refused_all: int | None = None
@@ -174,7 +176,7 @@ class GatewaySite(server.Site):
             self.by_address[key] = self.by_address.get(key, 0) + 1
         if self.deadline:
             pending.deadline = self.reactor.callLater(self.deadline, self._overdue, pending)
-        if self.websocket is not None:
+        if self.websocket is not None or self.clientinfo is not None:
             from wyseman.protocol.sniff import Sniffer
             sniffer = Sniffer(self, addr, pending)
             pending.protocol = sniffer

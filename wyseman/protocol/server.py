@@ -512,17 +512,22 @@ class ClientInfo(resource.Resource):
         self.gateway = gateway
 
     def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
-        ip = client_ip(request.getClientAddress(),
-                       _header(request, b"x-forwarded-for"),
-                       self.gateway.trusted_proxies, self.gateway.ip_style)
-        real = _header(request, b"x-real-ip") or _header(request, b"x-forwarded-for")
-        body = cred.clientinfo_body(ip, real, _header(request, b"cookie"),
-                                    _header(request, b"user-agent"),
-                                    datetime.fromtimestamp(self.gateway.clock.seconds(), UTC))
+        body = self.body(request.getClientAddress(), _header(request, b"x-forwarded-for"),
+                         _header(request, b"x-real-ip"), _header(request, b"cookie"),
+                         _header(request, b"user-agent"))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"access-control-allow-origin", b"*")
         return body
+
+    def body(self, peer: Any, forwarded_for: str | None, real_ip: str | None,
+             cookie: str | None, user_agent: str | None) -> bytes:
+        """The answer for a client at ``peer`` (an ``IAddress``) with these request
+        headers; also what :mod:`wyseman.protocol.sniff` answers a plain request with."""
+        ip = client_ip(peer, forwarded_for, self.gateway.trusted_proxies,
+                       self.gateway.ip_style)
+        return cred.clientinfo_body(ip, real_ip or forwarded_for, cookie, user_agent,
+                                    datetime.fromtimestamp(self.gateway.clock.seconds(), UTC))
 
 
 def _size(frame: bytes | PreparedMessage) -> int:
@@ -571,14 +576,16 @@ def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
         websocket = Upgrade(factory)
+    root = _Root(gateway, websocket)
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), a kept-alive one as long between requests, and
     # twice that in all (a client sending a byte now and then is not idle).
+    # (a plain upgrade or GET /clientinfo skips twisted.web: wyseman.protocol.sniff)
     site = GatewaySite.bounded_by(
-        _Root(gateway, websocket), gateway.config.limits, exempt=gateway.trusted_proxies,
+        root, gateway.config.limits, exempt=gateway.trusted_proxies,
         on_refused=lambda reason: gateway.metrics.handshake("refused", reason),
-        websocket=factory)   # a plain upgrade skips twisted.web (wyseman.protocol.sniff)
+        websocket=factory, clientinfo=root.clientinfo)
     site.displayTracebacks = False
     site.noisy = False
     return site
