@@ -210,8 +210,12 @@ class SnifferTests(TestCase):
         sniffer.dataReceived(b"GET / HTTP/1.1\r\n")     # bytes: idle again from here
         self.clock.advance(4)
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(1.5)
+        from twisted.logger import capturedLogs, formatEvent
+        with capturedLogs() as events:
+            self.clock.advance(1.5)
         self.assertTrue(transport.disconnecting)
+        self.assertEqual([formatEvent(e) for e in events], [
+            "closed an idle connection from 192.0.2.1: no complete HTTP request in 5 s"])
         sniffer.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.site.pending, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -23,9 +23,12 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
+
+log = Logger(namespace="wyseman.http")
 
 #: the longest request head the sniffer reads before it leaves the request to twisted.web
 #: (which answers an over-long head with its own error; it bounds a head to 16 KiB too)
@@ -126,6 +129,8 @@ class Sniffer(Protocol, TimeoutMixin):
         self.setTimeout(self.site.timeOut)
 
     def timeoutConnection(self) -> None:  # noqa: N802
+        log.info("closed an idle connection from {peer}: no complete HTTP request in "
+                 "{seconds} s", peer=getattr(self.addr, "host", "?"), seconds=self.site.timeOut)
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
