@@ -132,6 +132,32 @@ class AlternatingPairsTests(SynchronousTestCase):
                       verdict.measured)
 
 
+class HandshakeRunsTests(SynchronousTestCase):
+    """--handshake-runs: the parallel logins measured several times, the median judged."""
+
+    @staticmethod
+    def runs(*rates: float) -> list:
+        return [{"rate": rate, "notes": f"notes of {rate:.0f}", "extra": {"p99_ms": rate / 100}}
+                for rate in rates]
+
+    def test_the_median_run_is_the_row(self) -> None:
+        from benchmarks.run import median_run_row
+        row = median_run_row("parallel, 2x16 workers", self.runs(1_100.0, 907.0, 1_010.0))
+        self.assertEqual((row.value, row.params), (1_010.0, "parallel, 2x16 workers, median of 3"))
+        self.assertEqual(row.notes, "runs in order: 1,100, 907, 1,010 logins/s; the median run: "
+                                    "notes of 1010")
+        self.assertEqual(row.extra, {"p99_ms": 10.1, "runs": [1_100.0, 907.0, 1_010.0]})
+        verdict = {v.target: v for v in judge([row])}["handshakes ≥ 1,000/s"]
+        self.assertEqual(verdict.verdict, MET)
+        self.assertEqual(verdict.measured,
+                         "1,010 logins/s (parallel, 2x16 workers, median of 3)")
+        # an even count: the lower middle one; one run: the row as it was
+        self.assertEqual(median_run_row("x", self.runs(990.0, 1_200.0)).value, 990.0)
+        single = median_run_row("parallel, 2x16 workers", self.runs(950.0))
+        self.assertEqual((single.params, single.notes), ("parallel, 2x16 workers",
+                                                         "notes of 950"))
+
+
 class PlacementTests(SynchronousTestCase):
     def test_the_heading_says_how_processes_were_placed(self) -> None:
         self.assertTrue(report(full_run()).startswith("targets (this run):\n"))
