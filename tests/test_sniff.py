@@ -284,3 +284,24 @@ class ServerTests(TestCase):
             answer.pop("date")
         self.assertEqual(fast, [slow, slow])
         self.assertEqual(set(slow), {"ip"})   # (no cookie, user agent or proxy header)
+
+    @defer.inlineCallbacks
+    def test_the_answer_to_an_upgrade_is_written_straight_to_the_socket(self):
+        """The 101 answer (and the close frame) go to the socket in the call that makes
+        them, not through Twisted's write buffer and a later turn of the reactor."""
+        from twisted.internet import tcp
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        buffered = []
+        write = tcp.Server.write
+
+        def recording(transport, data):
+            buffered.append(bytes(data))
+            return write(transport, data)
+        self.patch(tcp.Server, "write", recording)
+        conn = yield ticket_login(self, server, db, add_user(db))
+        reply = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertIsNotNone(reply)
+        yield conn.close()
+        self.assertEqual([data for data in buffered if b"HTTP/1.1" in data], [])
+        self.assertEqual(buffered, [])

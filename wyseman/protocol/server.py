@@ -84,6 +84,7 @@ def text_frame_header(length: int) -> bytes:
 
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 
 
 def send_some(send: Any, data: bytes) -> int:
@@ -124,16 +125,20 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False,  # noqa: N802
                  chopsize: int | None = None) -> None:
-        """Autobahn's, for an open connection with nothing queued, without the debug-log
-        arguments it formats on every frame (``hltype``), and written straight to a plain
+        """Autobahn's, for data not queued behind other data, without the debug-log
+        arguments it formats on every write (``hltype``), and written straight to a plain
         TCP socket when Twisted has nothing buffered for it: one ``send`` instead of a
         buffer, two epoll changes and a later ``doWrite`` (a notification fans out to
-        thousands of sockets)."""
-        if sync or chopsize or self.send_queue or self.state != self.STATE_OPEN:
+        thousands of sockets; each login writes its 101 answer, and a close frame)."""
+        if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)
             return
         write_now(self.transport, data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
+        state = self.state
+        if state == _OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif state == _CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def __init__(self) -> None:
         super().__init__()
