@@ -56,6 +56,8 @@ class PlainUpgradeTests(TestCase):
             (b"GET /?user=kim", b"GET /%63lientinfo"),                # ... however spelt
             (b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\n folded"),       # a folded line
             (b"Host: 127.0.0.1", b"Host : 127.0.0.1"),                # a space in a name
+            (b"Host: 127.0.0.1", b"Host: 127.0.0.1\n\nX: y"),          # bare line feeds
+            (b"Host: 127.0.0.1", b"Host: 127.0.0.1\rX: y"),           # a bare CR
             (b"Upgrade: websocket", b"Upgrade: h2c"),                 # not a WebSocket
             (b"Upgrade: websocket", b"X-Upgrade: websocket"),         # no Upgrade at all
             (b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\nContent-Length: 5"),      # a body
@@ -305,3 +307,76 @@ class ServerTests(TestCase):
         yield conn.close()
         self.assertEqual([data for data in buffered if b"HTTP/1.1" in data], [])
         self.assertEqual(buffered, [])
+
+
+class SnifferFuzzTests(TestCase):
+    """Hostile first bytes in any chunking: the sniffer never raises, never loses or
+    repeats a byte it hands on, and decides only as :func:`classify` says."""
+
+    def test_hostile_heads_in_any_pieces(self):
+        from hypothesis import HealthCheck, given, settings
+        from hypothesis import strategies as st
+
+        lines = st.sampled_from([
+            b"GET / HTTP/1.1", b"GET /clientinfo HTTP/1.1", b"GET /%63lientinfo?x HTTP/1.1",
+            b"POST / HTTP/1.1", b"GET / HTTP/1.0", b"GET http://h/ HTTP/1.1", b"GET  / HTTP/1.1",
+            b"Upgrade: websocket", b"upgrade:WebSocket", b"Connection: Upgrade",
+            b"Content-Length: 3", b"Transfer-Encoding: chunked", b" folded", b"Host : x",
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13",
+            b"Cookie: a=1", b"User-Agent: \xff\x00", b"X-Forwarded-For: 10.0.0.1, junk",
+            b":", b"", b"\n", b"\r", b"\x81\x80\x00\x00\x00\x00"])
+        good = st.sampled_from([b"Upgrade: websocket", b"Host: h", b"Connection: Upgrade",
+                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                                b"Sec-WebSocket-Version: 13", b"Cookie: a=1"])
+        separators = st.sampled_from([b"\r\n", b"\n", b"\r\n\r\n", b"\n\n", b" "])
+        jumbled = st.lists(st.tuples(lines, separators), max_size=10).map(
+            lambda parts: b"".join(line + sep for line, sep in parts))
+        # mostly well-formed heads, so that every outcome is reached often
+        formed = st.tuples(
+            st.sampled_from([b"GET /?user=kim HTTP/1.1", b"GET /clientinfo HTTP/1.1",
+                             b"GET /a/b HTTP/1.1", b"HEAD /clientinfo HTTP/1.1"]),
+            st.lists(st.one_of(good, good, good, lines), max_size=6),
+            st.sampled_from([b"\r\n\r\n", b"\r\n\r\n", b"\n\n", b"\r\n", b""]),
+            st.binary(max_size=30),
+        ).map(lambda p: b"\r\n".join([p[0], *p[1]]) + p[2] + p[3])
+        others = st.one_of(jumbled, st.binary(max_size=200),
+                           st.tuples(jumbled, st.binary(max_size=50)).map(b"".join))
+        raw = st.integers(0, 9).flatmap(lambda n: formed if n < 6 else others)
+
+        @settings(max_examples=1500, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @given(data=raw, cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=20))
+        def check(data, cuts):
+            case = SnifferTests("test_an_idle_connection_is_closed_after_the_timeout")
+            case.setUp()
+            sniffer, transport = case.connect()
+            pieces, rest = [], data
+            for cut in cuts:
+                pieces.append(rest[:cut])
+                rest = rest[cut:]
+            pieces.append(rest)
+            for piece in pieces:
+                if transport.disconnecting:
+                    break          # (a real transport stops reading once it is closing)
+                if piece:
+                    transport.protocol.dataReceived(piece)
+            end = data.find(b"\r\n\r\n")
+            kind = classify(data[:end])[0] if end >= 0 else None
+            decided = end >= 0 or b"\n\n" in data or len(data) > MAX_HEAD
+            if case.websockets:
+                [websocket] = case.websockets
+                self.assertEqual(kind, UPGRADE)
+                self.assertEqual(websocket.data, data)          # every byte, once, in order
+                self.assertIs(transport.protocol, websocket)
+                self.assertEqual(case.site.pending, 0)
+            elif case.clientinfo.asked:
+                self.assertEqual(kind, CLIENTINFO)
+                self.assertTrue(transport.disconnecting)
+                self.assertEqual(case.site.pending, 1)
+            elif transport.protocol is sniffer:
+                self.assertFalse(decided)                        # still reading the head
+            else:
+                self.assertTrue(decided)
+                self.assertNotIn(kind, (UPGRADE, CLIENTINFO))   # twisted.web's
+                self.assertEqual(case.site.pending, 1)
+        check()

@@ -45,7 +45,7 @@ def plain_get(head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
     request head ``head`` (without its final empty line) that is a plain ``GET
     <origin-form target> HTTP/1.1`` without a body; None for anything else: another
     method or version, a ``Content-Length`` or ``Transfer-Encoding``, a field line
-    that is not ``name: value`` (folded lines included)."""
+    that is not ``name: value`` (folded lines included), a bare CR or LF."""
     request_line, _, fields = head.partition(b"\r\n")
     parts = request_line.split(b" ")
     if (len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1"
@@ -57,8 +57,9 @@ def plain_get(head: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
     headers: dict[bytes, bytes] = {}
     for line in fields.split(b"\r\n") if fields else ():
         name, colon, value = line.partition(b":")
-        if not colon or not name or b" " in name or b"\t" in name:
-            return None
+        if (not colon or not name or b" " in name or b"\t" in name
+                or b"\n" in line or b"\r" in line):
+            return None   # (a bare CR or LF: where the head ends depends on the reader)
         headers[name.lower()] = value.strip(b" \t")
     if b"content-length" in headers or b"transfer-encoding" in headers:
         return None
