@@ -122,7 +122,7 @@ class Sniffer(Protocol, TimeoutMixin):
         self.site = site
         self.addr = addr
         self._wyseman_pending = pending
-        self._head = b""
+        self._head = bytearray()
         self._answered = False
         self.callLater = site.reactor.callLater   # TimeoutMixin's clock: the site's
 
@@ -137,13 +137,23 @@ class Sniffer(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._answered:
             return        # (after a /clientinfo answer the connection is closing)
-        head = self._head + data if self._head else data
-        end = head.find(b"\r\n\r\n")
-        if end < 0 and len(head) <= MAX_HEAD and b"\n\n" not in head:
-            self._head = head
+        # Only the new bytes are searched (and the few before them that could start a
+        # terminator), and a head in pieces is gathered in a bytearray: a client sending
+        # one byte at a time costs time in proportion to what it sends, not its square.
+        seen = len(self._head)
+        if seen:
+            self._head += data
+            head: bytes | bytearray = self._head
+        else:
+            head = data
+        end = head.find(b"\r\n\r\n", max(0, seen - 3))
+        if end < 0 and len(head) <= MAX_HEAD and head.find(b"\n\n", max(0, seen - 1)) < 0:
+            if not seen:
+                self._head = bytearray(data)
             self.resetTimeout()
             return
-        self._head = b""
+        head = bytes(head)
+        self._head = bytearray()
         self.setTimeout(None)
         kind, headers = classify(head[:end]) if end >= 0 else (None, {})
         site = self.site
