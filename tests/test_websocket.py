@@ -485,29 +485,6 @@ class FrameParsingTests(TestCase):
         self.assertEqual(begun, [9, 1, 0])  # only the ping and the fragments took Autobahn's way
 
     @defer.inlineCallbacks
-    def test_the_utf8_validator_is_made_when_a_frame_needs_it(self):
-        """Autobahn's per-connection UTF-8 validator is made only once a frame takes
-        Autobahn's parser; short whole requests never make one."""
-        def request(n):
-            return json.dumps({"id": n, "action": "no_such_action"}).encode()
-        client = yield self.open(client_frame(1, request(1)) + client_frame(1, request(2)),
-                                 lambda got: sum(op == 1 for op, _ in got) == 2)
-        yield client.enough
-        [server_side] = self.server.gateway.all_connections()
-        lazy = server_side.utf8validator
-        self.assertIsNone(lazy._validator)
-        second = request(3)     # a fragmented message: Autobahn's parser validates it
-        client.wanted = lambda got: sum(op == 1 for op, _ in got) == 3
-        client.enough = defer.Deferred()
-        client.transport.write(client_frame(1, second[:7], fin=False)
-                               + client_frame(0, second[7:]))
-        received = yield client.enough
-        self.assertEqual(json.loads(received[-1][1])["id"], 3)
-        self.assertIsNotNone(lazy._validator)
-        client.transport.loseConnection()
-        yield client.closed
-
-    @defer.inlineCallbacks
     def test_short_frame_with_invalid_utf8_closes_1007(self):
         client = yield self.open(client_frame(1, b'{"id": 1, "x": "\xff\xfe"}'))
         received = yield client.closed

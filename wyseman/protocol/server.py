@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage, parseHttpHeader
-from autobahn.websocket.utf8validator import Utf8Validator as _Utf8Validator
 from twisted.internet import defer, interfaces, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -109,30 +108,6 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-class _LazyUtf8Validator:
-    """Stands for the incremental UTF-8 validator Autobahn makes for every connection
-    (~25 µs, a C object of its accelerator), and makes the real one when Autobahn first
-    uses it: only for frames that take Autobahn's own parser (a request is one short
-    whole frame, checked in :meth:`GatewayProtocol.processData`), so most connections
-    never do. ~3 % of a login's time on the reactor thread."""
-
-    __slots__ = ("_validator",)
-
-    def __init__(self) -> None:
-        self._validator: Any = None
-
-    def _real(self) -> Any:
-        if self._validator is None:
-            self._validator = _Utf8Validator()
-        return self._validator
-
-    def reset(self) -> None:
-        self._real().reset()
-
-    def validate(self, payload: bytes) -> Any:
-        return self._real().validate(payload)
-
-
 class GatewayProtocol(WebSocketServerProtocol):
     """One client connection."""
 
@@ -141,16 +116,12 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _connectionMade(self) -> None:
         # Autobahn pretty-prints its whole configuration for a debug line on every new
-        # connection, whether or not debug logging is on (~15 % of a login's CPU), and
-        # makes a UTF-8 validator that most connections never use (_LazyUtf8Validator).
+        # connection, whether or not debug logging is on (~15 % of a login's CPU).
         formatter, autobahn_protocol.pformat = autobahn_protocol.pformat, _unformatted
-        validator, autobahn_protocol.Utf8Validator = (autobahn_protocol.Utf8Validator,
-                                                      _LazyUtf8Validator)
         try:
             super()._connectionMade()
         finally:
             autobahn_protocol.pformat = formatter
-            autobahn_protocol.Utf8Validator = validator
 
     def sendData(self, data: bytes, sync: bool = False,  # noqa: N802
                  chopsize: int | None = None) -> None:
