@@ -286,6 +286,9 @@ class ServerTests(TestCase):
             answer.pop("date")
         self.assertEqual(fast, [slow, slow])
         self.assertEqual(set(slow), {"ip"})   # (no cookie, user agent or proxy header)
+        # the /clientinfo port has no WebSocket: an upgrade there is twisted.web's 404
+        status, _ = yield raw_upgrade(server.ports[1].getHost().port, "user=x")
+        self.assertEqual((status, requests), (404, ["BoundedRequest", "BoundedRequest"]))
 
     @defer.inlineCallbacks
     def test_the_answer_to_an_upgrade_is_written_straight_to_the_socket(self):
