@@ -654,12 +654,16 @@ class Row:
                 "notes": self.notes, **self.extra}
 
 
+def lower_median(items: list[Any], key: Any) -> Any:
+    """The item whose ``key`` is the median (the lower middle one of an even count)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
 def pairs_row(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Row:
     """The alternating pairs as one row: the pair whose ratio is the median (the lower
     middle one of an even count), every pair's ratio in the notes."""
     ratios = [ours["rps"] / base["tps"] for ours, base in pairs]
-    order = sorted(range(len(pairs)), key=ratios.__getitem__)
-    ours, base = pairs[order[(len(order) - 1) // 2]]
+    ours, base = lower_median(pairs, key=lambda pair: pair[0]["rps"] / pair[1]["tps"])
     listed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
     return Row("tuple vs pgbench -S, alternating", f"C=100 D=1 pairs={len(pairs)}",
                ours["rps"], "req/s", base["tps"], "pgbench -S TPS",
@@ -673,8 +677,7 @@ def pairs_row(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Row:
 def median_run_row(label: str, runs: list[dict[str, Any]]) -> Row:
     """Handshake runs of one variant as one row: the median run (the lower middle one of
     an even count), every run's rate in the notes when there are several."""
-    ordered = sorted(runs, key=lambda run: run["rate"])
-    median = ordered[(len(ordered) - 1) // 2]
+    median = lower_median(runs, key=lambda run: run["rate"])
     if len(runs) == 1:
         return Row("handshake (key login)", label, median["rate"], "logins/s",
                    notes=median["notes"], extra=median["extra"])

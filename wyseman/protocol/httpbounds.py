@@ -21,6 +21,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from wyseman.protocol.sniff import Sniffer
+
 log = Logger(namespace="wyseman.http")
 
 
@@ -177,7 +179,6 @@ class GatewaySite(server.Site):
         if self.deadline:
             pending.deadline = self.reactor.callLater(self.deadline, self._overdue, pending)
         if self.websocket is not None or self.clientinfo is not None:
-            from wyseman.protocol.sniff import Sniffer
             sniffer = Sniffer(self, addr, pending)
             pending.protocol = sniffer
             return sniffer
