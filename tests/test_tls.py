@@ -108,6 +108,38 @@ class TLSTests(TestCase):
         self.assertTrue(row["curr_eid"])
 
     @defer.inlineCallbacks
+    def test_notification_fan_out_to_tls_sockets(self):
+        """The threaded fan-out writes straight to plain TCP sockets only: a TLS socket
+        gets the frame through its TLS transport (raw bytes would break the session)."""
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield start_gateway(
+            self, self.db, server={"listen": "tls:0:interface=127.0.0.1",
+                                   "fanout_threads": 2},
+            tls={"cert": str(cert), "key": str(key)})
+        server.gateway.fanout.min_parallel = 1       # the threaded path, for two sockets
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        wss = f"wss://localhost:{server.port}"
+        first = yield connect(wss, user, token=token, new_key=private, listen=["app_tls"],
+                              tls_options=self.client_options())
+        self.addCleanup(first.close)
+        second = yield connect(wss, user, key=private, listen=["app_tls"],
+                               clientinfo_url=f"https://localhost:{server.port}/clientinfo",
+                               tls_options=self.client_options())
+        self.addCleanup(second.close)
+        got = [defer.Deferred(), defer.Deferred()]
+        first.on_notify("app_tls", got[0].callback)
+        second.on_notify("app_tls", got[1].callback)
+        protocols = list(server.gateway.all_connections())
+        self.assertEqual(len(protocols), 2)
+        self.assertEqual([p.direct_send() for p in protocols], [None, None])
+        self.db.run("""notify app_tls, '{"n": 1}'""")
+        self.assertEqual((yield defer.gatherResults(got)), [{"n": 1}, {"n": 1}])
+        row = yield second.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])   # the TLS session goes on
+
+    @defer.inlineCallbacks
     def test_wrong_hostname_refused_by_client(self):
         cert, key, _ = self.ca.issue(self.dir, "other", hostname="other.example")
         server = yield self.server(cert, key)
