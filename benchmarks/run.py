@@ -523,14 +523,18 @@ class Environment:
         return child
 
     def start_server(self, deadline: Deadline, profile: bool = False,
-                     workers: int | None = None, metrics: bool = False) -> Server:
+                     workers: int | None = None, metrics: bool = False,
+                     route_by_user: bool | None = None) -> Server:
         workers = workers or self.args.server_workers
+        if route_by_user is None:
+            route_by_user = self.args.route_by_user
         metrics_ports = []
         config = {
             "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
                        "workers": workers, "fanout_threads": self.args.fanout_threads,
                        "cpu_affinity": sorted(self.args.server_cpus or ()),
-                       "log_connections": not self.args.no_connection_log},
+                       "log_connections": not self.args.no_connection_log,
+                       "route_by_user": route_by_user},
             "database": {"dsn": self.bench_dsn, "pool_size": self.args.pool_size,
                          "pool_total": 200, "pool_queue": 1_000_000,
                          "read_batch": self.args.read_batch},
@@ -1029,7 +1033,7 @@ class Bench:
         measured: dict[int, dict[str, Any]] = {}
         logins: dict[int, dict[str, Any]] = {}
         for count in counts:
-            server = env.start_server(deadline, workers=count)
+            server = env.start_server(deadline, workers=count, route_by_user=False)
             try:
                 log(f"  scaling: workers={count} C={clients} D={args.depth}")
                 measured[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
@@ -1037,6 +1041,15 @@ class Bench:
                 log(f"  scaling: workers={count} handshakes {args.loadgens}x{args.workers}")
                 logins[count] = self.handshake_run(server, args.loadgens, args.workers, False,
                                                    deadline)
+            finally:
+                env.finish([server.child])
+        routed: dict[int, dict[str, Any]] = {}
+        for count in counts[1:]:   # the same with each user's sockets in one worker
+            server = env.start_server(deadline, workers=count, route_by_user=True)
+            try:
+                log(f"  scaling: workers={count} route_by_user C={clients} D={args.depth}")
+                routed[count] = self.request_run(server, clients, TUPLE_MESSAGE, deadline)
+                routed[count].pop("reply", None)
             finally:
                 env.finish([server.child])
         one, one_logins = measured[1]["rps"], logins[1]["rate"]
@@ -1049,6 +1062,15 @@ class Bench:
                                  {"measured": m}))
             self.rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
                                  m["p99"], "ms"))
+            if count in routed:
+                m = routed[count]
+                self.rows.append(Row("tuple, server workers",
+                                     f"workers={count} C={clients} route_by_user", m["rps"],
+                                     "req/s", one, "workers=1 req/s", run_notes(m),
+                                     {"measured": m}))
+                self.rows.append(Row("tuple latency p99",
+                                     f"workers={count} C={clients} route_by_user", m["p99"],
+                                     "ms"))
         for count in counts:
             m, later = logins[count], count > 1
             self.rows.append(Row("handshakes, server workers",
@@ -1349,6 +1371,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loadgens", type=int, default=2, help="load generator processes")
     parser.add_argument("--workers", type=int, default=16,
                         help="handshake: concurrent logins per generator process")
+    parser.add_argument("--route-by-user", action="store_true",
+                        help="the server's [server] route_by_user (with --server-workers > 1; "
+                        "the scaling scenario runs its worker counts > 1 both ways)")
     parser.add_argument("--fanout-threads", type=int, default=0,
                         help="the server's [server] fanout_threads (0: its default)")
     parser.add_argument("--verify-threads", type=int, default=0,

@@ -41,8 +41,10 @@ def _c100(row: Any) -> bool:
     return _param(row, "C") == 100 and _param(row, "D") == 1
 
 
-def _workers(count: int) -> Callable[[Any], bool]:
-    return lambda row: _param(row, "workers") == count
+def _workers(count: int, routed: bool = False) -> Callable[[Any], bool]:
+    """Rows of ``count`` server workers, with ``[server] route_by_user`` or without."""
+    return lambda row: (_param(row, "workers") == count
+                        and ("route_by_user" in row.params) == routed)
 
 
 def _judge(target: str, row: Any, passed: Callable[[Any], bool],
@@ -62,6 +64,12 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
                or _find(rows, "tuple bench.item by id", lambda r: _c100(r) and r.ratio))
     logins = _find(rows, "handshake (key login)",
                    lambda r: r.params.startswith("parallel,"))
+    # two workers with each user's sockets in one of them ([server] route_by_user) when
+    # the run has it: the configuration docs/operations.md recommends for many sockets
+    # per user, as the benchmark's (the verdict gives the other one's ratio too)
+    spread_two = _find(rows, "tuple, server workers", _workers(2))
+    routed_two = _find(rows, "tuple, server workers", _workers(2, routed=True))
+    tuple_scaling = routed_two or spread_two
     return [
         _judge("tuple C=100 ≥ 50 % of pgbench -S",
                ceiling,
@@ -92,11 +100,13 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
                lambda r: r.value < 30,
                lambda r: f"{r.value:.1f} KiB ({r.params})",
                "needs --scenario memory"),
-        _judge("tuple C=100 scales with workers",
-               _find(rows, "tuple, server workers", _workers(2)),
+        _judge("tuple C=100 scales with workers", tuple_scaling,
                lambda r: r.ratio > 1.0,
                lambda r: f"workers=2 {r.ratio:.2f}× workers=1"
-               + _machine(rows, "tuple, server workers", r, "request"),
+               + (" with route_by_user" if r is routed_two else "")
+               + _machine(rows, "tuple, server workers", r, "request")
+               + (f"; without route_by_user {spread_two.ratio:.2f}×"
+                  if r is routed_two and spread_two is not None else ""),
                "needs --scenario scaling"),
         _judge("parallel logins scale with workers",
                _find(rows, "handshakes, server workers", _workers(2)),

@@ -78,6 +78,18 @@ class JudgeTests(SynchronousTestCase):
                          "workers=2 1.19× workers=1 (machine 98 % busy with two; server CPU "
                          "a login: 1449 µs with one worker, 1486 µs with two)")
 
+    def test_tuple_scaling_judged_with_route_by_user_when_measured(self) -> None:
+        rows = full_run(tuple_w2=12_000.0)                 # 0.81× with the kernel's spread
+        self.assertEqual(self.verdicts(rows)["tuple C=100 scales with workers"], NOT_MET)
+        rows.append(Row("tuple, server workers", "workers=2 C=100 route_by_user", 17_000.0,
+                        "req/s", 14_734.0))
+        [verdict] = [v for v in judge(rows) if v.target == "tuple C=100 scales with workers"]
+        self.assertEqual((verdict.verdict, verdict.measured),
+                         (MET, "workers=2 1.15× workers=1 with route_by_user; without "
+                          "route_by_user 0.81×"))
+        rows[-1].value = 14_000.0
+        self.assertEqual(self.verdicts(rows)["tuple C=100 scales with workers"], NOT_MET)
+
     def test_quick_runs_do_not_judge_the_10000_subscriber_target(self) -> None:
         rows = [r for r in full_run() if r.scenario != "notify latency p99"]
         rows.append(Row("notify latency p99", "S=1000 K=10 paced", 15.3, "ms"))

@@ -15,8 +15,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from tests.harness import add_user, make_config, ticket_login
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
+from wyseman.client.connection import connect
 from wyseman.config import ConfigError
 from wyseman.fanout import auto_threads
+from wyseman.routing import owner_of
 from wyseman.service import makeService
 from wyseman.supervisor import WorkerSupervisor
 
@@ -89,11 +91,11 @@ class WorkerProcessTests(TestCase):
     timeout = 180
 
     @defer.inlineCallbacks
-    def start(self, workers: int = 2) -> Any:
+    def start(self, workers: int = 2, server: Any = None, **sections: Any) -> Any:
         self.db = fresh_database(self)
         self.metrics_port = consecutive_free_ports(workers)
-        config = make_config(self.db, server={"workers": workers}, metrics={
-            "listen": f"tcp:{self.metrics_port}:interface=127.0.0.1"})
+        config = make_config(self.db, server={"workers": workers, **(server or {})}, metrics={
+            "listen": f"tcp:{self.metrics_port}:interface=127.0.0.1"}, **sections)
         supervisor = WorkerSupervisor(config, lambda: defer.succeed(self.db.dsn), reactor)
         yield supervisor.startService()
         self.addCleanup(self.stopped, supervisor)
@@ -164,6 +166,30 @@ class WorkerProcessTests(TestCase):
             conn = yield ticket_login(self, supervisor, self.db, add_user(self.db))
             row = yield conn.request(TUPLE)
             self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_route_by_user_keeps_a_users_sockets_in_one_worker(self):
+        supervisor = yield self.start(workers=2, server={"route_by_user": True},
+                                      auth={"insecure": True})
+        route_dir = supervisor._route_dir
+        self.assertEqual(os.stat(route_dir).st_mode & 0o777, 0o700)
+        users: dict[int, str] = {}
+        while len(users) < 2:
+            user = add_user(self.db, "r")
+            users.setdefault(owner_of(user.encode(), 2), user)
+        for index, count in ((0, 6), (1, 2)):
+            for _ in range(count):      # the kernel hands them to either worker
+                conn = yield connect(supervisor.url, users[index])
+                self.addCleanup(conn.close)
+                row = yield conn.request(TUPLE)
+                self.assertTrue(row["curr_eid"])
+        counts = []
+        for index in range(2):
+            text = yield self.scrape(index)
+            counts.append(_gauge(text, "wyseman_connections"))
+        self.assertEqual(counts, [6, 2])
+        yield supervisor.stopService()
+        self.assertFalse(os.path.exists(route_dir))
 
     @defer.inlineCallbacks
     def test_a_signed_login_url_is_accepted_once_by_all_workers(self):

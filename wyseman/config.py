@@ -165,6 +165,16 @@ OPTIONS: tuple[Option, ...] = (
        "spreads connections over them; each has its own pools and LISTEN connection, and is "
        "restarted if it dies. With `[metrics] listen` on port P, worker i serves metrics on "
        "P + i."),
+    _o("server", "route_by_user", _bool, False,
+       "With `workers` > 1: every WebSocket of one user (the login's `user` parameter) is "
+       "served by one worker. The worker that accepts an upgrade for another worker's user "
+       "passes the socket on (a Unix socket, `SCM_RIGHTS`) before answering; the client sees "
+       "nothing of it. A user's reads that arrive together are answered by one statement "
+       "(`[database] read_batch`) only within one process, so this pays when users hold "
+       "several busy sockets each (on 2 cores, 10 users × 10 sockets: two workers served "
+       "0.8× one worker's requests without it, 1.1–1.4× with it); with one socket per user "
+       "it only adds the hop. A user with many sockets then uses one worker's core only. "
+       "`tls:` ports are not routed (the TLS session stays in its process)."),
     _o("server", "fanout_threads", _int_range(0, 64), 0,
        "Threads that send a notification to its subscribers' sockets when there are 1,024 "
        "or more (the `send` calls, ~95 % of a fan-out, overlap on several cores; the GIL "

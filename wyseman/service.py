@@ -192,15 +192,19 @@ class GatewayService(StartingService):
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
-                 replay: Any = None) -> None:
+                 replay: Any = None, route: Any = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of :mod:`wyseman.supervisor`);
-        ``replay``: the shared replay cache of such a worker (see Authenticator)."""
+        ``replay``: the shared replay cache of such a worker (see Authenticator);
+        ``route``: such a worker's :class:`~wyseman.routing.Router` (``[server]
+        route_by_user``), which passes upgrades on its ``tcp:`` ports to their users'
+        workers."""
         super().__init__(config, admin_dsn, reactor)
         reactor = self.reactor
         self._actions = actions
         self.reuse_port = reuse_port
         self._replay = replay
+        self.router = route
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
@@ -252,7 +256,11 @@ class GatewayService(StartingService):
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
+            if self.router is not None and spec.kind == "tcp":
+                self.router.add_site(site)
             yield self._listen(spec, site)
+        if self.router is not None:
+            self.router.start()
         for spec in self.clientinfo_specs:
             site = build_site(self.gateway, secure=spec.secure, insecure_allowed=False,
                               clientinfo_only=True)
@@ -319,6 +327,8 @@ class GatewayService(StartingService):
         ports, self.ports = self.ports, []
         for port in ports:
             yield port.stopListening()
+        if self.router is not None:
+            self.router.stop()
         if self.gateway is not None:
             for protocol in list(self.gateway.all_connections()):
                 protocol.sendClose(1000, "server shutting down")

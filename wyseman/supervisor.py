@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -143,6 +145,8 @@ class WorkerSupervisor(StartingService):
         self.workers: list[_WorkerProtocol | None] = [None] * self.count
         self._reserved: list[Any] = []
         self._payload: dict[str, Any] = {}
+        #: ``[server] route_by_user``: the directory of the workers' Unix sockets (0700)
+        self._route_dir: str | None = None
         self._stopping = False
         self._backoff = [BACKOFF_FIRST] * self.count
         self._started_at = [0.0] * self.count
@@ -171,6 +175,8 @@ class WorkerSupervisor(StartingService):
                                     or auto_threads(self.count))
         raw.setdefault("auth", {})["verify_threads"] = (self.config.auth.verify_threads
                                                          or auto_threads(self.count))
+        if self.config.server.route_by_user:
+            self._route_dir = tempfile.mkdtemp(prefix="wyseman-route-")
         self._payload = {"config": raw, "source": self.config.source,
                          "base_dir": str(self.config.base_dir), "admin_dsn": dsn}
         waiting = [self.when_ready(index) for index in range(self.count)]
@@ -208,6 +214,8 @@ class WorkerSupervisor(StartingService):
         if cpus:   # one CPU each, in turn
             payload["config"]["server"]["cpu_affinity"] = [cpus[index % len(cpus)]]
         payload["worker"] = index
+        if self._route_dir is not None:
+            payload["route"] = {"dir": self._route_dir, "workers": self.count}
         return json.dumps(payload).encode("utf-8") + b"\n"
 
     def _spawn(self, index: int) -> None:
@@ -330,6 +338,9 @@ class WorkerSupervisor(StartingService):
         reserved, self._reserved = self._reserved, []
         for sock in reserved:
             sock.close()
+        if self._route_dir is not None:
+            shutil.rmtree(self._route_dir, ignore_errors=True)
+            self._route_dir = None
 
 
 def check_embedding(actions: Any) -> None:

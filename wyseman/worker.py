@@ -90,15 +90,19 @@ def main() -> int:
 
     from wyseman.actions import ActionRegistry
     from wyseman.config import ConfigError, from_dict
+    from wyseman.routing import Router
     from wyseman.service import GatewayService
 
     channel = SupervisorChannel()
     stdio.StandardIO(channel, stdin=4, stdout=3)
     try:
         config = from_dict(payload["config"], payload["source"], Path(payload["base_dir"]))
+        route = payload.get("route")
+        router = (Router(reactor, route["dir"], payload["worker"], route["workers"])
+                  if route else None)
         service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
                                  ActionRegistry.from_config(config), reuse_port=True,
-                                 replay=channel)
+                                 replay=channel, route=router)
     except ConfigError as exc:
         log.error("{error}", error=str(exc))
         return 2

@@ -130,7 +130,7 @@ class GatewaySite(server.Site):
     def __init__(self, root: resource.Resource, *, max_pending: int, per_address: int = 0,
                  exempt: Sequence[Any] = (), on_refused: Any = None,
                  deadline: float | None = None, websocket: Any = None,
-                 clientinfo: Any = None, **kwargs: Any) -> None:
+                 clientinfo: Any = None, router: Any = None, **kwargs: Any) -> None:
         """``deadline``: the most seconds a connection may speak HTTP in all (the idle
         ``timeout`` alone lets a client that sends a byte now and then stay for ever).
         ``on_refused(reason)`` is called for each refused connection, with ``pending``
@@ -145,6 +145,8 @@ class GatewaySite(server.Site):
         self.deadline = deadline
         self.websocket = websocket
         self.clientinfo = clientinfo
+        #: a :class:`~wyseman.routing.Router` (``[server] route_by_user``), or None
+        self.router = router
         self._on_refused = on_refused
         #: refusals since the bound was reached: in all, and by address
         self._refused_all: int | None = None
@@ -178,7 +180,7 @@ class GatewaySite(server.Site):
             self.by_address[key] = self.by_address.get(key, 0) + 1
         if self.deadline:
             pending.deadline = self.reactor.callLater(self.deadline, self._overdue, pending)
-        if self.websocket is not None or self.clientinfo is not None:
+        if self.websocket is not None or self.clientinfo is not None or self.router:
             sniffer = Sniffer(self, addr, pending)
             pending.protocol = sniffer
             return sniffer

@@ -116,7 +116,13 @@ class Sniffer(Protocol, TimeoutMixin):
 
     While it reads, the site's idle ``timeout`` applies (as twisted.web's would) and the
     site's overall deadline, which :class:`~wyseman.protocol.httpbounds.GatewaySite`
-    keeps."""
+    keeps.
+
+    With ``[server] route_by_user`` (the site has a ``router``), an upgrade for a user
+    that another worker serves is passed to that worker instead (:mod:`wyseman.routing`);
+    ``routed`` is set on a connection passed here, which is not passed on again."""
+
+    routed = False
 
     def __init__(self, site: Any, addr: Any, pending: Any) -> None:
         self.site = site
@@ -157,6 +163,10 @@ class Sniffer(Protocol, TimeoutMixin):
         self.setTimeout(None)
         kind, headers = classify(head[:end]) if end >= 0 else (None, {})
         site = self.site
+        if kind == UPGRADE and site.router is not None and not self.routed:
+            owner = site.router.owner(head)
+            if owner is not None and site.router.pass_on(site, self.transport, owner, head):
+                return              # (connectionLost releases it from the pending count)
         if kind == UPGRADE and site.websocket is not None:
             protocol = site.websocket.buildProtocol(self.addr)
             site.release(self)
