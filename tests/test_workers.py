@@ -106,7 +106,8 @@ class WorkerProcessTests(TestCase):
 
     @defer.inlineCallbacks
     def stopped(self, supervisor: WorkerSupervisor) -> Any:
-        pids = [w.transport.pid for w in supervisor.workers if w is not None]
+        pids = [w.transport.pid for w in supervisor.workers
+                if w is not None and w.transport.pid is not None]   # (not stopped yet)
         yield supervisor.stopService()
         self.assertTrue(all(w is None or w.ended.called for w in supervisor.workers))
         for pid in pids:   # reaped: no such process any more
@@ -188,7 +189,7 @@ class WorkerProcessTests(TestCase):
             text = yield self.scrape(index)
             counts.append(_gauge(text, "wyseman_connections"))
         self.assertEqual(counts, [6, 2])
-        yield supervisor.stopService()
+        yield self.stopped(supervisor)
         self.assertFalse(os.path.exists(route_dir))
 
     @defer.inlineCallbacks
