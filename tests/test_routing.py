@@ -161,3 +161,14 @@ class RoutingTests(TestCase):
         yield conn.request(TUPLE)
         self.assertEqual(a.router.passed, 1)
         self.assertEqual(self.holders(users[1])[1], 1)
+
+    @defer.inlineCallbacks
+    def test_an_owner_restarted_since_the_last_pass_gets_the_next_one(self):
+        users = users_by_owner(self.db)
+        a, b = self.workers
+        yield self.login(a, users[1])
+        b.router.stop()                    # its successor listens on the same path
+        b.router.start()
+        yield self.login(a, users[1])
+        self.assertEqual((a.router.passed, a.router.kept), (2, 0))
+        self.assertEqual(self.holders(users[1]), [0, 2])

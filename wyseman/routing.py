@@ -37,6 +37,8 @@ from twisted.python.failure import Failure
 
 log = Logger(namespace="wyseman.routing")
 
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)   # (Linux, FreeBSD)
+
 #: the largest message: a request head (the sniffer reads at most 16 KiB) and some room
 MAX_MESSAGE = 32 * 1024
 
@@ -103,9 +105,15 @@ class Router:
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
-        sock.bind(path)
-        sock.listen(128)
+        try:
+            sock.setblocking(False)
+            sock.bind(path)
+            sock.listen(128)
+        except OSError as exc:   # the others then serve this worker's users themselves
+            sock.close()
+            log.error("[server] route_by_user: cannot listen on {path}: {error}; "
+                      "connections are not passed to this worker", path=path, error=exc)
+            return
         self._listener = _Listener(self, sock)
         self.reactor.addReader(self._listener)
 
@@ -164,10 +172,14 @@ class Router:
         if type(transport) is not tcp.Server or len(head) >= MAX_MESSAGE:
             return False
         transport.stopReading()              # what comes next is the owner's to read
+        message = [bytes((site.route_index,)), head]
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [transport.fileno()]))]
         try:
-            peer = self._peer(owner)
-            peer.sendmsg([bytes((site.route_index,)), head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   array.array("i", [transport.fileno()]))])
+            try:
+                self._peer(owner).sendmsg(message, rights)
+            except (BrokenPipeError, ConnectionResetError):   # the owner was restarted:
+                self._drop_peer(owner)                        # once more, to the new one
+                self._peer(owner).sendmsg(message, rights)
         except OSError as exc:
             self._drop_peer(owner)
             self.kept += 1
@@ -268,7 +280,7 @@ class _Inbound:
         while True:
             try:
                 data, ancillary, flags, _ = self.sock.recvmsg(
-                    MAX_MESSAGE, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+                    MAX_MESSAGE, socket.CMSG_SPACE(fd_size), _CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
