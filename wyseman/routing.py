@@ -84,7 +84,7 @@ class Router:
         self.sites: list[Any] = []
         self._peers: dict[int, socket.socket] = {}
         self._listener: _Listener | None = None
-        self._inbound: set[_Inbound] = set()
+        self._inbound: set[_UnixReader] = set()
         #: connections passed on, taken in, and served here because the owner could not
         #: take them (for tests and the log)
         self.passed = self.taken = self.kept = 0
@@ -227,8 +227,8 @@ class _Adopted:
         return protocol
 
 
-class _Listener:
-    """The Unix socket other workers pass connections to (a reactor reader)."""
+class _UnixReader:
+    """A Unix socket of the routing, read by the reactor."""
 
     def __init__(self, router: Router, sock: socket.socket) -> None:
         self.router = router
@@ -239,6 +239,18 @@ class _Listener:
 
     def logPrefix(self) -> str:  # noqa: N802
         return "wyseman.routing"
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self.close()
+
+    def close(self) -> None:
+        self.router.reactor.removeReader(self)
+        self.router._inbound.discard(self)
+        self.sock.close()
+
+
+class _Listener(_UnixReader):
+    """The Unix socket other workers pass connections to."""
 
     def doRead(self) -> None:  # noqa: N802
         while True:
@@ -254,26 +266,9 @@ class _Listener:
             self.router._inbound.add(inbound)
             self.router.reactor.addReader(inbound)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
-        self.close()
 
-    def close(self) -> None:
-        self.router.reactor.removeReader(self)
-        self.sock.close()
-
-
-class _Inbound:
+class _Inbound(_UnixReader):
     """One other worker's connection to ours: a message per connection passed."""
-
-    def __init__(self, router: Router, sock: socket.socket) -> None:
-        self.router = router
-        self.sock = sock
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def logPrefix(self) -> str:  # noqa: N802
-        return "wyseman.routing"
 
     def doRead(self) -> None:  # noqa: N802
         fd_size = array.array("i").itemsize
@@ -299,11 +294,3 @@ class _Inbound:
                 log.warn("routing socket: ignored a malformed message")
                 continue
             self.router.adopt(fds[0], data)
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
-        self.close()
-
-    def close(self) -> None:
-        self.router.reactor.removeReader(self)
-        self.router._inbound.discard(self)
-        self.sock.close()
