@@ -16,7 +16,7 @@ from tests.harness import add_user, make_config
 from tests.pgtest import fresh_database
 from tests.test_websocket import client_frame
 from wyseman.actions import ActionRegistry
-from wyseman.client.connection import connect
+from wyseman.client.connection import ClientError, connect
 from wyseman.routing import Router, owner_of, route_key
 from wyseman.service import GatewayService
 
@@ -95,8 +95,9 @@ class RoutingTests(TestCase):
             self.workers.append(worker)
 
     @defer.inlineCallbacks
-    def worker(self, index: int, **server: Any) -> Any:
-        config = make_config(self.db, auth={"insecure": True}, server=server)
+    def worker(self, index: int) -> Any:
+        config = make_config(self.db, auth={"insecure": True},
+                             limits={"max_connections_per_user": 3})
         router = Router(reactor, self.directory, index, 2)
         service = GatewayService(config, lambda: defer.succeed(self.db.dsn), reactor,
                                  ActionRegistry(), route=router)
@@ -172,3 +173,16 @@ class RoutingTests(TestCase):
         yield self.login(a, users[1])
         self.assertEqual((a.router.passed, a.router.kept), (2, 0))
         self.assertEqual(self.holders(users[1]), [0, 2])
+
+    @defer.inlineCallbacks
+    def test_the_per_user_limit_holds_across_workers(self):
+        """Each worker counts the sockets it serves: with a user's sockets in one of them,
+        ``max_connections_per_user`` (3 here) is the user's bound, not 3 per worker."""
+        users = users_by_owner(self.db)
+        a, b = self.workers
+        for worker in (a, b, a):
+            yield self.login(worker, users[1])
+        with self.assertRaises(ClientError) as refused:
+            yield self.login(b, users[1])
+        self.assertIn("503", str(refused.exception))
+        self.assertEqual(self.holders(users[1]), [0, 3])

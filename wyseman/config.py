@@ -315,7 +315,8 @@ OPTIONS: tuple[Option, ...] = (
        "requests on a kept-alive connection), where twisted.web would allow 60, and half "
        "the most it may speak HTTP in all before its WebSocket is open."),
     _o("limits", "max_connections", _int_range(1), 10000,
-       "Most WebSocket connections open at once; further upgrades get 503."),
+       "Most WebSocket connections open at once; further upgrades get 503. With `[server] "
+       "workers` = N, each worker's bound (N × this in all)."),
     _o("limits", "max_pending_connections", _int_range(1), 1000,
        "Most connections on each endpoint that are still plain HTTP (request not yet in, "
        "`/clientinfo` kept alive, upgrade not yet done); further ones are closed as soon "
@@ -327,7 +328,9 @@ OPTIONS: tuple[Option, ...] = (
        "`[server] trusted_proxies` are exempt (list your reverse proxy there, or it counts "
        "as one client). 0: no per-address bound."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,
-       "Most open WebSocket connections per user; further ones get 503."),
+       "Most open WebSocket connections per user; further ones get 503. With `[server] "
+       "workers` = N, each worker counts the sockets it serves (so up to N × this in all), "
+       "unless `route_by_user` keeps a user's sockets in one worker (`tcp:` ports)."),
     _o("limits", "max_in_flight", _int_range(1), 32,
        "Requests of one connection being processed at once; reading from that socket pauses "
        "while the cap is reached."),
