@@ -498,3 +498,61 @@ class FrameParsingTests(TestCase):
         received = yield client.closed
         closes = [payload for op, payload in received if op == 8]
         self.assertEqual([int.from_bytes(c[:2], "big") for c in closes], [1002])
+
+
+class _LeavingClient(protocol.Protocol):
+    """Sends an upgrade request; ``lost`` fires when the connection is gone."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.request = (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.lost.callback(None)
+
+
+class LeftDuringLoginTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_client_gone_before_its_login_is_checked_is_not_opened(self):
+        """The login's check ends after the client left: no onOpen, nothing counted, no
+        heartbeat timer left behind (trial fails a test that leaves one)."""
+        from wyseman.protocol.server import GatewayProtocol
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db, auth={"insecure": True})
+        gateway = server.gateway
+        asked, gate, checks = defer.Deferred(), defer.Deferred(), []
+        authenticate = gateway.authenticator.authenticate
+
+        def held(handshake: Any) -> defer.Deferred:
+            checks.append(authenticate(handshake))
+            asked.callback(None)
+            return gate
+        gateway.authenticator.authenticate = held
+        opened, closed = [], defer.Deferred()
+        on_open, on_close = GatewayProtocol.onOpen, GatewayProtocol.onClose
+        self.patch(GatewayProtocol, "onOpen", lambda p: (opened.append(p), on_open(p)))
+
+        def closing(p: Any, *args: Any) -> None:
+            on_close(p, *args)
+            if not closed.called:
+                closed.callback(p)
+        self.patch(GatewayProtocol, "onClose", closing)
+        client = _LeavingClient(server.port, user)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), client)
+        yield asked                       # the server is checking the login now
+        client.transport.loseConnection()
+        yield client.lost
+        yield closed                      # and has seen the client go
+        login = yield checks[0]
+        gate.callback(login)              # the check ends: too late
+        self.assertEqual(opened, [])
+        self.assertEqual((gateway.connection_count, gateway.user_connections(user)), (0, 0))

@@ -180,8 +180,20 @@ class GatewayProtocol(WebSocketServerProtocol):
         )
         d = gateway.authenticator.authenticate(handshake)
         d.addCallback(self._accepted)
+        d.addCallback(self._still_there)
         d.addErrback(lambda f: self._deny(f.value) if f.check(Refusal) else f)
         return d
+
+    def _still_there(self, result: Any) -> Any:
+        """A client may leave while its login is checked (a signature on a helper thread, a
+        database lookup). Autobahn would still open the connection when the check ends: a
+        101 answer to nobody, a heartbeat timer that keeps the dead connection for its
+        interval, onOpen after onClose. Refused instead (nobody reads the answer)."""
+        if self.state == self.STATE_CLOSED:
+            from autobahn.websocket.types import ConnectionDeny
+            log.info("{ip} left while its login was checked", ip=self.client_address)
+            raise ConnectionDeny(400, "Bad Request")
+        return result
 
     def _accepted(self, login: Any) -> defer.Deferred:
         gateway = self.factory.gateway
