@@ -175,9 +175,10 @@ class RoutingTests(TestCase):
         self.assertEqual(self.holders(users[1]), [0, 2])
 
     @defer.inlineCallbacks
-    def test_the_per_user_limit_holds_across_workers(self):
-        """Each worker counts the sockets it serves: with a user's sockets in one of them,
-        ``max_connections_per_user`` (3 here) is the user's bound, not 3 per worker."""
+    def test_the_owner_checks_the_login(self):
+        """A connection moves before its login is checked: the owner checks and counts
+        it (here two gateways with counts of their own, ``max_connections_per_user`` 3;
+        under a supervisor the count is the supervisor's anyway)."""
         users = users_by_owner(self.db)
         a, b = self.workers
         for worker in (a, b, a):

@@ -556,3 +556,4 @@ class LeftDuringLoginTests(TestCase):
         gate.callback(login)              # the check ends: too late
         self.assertEqual(opened, [])
         self.assertEqual((gateway.connection_count, gateway.user_connections(user)), (0, 0))
+        self.assertEqual(gateway.user_slots.count(user), 0)   # counted, then let go

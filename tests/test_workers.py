@@ -15,7 +15,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from tests.harness import add_user, make_config, ticket_login
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
-from wyseman.client.connection import connect
+from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
 from wyseman.fanout import auto_threads
 from wyseman.routing import owner_of
@@ -191,6 +191,37 @@ class WorkerProcessTests(TestCase):
         self.assertEqual(counts, [6, 2])
         yield self.stopped(supervisor)
         self.assertFalse(os.path.exists(route_dir))
+
+    @defer.inlineCallbacks
+    def test_a_users_connection_bound_holds_across_the_workers(self):
+        """max_connections_per_user is the user's bound, whichever workers the kernel hands
+        the sockets to; a worker's connections stop counting when it dies."""
+        supervisor = yield self.start(workers=2, auth={"insecure": True},
+                                      limits={"max_connections_per_user": 2})
+        user = add_user(self.db)
+        opened, refused = [], []
+        for _ in range(6):
+            try:
+                conn = yield connect(supervisor.url, user)
+            except ClientError as exc:
+                refused.append(str(exc))
+                continue
+            self.addCleanup(conn.close)
+            opened.append(conn)
+        self.assertEqual((len(opened), len(refused)), (2, 4))
+        self.assertTrue(all("503" in reason for reason in refused), refused)
+        self.assertEqual(supervisor.user_slots.count(user), 2)
+        counts = []
+        for index in range(2):
+            text = yield self.scrape(index)
+            counts.append(int(_gauge(text, "wyseman_connections")))
+        busy = 0 if counts[0] else 1
+        replaced = supervisor.when_ready(busy)
+        os.kill(supervisor.workers[busy].transport.pid, signal.SIGKILL)
+        yield replaced
+        self.assertEqual(supervisor.user_slots.count(user), 2 - counts[busy])
+        conn = yield connect(supervisor.url, user)   # room again
+        self.addCleanup(conn.close)
 
     @defer.inlineCallbacks
     def test_a_signed_login_url_is_accepted_once_by_all_workers(self):

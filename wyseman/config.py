@@ -328,9 +328,11 @@ OPTIONS: tuple[Option, ...] = (
        "`[server] trusted_proxies` are exempt (list your reverse proxy there, or it counts "
        "as one client). 0: no per-address bound."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,
-       "Most open WebSocket connections per user; further ones get 503. With `[server] "
-       "workers` = N, each worker counts the sockets it serves (so up to N × this in all), "
-       "unless `route_by_user` keeps a user's sockets in one worker (`tcp:` ports)."),
+       "Most open WebSocket connections per user; further ones get 503. A connection counts "
+       "from the moment its login is accepted (logins checked at the same time cannot all "
+       "pass). With `[server] workers` = N, the supervisor keeps the one count of all the "
+       "workers (the bound is the user's, not each worker's; a worker that dies frees its "
+       "connections' places)."),
     _o("limits", "max_in_flight", _int_range(1), 32,
        "Requests of one connection being processed at once; reading from that socket pauses "
        "while the cap is reached."),

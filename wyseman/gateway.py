@@ -30,6 +30,7 @@ from wyseman.protocol.health import HealthCheck
 from wyseman.protocol.server import prepare_frame
 from wyseman.protocol.signatures import SignatureChecker
 from wyseman.sql import compiler
+from wyseman.userslots import LocalSlots
 
 log = Logger(namespace="wyseman.gateway")
 
@@ -49,7 +50,9 @@ def notification_frame(notification: Notification) -> bytes:
 
 class Gateway:
     def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None,
-                 replay: Any = None) -> None:
+                 replay: Any = None, user_slots: Any = None) -> None:
+        """``replay``, ``user_slots``: a worker's shared replay cache and per-user
+        connection count (its supervisor's); this process's own by default."""
         self.config = config
         self.db = db
         self.clock = clock
@@ -67,6 +70,8 @@ class Gateway:
         limits = config.limits
         self.max_connections = limits.max_connections
         self.max_connections_per_user = limits.max_connections_per_user
+        #: each user's connections, from an accepted login to its close (wyseman.userslots)
+        self.user_slots = user_slots or LocalSlots(limits.max_connections_per_user)
         self.max_in_flight = limits.max_in_flight
         self.max_outbound_bytes = limits.max_outbound_bytes
         self.trusted_proxies = config.server.trusted_proxies

@@ -192,10 +192,11 @@ class GatewayService(StartingService):
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
-                 replay: Any = None, route: Any = None) -> None:
+                 replay: Any = None, user_slots: Any = None, route: Any = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of :mod:`wyseman.supervisor`);
-        ``replay``: the shared replay cache of such a worker (see Authenticator);
+        ``replay``, ``user_slots``: the shared replay cache and per-user connection
+        count of such a worker (see Authenticator, wyseman.userslots);
         ``route``: such a worker's :class:`~wyseman.routing.Router` (``[server]
         route_by_user``), which passes upgrades on its ``tcp:`` ports to their users'
         workers."""
@@ -204,6 +205,7 @@ class GatewayService(StartingService):
         self._actions = actions
         self.reuse_port = reuse_port
         self._replay = replay
+        self._user_slots = user_slots
         self.router = route
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
@@ -251,7 +253,8 @@ class GatewayService(StartingService):
             max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
             statement_timeout=db_conf.statement_timeout,
             prepared_statements=db_conf.prepared_statements, read_batch=db_conf.read_batch)
-        self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay)
+        self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
+                               self._user_slots)
         yield self.gateway.start()
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,

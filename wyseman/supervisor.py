@@ -42,6 +42,7 @@ from wyseman.service import (
     reuse_port_socket,
 )
 from wyseman.sighup import SighupHandler
+from wyseman.userslots import UserSlots
 
 log = Logger(namespace="wyseman.supervisor")
 
@@ -67,6 +68,14 @@ def _cancel_if_active(result: Any, call: Any) -> Any:
     return result
 
 
+def _user(hex_name: bytes) -> str | None:
+    """A user name sent as UTF-8 in hex on the control channel; None if malformed."""
+    try:
+        return bytes.fromhex(hex_name.decode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 class _WorkerProtocol(protocol.ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
@@ -86,14 +95,25 @@ class _WorkerProtocol(protocol.ProcessProtocol):
                 self._relay(line.decode("utf-8", "replace"))
 
     def _control(self, line: bytes) -> None:
-        """A line from the worker's control channel: ``ready``, or ``replay ID HEX``
-        (answered on its fd 4 with ``ID OUTCOME``)."""
+        """A line from the worker's control channel: ``ready``, ``replay ID HEX`` or
+        ``slot ID HEX`` (answered on its fd 4 with ``ID OUTCOME``), ``free HEX``."""
         if line == READY:
             if not self.ready:
                 self.ready = True
                 self.supervisor._worker_ready(self)
             return
         parts = line.split(b" ")
+        if len(parts) == 3 and parts[0] == b"slot":
+            user = _user(parts[2])
+            if user is not None:
+                ok = self.supervisor.user_slots.reserve(user, holder=self)
+                self.transport.writeToChild(4, parts[1] + (b" ok\n" if ok else b" full\n"))
+                return
+        if len(parts) == 2 and parts[0] == b"free":
+            user = _user(parts[1])
+            if user is not None:
+                self.supervisor.user_slots.release(user, holder=self)
+                return
         if len(parts) == 3 and parts[0] == b"replay":
             try:
                 key = bytes.fromhex(parts[2].decode("ascii"))
@@ -120,6 +140,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         for fd in (1, 2):
             if self.buffers[fd]:
                 self._relay(self.buffers[fd].decode("utf-8", "replace"))
+        self.supervisor.user_slots.release_holder(self)   # its sockets are gone
         self.ended.callback(None)   # (the reason is a Failure: not this Deferred's error)
         self.supervisor._worker_ended(self, reason)
 
@@ -142,6 +163,9 @@ class WorkerSupervisor(StartingService):
         # One replay cache for all workers: a signed login URL accepted by one worker is
         # refused by every other (the workers ask here, over a pipe).
         self.replay = ReplayCache.for_window(config.auth.date_window)
+        # ... and one count of each user's connections (max_connections_per_user is the
+        # user's bound, not each worker's)
+        self.user_slots = UserSlots(config.limits.max_connections_per_user)
         self.workers: list[_WorkerProtocol | None] = [None] * self.count
         self._reserved: list[Any] = []
         self._payload: dict[str, Any] = {}

@@ -33,8 +33,9 @@ class _Lifeline(protocol.Protocol):
 
 
 class SupervisorChannel(LineOnlyReceiver):
-    """Control lines to the supervisor (fd 3) and its answers (fd 4): ``ready``, and the
-    shared replay cache (``check`` has the signature of ReplayCache.check)."""
+    """Control lines to the supervisor (fd 3) and its answers (fd 4): ``ready``, the
+    shared replay cache (``check`` has the signature of ReplayCache.check) and the shared
+    count of each user's connections (``reserve``/``release``, as LocalSlots)."""
 
     delimiter = b"\n"
 
@@ -47,10 +48,23 @@ class SupervisorChannel(LineOnlyReceiver):
 
     def check(self, user: str, sign: str, now: float) -> defer.Deferred:
         from wyseman.protocol.credentials import ReplayCache
+        return self._ask(b"replay", ReplayCache.key(user, sign).hex().encode())
+
+    def reserve(self, user: str) -> defer.Deferred:
+        """Count a connection of ``user`` against ``[limits] max_connections_per_user``
+        in all the workers → True, or False if that would exceed it (wyseman.userslots)."""
+        d = self._ask(b"slot", user.encode("utf-8").hex().encode())
+        d.addCallback(lambda outcome: outcome == "ok")
+        return d
+
+    def release(self, user: str) -> None:
+        self.sendLine(b"free " + user.encode("utf-8").hex().encode())
+
+    def _ask(self, kind: bytes, argument: bytes) -> defer.Deferred:
         self._next += 1
         d: defer.Deferred = defer.Deferred()
         self._pending[self._next] = d
-        self.sendLine(b"replay %d %s" % (self._next, ReplayCache.key(user, sign).hex().encode()))
+        self.sendLine(b"%s %d %s" % (kind, self._next, argument))
         return d
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
@@ -62,7 +76,8 @@ class SupervisorChannel(LineOnlyReceiver):
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(RuntimeError("supervisor gone: cannot check the replay cache"))
+            d.errback(RuntimeError("supervisor gone: cannot check the replay cache or "
+                                   "count the user's connections"))
 
 
 def _line_observer(event: dict) -> None:
@@ -102,7 +117,7 @@ def main() -> int:
                   if route else None)
         service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
                                  ActionRegistry.from_config(config), reuse_port=True,
-                                 replay=channel, route=router)
+                                 replay=channel, user_slots=channel, route=router)
     except ConfigError as exc:
         log.error("{error}", error=str(exc))
         return 2

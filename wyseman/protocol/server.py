@@ -151,6 +151,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._outbound_bytes = 0
         self._counted = False
         self._socket_send: Any = None
+        self._slot: str | None = None    # the user whose connection count holds this one
 
     # -- opening handshake -------------------------------------------------
     def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
@@ -192,15 +193,29 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_CLOSED:
             from autobahn.websocket.types import ConnectionDeny
             log.info("{ip} left while its login was checked", ip=self.client_address)
+            self._release_slot()        # (its onClose came before the count)
             raise ConnectionDeny(400, "Bad Request")
         return result
 
+    def _release_slot(self) -> None:
+        user, self._slot = self._slot, None
+        if user is not None:
+            self.factory.gateway.user_slots.release(user)
+
     def _accepted(self, login: Any) -> defer.Deferred:
+        """The login checked out: count it against the user's bound (this process's, or
+        with workers the supervisor's), then open."""
+        d = self.factory.gateway.user_slots.reserve(login.user)
+        d.addCallback(self._reserved, login)
+        return d
+
+    def _reserved(self, granted: bool, login: Any) -> defer.Deferred:
         gateway = self.factory.gateway
-        if gateway.user_connections(login.user) >= gateway.max_connections_per_user:
+        if not granted:
             raise self._refusal_exception(Refusal(503, "Service Unavailable",
                                                   f"max_connections_per_user for {login.user!r}",
                                                   "user_capacity"))
+        self._slot = login.user      # released in onClose (or by _still_there)
         self.session = Session(login.user, login.listen, self.send_frame, self.client_address,
                                login.key_x)
         gateway.metrics.handshake("accepted", login.method)
@@ -483,6 +498,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
         cancel_close_timer(self)
+        self._release_slot()
         if self._counted:
             self._counted = False
             self.factory.gateway.unregister(self)
