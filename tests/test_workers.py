@@ -184,11 +184,18 @@ class WorkerProcessTests(TestCase):
                 self.addCleanup(conn.close)
                 row = yield conn.request(TUPLE)
                 self.assertTrue(row["curr_eid"])
-        counts = []
+        counts, routed = [], []
         for index in range(2):
             text = yield self.scrape(index)
             counts.append(_gauge(text, "wyseman_connections"))
+            routed.append({outcome: _gauge(text, "wyseman_routed_connections"
+                                           + rf'\{{outcome="{outcome}"\}}')
+                           for outcome in ("passed", "taken", "kept")})
         self.assertEqual(counts, [6, 2])
+        # what one worker passed on, the other took; the owner was always there
+        self.assertEqual((routed[0]["passed"], routed[0]["taken"]),
+                         (routed[1]["taken"], routed[1]["passed"]))
+        self.assertEqual(routed[0]["kept"] + routed[1]["kept"], 0)
         yield self.stopped(supervisor)
         self.assertFalse(os.path.exists(route_dir))
 

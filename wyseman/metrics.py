@@ -48,6 +48,11 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.listen_reconnects = Gauge("wyseman_listen_reconnects",
                                        "Times the LISTEN connection was re-opened", registry=r)
+        #: ``[server] route_by_user`` (set by the service when it routes)
+        self.routed = Gauge("wyseman_routed_connections",
+                            "Upgrades passed to their user's worker, taken from another "
+                            "worker, or kept because the owner could not take them, in all",
+                            ["outcome"], registry=r)
 
     def handshake(self, outcome: str, reason: str) -> None:
         self.handshakes.labels(outcome, reason).inc()

@@ -144,8 +144,8 @@ class Router:
             family = probe.family
             probe.detach()
             transport = self.reactor.adoptStreamConnection(fd, family, _Adopted(site))
-        except OSError as exc:
-            log.warn("could not take a connection passed by another worker: {error}",
+        except OSError as exc:   # (most often: the client has gone meanwhile)
+            log.info("could not take a connection passed by another worker: {error}",
                      error=exc)
             return
         finally:

@@ -263,7 +263,11 @@ class GatewayService(StartingService):
                 self.router.add_site(site)
             yield self._listen(spec, site)
         if self.router is not None:
-            self.router.start()
+            router, routed = self.router, self.gateway.metrics.routed
+            routed.labels("passed").set_function(lambda: router.passed)
+            routed.labels("taken").set_function(lambda: router.taken)
+            routed.labels("kept").set_function(lambda: router.kept)
+            router.start()
         for spec in self.clientinfo_specs:
             site = build_site(self.gateway, secure=spec.secure, insecure_allowed=False,
                               clientinfo_only=True)
