@@ -6,6 +6,7 @@ Skipped only when node is not installed."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from twisted.internet import defer
@@ -188,6 +189,28 @@ class ClientInteropTests(TestCase):
                                    {**base, "key": saved, "request": request}, env=env)
         self.assertEqual(code, 0, out)
         self.assertEqual(out["reply"]["data"], {"curr_eid": expected})
+
+    @defer.inlineCallbacks
+    def test_login_passed_to_another_worker(self):
+        """[server] route_by_user: the socket moves to the user's worker mid-handshake;
+        the JS client sees an ordinary login."""
+        from tests.test_routing import routed_worker, users_by_owner
+        from wyseman.db import admin
+        db = self.fresh_database(self)
+        directory = self.mktemp()
+        os.makedirs(directory, mode=0o700)
+        a = yield routed_worker(self, db, directory, 0)
+        b = yield routed_worker(self, db, directory, 1)
+        user = users_by_owner(db)[1]
+        token = admin.issue_ticket(db.dsn, user).token
+        request = {"id": 7, "action": "tuple", "view": "base.curr_eid()"}
+        out, code = yield run_node("client_login.js", {
+            "proto": "ws", "host": "127.0.0.1", "port": a.port, "user": user,
+            "steps": ["ticket"], "token": token, "request": request})
+        self.assertEqual(code, 0, out)
+        expected = db.run("select id from base.ent where username = %s", (user,))[0][0]
+        self.assertEqual(out["reply"]["data"], {"curr_eid": expected})
+        self.assertEqual((a.router.passed, b.router.taken), (1, 1))
 
     @defer.inlineCallbacks
     def test_ticket_login_over_ws_and_refusals(self):

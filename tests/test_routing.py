@@ -56,6 +56,22 @@ def users_by_owner(db: Any, workers: int = 2) -> dict[int, str]:
     return found
 
 
+@defer.inlineCallbacks
+def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: int = 2,
+                  **sections: Any) -> Any:
+    """A gateway in this process as worker ``index`` of ``workers`` with route_by_user
+    (Unix sockets in ``directory``); stopped at cleanup."""
+    config = make_config(db, **sections)
+    router = Router(reactor, directory, index, workers)
+    service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor,
+                             ActionRegistry(), route=router)
+    yield service.startService()
+    testcase.addCleanup(service.stopService)
+    service.port = service.ports[0].getHost().port
+    service.url = f"ws://127.0.0.1:{service.port}"
+    return service
+
+
 class _EarlyFrame(protocol.Protocol):
     """Sends the upgrade request and a request frame in one write, before any answer:
     the frame is read with the head (and passed on with it) or left in the socket."""
@@ -94,18 +110,9 @@ class RoutingTests(TestCase):
             worker = yield self.worker(index)
             self.workers.append(worker)
 
-    @defer.inlineCallbacks
-    def worker(self, index: int) -> Any:
-        config = make_config(self.db, auth={"insecure": True},
+    def worker(self, index: int) -> defer.Deferred:
+        return routed_worker(self, self.db, self.directory, index, auth={"insecure": True},
                              limits={"max_connections_per_user": 3})
-        router = Router(reactor, self.directory, index, 2)
-        service = GatewayService(config, lambda: defer.succeed(self.db.dsn), reactor,
-                                 ActionRegistry(), route=router)
-        yield service.startService()
-        self.addCleanup(service.stopService)
-        service.port = service.ports[0].getHost().port
-        service.url = f"ws://127.0.0.1:{service.port}"
-        return service
 
     def holders(self, user: str) -> list[int]:
         """How many sockets of ``user`` each worker serves."""
