@@ -96,16 +96,18 @@ def send_some(send: Any, data: bytes) -> int:
         return 0
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes) -> bool:
     """``transport.write(data)``, but for a plain TCP connection whose write buffer is
-    empty the bytes go to the socket at once (what does not fit is buffered as usual)."""
+    empty the bytes go to the socket at once (what does not fit is buffered as usual).
+    True if Twisted was given bytes to buffer."""
     if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
             and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
         written = send_some(transport.socket.send, data)
         if written == len(data):
-            return
+            return False
         data = data[written:]
     transport.write(data)
+    return True
 
 
 class GatewayProtocol(WebSocketServerProtocol):
@@ -113,6 +115,12 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     factory: GatewayFactory
     session: Session | None = None
+    #: True from any write that may have left bytes in Twisted's buffer (or Autobahn's
+    #: send queue) until :meth:`direct_send` finds both empty again: while it is False,
+    #: a notification may go straight to the socket without looking at the transport.
+    #: Every write of this protocol goes through :meth:`sendData` (Autobahn's too: the
+    #: 101 answer, pings, close frames), :meth:`_send_now` or :meth:`send_rest`.
+    _buffered = False
 
     def _connectionMade(self) -> None:
         # Autobahn pretty-prints its whole configuration for a debug line on every new
@@ -131,9 +139,11 @@ class GatewayProtocol(WebSocketServerProtocol):
         buffer, two epoll changes and a later ``doWrite`` (a notification fans out to
         thousands of sockets; each login writes its 101 answer, and a close frame)."""
         if sync or chopsize or self.send_queue:
+            self._buffered = True
             super().sendData(data, sync, chopsize)
             return
-        write_now(self.transport, data)
+        if write_now(self.transport, data):
+            self._buffered = True
         state = self.state
         if state == _OPEN:
             self.trafficStats.outgoingOctetsWireLevel += len(data)
@@ -445,18 +455,25 @@ class GatewayProtocol(WebSocketServerProtocol):
         (Wire-level byte counts are not kept on this path: nothing reads them, and with
         10,000 sockets every attribute touched here is a cache miss of its own. For the
         same reason the socket's ``send`` is looked up once, when the socket opens:
-        ``transport.socket.send`` was ~40 % of picking the sockets of a fan-out.)"""
-        send, transport = self._socket_send, self.transport
+        ``transport.socket.send`` was ~40 % of picking the sockets of a fan-out, and the
+        transport is looked at only after a write that may have left bytes buffered
+        (:attr:`_buffered`): its four attributes were most of the rest.)"""
+        send = self._socket_send
+        if send is not None and self.state == _OPEN and not self._buffered:
+            return send
+        transport = self.transport
         if (send is None or self.state != _OPEN or self._send_paused or self._outbound
                 or self.send_queue or not transport.connected or transport.disconnecting
                 or transport.dataBuffer or transport._tempDataBuffer):
             return None
+        self._buffered = False       # (drained since)
         return send
 
     def send_rest(self, data: bytes, written: int) -> None:
         """What a fan-out thread could not write to :meth:`direct_send`, buffered by
         Twisted (reactor thread)."""
-        write_now(self.transport, data[written:])
+        if write_now(self.transport, data[written:]):
+            self._buffered = True
 
     def _send_now(self, frame: bytes | PreparedMessage) -> None:
         """Frame and send a reply ourselves: in one step, and whatever its size.
@@ -478,7 +495,8 @@ class GatewayProtocol(WebSocketServerProtocol):
             if self.send_queue:
                 self.sendData(data)     # behind what Autobahn has queued
             else:
-                write_now(self.transport, data)
+                if write_now(self.transport, data):
+                    self._buffered = True
                 self.trafficStats.outgoingOctetsWireLevel += len(data)
             stats = self.trafficStats
             stats.outgoingWebSocketMessages += 1
