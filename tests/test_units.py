@@ -116,3 +116,31 @@ class ValueRenderingTests(SynchronousTestCase):
         raw = types._json('{"a": [1, 2]}', None)
         self.assertEqual(types.dumps({"d": raw}), b'{"d":{"a": [1, 2]}}')
         self.assertEqual(raw.parse(), {"a": [1, 2]})
+
+
+class KeyChangesTests(SynchronousTestCase):
+    """What a login in flight learns of the key changes announced meanwhile."""
+
+    def test_a_change_after_the_login_began(self) -> None:
+        from wyseman.gateway import KeyChanges
+        changes = KeyChanges(kept=3)
+        changes.record("ann", frozenset({"k1"}))
+        seen = changes.count                                  # a login begins
+        self.assertFalse(changes.gone_since("ann", "k2", seen))   # (the change was before)
+        changes.record("ann", frozenset({"k1", "k3"}))
+        self.assertFalse(changes.gone_since("ann", "k1", seen))   # kept
+        self.assertTrue(changes.gone_since("ann", "k2", seen))    # not among the keys
+        self.assertTrue(changes.gone_since("ann", None, seen))    # a login without a key
+        self.assertFalse(changes.gone_since("bob", "k9", seen))   # another user's change
+        self.assertFalse(changes.gone_since("ann", "k2", changes.count))
+
+    def test_forgotten_changes_refuse_to_be_safe(self) -> None:
+        from wyseman.gateway import KeyChanges
+        changes = KeyChanges(kept=3)
+        seen = changes.count
+        for user in ("ann", "bob", "cid"):
+            changes.record(user, frozenset())
+        self.assertFalse(changes.gone_since("dan", "k", seen))    # three kept: none is dan's
+        changes.record("eve", frozenset())                        # ann's change forgotten
+        self.assertTrue(changes.gone_since("dan", "k", seen))     # may have been dan's
+        self.assertTrue(changes.gone_since("ann", "k", seen))

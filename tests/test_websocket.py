@@ -557,3 +557,57 @@ class LeftDuringLoginTests(TestCase):
         self.assertEqual(opened, [])
         self.assertEqual((gateway.connection_count, gateway.user_connections(user)), (0, 0))
         self.assertEqual(gateway.user_slots.count(user), 0)   # counted, then let go
+
+
+class KeyRemovedDuringLoginTests(TestCase):
+    """A key removed while a login with it is being checked: the removal's notification
+    closes the user's open sockets, and the login in flight must not open after it."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def held_login(self, remaining: Any) -> Any:
+        """A key login whose check is held until a ``wyseman_auth`` change (keys
+        ``remaining(x)``, x the login's key) has been seen; → [the login's Deferred]."""
+        from wyseman.db.pg import Notification
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db)
+        gateway = server.gateway
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(db.dsn, user).token
+        first = yield connect(server.url, user, token=token, new_key=private)
+        yield first.close()
+        asked, gate, checks = defer.Deferred(), defer.Deferred(), []
+        authenticate = gateway.authenticator.authenticate
+
+        def held(handshake: Any) -> defer.Deferred:
+            checks.append(authenticate(handshake))
+            asked.callback(None)
+            return gate
+        gateway.authenticator.authenticate = held
+        login = connect(server.url, user, key=private, clientinfo_url=server.clientinfo_url)
+        yield asked
+        checked = yield checks[0]         # the stored key read, the signature good
+        payload = json.dumps({"user": user, "keys": remaining(private["x"])})
+        gateway._on_auth(Notification("wyseman_auth", payload, 0))
+        gate.callback(checked)
+        self.gateway, self.user = gateway, user
+        return [login]
+
+    @defer.inlineCallbacks
+    def test_the_login_is_refused(self):
+        [login] = yield self.held_login(lambda x: [])
+        with self.assertRaises(ClientError) as refused:
+            yield login
+        self.assertIn("403", str(refused.exception))
+        self.assertEqual(self.gateway.user_connections(self.user), 0)
+        self.assertEqual(self.gateway.user_slots.count(self.user), 0)
+
+    @defer.inlineCallbacks
+    def test_a_change_that_keeps_the_key_does_not_matter(self):
+        [login] = yield self.held_login(lambda x: [x, "another-device"])
+        conn = yield login
+        self.addCleanup(conn.close)
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])

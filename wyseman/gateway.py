@@ -9,6 +9,7 @@ each frame encoded once and sent to every subscribed socket).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,9 @@ log = Logger(namespace="wyseman.gateway")
 
 #: Channel on which the schema's trigger announces changed or removed credentials.
 AUTH_CHANNEL = "wyseman_auth"
+#: key changes remembered for logins being checked (a login takes milliseconds: more
+#: changes than this during one make it refused, to be safe)
+AUTH_CHANGES_KEPT = 4096
 CLOSE_CREDENTIALS_CHANGED = 4001
 
 
@@ -46,6 +50,40 @@ def notification_frame(notification: Notification) -> bytes:
     except orjson.JSONDecodeError:
         data = notification.payload
     return dumps({"action": "notify", "channel": notification.channel, "data": data})
+
+
+class KeyChanges:
+    """The ``wyseman_auth`` notifications seen (:attr:`count`), and the latest one of each
+    of the ``kept`` users changed last.
+
+    A login reads the user's stored keys, checks the signature on a helper thread, then
+    opens; a key removed in between is announced by a notification that closes the user's
+    open sockets only. So a login notes :attr:`count` before it reads the keys and asks
+    :meth:`gone_since` before it opens."""
+
+    def __init__(self, kept: int = AUTH_CHANGES_KEPT) -> None:
+        self.kept = kept
+        self.count = 0
+        self._latest: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
+
+    def record(self, user: str, remaining: frozenset[str]) -> None:
+        """``user``'s keys are now ``remaining`` (their x values)."""
+        self.count += 1
+        self._latest[user] = (self.count, remaining)
+        self._latest.move_to_end(user)
+        if len(self._latest) > self.kept:
+            self._latest.popitem(last=False)
+
+    def gone_since(self, user: str, key_x: str | None, seen: int) -> bool:
+        """Whether a change after the first ``seen`` took the key ``key_x`` (None: a login
+        without a key, which any change of the user's keys ends, as for open sockets)."""
+        if self.count == seen:
+            return False
+        latest = self._latest.get(user)
+        if latest is None:   # no change of this user since, unless it was forgotten
+            return self.count - seen > self.kept
+        changed_at, remaining = latest
+        return changed_at > seen and key_x not in remaining
 
 
 class Gateway:
@@ -92,6 +130,8 @@ class Gateway:
         self.dispatcher = Dispatcher(db, policy, actions, clock=clock,
                                      observe=self.metrics.request)
         self._by_user: dict[str, set[Any]] = {}
+        #: ``wyseman_auth`` notifications, for the logins being checked meanwhile
+        self.key_changes = KeyChanges()
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0
         self.admin_channel = config.channels.admin
@@ -188,13 +228,17 @@ class Gateway:
             self.metrics.notifications_dropped.inc(len(members) - sent)
 
     def _on_auth(self, notification: Notification) -> None:
-        """A user's key changed or the user went: close sockets whose key is gone."""
+        """A user's key changed or the user went: close sockets whose key is gone, and
+        remember the change for the logins being checked meanwhile (:class:`KeyChanges`)."""
         try:
             change = orjson.loads(notification.payload)
-            user, remaining = change["user"], set(change.get("keys") or ())
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            user, remaining = change["user"], frozenset(change.get("keys") or ())
+            if not isinstance(user, str):
+                raise TypeError(user)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             log.warn("ignored malformed {channel} payload", channel=AUTH_CHANNEL)
             return
+        self.key_changes.record(user, remaining)
         for protocol in self.connections_of(user):
             if protocol.session.key_x not in remaining:
                 log.info("closing a connection of {user}: credentials changed", user=user)

@@ -162,6 +162,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._counted = False
         self._socket_send: Any = None
         self._slot: str | None = None    # the user whose connection count holds this one
+        self._auth_seen = 0              # key changes seen when the login began
 
     # -- opening handshake -------------------------------------------------
     def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
@@ -189,6 +190,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             secure=self.factory.isSecure,
             insecure_allowed=self.factory.insecure_allowed,
         )
+        self._auth_seen = gateway.key_changes.count     # (see _still_there)
         d = gateway.authenticator.authenticate(handshake)
         d.addCallback(self._accepted)
         d.addCallback(self._still_there)
@@ -205,6 +207,15 @@ class GatewayProtocol(WebSocketServerProtocol):
             log.info("{ip} left while its login was checked", ip=self.client_address)
             self._release_slot()        # (its onClose came before the count)
             raise ConnectionDeny(400, "Bad Request")
+        session = self.session
+        if session is not None and self.factory.gateway.key_changes.gone_since(
+                session.user, session.key_x, self._auth_seen):
+            # the key was removed while the login was checked (the removal closed the
+            # user's open sockets, not this one): as if it had been gone before
+            self._release_slot()
+            raise self._refusal_exception(Refusal(
+                403, "Invalid Login", f"the key of {session.user!r} was removed while its "
+                "login was checked", "key_removed"))
         return result
 
     def _release_slot(self) -> None:
