@@ -144,3 +144,16 @@ class KeyChangesTests(SynchronousTestCase):
         changes.record("eve", frozenset())                        # ann's change forgotten
         self.assertTrue(changes.gone_since("dan", "k", seen))     # may have been dan's
         self.assertTrue(changes.gone_since("ann", "k", seen))
+
+    def test_missed_changes_refuse_the_logins_begun_before(self) -> None:
+        from wyseman.gateway import KeyChanges
+        changes = KeyChanges()
+        changes.record("ann", frozenset({"k1"}))
+        seen = changes.count
+        changes.missed()                          # the LISTEN connection came back
+        self.assertTrue(changes.gone_since("ann", "k1", seen))
+        self.assertTrue(changes.gone_since("bob", "k9", seen))
+        after = changes.count
+        self.assertFalse(changes.gone_since("ann", "k1", after))
+        changes.record("bob", frozenset({"k9"}))
+        self.assertFalse(changes.gone_since("bob", "k9", after))

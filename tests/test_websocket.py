@@ -611,3 +611,51 @@ class KeyRemovedDuringLoginTests(TestCase):
         self.addCleanup(conn.close)
         row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
+
+
+class ListenGapTests(TestCase):
+    """Key changes announced while the LISTEN connection was down are missed: when it is
+    back, the open key sockets are checked against the stored keys."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_key_removed_during_the_gap_closes_its_sockets(self):
+        db = fresh_database(self)
+        user, other = add_user(db), add_user(db)
+        server = yield start_gateway(self, db, auth={"insecure": True})
+        gateway = server.gateway
+        conns = {}
+        for name in (user, other):
+            token = admin.issue_ticket(db.dsn, name).token
+            conns[name] = yield connect(server.url, name, token=token,
+                                        new_key=keys.generate_private_jwk())
+            self.addCleanup(conns[name].close)
+        plain = yield connect(server.url, user)     # (insecure: no key to lose)
+        self.addCleanup(plain.close)
+        # the key goes while nobody listens: no notification reaches the gateway
+        db.run("alter table base.ent disable trigger user; "
+               "update base.ent set conn_pub = null where username = %s; "
+               "alter table base.ent enable trigger user", (user,))
+        seen = gateway.key_changes.count
+        yield gateway.listener_reconnected()                      # the LISTEN is back
+        code, reason = yield conns[user].closed
+        self.assertEqual((code, reason), (4001, "credentials changed"))
+        self.assertTrue(conns[other].connected)                   # its key is still there
+        self.assertTrue(plain.connected)
+        # a login that began before the gap ended is refused when it would open
+        self.assertTrue(gateway.key_changes.gone_since(other, "any", seen))
+        self.assertFalse(gateway.key_changes.gone_since(other, "any",
+                                                        gateway.key_changes.count))
+
+    def test_the_service_hears_of_the_reconnect(self):
+        return self._wired()
+
+    @defer.inlineCallbacks
+    def _wired(self):
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        calls = []
+        self.patch(server.gateway, "listener_reconnected", lambda: calls.append(1))
+        server.gateway.db.listener._on_reconnect()
+        self.assertEqual(calls, [1])

@@ -25,6 +25,7 @@ from wyseman.db.types import dumps
 from wyseman.fanout import FanOut, auto_threads
 from wyseman.gcpause import PauseObserver
 from wyseman.metrics import Metrics
+from wyseman.protocol.credentials import candidate_keys
 from wyseman.protocol.dispatch import Dispatcher
 from wyseman.protocol.handshake import Authenticator, ChannelPolicy
 from wyseman.protocol.health import HealthCheck
@@ -64,6 +65,7 @@ class KeyChanges:
     def __init__(self, kept: int = AUTH_CHANGES_KEPT) -> None:
         self.kept = kept
         self.count = 0
+        self._gap_ended_at = 0     # count when changes were last missed (see missed)
         self._latest: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
 
     def record(self, user: str, remaining: frozenset[str]) -> None:
@@ -74,11 +76,19 @@ class KeyChanges:
         if len(self._latest) > self.kept:
             self._latest.popitem(last=False)
 
+    def missed(self) -> None:
+        """Changes may have been announced while nobody listened (the LISTEN connection
+        was down): every login that began before now is refused (:meth:`gone_since`)."""
+        self.count += 1
+        self._gap_ended_at = self.count
+
     def gone_since(self, user: str, key_x: str | None, seen: int) -> bool:
         """Whether a change after the first ``seen`` took the key ``key_x`` (None: a login
         without a key, which any change of the user's keys ends, as for open sockets)."""
         if self.count == seen:
             return False
+        if seen < self._gap_ended_at:
+            return True
         latest = self._latest.get(user)
         if latest is None:   # no change of this user since, unless it was forgotten
             return self.count - seen > self.kept
@@ -241,6 +251,34 @@ class Gateway:
         self.key_changes.record(user, remaining)
         for protocol in self.connections_of(user):
             if protocol.session.key_x not in remaining:
+                log.info("closing a connection of {user}: credentials changed", user=user)
+                protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
+
+    def listener_reconnected(self) -> defer.Deferred:
+        """The LISTEN connection was lost and is back: key changes announced meanwhile
+        were missed. The logins being checked are refused (:meth:`KeyChanges.missed`), and
+        the key sockets of each user with open sockets are checked against the keys
+        stored now; those whose key is gone are closed as a notification would have."""
+        self.key_changes.missed()
+        users = [user for user, protocols in self._by_user.items()
+                 if any(p.session.key_x is not None for p in protocols)]
+        if users:
+            log.info("LISTEN connection back: checking the keys of {count} user(s) with "
+                     "open sockets", count=len(users))
+        return defer.gatherResults([self._check_keys(user) for user in users])
+
+    @defer.inlineCallbacks
+    def _check_keys(self, user: str) -> Any:
+        try:
+            conn_pub = yield self.db.conn_pub(user)
+        except Exception as exc:
+            log.warn("could not read the keys of {user} again: {error}", user=user,
+                     error=str(exc))
+            return
+        remaining = {key.get("x") for key in candidate_keys(conn_pub)}
+        for protocol in self.connections_of(user):
+            key_x = protocol.session.key_x
+            if key_x is not None and key_x not in remaining:
                 log.info("closing a connection of {user}: credentials changed", user=user)
                 protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
 

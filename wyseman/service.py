@@ -252,7 +252,8 @@ class GatewayService(StartingService):
             pool_queue=db_conf.pool_queue, idle_timeout=db_conf.pool_idle_timeout,
             max_lifetime=db_conf.pool_max_lifetime, connect_timeout=db_conf.connect_timeout,
             statement_timeout=db_conf.statement_timeout,
-            prepared_statements=db_conf.prepared_statements, read_batch=db_conf.read_batch)
+            prepared_statements=db_conf.prepared_statements, read_batch=db_conf.read_batch,
+            on_listener_reconnect=self._listener_reconnected)
         self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
                                self._user_slots)
         yield self.gateway.start()
@@ -290,6 +291,10 @@ class GatewayService(StartingService):
                      all=affinity.describe(affinity.available_cpus()))
         self.ready.callback(self)
         return self
+
+    def _listener_reconnected(self) -> None:
+        if self.gateway is not None:
+            self.gateway.listener_reconnected()
 
     @defer.inlineCallbacks
     def _listen(self, spec: ListenSpec, site: server.Site) -> Any:
