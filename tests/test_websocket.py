@@ -500,6 +500,20 @@ class FrameParsingTests(TestCase):
         self.assertEqual([int.from_bytes(c[:2], "big") for c in closes], [1002])
 
 
+def hold_authentication(gateway: Any) -> tuple[defer.Deferred, defer.Deferred, list]:
+    """The gateway's next login check runs, but its outcome waits: → (fires when the check
+    began, fire it with the login to let the check end, [the real check's Deferred])."""
+    asked, gate, checks = defer.Deferred(), defer.Deferred(), []
+    authenticate = gateway.authenticator.authenticate
+
+    def held(handshake: Any) -> defer.Deferred:
+        checks.append(authenticate(handshake))
+        asked.callback(None)
+        return gate
+    gateway.authenticator.authenticate = held
+    return asked, gate, checks
+
+
 class _LeavingClient(protocol.Protocol):
     """Sends an upgrade request; ``lost`` fires when the connection is gone."""
 
@@ -529,14 +543,7 @@ class LeftDuringLoginTests(TestCase):
         user = add_user(db)
         server = yield start_gateway(self, db, auth={"insecure": True})
         gateway = server.gateway
-        asked, gate, checks = defer.Deferred(), defer.Deferred(), []
-        authenticate = gateway.authenticator.authenticate
-
-        def held(handshake: Any) -> defer.Deferred:
-            checks.append(authenticate(handshake))
-            asked.callback(None)
-            return gate
-        gateway.authenticator.authenticate = held
+        asked, gate, checks = hold_authentication(gateway)
         opened, closed = [], defer.Deferred()
         on_open, on_close = GatewayProtocol.onOpen, GatewayProtocol.onClose
         self.patch(GatewayProtocol, "onOpen", lambda p: (opened.append(p), on_open(p)))
@@ -578,14 +585,7 @@ class KeyRemovedDuringLoginTests(TestCase):
         token = admin.issue_ticket(db.dsn, user).token
         first = yield connect(server.url, user, token=token, new_key=private)
         yield first.close()
-        asked, gate, checks = defer.Deferred(), defer.Deferred(), []
-        authenticate = gateway.authenticator.authenticate
-
-        def held(handshake: Any) -> defer.Deferred:
-            checks.append(authenticate(handshake))
-            asked.callback(None)
-            return gate
-        gateway.authenticator.authenticate = held
+        asked, gate, checks = hold_authentication(gateway)
         login = connect(server.url, user, key=private, clientinfo_url=server.clientinfo_url)
         yield asked
         checked = yield checks[0]         # the stored key read, the signature good
