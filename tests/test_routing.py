@@ -194,3 +194,20 @@ class RoutingTests(TestCase):
             yield self.login(b, users[1])
         self.assertIn("503", str(refused.exception))
         self.assertEqual(self.holders(users[1]), [0, 3])
+
+    @defer.inlineCallbacks
+    def test_a_removed_socket_file_is_made_again(self):
+        """A cleaner of old files in the temporary directory removes the routing
+        directory: the owner's periodic check listens again."""
+        import shutil
+        users = users_by_owner(self.db)
+        a, b = self.workers
+        shutil.rmtree(self.directory)
+        yield self.login(a, users[1])
+        self.assertEqual((a.router.passed, a.router.kept), (0, 1))
+        b.router._still_bound()            # (what its timer does every CHECK_EVERY s)
+        self.assertEqual(os.stat(self.directory).st_mode & 0o777, 0o700)
+        yield self.login(a, users[1])
+        self.assertEqual((a.router.passed, a.router.kept), (1, 1))
+        self.assertEqual(self.holders(users[1]), [1, 1])
+        self.assertTrue(b.router._check.running)

@@ -31,13 +31,16 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import task, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 log = Logger(namespace="wyseman.routing")
 
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)   # (Linux, FreeBSD)
+
+#: seconds between two checks that this worker's socket file is still there
+CHECK_EVERY = 60.0
 
 #: the largest message: a request head (the sniffer reads at most 16 KiB) and some room
 MAX_MESSAGE = 32 * 1024
@@ -85,6 +88,8 @@ class Router:
         self._peers: dict[int, socket.socket] = {}
         self._listener: _Listener | None = None
         self._inbound: set[_UnixReader] = set()
+        self._check: task.LoopingCall | None = None
+        self._bound: int | None = None    # the inode of the socket's file
         #: connections passed on, taken in, and served here because the owner could not
         #: take them (metric ``wyseman_routed_connections``)
         self.passed = self.taken = self.kept = 0
@@ -98,12 +103,24 @@ class Router:
             self.sites.append(site)
 
     def start(self) -> None:
-        """Listen for connections passed to this worker."""
+        """Listen for connections passed to this worker; and every :data:`CHECK_EVERY`
+        seconds make sure the socket's file is still there (a cleaner of old files in
+        the temporary directory may remove it and its directory: it is made again)."""
+        self._bind()
+        if self._check is None:
+            self._check = task.LoopingCall(self._still_bound)
+            self._check.clock = self.reactor
+            self._check.start(CHECK_EVERY, now=False)
+
+    def _bind(self) -> None:
         path = socket_path(self.directory, self.index)
         try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             os.unlink(path)          # left by this worker's previous incarnation
         except FileNotFoundError:
             pass
+        except OSError:
+            pass                     # (bind says what is wrong)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)
@@ -116,8 +133,27 @@ class Router:
             return
         self._listener = _Listener(self, sock)
         self.reactor.addReader(self._listener)
+        self._bound = os.stat(path).st_ino
+
+    def _still_bound(self) -> None:
+        """Listen again if the socket's file is gone or is not ours any more."""
+        try:
+            if os.stat(socket_path(self.directory, self.index)).st_ino == self._bound:
+                return
+        except OSError:
+            pass
+        log.warn("[server] route_by_user: {path} was removed; listening again",
+                 path=socket_path(self.directory, self.index))
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._bind()
 
     def stop(self) -> None:
+        if self._check is not None:
+            if self._check.running:
+                self._check.stop()
+            self._check = None
         for peer in self._peers.values():
             peer.close()
         self._peers.clear()
