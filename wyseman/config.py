@@ -172,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
        "nothing of it. A user's reads that arrive together are answered by one statement "
        "(`[database] read_batch`) only within one process, so this pays when users hold "
        "several busy sockets each (on 2 cores, 10 users × 10 sockets: two workers served "
-       "0.8× one worker's requests without it, 1.1–1.4× with it); with one socket per user "
+       "0.75–1.15× one worker's requests without it, 1.05–1.48× with it); with one socket "
+       "per user "
        "it only adds the hop. A user with many sockets then uses one worker's core only. "
        "`tls:` ports are not routed (the TLS session stays in its process)."),
     _o("server", "fanout_threads", _int_range(0, 64), 0,
