@@ -1027,9 +1027,44 @@ class Bench:
             args.server_cpus = placed
 
     def scaling_runs(self, deadline: Deadline) -> None:
-        args, env = self.args, self.env
+        """``--scaling-runs`` rounds of every worker count; the rows of the round whose
+        ratio is the median (tuple: the routed ratio; logins: theirs), every round's
+        ratio in the notes of the two-worker rows."""
+        args = self.args
         clients = 100
         counts = list(range(1, max(2, os.cpu_count() or 1) + 1))
+        rounds = []
+        for number in range(1, args.scaling_runs + 1):
+            if args.scaling_runs > 1:
+                log(f"  scaling: round {number}/{args.scaling_runs}")
+            rounds.append(self.scaling_round(deadline, clients, counts))
+
+        def ratio(rows: list[Row], scenario: str, routed: bool = False) -> float:
+            row = next(r for r in rows if r.scenario == scenario and r.baseline
+                       and ("route_by_user" in r.params) == routed)
+            return row.ratio or 0.0
+        tuple_rows = [[r for r in rows if r.scenario != "handshakes, server workers"]
+                      for rows in rounds]
+        login_rows = [[r for r in rows if r.scenario == "handshakes, server workers"]
+                      for rows in rounds]
+        if len(rounds) > 1:
+            for group, scenario, routed in ((tuple_rows, "tuple, server workers", True),
+                                            (tuple_rows, "tuple, server workers", False),
+                                            (login_rows, "handshakes, server workers", False)):
+                listed = ", ".join(f"{ratio(rows, scenario, routed):.2f}" for rows in group)
+                for rows in group:
+                    for row in rows:
+                        if (row.scenario == scenario and row.baseline
+                                and ("route_by_user" in row.params) == routed):
+                            row.notes = f"rounds in order: {listed}×; this round: " + row.notes
+        self.rows.extend(lower_median(tuple_rows,
+                                      key=lambda rows: ratio(rows, "tuple, server workers",
+                                                             routed=len(counts) > 1)))
+        self.rows.extend(lower_median(login_rows,
+                                      key=lambda rows: ratio(rows, "handshakes, server workers")))
+
+    def scaling_round(self, deadline: Deadline, clients: int, counts: list[int]) -> list[Row]:
+        args, env = self.args, self.env
         measured: dict[int, dict[str, Any]] = {}
         logins: dict[int, dict[str, Any]] = {}
         for count in counts:
@@ -1053,39 +1088,58 @@ class Bench:
             finally:
                 env.finish([server.child])
         one, one_logins = measured[1]["rps"], logins[1]["rate"]
+        rows = []
         for count in counts:
             m = measured[count]
             later = count > 1
-            self.rows.append(Row("tuple, server workers", f"workers={count} C={clients}",
-                                 m["rps"], "req/s", one if later else None,
-                                 "workers=1 req/s" if later else "", run_notes(m),
-                                 {"measured": m}))
-            self.rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
-                                 m["p99"], "ms"))
+            rows.append(Row("tuple, server workers", f"workers={count} C={clients}",
+                            m["rps"], "req/s", one if later else None,
+                            "workers=1 req/s" if later else "", run_notes(m),
+                            {"measured": m}))
+            rows.append(Row("tuple latency p99", f"workers={count} C={clients}",
+                            m["p99"], "ms"))
             if count in routed:
                 m = routed[count]
-                self.rows.append(Row("tuple, server workers",
-                                     f"workers={count} C={clients} route_by_user", m["rps"],
-                                     "req/s", one, "workers=1 req/s", run_notes(m),
-                                     {"measured": m}))
-                self.rows.append(Row("tuple latency p99",
-                                     f"workers={count} C={clients} route_by_user", m["p99"],
-                                     "ms"))
+                rows.append(Row("tuple, server workers",
+                                f"workers={count} C={clients} route_by_user", m["rps"],
+                                "req/s", one, "workers=1 req/s", run_notes(m),
+                                {"measured": m}))
+                rows.append(Row("tuple latency p99",
+                                f"workers={count} C={clients} route_by_user", m["p99"], "ms"))
         for count in counts:
             m, later = logins[count], count > 1
-            self.rows.append(Row("handshakes, server workers",
-                                 f"workers={count} {args.loadgens}x{args.workers}", m["rate"],
-                                 "logins/s", one_logins if later else None,
-                                 "workers=1 logins/s" if later else "", m["notes"], m["extra"]))
+            rows.append(Row("handshakes, server workers",
+                            f"workers={count} {args.loadgens}x{args.workers}", m["rate"],
+                            "logins/s", one_logins if later else None,
+                            "workers=1 logins/s" if later else "", m["notes"], m["extra"]))
+        return rows
 
     def notify_scenario(self, deadline: Deadline) -> None:
+        """``--notify-runs`` runs, each on a fresh server with fresh subscribers; the rows
+        of the run whose paced p99 is the median, with every run's p99 in its notes."""
+        runs = []
+        for number in range(1, self.args.notify_runs + 1):
+            if self.args.notify_runs > 1:
+                log(f"  notify: run {number}/{self.args.notify_runs}")
+            runs.append(self.notify_run(deadline, profile=self.args.profile and number == 1))
+        median = lower_median(runs, key=lambda rows: rows[-1].value)
+        if len(runs) > 1:
+            p99 = median[-1]
+            listed = ", ".join(fmt(rows[-1].value) for rows in runs)
+            p99.params += f", median of {len(runs)}"
+            p99.notes = f"runs in order: p99 {listed} ms; the median run: " + p99.notes
+            p99.extra = {**(p99.extra or {}), "runs_p99_ms": [rows[-1].value for rows in runs]}
+        self.rows.extend(median)
+
+    def notify_run(self, deadline: Deadline, profile: bool) -> list[Row]:
+        """One notify run → its rows: burst deliveries/s, paced p50, paced p99 (last)."""
         args, env = self.args, self.env
         subscribers = args.subscribers
         paced, burst = args.notifies, args.notifies
         # One paced NOTIFY at a time: the interval must exceed a whole fan-out, or the
         # latencies would measure a queue (Python fans out ~10-100 µs per socket).
         interval = max(0.25, subscribers / 5000)
-        server = env.start_server(deadline, profile=args.profile, metrics=True)
+        server = env.start_server(deadline, profile=profile, metrics=True)
         base = {"mode": "notify", "port": server.port, "channel": CHANNEL,
                 "expected": paced + burst, "open_concurrency": 32,
                 "max_seconds": deadline.left()}
@@ -1114,7 +1168,7 @@ class Bench:
                                                    "wyseman_notification_fanout_seconds")
                     full_gc = histogram_stats(server.metrics_ports, "wyseman_gc_pause_seconds",
                                               'generation="2",')
-                    if args.profile:  # the burst only (profiling slows it down a little)
+                    if profile:  # the burst only (profiling slows it down a little)
                         server.child.popen.send_signal(signal.SIGUSR1)
                     before = CpuSnapshot.take(server.pid, env.postmaster_pid)
                     burst_start = time.time()
@@ -1129,7 +1183,7 @@ class Bench:
                             g.send("stop")
                             results.append(g.event("result", deadline, cap=30))
                     after = CpuSnapshot.take(server.pid, env.postmaster_pid)
-                    if args.profile:
+                    if profile:
                         server.child.popen.send_signal(signal.SIGUSR2)
                         while server.child.readline(deadline, 60).strip() != b"PROFILED":
                             pass
@@ -1165,7 +1219,7 @@ class Bench:
                  f"({1000.0 * server_ms / max(1, burst_count):.1f} µs a delivery), pg "
                  f"{1000.0 * (after.pg - before.pg):,.0f} ms, generators "
                  f"{'+'.join(f'{g:,.0f}' for g in gen_ms) or '-'} ms (reading after it)")
-        if args.profile:
+        if profile:
             notes += "; burst run under cProfile (slower)"
         params = f"S={subscribers}"
         extra = {"received": received, "expected": expected, "paced_notifies": paced,
@@ -1174,21 +1228,23 @@ class Bench:
                  "burst_p99_ms": percentile(phase["burst"], 99),
                  "paced_server_fanout": paced_fanout, "server_full_gc": full_gc,
                  "paced_round_p99_ms": round_p99}
-        self.rows.append(Row("notify fan-out", f"{params} K={burst} burst", rate,
-                             "deliveries/s", notes=notes, extra=extra))
-        self.rows.append(Row("notify latency p50", f"{params} K={paced} paced",
-                             percentile(phase["paced"], 50), "ms"))
-        self.rows.append(Row("notify latency p99", f"{params} K={paced} paced",
-                             percentile(phase["paced"], 99), "ms", notes=(
-                                 f"each paced NOTIFY's p99: {fmt(min(round_p99, default=None))}"
-                                 f"–{fmt(max(round_p99, default=None))} ms; "
-                                 f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
-                                 f"p99 {fmt(extra['burst_p99_ms'])} ms; server's own "
-                                 f"fan-out (paced): mean {fmt(paced_fanout['mean_ms'])} ms, "
-                                 f"all ≤ {fmt(paced_fanout['max_bucket_ms'])} ms; "
-                                 f"full GCs until then: {full_gc['count']}, mean "
-                                 f"{fmt(full_gc['mean_ms'])} ms, all ≤ "
-                                 f"{fmt(full_gc['max_bucket_ms'])} ms")))
+        return [
+            Row("notify fan-out", f"{params} K={burst} burst", rate, "deliveries/s",
+                notes=notes, extra=extra),
+            Row("notify latency p50", f"{params} K={paced} paced",
+                percentile(phase["paced"], 50), "ms"),
+            Row("notify latency p99", f"{params} K={paced} paced",
+                percentile(phase["paced"], 99), "ms", notes=(
+                    f"each paced NOTIFY's p99: {fmt(min(round_p99, default=None))}"
+                    f"–{fmt(max(round_p99, default=None))} ms; "
+                    f"burst: p50 {fmt(extra['burst_p50_ms'])} ms, "
+                    f"p99 {fmt(extra['burst_p99_ms'])} ms; server's own "
+                    f"fan-out (paced): mean {fmt(paced_fanout['mean_ms'])} ms, "
+                    f"all ≤ {fmt(paced_fanout['max_bucket_ms'])} ms; "
+                    f"full GCs until then: {full_gc['count']}, mean "
+                    f"{fmt(full_gc['mean_ms'])} ms, all ≤ "
+                    f"{fmt(full_gc['max_bucket_ms'])} ms")),
+        ]
 
     def handshake_scenario(self, deadline: Deadline) -> None:
         args, env = self.args, self.env
@@ -1364,6 +1420,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--handshake-runs", type=int,
                         help="handshake: measure the parallel logins this many times; the "
                              "target uses the median run (default 3; quick 1)")
+    parser.add_argument("--notify-runs", type=int,
+                        help="notify: this many runs, each with fresh subscribers; the "
+                             "target uses the median run's p99 (default 3; quick 1)")
+    parser.add_argument("--scaling-runs", type=int,
+                        help="scaling: this many rounds of every worker count; the targets "
+                             "use the median round's ratios (default 3; quick 1)")
     parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
     parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
     parser.add_argument("--read-batch", type=int, default=16,
@@ -1409,6 +1471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = args.connections or ([1, 10, 100] if quick else [1, 10, 100, 1000])
     args.pairs = args.pairs if args.pairs is not None else (0 if quick else 3)
     args.handshake_runs = max(1, args.handshake_runs or (1 if quick else 3))
+    args.notify_runs = max(1, args.notify_runs or (1 if quick else 3))
+    args.scaling_runs = max(1, args.scaling_runs or (1 if quick else 3))
     args.subscribers = args.subscribers or (1000 if quick else 10000)
     args.idle = args.idle or (2000 if quick else 10000)
     args.notify_wait = 30.0 if quick else 60.0
@@ -1425,10 +1489,11 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         + (3 * run + 30 if args.profile else 0)
         + args.pairs * (2 * run + 60),
         "select": 60 + 3 * run + 30 + node * (60 + run + 30),
-        "notify": 120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000),
+        "notify": args.notify_runs * (
+            120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000)),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40),
         "memory": 60 + args.idle / 100,
-        "scaling": 60 + max(2, os.cpu_count() or 1) * (4 * run + 80),
+        "scaling": args.scaling_runs * (60 + max(2, os.cpu_count() or 1) * (5 * run + 90)),
     }
 
 
