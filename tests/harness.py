@@ -28,14 +28,16 @@ def make_config(db: TestDatabase, **sections: dict[str, Any]) -> cfg.Config:
 
 
 @defer.inlineCallbacks
-def start_gateway(testcase: Any, db: TestDatabase, actions: Any = None,
+def start_gateway(testcase: Any, db: TestDatabase, actions: Any = None, *, router: Any = None,
                   **sections: dict[str, Any]) -> Any:
-    """A started :class:`GatewayService`; stopped (ports, sockets, pools) at cleanup."""
+    """A started :class:`GatewayService` (``router``: as a worker with route_by_user);
+    stopped (ports, sockets, pools) at cleanup."""
     config = make_config(db, **sections)
     if actions is None:
         from wyseman.actions import ActionRegistry
         actions = ActionRegistry()
-    service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor, actions)
+    service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor, actions,
+                             router=router)
     yield service.startService()
     testcase.addCleanup(service.stopService)
     service.port = service.ports[0].getHost().port

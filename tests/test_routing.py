@@ -12,13 +12,11 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, make_config
+from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.test_websocket import client_frame
-from wyseman.actions import ActionRegistry
 from wyseman.client.connection import ClientError, connect
 from wyseman.routing import Router, owner_of, route_key
-from wyseman.service import GatewayService
 
 TUPLE = {"action": "tuple", "view": "base.curr_eid()"}
 
@@ -56,20 +54,12 @@ def users_by_owner(db: Any, workers: int = 2) -> dict[int, str]:
     return found
 
 
-@defer.inlineCallbacks
 def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: int = 2,
-                  **sections: Any) -> Any:
+                  **sections: Any) -> defer.Deferred:
     """A gateway in this process as worker ``index`` of ``workers`` with route_by_user
     (Unix sockets in ``directory``); stopped at cleanup."""
-    config = make_config(db, **sections)
-    router = Router(reactor, directory, index, workers)
-    service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor,
-                             ActionRegistry(), route=router)
-    yield service.startService()
-    testcase.addCleanup(service.stopService)
-    service.port = service.ports[0].getHost().port
-    service.url = f"ws://127.0.0.1:{service.port}"
-    return service
+    return start_gateway(testcase, db, router=Router(reactor, directory, index, workers),
+                         **sections)
 
 
 class _EarlyFrame(protocol.Protocol):

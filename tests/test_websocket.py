@@ -562,7 +562,7 @@ class LeftDuringLoginTests(TestCase):
         login = yield checks[0]
         gate.callback(login)              # the check ends: too late
         self.assertEqual(opened, [])
-        self.assertEqual((gateway.connection_count, gateway.user_connections(user)), (0, 0))
+        self.assertEqual((gateway.connection_count, len(gateway.connections_of(user))), (0, 0))
         self.assertEqual(gateway.user_slots.count(user), 0)   # counted, then let go
 
 
@@ -601,7 +601,7 @@ class KeyRemovedDuringLoginTests(TestCase):
         with self.assertRaises(ClientError) as refused:
             yield login
         self.assertIn("403", str(refused.exception))
-        self.assertEqual(self.gateway.user_connections(self.user), 0)
+        self.assertEqual(len(self.gateway.connections_of(self.user)), 0)
         self.assertEqual(self.gateway.user_slots.count(self.user), 0)
 
     @defer.inlineCallbacks

@@ -117,7 +117,6 @@ class Gateway:
         self.metrics.failed_batches.set_function(lambda: batches.failed_batches)
         limits = config.limits
         self.max_connections = limits.max_connections
-        self.max_connections_per_user = limits.max_connections_per_user
         #: each user's connections, from an accepted login to its close (wyseman.userslots)
         self.user_slots = user_slots or LocalSlots(limits.max_connections_per_user)
         self.max_in_flight = limits.max_in_flight
@@ -178,9 +177,6 @@ class Gateway:
         return f"origin {origin!r} does not match host {host!r}"
 
     # -- sessions ----------------------------------------------------------------
-    def user_connections(self, user: str) -> int:
-        return len(self._by_user.get(user, ()))
-
     def ensure_listening(self, channels: Sequence[str]) -> defer.Deferred:
         """LISTEN to ``channels`` now, so that a socket is subscribed the moment it opens
         (the upgrade completes after this fires)."""
@@ -249,10 +245,7 @@ class Gateway:
             log.warn("ignored malformed {channel} payload", channel=AUTH_CHANNEL)
             return
         self.key_changes.record(user, remaining)
-        for protocol in self.connections_of(user):
-            if protocol.session.key_x not in remaining:
-                log.info("closing a connection of {user}: credentials changed", user=user)
-                protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
+        self._close_if_key_gone(user, remaining, keyless=True)
 
     def listener_reconnected(self) -> defer.Deferred:
         """The LISTEN connection was lost and is back: key changes announced meanwhile
@@ -275,10 +268,15 @@ class Gateway:
             log.warn("could not read the keys of {user} again: {error}", user=user,
                      error=str(exc))
             return
-        remaining = {key.get("x") for key in candidate_keys(conn_pub)}
+        remaining = frozenset(key.get("x") for key in candidate_keys(conn_pub))
+        self._close_if_key_gone(user, remaining, keyless=False)
+
+    def _close_if_key_gone(self, user: str, remaining: frozenset[Any], keyless: bool) -> None:
+        """Close ``user``'s sockets whose key is not in ``remaining``; ``keyless``: those
+        logged in without a key too (an announced change ends them; a re-read does not)."""
         for protocol in self.connections_of(user):
             key_x = protocol.session.key_x
-            if key_x is not None and key_x not in remaining:
+            if key_x not in remaining and (keyless or key_x is not None):
                 log.info("closing a connection of {user}: credentials changed", user=user)
                 protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
 

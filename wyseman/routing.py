@@ -117,10 +117,8 @@ class Router:
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             os.unlink(path)          # left by this worker's previous incarnation
-        except FileNotFoundError:
-            pass
         except OSError:
-            pass                     # (bind says what is wrong)
+            pass                     # (none left; or bind says what is wrong)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)

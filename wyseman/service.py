@@ -192,12 +192,12 @@ class GatewayService(StartingService):
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
-                 replay: Any = None, user_slots: Any = None, route: Any = None) -> None:
+                 replay: Any = None, user_slots: Any = None, router: Any = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of :mod:`wyseman.supervisor`);
         ``replay``, ``user_slots``: the shared replay cache and per-user connection
         count of such a worker (see Authenticator, wyseman.userslots);
-        ``route``: such a worker's :class:`~wyseman.routing.Router` (``[server]
+        ``router``: such a worker's :class:`~wyseman.routing.Router` (``[server]
         route_by_user``), which passes upgrades on its ``tcp:`` ports to their users'
         workers."""
         super().__init__(config, admin_dsn, reactor)
@@ -206,7 +206,7 @@ class GatewayService(StartingService):
         self.reuse_port = reuse_port
         self._replay = replay
         self._user_slots = user_slots
-        self.router = route
+        self.router = router
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]

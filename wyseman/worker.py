@@ -117,7 +117,7 @@ def main() -> int:
                   if route else None)
         service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
                                  ActionRegistry.from_config(config), reuse_port=True,
-                                 replay=channel, user_slots=channel, route=router)
+                                 replay=channel, user_slots=channel, router=router)
     except ConfigError as exc:
         log.error("{error}", error=str(exc))
         return 2
