@@ -102,14 +102,19 @@ class _RawHTTP(protocol.Protocol):
             self.done.callback(self.data)
 
 
-@defer.inlineCallbacks
-def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) -> Any:
-    """Send one WebSocket upgrade request; → (status code, body text)."""
+def upgrade_request(port: int, query: str, headers: dict[str, str] | None = None) -> bytes:
+    """A WebSocket upgrade request for ``/?query`` (the RFC 6455 example key)."""
     lines = [f"GET /?{query} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
              "Sec-WebSocket-Version: 13"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    raw = _RawHTTP(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@defer.inlineCallbacks
+def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) -> Any:
+    """Send one WebSocket upgrade request; → (status code, body text)."""
+    raw = _RawHTTP(upgrade_request(port, query, headers))
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
     data = yield raw.done
     head, _, body = data.partition(b"\r\n\r\n")

@@ -12,7 +12,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import add_user, start_gateway, upgrade_request
 from tests.pgtest import fresh_database
 from tests.test_websocket import client_frame
 from wyseman.client.connection import ClientError, connect
@@ -68,10 +68,7 @@ class _EarlyFrame(protocol.Protocol):
 
     def __init__(self, port: int, user: str) -> None:
         request = json.dumps({**TUPLE, "id": "early"}).encode()
-        self.data = (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n").encode() + client_frame(1, request)
+        self.data = upgrade_request(port, f"user={user}") + client_frame(1, request)
         self.received = b""
         self.reply: defer.Deferred = defer.Deferred()
 

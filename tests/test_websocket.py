@@ -12,7 +12,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.harness import _RawHTTP, add_user, http_get, raw_upgrade, start_gateway
+from tests.harness import (
+    _RawHTTP,
+    add_user,
+    http_get,
+    raw_upgrade,
+    start_gateway,
+    upgrade_request,
+)
 from tests.pgtest import fresh_database
 from wyseman import keys
 from wyseman.client.connection import ClientError, connect, fetch_clientinfo
@@ -397,10 +404,7 @@ class _RawWebSocket(protocol.Protocol):
 
     def __init__(self, port: int, user: str, frames: bytes, wanted: Any,
                  query: str = "") -> None:
-        self.request = (f"GET /?user={user}{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.request = upgrade_request(port, f"user={user}{query}")
         self.frames, self.wanted = frames, wanted
         self.buffer = b""
         self.upgraded = False
@@ -518,10 +522,7 @@ class _LeavingClient(protocol.Protocol):
     """Sends an upgrade request; ``lost`` fires when the connection is gone."""
 
     def __init__(self, port: int, user: str) -> None:
-        self.request = (f"GET /?user={user} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.request = upgrade_request(port, f"user={user}")
         self.lost: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802
