@@ -75,6 +75,25 @@ def ticket_login(testcase: Any, server: Any, db: TestDatabase, user: str,
     return conn
 
 
+@defer.inlineCallbacks
+def key_logins(testcase: Any, server: Any, db: TestDatabase, user: str, count: int) -> Any:
+    """``count`` connections of one user: a ticket registers a key, the rest sign with it
+    (a second ticket login would replace the key and close the first); closed at cleanup."""
+    from wyseman import keys
+    from wyseman.client.connection import connect
+    private = keys.generate_private_jwk()
+    token = admin.issue_ticket(db.dsn, user).token
+    first = yield connect(server.url, user, token=token, new_key=private)
+    testcase.addCleanup(first.close)
+    sockets = [first]
+    for _ in range(count - 1):
+        conn = yield connect(server.url, user, key=private,
+                             clientinfo_url=server.clientinfo_url)
+        testcase.addCleanup(conn.close)
+        sockets.append(conn)
+    return sockets
+
+
 def add_user(db: TestDatabase, prefix: str = "u") -> str:
     """A user (entity row + login role) unique to this test."""
     name = db.role_name(prefix)

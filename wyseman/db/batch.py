@@ -214,7 +214,11 @@ class ReadBatcher:
     def _acquired(self, conn: Connection) -> None:
         self._acquiring -= 1
         reads = self._take()
-        self._acquire_more()
+        try:
+            self._acquire_more()
+        except Exception:
+            # never keep a connection nobody will give back (nor reads nobody will run)
+            log.failure("asking the pool for more connections failed")
         if not reads:
             self.pool.release(conn)
         elif len(reads) == 1:

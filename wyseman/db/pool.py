@@ -9,6 +9,16 @@ A pool is bounded (``size``), requests wait in a bounded queue when it is busy,
 idle connections are closed after ``idle_timeout`` and every connection is
 replaced after ``max_lifetime``. The :class:`PoolSet` caps the total across
 roles, closing idle connections of other roles to make room.
+
+A connection released while requests wait is handed to the next one *without
+nesting*: a result can arrive synchronously (the adapter reads an answer that is
+already in the socket), so the next request's work may finish, and release the
+connection again, inside the hand-off. Done as calls inside calls, a burst of
+queued requests would nest one hand-off per request until Python's recursion
+limit broke a hand-off half way and left its connection counted busy for ever.
+Hand-offs are therefore queued and run by one loop (a trampoline), and every
+path that takes a connection gives it back whatever the work or its callbacks
+raise.
 """
 
 from __future__ import annotations
@@ -81,6 +91,10 @@ class RolePool:
         self._connecting = 0
         self._pending_connects: set[defer.Deferred] = set()
         self._closed = False
+        #: connections released to waiters, not yet given to them (see the module's
+        #: docstring: hand-offs run one after another, never one inside another)
+        self._handoffs: deque[tuple[defer.Deferred, Connection]] = deque()
+        self._handing = False
         #: one timer per pool closes idle connections (not one per release: a timer
         #: made and cancelled per request costs more than the pool's own bookkeeping)
         self._sweep: Any = None
@@ -194,8 +208,9 @@ class RolePool:
             return
         if self._waiters:
             self._busy[id(conn)] = slot
-            self._waiters.popleft().callback(conn)
+            self._handoffs.append((self._waiters.popleft(), conn))
             self._update_stats()
+            self._run_handoffs()
             return
         slot.idle_since = now
         self._idle.append(slot)       # (oldest on the left: idle_since increases)
@@ -203,6 +218,33 @@ class RolePool:
             self._schedule_sweep(now)
         self._update_stats()
         self.owner.capacity_available()
+
+    def _run_handoffs(self) -> None:
+        """Give each queued connection to its waiter, one after another. A release made
+        while a waiter runs (its work finished at once) only queues the next hand-off;
+        the loop already running here makes it, so the stack stays flat however many
+        requests wait."""
+        if self._handing:
+            return
+        self._handing = True
+        try:
+            while self._handoffs:
+                waiter, conn = self._handoffs.popleft()
+                if waiter.called:        # cancelled after it left the queue
+                    self._give_back(conn)
+                    continue
+                try:
+                    waiter.callback(conn)
+                except Exception:        # only a waiter fired meanwhile can raise here
+                    log.failure("a pool waiter could not take its connection")
+                    self._give_back(conn)
+        finally:
+            self._handing = False
+
+    def _give_back(self, conn: Connection) -> None:
+        """Release a connection that its taker never got (from inside the hand-off loop:
+        this only queues the next hand-off, the loop makes it)."""
+        self.release(conn)
 
     def _serve_waiters(self) -> None:
         """Open a connection for the first waiter if there is room."""
@@ -297,8 +339,13 @@ class RolePool:
         return inner.addBoth(self._done, conn)
 
     def _done(self, result: Any, conn: Connection) -> Any:
-        broken = isinstance(result, Failure) and is_connection_error(result)
-        self.release(conn, broken=broken or conn.closed)
+        try:
+            broken = isinstance(result, Failure) and is_connection_error(result)
+            self.release(conn, broken=broken or conn.closed)
+        except Exception:
+            # the connection is back (release pops it first): a failure after that is a
+            # bug to log, not a reason to lose the request's own outcome
+            log.failure("releasing a pooled connection failed")
         return result
 
 
