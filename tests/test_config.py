@@ -111,6 +111,10 @@ class ErrorTests(SynchronousTestCase):
         self.assertConfigError(
             MINIMAL + "[limits]\nmax_frame_size = 2000000\nmax_message_size = 1048576\n",
             "max_frame_size")
+        self.assertConfigError(MINIMAL + '[channels]\nallow = ["wylib", "wyseman_auth"]\n',
+                               "[channels] allow: 'wyseman_auth' is the server's own")
+        self.assertConfigError(MINIMAL + '[channels.roles]\nops = ["wyseman_auth"]\n',
+                               "[channels] roles.ops: 'wyseman_auth'")
 
     def test_missing_file(self) -> None:
         with self.assertRaises(cfg.ConfigError) as ctx:

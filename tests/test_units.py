@@ -73,6 +73,12 @@ class PolicyTests(SynchronousTestCase):
         self.assertTrue(policy.allowed("admin", "wyseman"))
         self.assertFalse(policy.allowed("alice", "App_orders"))  # case-sensitive
 
+    def test_the_credentials_channel_is_never_allowed(self):
+        policy = ChannelPolicy(("*", "wyseman_*"), {"admin": ("wyseman_auth",)})
+        self.assertTrue(policy.allowed("alice", "wyseman_orders"))
+        self.assertFalse(policy.allowed("alice", "wyseman_auth"))
+        self.assertFalse(policy.allowed("admin", "wyseman_auth"))
+
     def test_failure_limiter_window(self):
         limiter = FailureLimiter(limit=3, window=60)
         for t in (0, 1, 2):

@@ -574,10 +574,10 @@ class KeyRemovedDuringLoginTests(TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
-    def held_login(self, remaining: Any) -> Any:
-        """A key login whose check is held until a ``wyseman_auth`` change (keys
-        ``remaining(x)``, x the login's key) has been seen; → [the login's Deferred]."""
-        from wyseman.db.pg import Notification
+    def held_login(self, change: str) -> Any:
+        """A key login whose check is held until the gateway has read the stored keys
+        again after ``change`` (SQL run with the user's name as %s, whose NOTIFY on
+        ``wyseman_auth`` reaches the gateway); → [the login's Deferred]."""
         db = fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db)
@@ -590,15 +590,17 @@ class KeyRemovedDuringLoginTests(TestCase):
         login = connect(server.url, user, key=private, clientinfo_url=server.clientinfo_url)
         yield asked
         checked = yield checks[0]         # the stored key read, the signature good
-        payload = json.dumps({"user": user, "keys": remaining(private["x"])})
-        gateway._on_auth(Notification("wyseman_auth", payload, 0))
+        hinted = hinted_once(self, gateway)
+        db.run(change, (user,))
+        yield hinted                      # the gateway is reading the keys again
         gate.callback(checked)
         self.gateway, self.user = gateway, user
         return [login]
 
     @defer.inlineCallbacks
     def test_the_login_is_refused(self):
-        [login] = yield self.held_login(lambda x: [])
+        [login] = yield self.held_login(
+            "update base.ent set conn_pub = null where username = %s")
         with self.assertRaises(ClientError) as refused:
             yield login
         self.assertIn("403", str(refused.exception))
@@ -606,12 +608,108 @@ class KeyRemovedDuringLoginTests(TestCase):
         self.assertEqual(self.gateway.user_slots.count(self.user), 0)
 
     @defer.inlineCallbacks
-    def test_a_change_that_keeps_the_key_does_not_matter(self):
-        [login] = yield self.held_login(lambda x: [x, "another-device"])
+    def test_a_forged_removal_does_not_matter(self):
+        [login] = yield self.held_login(
+            "select pg_notify('wyseman_auth', json_build_object('user', %s::text, "
+            "'keys', '[]'::json)::text)")
         conn = yield login
         self.addCleanup(conn.close)
         row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
+
+
+def hinted_once(testcase: Any, gateway: Any) -> defer.Deferred:
+    """Fires when the gateway next takes a ``wyseman_auth`` hint (its re-read under way)."""
+    hinted: defer.Deferred = defer.Deferred()
+    recheck = gateway._recheck
+
+    def spy(user: str) -> None:
+        recheck(user)
+        if not hinted.called:
+            hinted.callback(user)
+    testcase.patch(gateway, "_recheck", spy)
+    return hinted
+
+
+class ForgedKeyChangeTests(TestCase):
+    """Any role that may NOTIFY can send on ``wyseman_auth``: the gateway takes it as a
+    hint and believes only the keys stored in the database."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.db = fresh_database(self)
+        self.user = add_user(self.db, "alice")
+        self.other = add_user(self.db, "mallory")
+        self.server = yield start_gateway(self, self.db)
+        self.gateway = self.server.gateway
+        self.conn = yield self.key_login(self.user)
+
+    @defer.inlineCallbacks
+    def key_login(self, user: str) -> Any:
+        token = admin.issue_ticket(self.db.dsn, user).token
+        conn = yield connect(self.server.url, user, token=token,
+                             new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        return conn
+
+    def notify_as_other_role(self, payloads: list[str]) -> defer.Deferred:
+        """NOTIFY from another login role, as any user of the database could; fires when
+        the gateway has taken every hint and its re-reads have ended."""
+        taken: defer.Deferred = defer.Deferred()
+        recheck, count = self.gateway._recheck, [0]
+
+        def spy(user: str) -> None:
+            recheck(user)
+            count[0] += 1
+            if count[0] == len(payloads):
+                taken.callback(None)
+        self.patch(self.gateway, "_recheck", spy)
+        notifies = "; ".join(f"select pg_notify('wyseman_auth', {quoted(p)})"
+                             for p in payloads)
+        self.db.run(f"set role {self.other}; {notifies}; reset role")
+        return taken.addCallback(lambda _: self.gateway.key_checks_idle())
+
+    @defer.inlineCallbacks
+    def test_a_forged_notification_closes_nothing_a_real_removal_does(self):
+        yield self.notify_as_other_role([json.dumps({"user": self.user, "keys": []})])
+        row = yield self.conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertTrue(self.conn.connected)
+        self.db.run("update base.ent set conn_pub = null where username = %s", (self.user,))
+        code, reason = yield self.conn.closed
+        self.assertEqual((code, reason), (4001, "credentials changed"))
+
+    @defer.inlineCallbacks
+    def test_a_flood_of_hints_is_coalesced_and_closes_nothing(self):
+        import wyseman.gateway as gateway_module
+        self.patch(gateway_module, "AUTH_RECHECKS_MAX", 3)
+        reads = []
+        conn_pub = self.gateway.db.conn_pub
+        self.patch(self.gateway.db, "conn_pub",
+                   lambda user: (reads.append(user), conn_pub(user))[1])
+        seen = self.gateway.key_changes.count
+        # the same user many times (coalesced) and many users (beyond the cap)
+        # (distinct payloads: PostgreSQL delivers identical ones of a transaction once)
+        payloads = [json.dumps({"user": self.user, "n": n}) for n in range(50)] + [
+            json.dumps({"user": f"nobody{n}"}) for n in range(20)]
+        yield self.notify_as_other_role(payloads)
+        row = yield self.conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertTrue(self.conn.connected)
+        self.assertLessEqual(reads.count(self.user), 3)   # not one read per hint
+        self.assertLess(len(reads), 20)
+        # the logins being checked during the flood were refused, to be safe
+        self.assertTrue(self.gateway.key_changes.gone_since(self.user, "any", seen))
+        # and a real removal after it is still seen
+        self.db.run("update base.ent set conn_pub = null where username = %s", (self.user,))
+        code, _ = yield self.conn.closed
+        self.assertEqual(code, 4001)
+
+
+def quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 class ListenGapTests(TestCase):

@@ -485,6 +485,13 @@ def _check_consistency(config: Config) -> None:
     if not db.embedded and not db.dsn:
         raise ConfigError(
             f"{src}: [database]: no database: set 'embedded' (a data directory) or 'dsn'")
+    channels = config.channels
+    for where, patterns in [("allow", channels.allow),
+                            *((f"roles.{r}", p) for r, p in channels.roles.items())]:
+        if "wyseman_auth" in patterns:
+            raise ConfigError(
+                f"{src}: [channels] {where}: 'wyseman_auth' is the server's own channel "
+                "(credential changes); clients may not LISTEN to it")
     tls = config.tls
     uses_tls = any(e.startswith("tls:") for e in config.server.listen)
     if uses_tls and not (tls.cert and tls.key):

@@ -27,7 +27,7 @@ from wyseman.gcpause import PauseObserver
 from wyseman.metrics import Metrics
 from wyseman.protocol.credentials import candidate_keys
 from wyseman.protocol.dispatch import Dispatcher
-from wyseman.protocol.handshake import Authenticator, ChannelPolicy
+from wyseman.protocol.handshake import AUTH_CHANNEL, Authenticator, ChannelPolicy
 from wyseman.protocol.health import HealthCheck
 from wyseman.protocol.server import prepare_frame
 from wyseman.protocol.signatures import SignatureChecker
@@ -36,12 +36,23 @@ from wyseman.userslots import LocalSlots
 
 log = Logger(namespace="wyseman.gateway")
 
-#: Channel on which the schema's trigger announces changed or removed credentials.
-AUTH_CHANNEL = "wyseman_auth"
 #: key changes remembered for logins being checked (a login takes milliseconds: more
 #: changes than this during one make it refused, to be safe)
 AUTH_CHANGES_KEPT = 4096
 CLOSE_CREDENTIALS_CHANGED = 4001
+#: users whose keys are re-read at once after ``wyseman_auth`` hints (beyond: a flood)
+AUTH_RECHECKS_MAX = 1024
+
+
+class _Recheck:
+    """A re-read of one user's keys under way: ``again`` if another hint came meanwhile;
+    ``waiters``: logins waiting for it to end."""
+
+    __slots__ = ("again", "waiters")
+
+    def __init__(self) -> None:
+        self.again = False
+        self.waiters: list[defer.Deferred] = []
 
 
 def notification_frame(notification: Notification) -> bytes:
@@ -141,6 +152,10 @@ class Gateway:
         self._by_user: dict[str, set[Any]] = {}
         #: ``wyseman_auth`` notifications, for the logins being checked meanwhile
         self.key_changes = KeyChanges()
+        self._rechecks: dict[str, _Recheck] = {}
+        self._flooded = False
+        self._flood_missed = False
+        self._idle_waiters: list[defer.Deferred] = []
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0
         self.admin_channel = config.channels.admin
@@ -234,46 +249,135 @@ class Gateway:
             self.metrics.notifications_dropped.inc(len(members) - sent)
 
     def _on_auth(self, notification: Notification) -> None:
-        """A user's key changed or the user went: close sockets whose key is gone, and
-        remember the change for the logins being checked meanwhile (:class:`KeyChanges`)."""
+        """A user's key may have changed, or the user gone: re-read the stored keys, then
+        close the sockets whose key is gone and tell the logins being checked meanwhile
+        (:class:`KeyChanges`).
+
+        Any role that may NOTIFY can send on this channel, so the payload is only a hint
+        naming the user: what counts is what the database stores. A forged notification
+        costs one read of that user's keys and closes nothing."""
         try:
             change = orjson.loads(notification.payload)
-            user, remaining = change["user"], frozenset(change.get("keys") or ())
+            user = change["user"]
             if not isinstance(user, str):
                 raise TypeError(user)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             log.warn("ignored malformed {channel} payload", channel=AUTH_CHANNEL)
             return
-        self.key_changes.record(user, remaining)
-        self._close_if_key_gone(user, remaining, keyless=True)
+        self._recheck(user)
+
+    def _recheck(self, user: str) -> None:
+        """Re-read ``user``'s keys; hints that come while a read runs are coalesced into
+        one more read after it (the running one may predate their change). Past
+        :data:`AUTH_RECHECKS_MAX` users at once (a flood), every login being checked is
+        refused and every open key socket checked, as after a LISTEN gap."""
+        pending = self._rechecks.get(user)
+        if pending is not None:
+            pending.again = True
+            return
+        if len(self._rechecks) >= AUTH_RECHECKS_MAX:
+            self._flood_missed = True
+            if not self._flooded:
+                self._flooded = True
+                log.warn("more than {count} users' keys announced as changed at once: "
+                         "checking every open key socket", count=AUTH_RECHECKS_MAX)
+                self._check_everyone()
+            return
+        pending = self._rechecks[user] = _Recheck()
+        self._run_recheck(user, pending)
+
+    def _check_everyone(self) -> None:
+        """Hints were dropped (a flood): refuse the logins being checked and check every
+        open key socket, again until no hint was dropped during a check."""
+        self._flood_missed = False
+
+        def over(_: Any) -> None:
+            if self._flood_missed:
+                self._check_everyone()
+            else:
+                self._flooded = False
+                self._maybe_idle()
+        self._check_open_key_sockets("key-change flood").addBoth(over)
+
+    def _run_recheck(self, user: str, pending: _Recheck) -> None:
+        pending.again = False
+        d = self._check_keys(user, announced=True)
+
+        def done(_: Any) -> None:
+            if pending.again:
+                self._run_recheck(user, pending)
+                return
+            del self._rechecks[user]
+            waiters, pending.waiters = pending.waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+            self._maybe_idle()
+        d.addBoth(done)
+
+    def key_checks_idle(self) -> defer.Deferred:
+        """Fires once no re-read of announced key changes is under way (for tests and
+        orderly stops)."""
+        waiter: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        self._maybe_idle()
+        return waiter
+
+    def _maybe_idle(self) -> None:
+        if self._rechecks or self._flooded or not self._idle_waiters:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def keys_settled(self, user: str) -> defer.Deferred:
+        """Fires once no re-read of ``user``'s keys is under way: a login about to open
+        waits for it, so that a removal announced meanwhile refuses it."""
+        pending = self._rechecks.get(user)
+        if pending is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        pending.waiters.append(waiter)
+        return waiter
 
     def listener_reconnected(self) -> defer.Deferred:
         """The LISTEN connection was lost and is back: key changes announced meanwhile
         were missed. The logins being checked are refused (:meth:`KeyChanges.missed`), and
         the key sockets of each user with open sockets are checked against the keys
         stored now; those whose key is gone are closed as a notification would have."""
+        return self._check_open_key_sockets("LISTEN connection back")
+
+    def _check_open_key_sockets(self, why: str) -> defer.Deferred:
         self.key_changes.missed()
         users = [user for user, protocols in self._by_user.items()
                  if any(p.session.key_x is not None for p in protocols)]
         if users:
-            log.info("LISTEN connection back: checking the keys of {count} user(s) with "
-                     "open sockets", count=len(users))
+            log.info("{why}: checking the keys of {count} user(s) with open sockets",
+                     why=why, count=len(users))
         return defer.gatherResults([self._check_keys(user) for user in users])
 
     @defer.inlineCallbacks
-    def _check_keys(self, user: str) -> Any:
+    def _check_keys(self, user: str, announced: bool = False) -> Any:
+        """Close ``user``'s sockets whose key is no longer stored; ``announced`` (a
+        notification said the keys changed): record the change for the logins being
+        checked, and close sockets logged in without a key if the user is gone."""
         try:
             conn_pub = yield self.db.conn_pub(user)
+            keyless = [p for p in self.connections_of(user) if p.session.key_x is None]
+            gone = bool(announced and keyless and not (yield self.db.user_exists(user)))
         except Exception as exc:
             log.warn("could not read the keys of {user} again: {error}", user=user,
                      error=str(exc))
+            if announced:     # unknown: refuse the logins being checked, as for a gap
+                self.key_changes.missed()
             return
         remaining = frozenset(key.get("x") for key in candidate_keys(conn_pub))
-        self._close_if_key_gone(user, remaining, keyless=False)
+        if announced:
+            self.key_changes.record(user, remaining)
+        self._close_if_key_gone(user, remaining, keyless=gone)
 
     def _close_if_key_gone(self, user: str, remaining: frozenset[Any], keyless: bool) -> None:
         """Close ``user``'s sockets whose key is not in ``remaining``; ``keyless``: those
-        logged in without a key too (an announced change ends them; a re-read does not)."""
+        logged in without a key too (the user is gone)."""
         for protocol in self.connections_of(user):
             key_x = protocol.session.key_x
             if key_x not in remaining and (keyless or key_x is not None):

@@ -64,14 +64,22 @@ class Login:
     key_x: str | None = None   # the public key used (its x), to close sockets when it goes
 
 
+#: Channel on which the schema's trigger announces changed or removed credentials: the
+#: server's own, never one a client may LISTEN to.
+AUTH_CHANNEL = "wyseman_auth"
+
+
 @dataclass
 class ChannelPolicy:
-    """Which channels a role may LISTEN to (exact names or fnmatch patterns)."""
+    """Which channels a role may LISTEN to (exact names or fnmatch patterns); never the
+    server's own :data:`AUTH_CHANNEL`, whatever a pattern matches."""
 
     allow: Sequence[str] = ()
     roles: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def allowed(self, role: str, channel: str) -> bool:
+        if channel == AUTH_CHANNEL:
+            return False
         patterns = (*self.allow, *self.roles.get(role, ()))
         return any(channel == p or fnmatch.fnmatchcase(channel, p) for p in patterns)
 

@@ -208,6 +208,16 @@ class GatewayProtocol(WebSocketServerProtocol):
             self._release_slot()        # (its onClose came before the count)
             raise ConnectionDeny(400, "Bad Request")
         session = self.session
+        if session is None:
+            return result
+        # a key change announced for this user is being read: its outcome decides
+        d = self.factory.gateway.keys_settled(session.user)
+        return d.addCallback(lambda _: self._key_still_there(result))
+
+    def _key_still_there(self, result: Any) -> Any:
+        session = self.session
+        if self.state == self.STATE_CLOSED:
+            return self._still_there(result)
         if session is not None and self.factory.gateway.key_changes.gone_since(
                 session.user, session.key_x, self._auth_seen):
             # the key was removed while the login was checked (the removal closed the
