@@ -45,13 +45,15 @@ AUTH_RECHECKS_MAX = 1024
 
 
 class _Recheck:
-    """A re-read of one user's keys under way: ``again`` if another hint came meanwhile;
-    ``waiters``: logins waiting for it to end."""
+    """A re-read of one user's keys under way: ``again`` if another hint came meanwhile,
+    ``at`` the number of the latest hint (:meth:`KeyChanges.announce`), ``waiters`` the
+    logins waiting for it to end."""
 
-    __slots__ = ("again", "waiters")
+    __slots__ = ("again", "at", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, at: int) -> None:
         self.again = False
+        self.at = at
         self.waiters: list[defer.Deferred] = []
 
 
@@ -79,10 +81,18 @@ class KeyChanges:
         self._gap_ended_at = 0     # count when changes were last missed (see missed)
         self._latest: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
 
-    def record(self, user: str, remaining: frozenset[str]) -> None:
-        """``user``'s keys are now ``remaining`` (their x values)."""
+    def announce(self) -> int:
+        """A change was announced (its keys not read yet): → its number, for
+        :meth:`record`."""
         self.count += 1
-        self._latest[user] = (self.count, remaining)
+        return self.count
+
+    def record(self, user: str, remaining: frozenset[str], at: int | None = None) -> None:
+        """``user``'s keys are ``remaining`` (their x values) as read after the change
+        announced as number ``at`` (:meth:`announce`; None: a change announced now)."""
+        if at is None:
+            at = self.announce()
+        self._latest[user] = (at, remaining)
         self._latest.move_to_end(user)
         if len(self._latest) > self.kept:
             self._latest.popitem(last=False)
@@ -271,9 +281,10 @@ class Gateway:
         one more read after it (the running one may predate their change). Past
         :data:`AUTH_RECHECKS_MAX` users at once (a flood), every login being checked is
         refused and every open key socket checked, as after a LISTEN gap."""
+        at = self.key_changes.announce()
         pending = self._rechecks.get(user)
         if pending is not None:
-            pending.again = True
+            pending.again, pending.at = True, at
             return
         if len(self._rechecks) >= AUTH_RECHECKS_MAX:
             self._flood_missed = True
@@ -283,7 +294,7 @@ class Gateway:
                          "checking every open key socket", count=AUTH_RECHECKS_MAX)
                 self._check_everyone()
             return
-        pending = self._rechecks[user] = _Recheck()
+        pending = self._rechecks[user] = _Recheck(at)
         self._run_recheck(user, pending)
 
     def _check_everyone(self) -> None:
@@ -301,7 +312,7 @@ class Gateway:
 
     def _run_recheck(self, user: str, pending: _Recheck) -> None:
         pending.again = False
-        d = self._check_keys(user, announced=True)
+        d = self._check_keys(user, announced=pending.at)
 
         def done(_: Any) -> None:
             if pending.again:
@@ -356,23 +367,25 @@ class Gateway:
         return defer.gatherResults([self._check_keys(user) for user in users])
 
     @defer.inlineCallbacks
-    def _check_keys(self, user: str, announced: bool = False) -> Any:
-        """Close ``user``'s sockets whose key is no longer stored; ``announced`` (a
-        notification said the keys changed): record the change for the logins being
-        checked, and close sockets logged in without a key if the user is gone."""
+    def _check_keys(self, user: str, announced: int | None = None) -> Any:
+        """Close ``user``'s sockets whose key is no longer stored; ``announced`` (the
+        number of a notification that said the keys changed): record what is stored for
+        the logins being checked, and close sockets logged in without a key if the user
+        is gone."""
         try:
             conn_pub = yield self.db.conn_pub(user)
             keyless = [p for p in self.connections_of(user) if p.session.key_x is None]
-            gone = bool(announced and keyless and not (yield self.db.user_exists(user)))
+            gone = bool(announced is not None and keyless
+                        and not (yield self.db.user_exists(user)))
         except Exception as exc:
             log.warn("could not read the keys of {user} again: {error}", user=user,
                      error=str(exc))
-            if announced:     # unknown: refuse the logins being checked, as for a gap
+            if announced is not None:   # unknown: refuse the logins being checked
                 self.key_changes.missed()
             return
         remaining = frozenset(key.get("x") for key in candidate_keys(conn_pub))
-        if announced:
-            self.key_changes.record(user, remaining)
+        if announced is not None:
+            self.key_changes.record(user, remaining, announced)
         self._close_if_key_gone(user, remaining, keyless=gone)
 
     def _close_if_key_gone(self, user: str, remaining: frozenset[Any], keyless: bool) -> None:
