@@ -758,3 +758,38 @@ class ListenGapTests(TestCase):
         self.patch(server.gateway, "listener_reconnected", lambda: calls.append(1))
         server.gateway.db.listener._on_reconnect()
         self.assertEqual(calls, [1])
+
+
+class OutageTests(TestCase):
+    """Logins refused because the database is down are not failed logins: once it is
+    back, a correct login is accepted at once, not refused for ``failure_window``."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_refusals_during_an_outage_do_not_lock_the_address_out(self):
+        from tests.pgtest import base_dsn, run_sync
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db, auth={"max_failures": 3})
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        # the database refuses connections, and the gateway's connections are cut
+        run_sync(base_dsn(), f'alter database "{db.name}" allow_connections false')
+        self.addCleanup(run_sync, base_dsn(),
+                        f'alter database "{db.name}" allow_connections true')
+        run_sync(base_dsn(), "select pg_terminate_backend(pid) from pg_stat_activity "
+                             "where datname = %s and pid <> pg_backend_pid()", (db.name,))
+        for _ in range(6):
+            status, body = yield raw_upgrade(server.port, f"user={user}&token=x&pub={pub}")
+            self.assertEqual((status, body), (503, "Service Unavailable"))
+        run_sync(base_dsn(), f'alter database "{db.name}" allow_connections true')
+        conn = yield connect(server.url, user, token=admin.issue_ticket(db.dsn, user).token,
+                             new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        self.assertTrue(conn.connected)
+        # wrong credentials still count
+        for _ in range(3):
+            status, _ = yield raw_upgrade(server.port, f"user={user}&token=x&pub={pub}")
+            self.assertEqual(status, 403)
+        status, _ = yield raw_upgrade(server.port, f"user={user}&token=x&pub={pub}")
+        self.assertEqual(status, 429)

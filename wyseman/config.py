@@ -286,8 +286,10 @@ OPTIONS: tuple[Option, ...] = (
        "process may use ÷ `[server] workers`), at most 4. 1: the reactor thread checks them "
        "itself."),
     _o("auth", "max_failures", _int_range(1), 20,
-       "Failed logins from one address within `failure_window` before further attempts "
-       "from it are refused with 429."),
+       "Logins refused for wrong or missing credentials from one address within "
+       "`failure_window` before further attempts from it are refused with 429. Refusals "
+       "for the server's own reasons (the database unavailable, a channel not allowed, a "
+       "full replay cache) do not count."),
     _o("auth", "failure_window", _seconds, 60.0,
        "Window in seconds for `max_failures`."),
 

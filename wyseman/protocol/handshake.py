@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from wyseman.db import pg
+from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
 from wyseman.protocol import credentials as cred
 from wyseman.protocol.signatures import SignatureChecker
 
@@ -38,6 +40,13 @@ class Refusal(Exception):
         self.reason = reason
         self.detail = detail
         self.kind = kind  # short label for metrics: bad_signature, stale_date, ...
+
+
+#: Refusal kinds that mean wrong or missing credentials: the failed logins counted per
+#: address (``max_failures``); every other refusal is the server's or the request's.
+CREDENTIAL_FAILURES = frozenset({
+    "bad_user", "bad_key", "bad_token", "bad_date", "stale_date", "no_key",
+    "bad_signature", "replay", "unknown_user", "no_credentials"})
 
 
 def refuse(code: tuple[int, str], detail: str, kind: str) -> Refusal:
@@ -147,12 +156,21 @@ class Authenticator:
         d = defer.maybeDeferred(self._decide, handshake, now)
 
         def failed(failure: Any) -> Any:
+            # Only wrong credentials count towards the limit: a refusal for the server's
+            # own reasons (the database down, a full cache, a bug) must not lock out the
+            # correct logins that follow it.
             if failure.check(Refusal):
-                self.limiter.failed(handshake.ip, now)
+                if failure.value.kind in CREDENTIAL_FAILURES:
+                    self.limiter.failed(handshake.ip, now)
                 return failure
             # Anything unexpected (database down, bug): never hang the client (D4).
+            if failure.check(DatabaseUnavailable, PoolClosed, PoolBusy) or \
+                    pg.is_connection_error(failure):
+                log.warn("login check for {ip}: the database is unavailable: {why}",
+                         ip=handshake.ip, why=failure.getErrorMessage())
+                return defer.fail(Refusal(503, "Service Unavailable",
+                                          "the database is unavailable", "unavailable"))
             log.failure("login check failed for {ip}", failure, ip=handshake.ip)
-            self.limiter.failed(handshake.ip, now)
             return defer.fail(Refusal(503, "Service Unavailable",
                                       f"login check failed: {failure.getErrorMessage()}",
                                       "error"))
