@@ -52,6 +52,17 @@ def bad_message(text: str) -> ProtocolError:
     return ProtocolError("badMessage", f"parsing: {text}")
 
 
+def commit_unknown() -> ProtocolError:
+    """The connection to the database broke after the change was sent to be committed."""
+    return ProtocolError(
+        "commitUnknown", "the database connection was lost while the change was being "
+        "committed: it may have been saved; read it back before sending it again")
+
+
+def no_database(why: str) -> ProtocolError:
+    return ProtocolError("noDatabase", f"database unavailable: {why}")
+
+
 def bad_tuples(count: int) -> ProtocolError:
     return ProtocolError("badTuples", f"unexpected rows: {count} != 1")
 

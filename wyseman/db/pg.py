@@ -388,11 +388,36 @@ class Connection:
     def transaction(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
         """Run ``work(tx, *args)`` inside BEGIN/COMMIT; an error rolls back.
 
-        ``tx.execute(statement, params)`` returns a Deferred of :class:`Result`.
+        ``tx.execute(statement, params)`` returns a Deferred of :class:`Result`. A
+        connection lost once COMMIT was sent fails with :class:`CommitUnknown`: the change
+        may be stored. (txpostgres's ``runInteraction`` cannot tell that case from a
+        failure before COMMIT, and logs a lost connection's failed ROLLBACK as an error.)
         """
-        def interaction(cursor: Any) -> Any:
-            return work(_Transaction(cursor), *args, **kwargs)
-        return self._conn.runInteraction(interaction)
+        cursor = self._conn.cursor()
+        committing = []
+
+        def commit(result: Any) -> defer.Deferred:
+            committing.append(True)
+            return cursor.execute("commit").addCallback(lambda _: result)
+
+        def failed(failure: Failure) -> Any:
+            if committing:
+                if is_connection_error(failure):
+                    raise CommitUnknown(failure.getErrorMessage()) from failure.value
+                return failure      # COMMIT refused: PostgreSQL rolled back
+            if self.closed or is_connection_error(failure):
+                return failure      # nothing left to roll back
+            rollback = defer.maybeDeferred(cursor.execute, "rollback")
+
+            def stuck(rollback_failure: Failure) -> None:
+                log.warn("ROLLBACK failed ({why}): connection closed",
+                         why=rollback_failure.getErrorMessage())
+                self.close()
+            return rollback.addErrback(stuck).addCallback(lambda _: failure)
+
+        d = cursor.execute("begin")
+        d.addCallback(lambda _: work(_Transaction(cursor), *args, **kwargs))
+        return d.addCallback(commit).addErrback(failed)
 
     def cancel(self, d: defer.Deferred) -> None:
         self._conn.cancel(d)
@@ -449,9 +474,16 @@ def connect(dsn: str, reactor: Any = None, connect_timeout: float | None = None,
     return Connection(reactor).connect(dsn, connect_timeout=connect_timeout, setup=setup)
 
 
+class CommitUnknown(Exception):
+    """The connection was lost after COMMIT was sent: the transaction may or may not have
+    committed, and nobody can tell from here."""
+
+
 def is_connection_error(failure: Failure | BaseException) -> bool:
     """True when the error means the connection is gone (not a SQL error)."""
     exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, CommitUnknown):
+        return True
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return getattr(exc, "pgcode", None) is None or exc.pgcode.startswith("08") or \
             exc.pgcode in ("57P01", "57P02", "57P03")

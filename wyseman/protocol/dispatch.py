@@ -157,11 +157,17 @@ class Dispatcher:
             return failure.value.frame
         if failure.check(ProtocolError):
             return _protocol_error(request, failure.value)
+        if failure.check(pg.CommitUnknown):
+            log.warn("a change's commit outcome is unknown (connection lost after COMMIT "
+                     "was sent): {why}", why=failure.getErrorMessage())
+            return _protocol_error(request, errors.commit_unknown())
+        if pg.is_connection_error(failure):     # (before other psycopg2 errors)
+            return _protocol_error(request, errors.no_database(
+                "connection lost during the request"))
         if failure.check(psycopg2.Error):
             return _database_error(request, failure.value)
         if failure.check(DatabaseUnavailable, PoolClosed):
-            return _protocol_error(request, ProtocolError(
-                "noDatabase", f"database unavailable: {failure.getErrorMessage()}"))
+            return _protocol_error(request, errors.no_database(failure.getErrorMessage()))
         if failure.check(PoolBusy):
             return _protocol_error(request, ProtocolError(
                 "busy", "too many requests waiting for the database; try again"))
@@ -170,9 +176,6 @@ class Dispatcher:
             return _error_reply(request, {
                 "message": "from database; canceling statement due to statement timeout",
                 "code": "57014", "pgCode": "57014"})
-        if pg.is_connection_error(failure):
-            return _protocol_error(request, ProtocolError(
-                "noDatabase", "database connection lost during the request"))
         log.failure("request failed", failure)
         return _protocol_error(request, ProtocolError("internal", "internal server error"))
 
