@@ -303,18 +303,21 @@ class RequestTests(_SampleServer):
 
         def got(data):
             received.append(data)
-            if len(received) == 2:
+            if len(received) == 3:
                 arrived.callback(None)
         self.conn.on_notify("app_events", got)
         self.db.run("""select pg_notify('app_events', '{"n": 1}'),
                               pg_notify('app_other', '{"n": 2}')""")
         self.db.run("select pg_notify('app_events', 'not json')")  # D8: sent as a string
+        # JSON, but nested too deeply to be encoded again: sent as its text
+        deep = "[" * 300 + "]" * 300
+        self.db.run("select pg_notify('app_events', %s)", (deep,))
         yield arrived
-        self.assertEqual(received, [{"n": 1}, "not json"])
+        self.assertEqual(received, [{"n": 1}, "not json", deep])
         metrics = self.server.gateway.metrics
-        self.assertEqual(metrics.notifications._value.get(), 2)
+        self.assertEqual(metrics.notifications._value.get(), 3)
         fanouts = metrics.registry.get_sample_value("wyseman_notification_fanout_seconds_count")
-        self.assertEqual(fanouts, 2)   # app_other has no subscriber: not counted
+        self.assertEqual(fanouts, 3)   # app_other has no subscriber: not counted
 
 
 HOSTILE = ["'", '"', ";", "--", "/*", "$1", "%s", "%(p1)s", "\\", "\n", "é", "😀",

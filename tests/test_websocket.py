@@ -388,10 +388,14 @@ class DirectWriteTests(TestCase):
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
-    """One client frame (payload under 126 bytes), masked as RFC 6455 requires."""
-    assert len(payload) < 126
+    """One client frame (payload under 64 KiB), masked as RFC 6455 requires."""
+    assert len(payload) < 65536
     mask = b"\x37\xfa\x21\x3d"
-    head = bytes([(0x80 if fin else 0) | opcode, (0x80 if masked else 0) | len(payload)])
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode,
+                  (0x80 if masked else 0) | (size if size < 126 else 126)])
+    if size >= 126:
+        head += size.to_bytes(2, "big")
     if not masked:
         return head + payload
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -487,6 +491,33 @@ class FrameParsingTests(TestCase):
                 self.assertIn("error", json.loads(payload))
         self.assertIn((10, b"ping!"), received)            # the pong
         self.assertEqual(begun, [9, 1, 0])  # only the ping and the fragments took Autobahn's way
+
+    @defer.inlineCallbacks
+    def test_requests_that_cannot_be_echoed_are_answered_and_free_their_place(self):
+        deep = "[" * 300 + "]" * 300
+        unanswerable = [
+            f'{{"id": {deep}, "action": "tuple", "view": "base.curr_eid()"}}',
+            f'{{"id": {deep}, "action": "no_such_action", "view": "x"}}',
+            f'{{"id": 7, "action": "select", "view": "base.ent_v", "where": {deep}}}',
+        ]
+        frames = b"".join(client_frame(1, unanswerable[n % 3].encode()) for n in range(40))
+        frames += client_frame(1, json.dumps({"id": 1, "action": "tuple",
+                                              "view": "base.curr_eid()"}).encode())
+        client = yield self.open(frames, lambda got: sum(op == 1 for op, _ in got) == 41)
+        received = yield client.enough
+        client.transport.loseConnection()
+        yield client.closed
+        replies = [json.loads(payload) for op, payload in received if op == 1]
+        last = [r for r in replies if r.get("id") == 1]
+        self.assertEqual(len(last), 1)
+        self.assertIn("curr_eid", last[0]["data"])
+        others = [r for r in replies if r.get("id") != 1]
+        self.assertEqual(len(others), 40)
+        for reply in others:
+            self.assertIn("error", reply)
+            if "id" not in reply:        # the id could not be echoed: said so
+                self.assertEqual(reply["error"]["code"], "!wm.lang:badMessage", reply)
+        self.assertEqual(len([r for r in others if r.get("id") == 7]), 13)
 
     @defer.inlineCallbacks
     def test_short_frame_with_invalid_utf8_closes_1007(self):

@@ -58,12 +58,16 @@ class _Recheck:
 
 
 def notification_frame(notification: Notification) -> bytes:
-    """The notify frame of §6.2; a payload that is not JSON is sent as a string (D8)."""
-    try:
-        data: Any = orjson.loads(notification.payload) if notification.payload else None
-    except orjson.JSONDecodeError:
-        data = notification.payload
-    return dumps({"action": "notify", "channel": notification.channel, "data": data})
+    """The notify frame; a payload that is not JSON is sent as a string (D8), and so is
+    JSON nested too deeply to be encoded again (its text is sent as PostgreSQL had it)."""
+    frame = {"action": "notify", "channel": notification.channel, "data": None}
+    if notification.payload:
+        try:
+            frame["data"] = orjson.loads(notification.payload)
+            return dumps(frame)
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            frame["data"] = notification.payload
+    return dumps(frame)
 
 
 class KeyChanges:

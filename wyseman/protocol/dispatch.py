@@ -127,7 +127,14 @@ class Dispatcher:
         d = defer.maybeDeferred(self._handle, session, request, key)
         d.addCallbacks(self._observed, self._failed, callbackArgs=(request, started, "ok"),
                        errbackArgs=(request, started))
-        d.addCallback(reply)
+        d.addCallbacks(reply, self._last_resort, errbackArgs=(reply,))
+
+    @staticmethod
+    def _last_resort(failure: Failure, reply: Callable[[bytes], Any]) -> None:
+        """Making an error reply failed (a bug): the request is still answered, so that
+        the client is not left waiting and its socket's in-flight place comes back."""
+        log.failure("making a reply failed", failure)
+        reply(dumps({"error": ProtocolError("internal", "internal server error").as_reply()}))
 
     def _read_reply(self, outcome: Any, rows: str, request: dict, started: float) -> bytes:
         """The reply frame of a batched read (what :meth:`_run`'s callbacks make)."""
@@ -155,6 +162,9 @@ class Dispatcher:
     def _unexpected(self, failure: Any, request: dict) -> bytes:
         if failure.check(_ErrorReply):
             return failure.value.frame
+        if failure.check(orjson.JSONEncodeError):   # the echo nested too deeply, say
+            return _protocol_error(request, errors.bad_message(
+                f"the reply cannot be encoded: {failure.getErrorMessage()}"))
         if failure.check(ProtocolError):
             return _protocol_error(request, failure.value)
         if failure.check(pg.CommitUnknown):
@@ -330,7 +340,12 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
         for key in ("id", "view", "action"):
             if key in request:
                 reply[key] = request[key]
-    return dumps(reply)
+    try:
+        return dumps(reply)
+    except orjson.JSONEncodeError:     # an echoed member nested too deeply to encode
+        return dumps({"error": errors.bad_message(
+            "the request's id, view or action is nested too deeply to be echoed; "
+            f"the request was not run ({error.message})").as_reply()})
 
 
 def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
