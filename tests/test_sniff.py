@@ -206,6 +206,17 @@ class SnifferTests(TestCase):
         self.assertTrue(transport.disconnecting)          # a line over its 16 KiB limit
         self.assertEqual(self.websockets, [])
 
+    def test_an_over_long_head_in_one_read_is_twisted_webs_to_refuse(self):
+        sniffer, transport = self.connect()
+        fields = b"".join(b"X-F%d: v\r\n" % n for n in range(5000))
+        head = UPGRADE_HEAD + b"\r\n" + fields
+        self.assertGreater(len(head), MAX_HEAD)
+        sniffer.dataReceived(head + b"\r\n")
+        self.assertEqual(self.websockets, [])
+        self.assertIsNot(transport.protocol, sniffer)
+        self.assertTrue(transport.disconnecting)          # twisted.web's limits
+        self.assertIn(b"400", transport.value())
+
     def test_an_idle_connection_is_closed_after_the_timeout(self):
         sniffer, transport = self.connect()
         self.clock.advance(4)

@@ -193,10 +193,25 @@ class GoldenTests(SynchronousTestCase):
 
     def test_D14_argument_types_validated(self):
         for view in ("x.fn(int;drop)", "x.fn(int) ; select 1", "x.fn(int)--)", "x.fn(a'b)",
-                     "x.fn(int/*)", "x.fn(text) union select (1)", 'x.fn("a)'):
+                     "x.fn(int/*)", "x.fn(text) union select (1)", 'x.fn("a)',
+                     "x.fn(text collate ucs_basic)", 'x.fn(text collate "C")',
+                     "x.fn(text is not null)", "x.fn(text or true)", "x.fn(int and false)",
+                     "x.fn(time zone)", "x.fn(interval year to day)",
+                     "x.fn(double precision precision)", "x.fn(varchar(8) not null)"):
             with self.assertRaises(ProtocolError, msg=view) as ctx:
                 parse_view(view)
             self.assertEqual(ctx.exception.tag, "badView", view)
+
+    def test_D14_every_type_name_of_several_words_is_accepted(self):
+        for type_name in ("double precision", "character varying", "character varying(8)",
+                          "CHAR VARYING(3)", "national character varying(2)", "bit varying",
+                          "char(4)", "timestamp with time zone", "timestamp(3) without time zone",
+                          "time(6) with time zone", "time", "interval", "interval day to second",
+                          "interval year to month", "interval(3)", "int[]", "text[][]",
+                          "numeric(10,2)", "numeric(10, 2)[]", 'public."My Type"',
+                          "pg_catalog.int4", "timestamptz[3]"):
+            name = parse_view(f"x.fn({type_name})")
+            self.assertEqual(name.arg_types, (type_name,))
 
     def test_D21_table_member_ignored(self):
         statement = compile_request(sel(table="secret.passwords"), None)

@@ -161,7 +161,8 @@ class Sniffer(Protocol, TimeoutMixin):
         head = bytes(head)
         self._head = bytearray()
         self.setTimeout(None)
-        kind, headers = classify(head[:end]) if end >= 0 else (None, {})
+        # (a head over the bound is twisted.web's to refuse, even when it came whole)
+        kind, headers = classify(head[:end]) if 0 <= end <= MAX_HEAD - 4 else (None, {})
         site = self.site
         if kind == UPGRADE and site.router is not None and not self.routed:
             owner = site.router.owner(head)

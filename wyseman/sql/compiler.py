@@ -112,11 +112,17 @@ def pyformat_sql(sql: str) -> str:
 # -- view names ----------------------------------------------------------------------
 
 _WORD = r'(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\x00]|"")+")'
+_MODIFIER = r"(?: ?\(\d{1,9}\))?"
 _TYPE = re.compile(
-    rf"^{_WORD}(?:\.{_WORD})?"            # name, optionally schema-qualified
-    r"(?: [A-Za-z_][A-Za-z0-9_]*)*"       # more words: double precision, character varying
-    r"(?: ?\(\d{1,9}(?:, ?\d{1,9})?\))?"  # a type modifier: varchar(8), numeric(10,2)
-    r"(?: [A-Za-z_][A-Za-z0-9_]*)*"       # timestamp(3) with time zone
+    # PostgreSQL's type names of several words, and only those: any other word after a
+    # name would be SQL (``text collate "C"``, ``text is not null``, ``text or true``)
+    r"^(?:(?i:(?:timestamp|time)" + _MODIFIER + r"(?: with(?:out)? time zone)?"
+    r"|interval(?: (?:year|month|day|hour|minute|second)"
+    r"(?: to (?:month|hour|minute|second))?)?" + _MODIFIER +
+    r"|(?:double precision|(?:national )?(?:character|char)(?: varying)?|bit varying)"
+    + _MODIFIER + ")"
+    rf"|{_WORD}(?:\.{_WORD})?"            # one name, optionally schema-qualified
+    r"(?: ?\(\d{1,9}(?:, ?\d{1,9})?\))?)"  # a type modifier: varchar(8), numeric(10,2)
     r"(?:\[\d{0,9}\])*$")                 # array suffixes
 
 
