@@ -16,6 +16,7 @@ from tests.harness import (
     _RawHTTP,
     add_user,
     http_get,
+    key_logins,
     raw_upgrade,
     start_gateway,
     upgrade_request,
@@ -824,3 +825,19 @@ class OutageTests(TestCase):
             self.assertEqual(status, 403)
         status, _ = yield raw_upgrade(server.port, f"user={user}&token=x&pub={pub}")
         self.assertEqual(status, 429)
+
+
+class StopTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_stopping_closes_every_socket_with_going_away(self):
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db)
+        conns = yield key_logins(self, server, db, user, 3)
+        yield server.stopService()
+        for conn in conns:
+            code, reason = yield conn.closed
+            self.assertEqual((code, reason), (1001, "server shutting down"))
+        self.assertEqual(server.gateway.all_connections(), [])

@@ -170,6 +170,8 @@ class Gateway:
         self._flooded = False
         self._flood_missed = False
         self._idle_waiters: list[defer.Deferred] = []
+        #: while :meth:`close_all` runs: the sockets not yet gone, and its Deferred
+        self._closing: tuple[set[Any], defer.Deferred] | None = None
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0
         self.admin_channel = config.channels.admin
@@ -226,6 +228,11 @@ class Gateway:
         return defer.gatherResults(listening)
 
     def unregister(self, protocol: Any) -> None:
+        if self._closing is not None:
+            closing, done = self._closing
+            closing.discard(protocol)
+            if not closing and not done.called:
+                done.callback(None)
         session = protocol.session
         self.connection_count -= 1
         self.metrics.connections.dec()
@@ -242,6 +249,30 @@ class Gateway:
             if not members:
                 del self._by_channel[channel]
                 self.db.listener.unsubscribe(channel, self._on_notify)
+
+    def close_all(self, code: int, reason: str, timeout: float) -> defer.Deferred:
+        """Send every open socket a close frame (``code``, ``reason``), let clients answer
+        it for up to ``timeout`` seconds, then drop those still there; fires when all are
+        gone."""
+        open_now = set(self.all_connections())
+        if not open_now:
+            return defer.succeed(None)
+        done: defer.Deferred = defer.Deferred()
+        self._closing = (open_now, done)
+        for protocol in list(open_now):
+            protocol.end_session(code, reason)
+
+        def drop_the_rest() -> None:
+            for protocol in list(open_now):
+                protocol.dropConnection(abort=True)
+        late = self.clock.callLater(timeout, drop_the_rest)
+
+        def finished(result: Any) -> Any:
+            if late.active():
+                late.cancel()
+            self._closing = None
+            return result
+        return done.addBoth(finished)
 
     def connections_of(self, user: str) -> frozenset[Any]:
         return frozenset(self._by_user.get(user, ()))

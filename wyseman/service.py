@@ -37,6 +37,11 @@ from wyseman.tls import ReloadableContextFactory, TLSConfigError
 
 log = Logger(namespace="wyseman.service")
 
+#: the close code sent to every socket when the server stops (RFC 6455: going away)
+CLOSE_GOING_AWAY = 1001
+#: seconds clients have to answer that close frame before their sockets are dropped
+CLOSE_GRACE_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class ListenSpec:
@@ -342,9 +347,9 @@ class GatewayService(StartingService):
         if self.router is not None:
             self.router.stop()
         if self.gateway is not None:
-            for protocol in list(self.gateway.all_connections()):
-                protocol.sendClose(1000, "server shutting down")
-                protocol.dropConnection(abort=True)
+            # 1001 "going away": clients reconnect (to another host, or this one back)
+            yield self.gateway.close_all(CLOSE_GOING_AWAY, "server shutting down",
+                                         CLOSE_GRACE_SECONDS)
             yield self.gateway.stop()
         if self._pinned:
             self._pinned = False

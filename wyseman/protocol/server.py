@@ -535,6 +535,18 @@ class GatewayProtocol(WebSocketServerProtocol):
             self._outbound_bytes -= _size(frame)
             self._send_now(frame)
 
+    def end_session(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code``. Autobahn's ``sendClose`` takes only
+        1000 and 3000–4999 from an application; the server's own codes (1001 going
+        away) go through the frame-level ``sendCloseFrame``, which Autobahn itself uses
+        for them."""
+        if self.state != self.STATE_OPEN:
+            return
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code, reason)
+        else:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
         cancel_close_timer(self)
         self._release_slot()
