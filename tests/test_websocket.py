@@ -841,3 +841,46 @@ class StopTests(TestCase):
             code, reason = yield conn.closed
             self.assertEqual((code, reason), (1001, "server shutting down"))
         self.assertEqual(server.gateway.all_connections(), [])
+
+
+class _NeverReads(_RawWebSocket):
+    """Logs in, then stops reading for good (a small receive buffer: the server's pongs
+    pile up on its side) and writes ``frames``."""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.upgraded:
+            return
+        head, sep, _ = (self.buffer + data).partition(b"\r\n\r\n")
+        if not sep:
+            self.buffer += data
+            return
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.upgraded = True
+        import socket
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.transport.pauseProducing()
+        self.transport.write(self.frames)
+
+
+class PingFloodTests(TestCase):
+    """A peer that pings and never reads the pongs is cut like a slow consumer, and
+    the server keeps one pong for it, not one per ping."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_pings_without_reading_is_cut(self):
+        from tests.harness import unregistered
+        db = fresh_database(self)
+        user = add_user(db, "pinger")
+        server = yield start_gateway(self, db, auth={"insecure": True},
+                                     limits={"max_outbound_bytes": 65536})
+        gateway = server.gateway
+        gone = unregistered(gateway)
+        ping = client_frame(9, b"p" * 125)
+        client = _NeverReads(server.port, user, ping * 200_000, lambda received: False)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        yield gone                                   # the server let go of it
+        self.assertEqual(gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(gateway.all_connections(), [])

@@ -340,7 +340,10 @@ OPTIONS: tuple[Option, ...] = (
        "Requests of one connection being processed at once; reading from that socket pauses "
        "while the cap is reached."),
     _o("limits", "max_outbound_bytes", _int_range(1024), 16777216,
-       "Bytes queued for a slow client before it is disconnected (code 1008)."),
+       "Bytes queued for a client that does not read (replies, notifications, and the "
+       "pongs owed to its pings, of which only the latest is kept) before its TCP "
+       "connection is cut (no close frame: it would not read one; "
+       "`wyseman_slow_consumers_total`)."),
 
     # [views]
     _o("views", "deny_schemas", _list_of(_string, "schema names"),

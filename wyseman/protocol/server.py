@@ -157,6 +157,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._reading_paused = False
         self._draining = False   # _request_done is dispatching the waiting frames
         self._send_paused = False
+        #: the latest ping not answered while the peer did not drain, and what the pongs
+        #: owed since would have cost (see onPing)
+        self._owed_pong: bytes | None = None
+        self._owed_control_bytes = 0
         self._outbound: deque[bytes] = deque()
         self._outbound_bytes = 0
         self._counted = False
@@ -442,17 +446,38 @@ class GatewayProtocol(WebSocketServerProtocol):
             return True
         self._outbound.append(frame)
         self._outbound_bytes += _size(frame)
-        if self._outbound_bytes > self.factory.gateway.max_outbound_bytes:
-            log.warn("closing slow consumer {user} at {ip}: {size} bytes queued",
-                     user=self.session.user if self.session else "?",
-                     ip=getattr(self, "client_address", "?"), size=self._outbound_bytes)
-            self.factory.gateway.metrics.slow_consumer()
-            self._outbound.clear()
-            self._outbound_bytes = 0
-            # No close frame: the peer is not reading; cut the TCP connection.
-            self.dropConnection(abort=True)
+        return not self._cut_if_over_budget()
+
+    def _cut_if_over_budget(self) -> bool:
+        """Cut a peer that does not drain once what it is owed (queued frames, pongs to
+        its pings) is over ``max_outbound_bytes``; True if it was cut."""
+        owed = self._outbound_bytes + self._owed_control_bytes
+        if owed <= self.factory.gateway.max_outbound_bytes:
             return False
+        log.warn("closing slow consumer {user} at {ip}: {size} bytes queued",
+                 user=self.session.user if self.session else "?",
+                 ip=getattr(self, "client_address", "?"), size=owed)
+        self.factory.gateway.metrics.slow_consumer()
+        self._outbound.clear()
+        self._outbound_bytes = self._owed_control_bytes = 0
+        self._owed_pong = None
+        # No close frame: the peer is not reading; cut the TCP connection.
+        self.dropConnection(abort=True)
         return True
+
+    def onPing(self, payload: bytes) -> None:  # noqa: N802
+        """Autobahn answers every ping at once, and a peer that pings without reading
+        would fill the send buffer without bound. While the peer does not drain, only the
+        latest ping is answered (RFC 6455 allows it), once it does; each unanswered
+        ping's pong counts against ``max_outbound_bytes`` like data."""
+        if self.state != self.STATE_OPEN:
+            return
+        if not self._send_paused and not self._outbound:
+            self.sendPong(payload)
+            return
+        self._owed_pong = payload
+        self._owed_control_bytes += len(payload) + 2
+        self._cut_if_over_budget()
 
     def send_notification(self, frame: PreparedMessage) -> bool:
         """:meth:`send_frame` for a frame prepared once for many sockets, with as few
@@ -534,6 +559,11 @@ class GatewayProtocol(WebSocketServerProtocol):
             frame = self._outbound.popleft()
             self._outbound_bytes -= _size(frame)
             self._send_now(frame)
+        if self._owed_pong is not None and not self._outbound and not self._send_paused \
+                and self.state == self.STATE_OPEN:
+            payload, self._owed_pong = self._owed_pong, None
+            self._owed_control_bytes = 0
+            self.sendPong(payload)
 
     def end_session(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code``. Autobahn's ``sendClose`` takes only
