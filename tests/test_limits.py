@@ -333,41 +333,36 @@ class PendingConnectionTests(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_connections_over_the_bound_are_closed_at_once(self):
+    def test_at_the_bound_the_oldest_make_room_for_new_logins(self):
         db = fresh_database(self)
         server = yield start_gateway(self, db, limits={"max_pending_connections": 2})
         site = server.ports[0].factory
         idle = []
-        for _ in range(2):                    # two connections that send nothing
+
+        @defer.inlineCallbacks
+        def connect_idle():
             lost: defer.Deferred = defer.Deferred()
             conn = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
                                          _Watch(lost))
             idle.append((conn, lost))
+        for _ in range(2):                    # two connections that send nothing
+            yield connect_idle()
         # (the server counts a connection once it has accepted it: the third below is
         # accepted after these two, as the listening socket hands them over in order)
-        refused: defer.Deferred = defer.Deferred()
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
-                              _Watch(refused))
-        yield refused                          # closed by the server at once
+        yield connect_idle()
+        yield idle[0][1]                       # the oldest was closed to make room
         self.assertEqual(site.pending, 2)
         metric = server.gateway.metrics.handshakes.labels("refused", "pending")._value.get()
         self.assertEqual(metric, 1)
-
-        # one idle connection goes: room for logins, whose sockets then count no more
-        released = self.next_release(site)
-        idle[0][0].transport.loseConnection()
-        yield released
+        # idle connections holding every place do not keep logins out
         conns = []
-        for _ in range(3):                    # more sockets than the bound, one at a time
+        for _ in range(3):
             user = add_user(db)
             conns.append((yield ticket_login(self, server, db, user)))
-        self.assertEqual(site.pending, 1)      # the one idle connection left
         for conn in conns:
             self.assertTrue(conn.connected)
-        released = self.next_release(site)
-        idle[1][0].transport.loseConnection()
-        yield defer.gatherResults([idle[1][1], released])
-        self.assertEqual(site.pending, 0)
+        yield defer.gatherResults([lost for _, lost in idle])   # every idle one went
+        self.assertEqual(site.pending, 0)      # the logins' sockets count no more
 
     @defer.inlineCallbacks
     def test_a_trickling_request_is_cut_off(self):
@@ -573,8 +568,11 @@ class PendingBoundUnitTests(TestCase):
         for _ in range(4):
             self.assertNotIsInstance(self.connect(site, "10.1.2.3"), _Refused)
         self.assertEqual(site.by_address, {})
-        # the endpoint-wide bound still holds for them
-        self.assertIsInstance(self.connect(site, "10.1.2.3"), _Refused)
+        # the endpoint-wide bound still holds for them: the oldest makes room
+        oldest = site._by_age and next(iter(site._by_age)).protocol
+        self.assertNotIsInstance(self.connect(site, "10.1.2.3"), _Refused)
+        self.assertTrue(oldest.transport.disconnecting)
+        self.assertEqual(site.pending, 4)
         self.assertEqual(self.refusals, ["pending"])
         unbounded = self.site(per_address=0)
         for _ in range(5):
@@ -588,17 +586,19 @@ class PendingBoundUnitTests(TestCase):
             for _ in range(50):
                 self.connect(site, "192.0.2.1")
             self.connect(site, "192.0.2.9")
-            for _ in range(20):
-                self.connect(site, "192.0.2.8")
-            kept[0].connectionLost(Failure(ConnectionDone()))
+            newest = [self.connect(site, f"192.0.2.{n}") for n in range(100, 120)]
+            kept[0].connectionLost(Failure(ConnectionDone()))   # (shed already)
+            for channel in newest[-3:]:
+                channel.connectionLost(Failure(ConnectionDone()))
         from twisted.logger import formatEvent
         lines = [formatEvent(e) for e in events]
         self.assertEqual(lines, [
             "refusing new connections from 192.0.2.1: 2 of its connections still speak "
             "HTTP ([limits] max_pending_per_address)",
-            "refusing new connections: 3 connections still speak HTTP ([limits] "
-            "max_pending_connections)",
+            "3 connections still speak HTTP ([limits] max_pending_connections): closing "
+            "the oldest for each new one",
             "accepting connections from 192.0.2.1 again (50 refused)",
-            "accepting new connections again (20 refused)",
+            "fewer connections speak HTTP again (20 closed to make room)",
         ])
         self.assertEqual(len(self.refusals), 70)
+        self.assertEqual(site.pending, 0)

@@ -322,8 +322,10 @@ OPTIONS: tuple[Option, ...] = (
        "workers` = N, each worker's bound (N × this in all)."),
     _o("limits", "max_pending_connections", _int_range(1), 1000,
        "Most connections on each endpoint that are still plain HTTP (request not yet in, "
-       "`/clientinfo` kept alive, upgrade not yet done); further ones are closed as soon "
-       "as they are accepted. `max_connections` counts a connection from its upgrade on."),
+       "`/clientinfo` kept alive, upgrade not yet done). At the bound, the one that has "
+       "spoken HTTP the longest is closed for each new one (idle and trickling clients "
+       "make room for logins, which take milliseconds). `max_connections` counts a "
+       "connection from its upgrade on."),
     _o("limits", "max_pending_per_address", _int_range(0), 100,
        "Most of those connections (still plain HTTP) on each endpoint from one client "
        "address (IPv6: one /64 network), so that one client cannot take every pending "

@@ -28,6 +28,7 @@ from twisted.web import server
 from wyseman import affinity
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
+from wyseman.fdlimit import ensure_descriptors
 from wyseman.gateway import Gateway
 from wyseman.gcpause import freeze_startup_objects, set_young_threshold
 from wyseman.protocol.handshake import is_loopback
@@ -249,6 +250,7 @@ class GatewayService(StartingService):
     def _start(self) -> Any:
         cpus = self.config.server.cpu_affinity
         check_cpu_affinity(self.config)   # before anything opens: a bad list stops the start
+        ensure_descriptors(self.config, len(self.specs) + len(self.clientinfo_specs))
         dsn = yield self._admin_dsn()
         db_conf = self.config.database
         db = Database(

@@ -87,7 +87,7 @@ def _key(network: Any) -> str:
 
 
 class _Refused(Protocol):
-    """A connection over :attr:`GatewaySite.max_pending`: closed at once."""
+    """A connection over :attr:`GatewaySite.per_address`: closed at once."""
 
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.abortConnection()
@@ -112,7 +112,8 @@ class GatewaySite(server.Site):
     request not yet in, a /clientinfo connection kept alive, an upgrade not yet taken
     over), and at most ``per_address`` of them from one client address (see
     :func:`address_key`; 0: no such bound): further ones are closed as soon as they are
-    accepted. ``[limits] max_connections`` counts a connection only from its upgrade on,
+    accepted; at ``max_pending`` the oldest one is closed to make room for the new one.
+    ``[limits] max_connections`` counts a connection only from its upgrade on,
     so without these bounds idle and trickling clients could take every file descriptor,
     and one client could take every pending place.
 
@@ -140,6 +141,8 @@ class GatewaySite(server.Site):
         self.per_address = per_address
         self.exempt = tuple(exempt)
         self.pending = 0
+        #: the pending connections, oldest first (see _shed_oldest)
+        self._by_age: dict[_Pending, None] = {}
         #: pending connections by :func:`address_key` (entries at 0 are removed)
         self.by_address: dict[str, int] = {}
         self.deadline = deadline
@@ -148,7 +151,8 @@ class GatewaySite(server.Site):
         #: a :class:`~wyseman.routing.Router` (``[server] route_by_user``), or None
         self.router = router
         self._on_refused = on_refused
-        #: refusals since the bound was reached: in all, and by address
+        #: connections closed to make room since max_pending was reached, and refusals
+        #: by address since its bound was reached
         self._refused_all: int | None = None
         self._refused_from: dict[str, int] = {}
 
@@ -164,8 +168,6 @@ class GatewaySite(server.Site):
                    deadline=2 * limits.open_handshake_timeout, **kwargs)
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
-        if self.pending >= self.max_pending:
-            return self._refuse(None)
         network = client_network(addr) if self.per_address else None
         key = None
         if network is not None and not any(network.version == trusted.version
@@ -174,7 +176,10 @@ class GatewaySite(server.Site):
             key = _key(network)
             if self.by_address.get(key, 0) >= self.per_address:
                 return self._refuse(key)
+        if self.pending >= self.max_pending:
+            self._shed_oldest()
         pending = _Pending(key)
+        self._by_age[pending] = None
         self.pending += 1
         if key is not None:
             self.by_address[key] = self.by_address.get(key, 0) + 1
@@ -201,22 +206,34 @@ class GatewaySite(server.Site):
         channel.connectionLost = connection_lost
         return channel
 
-    def _refuse(self, key: str | None) -> Protocol:
+    def _shed_oldest(self) -> None:
+        """At ``max_pending``, make room by closing the connection that has spoken HTTP
+        the longest: a login completes in milliseconds, so the oldest are the idle and
+        trickling ones, and a few addresses holding every place (each within its own
+        bound) cannot keep new clients out by reopening."""
+        oldest = next(iter(self._by_age))
+        transport = getattr(oldest.protocol, "transport", None)
         if self._on_refused is not None:
-            self._on_refused("pending" if key is None else "pending_address")
-        if key is None:
-            if self._refused_all is None:
-                self._refused_all = 0
-                log.warn("refusing new connections: {count} connections still speak HTTP "
-                         "([limits] max_pending_connections)", count=self.pending)
-            self._refused_all += 1
-        else:
-            if key not in self._refused_from:
-                self._refused_from[key] = 0
-                log.warn("refusing new connections from {address}: {count} of its "
-                         "connections still speak HTTP ([limits] max_pending_per_address)",
-                         address=key, count=self.by_address.get(key, 0))
-            self._refused_from[key] += 1
+            self._on_refused("pending")
+        if self._refused_all is None:
+            self._refused_all = 0
+            log.warn("{count} connections still speak HTTP ([limits] "
+                     "max_pending_connections): closing the oldest for each new one",
+                     count=self.max_pending)
+        self._refused_all += 1
+        self._release_pending(oldest)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _refuse(self, key: str) -> Protocol:
+        if self._on_refused is not None:
+            self._on_refused("pending_address")
+        if key not in self._refused_from:
+            self._refused_from[key] = 0
+            log.warn("refusing new connections from {address}: {count} of its "
+                     "connections still speak HTTP ([limits] max_pending_per_address)",
+                     address=key, count=self.by_address.get(key, 0))
+        self._refused_from[key] += 1
         return _Refused()
 
     def _overdue(self, pending: _Pending) -> None:
@@ -238,7 +255,13 @@ class GatewaySite(server.Site):
         pending = getattr(inner, "_wyseman_pending", None)
         if pending is None or pending.released:
             return
+        self._release_pending(pending)
+        # drop the hook (it refers to the channel): no cycle keeps a channel alive
+        vars(inner).pop("connectionLost", None)
+
+    def _release_pending(self, pending: _Pending) -> None:
         pending.released = True
+        self._by_age.pop(pending, None)
         self.pending -= 1
         key = pending.key
         if key is not None:
@@ -251,15 +274,13 @@ class GatewaySite(server.Site):
             if refused is not None:
                 log.info("accepting connections from {address} again ({refused} "
                          "refused)", address=key, refused=refused)
-        if self._refused_all is not None:
-            log.info("accepting new connections again ({refused} refused)",
+        if self._refused_all is not None and self.pending < self.max_pending - 1:
+            log.info("fewer connections speak HTTP again ({refused} closed to make room)",
                      refused=self._refused_all)
             self._refused_all = None
         if pending.deadline is not None and pending.deadline.active():
             pending.deadline.cancel()
         pending.deadline = pending.protocol = None
-        # drop the hook (it refers to the channel): no cycle keeps a channel alive
-        vars(inner).pop("connectionLost", None)
 
 
 class Upgrade(WebSocketResource):
