@@ -347,6 +347,18 @@ OPTIONS: tuple[Option, ...] = (
        "connection is cut (no close frame: it would not read one; "
        "`wyseman_slow_consumers_total`)."),
 
+    _o("limits", "max_reply_rows", _int_range(0), 100_000,
+       "Most rows a `select` may answer with; one that would return more is answered "
+       "with `!wm.lang:tooManyRows` (the bound is pushed into the SQL as a `limit`, so "
+       "PostgreSQL stops there and the rows past it are never read). A request's own "
+       "`limit` up to this bound is used as it is. Also bounds the rows a `tuple` reads "
+       "to count them. 0: no bound."),
+    _o("limits", "max_reply_bytes", _int_range(0), 16_777_216,
+       "Most characters of JSON rows a `select` may answer with; one that would return "
+       "more gets `!wm.lang:replyTooLarge` (PostgreSQL stops sending rows once they pass "
+       "it). Characters are bytes for ASCII text, up to four bytes for other text. Keep "
+       "it at or below `max_outbound_bytes`. 0: no bound."),
+
     # [views]
     _o("views", "deny_schemas", _list_of(_string, "schema names"),
        ("pg_catalog", "information_schema", "pg_toast"),

@@ -52,6 +52,18 @@ def bad_message(text: str) -> ProtocolError:
     return ProtocolError("badMessage", f"parsing: {text}")
 
 
+def too_many_rows(cap: int) -> ProtocolError:
+    return ProtocolError(
+        "tooManyRows", f"the reply would have more than {cap} rows ([limits] "
+        "max_reply_rows): ask for fewer with limit and offset, or a narrower where")
+
+
+def reply_too_large(cap: int) -> ProtocolError:
+    return ProtocolError(
+        "replyTooLarge", f"the reply would be larger than {cap} bytes ([limits] "
+        "max_reply_bytes): ask for fewer rows or fields")
+
+
 def commit_unknown() -> ProtocolError:
     """The connection to the database broke after the change was sent to be committed."""
     return ProtocolError(

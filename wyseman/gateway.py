@@ -160,7 +160,9 @@ class Gateway:
             max_failures=config.auth.max_failures, failure_window=config.auth.failure_window,
             replay=replay)
         policy = compiler.Policy(denied_schemas=frozenset(config.views.deny_schemas),
-                                 allowed_schemas=frozenset(config.views.allow_schemas) or None)
+                                 allowed_schemas=frozenset(config.views.allow_schemas) or None,
+                                 max_rows=limits.max_reply_rows,
+                                 max_bytes=limits.max_reply_bytes)
         self.dispatcher = Dispatcher(db, policy, actions, clock=clock,
                                      observe=self.metrics.request)
         self._by_user: dict[str, set[Any]] = {}

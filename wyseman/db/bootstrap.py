@@ -23,7 +23,7 @@ import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
 #: Version written to ``wm.wyseman_schema`` by the SQL files (006_grants.sql).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Text of the comment our ``base.token_valid`` carries (003_base_token.sql).
 TOKEN_VALID_MARKER = "wyseman-python bootstrap"

@@ -117,7 +117,7 @@ class Dispatcher:
                     nonlocal answered
                     if not answered:
                         answered = True
-                        reply(self._read_reply(outcome, statement.rows, request, started))
+                        reply(self._read_reply(outcome, statement, request, started))
                 try:
                     self.db.read_as_then(session.user, statement.json_sql, statement.params,
                                          statement.pyformat(True), read_done)
@@ -136,12 +136,13 @@ class Dispatcher:
         log.failure("making a reply failed", failure)
         reply(dumps({"error": ProtocolError("internal", "internal server error").as_reply()}))
 
-    def _read_reply(self, outcome: Any, rows: str, request: dict, started: float) -> bytes:
+    def _read_reply(self, outcome: Any, statement: compiler.Statement, request: dict,
+                    started: float) -> bytes:
         """The reply frame of a batched read (what :meth:`_run`'s callbacks make)."""
         if isinstance(outcome, Failure):
             return self._failed(outcome, request, started)
         try:
-            frame = _reply(request, _read_rows(outcome, rows))
+            frame = _reply(request, _read_rows(outcome, statement))
         except _BadTuples as bad:
             return self._observed(_bad_tuples_frame(bad, request), request, started, "error")
         except Exception:
@@ -236,13 +237,13 @@ class Dispatcher:
         if statement.batchable and self.db.read_batch > 1:
             d = self.db.read_as(session.user, statement.json_sql, statement.params,
                                 statement.pyformat(True))
-            d.addCallback(_read_rows, statement.rows)
+            d.addCallback(_read_rows, statement)
             return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
                                   errbackArgs=(request,))
         prepare = self.db.prepared_statements
         d = self.db.run_as(session.user,
                            lambda conn: _execute(conn, statement, writes, prepare))
-        return d.addCallbacks(lambda data: _reply(request, data), _bad_tuples,
+        return d.addCallbacks(_bounded_reply, _bad_tuples, callbackArgs=(request, statement),
                               errbackArgs=(request,))
 
 
@@ -299,17 +300,36 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
     if statement.rows == "none":
         return result.addCallback(lambda r: None)
     if as_json:
-        return result.addCallback(pg.Result.first_column).addCallback(_read_rows,
-                                                                      statement.rows)
+        return result.addCallback(pg.Result.first_column).addCallback(_read_rows, statement)
     if statement.rows == "many":
-        return result.addCallback(pg.Result.dicts)
+        return result.addCallback(pg.Result.dicts).addCallback(_within_row_cap, statement)
     return result.addCallback(single)
 
 
-def _read_rows(rows: list[str], kind: str) -> Any:
+def _within_row_cap(rows: list, statement: compiler.Statement) -> list:
+    if statement.row_cap and len(rows) > statement.row_cap:
+        raise errors.too_many_rows(statement.row_cap)
+    return rows
+
+
+def _bounded_reply(data: Any, request: dict, statement: compiler.Statement) -> bytes:
+    """The reply frame of rows the Python side rendered; over ``byte_cap`` refused (rows
+    rendered by PostgreSQL are counted before any reply is built: :func:`_read_rows`)."""
+    frame = _reply(request, data)
+    if statement.byte_cap and statement.rows == "many" and len(frame) > statement.byte_cap:
+        raise errors.reply_too_large(statement.byte_cap)
+    return frame
+
+
+def _read_rows(rows: list[str], statement: compiler.Statement) -> Any:
     """A read's rows as PostgreSQL rendered them (one JSON text each) → the reply's data,
-    spliced unparsed (``many``: a list, ``one``: the row)."""
-    if kind == "many":
+    spliced unparsed (``many``: a list, ``one``: the row), within the statement's
+    bounds."""
+    if statement.rows == "many":
+        if statement.row_cap and len(rows) > statement.row_cap:
+            raise errors.too_many_rows(statement.row_cap)
+        if statement.byte_cap and sum(map(len, rows)) > statement.byte_cap:
+            raise errors.reply_too_large(statement.byte_cap)
         return RawJSON("[" + ",".join(rows) + "]")
     if len(rows) != 1:
         raise _BadTuples(len(rows), RawJSON(rows[0]) if rows else None)
@@ -344,8 +364,8 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
         return dumps(reply)
     except orjson.JSONEncodeError:     # an echoed member nested too deeply to encode
         return dumps({"error": errors.bad_message(
-            "the request's id, view or action is nested too deeply to be echoed; "
-            f"the request was not run ({error.message})").as_reply()})
+            "the request's id, view or action is nested too deeply to be echoed "
+            f"(the reply was: {error.message})").as_reply()})
 
 
 def _database_error(request: dict, exc: psycopg2.Error) -> bytes:

@@ -35,6 +35,10 @@ class Policy:
     allowed_schemas: frozenset[str] | None = None   # None: any schema that is not denied
     max_where_depth: int = 32
     max_in_list: int = 10000
+    #: most rows a select may answer with (0: no bound), pushed into its SQL as a limit
+    max_rows: int = 0
+    #: most bytes of rows a select may answer with (0: no bound), counted by PostgreSQL
+    max_bytes: int = 0
 
 
 DEFAULT_POLICY = Policy()
@@ -75,6 +79,10 @@ class Statement:
     #: the same statement with each row rendered as JSON text by PostgreSQL
     #: (:mod:`wyseman.sql.json_rows`), when every column's type allows it
     json_sql: str | None = None
+    #: the bounds of :class:`Policy` ``max_rows`` and ``max_bytes`` this statement was
+    #: compiled under (it returns at most one row, or the bytes' crossing row, more)
+    row_cap: int = 0
+    byte_cap: int = 0
 
     @cached_property
     def text_values(self) -> bool:
@@ -197,6 +205,7 @@ class _Compiler:
                  policy: Policy, view: ViewName | None) -> None:
         self.request = request
         self.columns = meta_columns
+        self.policy = policy
         self.view = view if view is not None else parse_view(request.get("view"), policy)
         self.params = Params()
         self.where = WhereCompiler(self.params, self.column, policy.max_where_depth,
@@ -256,16 +265,29 @@ class _Compiler:
             sql = f"select {relation}{where}"   # scalar function call form
         else:
             sql = f"select {fields} from {relation}{where}"
+        cap = self.policy.max_rows
         if action == "select":
             order = order_clause(self.request.get("order"), self.column)
             if order:
                 sql += f" order by {order}"
-            for word in ("limit", "offset"):
-                count = _count(self.request.get(word), word)
-                if count:
-                    sql += f" {word} {count}"
-        return self._statement(sql, "many" if action == "select" else "one",
-                               self._json_sql(sql, fields))
+            limit = _count(self.request.get("limit"), "limit")
+            if cap and (limit is None or limit > cap):
+                limit = cap + 1          # one more: a reply over the bound is refused
+            else:
+                cap = 0                  # the client's own limit is within the bound
+            if limit:
+                sql += f" limit {limit}"
+            offset = _count(self.request.get("offset"), "offset")
+            if offset:
+                sql += f" offset {offset}"
+        elif cap:
+            sql += f" limit {cap + 1}"   # a tuple: the count of rows is exact to the bound
+        json_sql = self._json_sql(sql, fields)
+        byte_cap = self.policy.max_bytes if action == "select" else 0
+        if json_sql is not None and byte_cap:
+            json_sql = bytes_bounded(json_sql, byte_cap)
+        return Statement(sql, tuple(self.params.values), "many" if action == "select"
+                         else "one", self.view, json_sql, cap, byte_cap)
 
     def _json_sql(self, sql: str, fields: str | None) -> str | None:
         """The select with rows rendered by PostgreSQL, when the output columns and
@@ -325,6 +347,16 @@ class _Compiler:
 
     def _statement(self, sql: str, rows: str, json_sql: str | None = None) -> Statement:
         return Statement(sql, tuple(self.params.values), rows, self.view, json_sql)
+
+
+def bytes_bounded(json_sql: str, max_bytes: int) -> str:
+    """``json_sql`` (one JSON text a row) cut off by PostgreSQL once its rows pass
+    ``max_bytes``: the rows up to and including the one that crosses it are sent, so
+    that the reader sees the bound was passed without receiving everything. Counted in
+    characters, as the reader counts them (one byte each for ASCII text)."""
+    return ("select j from (select j, sum(length(j)) over "
+            "(rows between unbounded preceding and current row) - length(j) as b "
+            f"from ({json_sql}) q(j)) w where b <= {max_bytes}")
 
 
 def _count(value: Any, word: str) -> int | None:

@@ -51,6 +51,17 @@ values
    'The server could not reach the database; try again later'),
   ('wm', 'lang', 'busy', 'eng', 'Server Busy',
    'Too many requests are waiting for the database; try again shortly'),
+  ('wm', 'lang', 'commitUnknown', 'eng', 'Outcome Unknown',
+   'The connection to the database broke while the change was being committed: it may '
+   'have been saved. Read it back before sending it again'),
+  ('wm', 'lang', 'tooManyRows', 'eng', 'Too Many Rows',
+   'The answer would have more rows than the server sends at once; ask for fewer with '
+   'a limit and offset, or narrower conditions'),
+  ('wm', 'lang', 'replyTooLarge', 'eng', 'Answer Too Large',
+   'The answer would be larger than the server sends at once; ask for fewer rows or '
+   'fields'),
+  ('wm', 'lang', 'undefined', 'eng', 'Database Error',
+   'The database refused the request without naming a reason code'),
   ('wm', 'lang', 'internal', 'eng', 'Internal Error',
    'The server failed while handling the request; the problem has been logged'),
   ('wm', 'lang', '23505', 'eng', 'Duplicate Value',
