@@ -441,7 +441,7 @@ class EmbeddedTests(CliTestCase):
         code, out, err = run_cli("db", "init", "--config", str(config))
         self.assertEqual((code, err), (0, ""))
         self.assertIn("created", out)
-        self.assertTrue(cluster.is_running())
+        self.assertFalse(cluster.is_running())     # a command stops what it started
         code, out, err = run_cli("user", "add", "alice", "--config", str(config))
         self.assertEqual((code, err), (0, ""))
         code, out, _ = run_cli("ticket", "alice", "--config", str(config))

@@ -36,7 +36,7 @@ class PluginTests(TestCase):
         options.parseOptions(["--config", str(EXAMPLES / "embedded.toml")])
         top = plugin.makeService(options)
         names = [service.name for service in top]
-        self.assertEqual(names, ["embedded-postgres", "gateway"])
+        self.assertEqual(names, ["embedded-postgres", "gateway", "stop-on-hangup"])
 
     def test_production_example_checks_certificates(self):
         plugin = wyseman_plugin()
@@ -53,6 +53,9 @@ class PluginTests(TestCase):
         with self.assertRaises(usage.UsageError) as ctx:
             options.parseOptions(["--config", str(path)])
         self.assertIn("[server] listen", str(ctx.exception))
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class EmbeddedTests(TestCase):
@@ -77,6 +80,97 @@ class EmbeddedTests(TestCase):
         self.assertEqual(rows, [(42,)])
         yield second.stopService()
         self.assertFalse(second.cluster.is_running())
+
+    @defer.inlineCallbacks
+    def test_a_cluster_left_running_is_taken_over_and_stopped(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        from wyseman.cli import main
+        from wyseman.db.cluster import LocalCluster
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        config_file = root / "wyseman.toml"
+        config_file.write_text('[database]\nembedded = "pgdata"\n')
+        data_dir = root / "pgdata"
+        cluster = LocalCluster(data_dir)
+        self.addCleanup(cluster.remove)
+        # a command starts the cluster it needs, and stops it again
+        def db_init() -> tuple[int, str]:
+            import contextlib
+            import io
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                return main(["db", "init", "--config", str(config_file)]), out.getvalue()
+        status, out = yield threads.deferToThread(db_init)
+        self.assertEqual(status, 0)
+        self.assertIn("created", out)
+        self.assertTrue(cluster.initialized)
+        self.assertFalse(cluster.is_running())
+        # one left running (a server killed, say) is the next server's to stop
+        yield threads.deferToThread(cluster.start)
+        pid = cluster.postmaster_pid()
+        service = EmbeddedPostgresService(data_dir, "wyseman")
+        with capturedLogs() as events:
+            yield service.startService()
+            yield service.ready
+        self.assertIn(f"PostgreSQL was already running in {data_dir} (pid {pid}), left "
+                      "over by an earlier run: using it; it stops with this server",
+                      [formatEvent(e) for e in events])
+        yield service.stopService()
+        self.assertFalse(cluster.is_running())
+
+    @defer.inlineCallbacks
+    def test_a_closed_terminal_stops_the_server_and_its_cluster(self):
+        import os
+        import pty
+        import sys
+
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ProcessProtocol
+
+        from wyseman.db.cluster import LocalCluster
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        config_file = root / "wyseman.toml"
+        config_file.write_text('[server]\nlisten = "tcp:0:interface=127.0.0.1"\n'
+                               'clientinfo_listen = []\n'
+                               '[database]\nembedded = "pgdata"\n')
+        cluster = LocalCluster(root / "pgdata")
+        self.addCleanup(cluster.remove)
+
+        class Server(ProcessProtocol):
+            def __init__(self) -> None:
+                self.out = b""
+                self.listening: defer.Deferred = defer.Deferred()
+                self.ended: defer.Deferred = defer.Deferred()
+
+            def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+                self.out += data
+                if b"listening on" in self.out and not self.listening.called:
+                    self.listening.callback(None)
+
+            def processEnded(self, reason) -> None:  # noqa: N802
+                self.ended.callback(reason.value)
+        main_fd, terminal_fd = pty.openpty()
+        self.addCleanup(os.close, main_fd)
+        server = Server()
+        transport = reactor.spawnProcess(
+            server, sys.executable,
+            [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
+             "sys.argv[0] = 'twistd'; run()", "-n", "--pidfile=", "wyseman", "--config",
+             str(config_file)],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), path=str(ROOT),
+            childFDs={0: terminal_fd, 1: "r", 2: "r"})
+        os.close(terminal_fd)
+        yield server.listening
+        self.assertTrue(cluster.is_running())
+        transport.signalProcess("HUP")
+        ended = yield server.ended
+        self.assertIn(b"terminal hung up (SIGHUP): stopping", server.out)
+        self.assertEqual(ended.exitCode, 0)            # a clean stop
+        self.assertFalse(cluster.is_running())
+        # the cluster stopped after the gateway let go of its sockets and pools
+        self.assertLess(server.out.index(b"Port"), server.out.index(b"stopping embedded"))
 
     @defer.inlineCallbacks
     def test_whole_server_on_embedded_postgres(self):

@@ -77,11 +77,22 @@ def load_config(args: argparse.Namespace) -> Config:
     return config_module.load(path)
 
 
+#: embedded clusters this command started: stopped again when it ends, so that a
+#: command never leaves a PostgreSQL running that no server owns
+_STARTED_CLUSTERS: list = []
+
+
 def admin_dsn(config: Config) -> str:
-    """The admin DSN (starting an embedded cluster if needed), with the connect timeout."""
+    """The admin DSN (starting an embedded cluster if needed, for this command only),
+    with the connect timeout."""
     timeout = config.database.connect_timeout
-    dsn = admin_dsn_sync(config)
+    dsn = admin_dsn_sync(config, _STARTED_CLUSTERS)
     return dsn_with(dsn, connect_timeout=max(1, round(timeout))) if timeout else dsn
+
+
+def _stop_started_clusters() -> None:
+    while _STARTED_CLUSTERS:
+        _STARTED_CLUSTERS.pop().stop()
 
 
 def _out(text: str) -> None:
@@ -286,7 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        finally:
+            _stop_started_clusters()
     except OPERATOR_ERRORS as exc:
         sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return 1

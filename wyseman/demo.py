@@ -92,6 +92,8 @@ def run(config_path: str | None = None, user: str = "demo") -> int:
             reactor.stop()
 
     gateway_service.ready.addCallback(announce).addErrback(failed)
+    from wyseman.sighup import stop_on_hangup
+    reactor.callWhenRunning(stop_on_hangup, reactor)   # a closed terminal stops it cleanly
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

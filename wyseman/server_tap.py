@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from wyseman.config import Config, ConfigError, load
@@ -26,10 +26,31 @@ class Options(usage.Options):
             raise usage.UsageError(str(exc)) from None
 
 
+class _StopOnHangup(Service):
+    """In a terminal, SIGHUP (the terminal closed) stops the server cleanly."""
+
+    name = "stop-on-hangup"
+    _handler = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        from twisted.internet import reactor
+
+        from wyseman.sighup import stop_on_hangup
+        self._handler = stop_on_hangup(reactor)
+
+    def stopService(self) -> None:  # noqa: N802
+        super().stopService()
+        if self._handler is not None:
+            self._handler.remove()
+
+
 def makeService(options: Options) -> IService:  # noqa: N802
     from wyseman.service import makeService as make
     config: Config = options["parsed"]
     try:
-        return make(config)
+        top = make(config)
     except ConfigError as exc:
         raise usage.UsageError(str(exc)) from None
+    _StopOnHangup().setServiceParent(top)
+    return top

@@ -358,9 +358,24 @@ class GatewayService(StartingService):
             affinity.restore()   # an embedding application's reactor thread goes on
 
 
+class _StopInOrder(MultiService):
+    """Stops its services one after the other, the last started first (Twisted's
+    MultiService stops them all at once): the embedded PostgreSQL stops only once the
+    gateway has closed its sockets and pools."""
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield service.stopService()
+            except Exception:
+                log.failure("stopping {name} failed", name=service.name)
+
+
 def makeService(config: Config, reactor: Any = None, actions: Any = None) -> MultiService:  # noqa: N802
     """The whole server as one service: add it to your Twisted application."""
-    top = MultiService()
+    top = _StopInOrder()
     if config.embedded:
         from wyseman.db.embedded import EmbeddedPostgresService
         embedded = EmbeddedPostgresService(config.resolve_path(config.database.embedded),

@@ -38,3 +38,31 @@ class SighupHandler:
         if self._installed:
             signal.signal(signal.SIGHUP, self._previous)
             self._installed = False
+
+
+def stop_on_hangup(reactor: Any, stream: Any = None) -> SighupHandler | None:
+    """When the server runs in a terminal (``stream``, default stdin, is one), a SIGHUP
+    means the terminal went away: stop cleanly (the embedded PostgreSQL with it) rather
+    than die at once, as the signal's default would, leaving it running. Under a service
+    manager (no terminal) SIGHUP keeps its meaning of reload. → the handler installed,
+    or None."""
+    import os
+    import sys
+
+    from twisted.logger import Logger
+    stream = sys.stdin if stream is None else stream
+    try:
+        interactive = os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        interactive = False
+    if not interactive:
+        return None
+    log = Logger(namespace="wyseman.service")
+
+    def hung_up() -> None:
+        log.info("terminal hung up (SIGHUP): stopping")
+        if reactor.running:
+            reactor.stop()
+    handler = SighupHandler(reactor, hung_up)
+    handler.install()
+    return handler

@@ -36,7 +36,7 @@ class AdminError(Exception):
 
 # -- the admin connection of a config --------------------------------------------
 
-def admin_dsn_sync(config: Config) -> str:
+def admin_dsn_sync(config: Config, started: list | None = None) -> str:
     """The libpq DSN of the admin connection described by ``config``.
 
     External database: ``[database] dsn``, with ``user`` replaced by
@@ -44,7 +44,8 @@ def admin_dsn_sync(config: Config) -> str:
     ``[database] embedded`` is created and started if needed (and left running), the
     database ``[database] name`` is created if missing, and the DSN points at the
     cluster's Unix socket as ``admin_user`` (default: the superuser ``postgres``).
-    Blocks (pg_ctl, psycopg2): call it outside the reactor thread.
+    ``started``: a list the cluster is added to if this call started it (the caller
+    stops it when done). Blocks (pg_ctl, psycopg2): call it outside the reactor thread.
     """
     db = config.database
     if not config.embedded:
@@ -52,6 +53,8 @@ def admin_dsn_sync(config: Config) -> str:
     from wyseman.db.cluster import LocalCluster
     cluster = LocalCluster(config.resolve_path(db.embedded))
     cluster.init()
+    if started is not None and not cluster.is_running():
+        started.append(cluster)
     cluster.start()
     ensure_database_sync(cluster.dsn("postgres"), db.name)
     return cluster.dsn(db.name, user=db.admin_user or None)

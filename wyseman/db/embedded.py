@@ -19,6 +19,10 @@ log = Logger(namespace="wyseman.embedded")
 class EmbeddedPostgresService(Service):
     """Starts the cluster in ``data_dir`` (creating it on first use) and stops it on shutdown.
 
+    The server owns its data directory: a PostgreSQL found running there at start (left
+    by a server that was killed, or by a command) is taken over and stopped with this
+    server, like one it started. Run one server per data directory.
+
     Start-up and shutdown block in ``pg_ctl -w``, so they run in a thread; the
     ``ready`` Deferred fires once PostgreSQL accepts connections, and services
     that need the database wait on it.
@@ -46,9 +50,14 @@ class EmbeddedPostgresService(Service):
     def _start_blocking(self) -> str:
         from wyseman.db.bootstrap import ensure_database_sync, init_database_sync
         created = self.cluster.init()
-        was_running = self.cluster.is_running()
+        if self.cluster.is_running():
+            # left by a server that did not stop (kill -9, a lost terminal) or by a
+            # command: this server owns its data directory, so it takes it over
+            log.warn("PostgreSQL was already running in {data_dir} (pid {pid}), left over "
+                     "by an earlier run: using it; it stops with this server",
+                     data_dir=str(self.cluster.data_dir), pid=self.cluster.postmaster_pid())
         self.cluster.start()
-        self._started_by_us = not was_running
+        self._started_by_us = True
         ensure_database_sync(self.cluster.dsn("postgres"), self.database)
         result = init_database_sync(self.cluster.dsn(self.database))
         dsn = self.cluster.dsn(self.database, user=self.admin_user)
