@@ -1,7 +1,7 @@
 """The performance targets, judged on one run's rows (printed after the table).
 
-Each target of the performance issue that a run can measure gets a verdict: ``met``,
-``NOT MET``, or ``not measured`` (with what to run to measure it). The rows are those
+Each target (docs/performance.md, "Targets") that a run can measure gets a verdict:
+``met``, ``NOT MET``, or ``not measured`` (with what to run to measure it). The rows are those
 of :mod:`benchmarks.run` (anything with ``scenario``, ``params``, ``value`` and
 ``ratio``); nothing here runs anything.
 """
@@ -55,7 +55,8 @@ def _judge(target: str, row: Any, passed: Callable[[Any], bool],
 
 
 def judge(rows: Iterable[Any]) -> list[Verdict]:
-    """The verdicts this run's ``rows`` allow, one per target, in the issue's order."""
+    """The verdicts this run's ``rows`` allow, one per target, in the order of the targets
+    table of docs/performance.md."""
     rows = list(rows)
     subscribers = _find(rows, "notify latency p99",
                         lambda r: (_param(r, "S") or 0) >= 10_000)

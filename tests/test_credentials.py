@@ -1,5 +1,6 @@
-"""wyseman.protocol.credentials (pure): the §13.4 vector, signatures and where keys are
-stored, the pub and db parameters (D11, D23), query parsing (§3), dates (D5) and the
+"""wyseman.protocol.credentials (pure): the Node client's test vector (docs/protocol.md,
+4.4 "Key login"), signatures and where keys are stored, the pub and db parameters (D11,
+D23), query parsing (docs/protocol.md, 2 "Transport and URL"), dates (D5) and the
 window, /clientinfo, and the replay cache (D2)."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from wyseman import keys
 from wyseman.protocol import credentials as cred
 
-# PROTOCOL.md §13.4: made by Node 20 WebCrypto (member order as Node exports it).
+# The test vector of docs/protocol.md, 4.4 "Key login": made by Node 20 WebCrypto
+# (member order as Node exports it).
 VECTOR_JWK = {
     "key_ops": ["verify"], "ext": True, "kty": "EC",
     "x": "AN1bf88rD65zYWaeD75DiwcigayWtJHAWlQo_UZBI9aMwKp8MRoOs4W87Lr2KbqYX9qkPO3L-qtZJ2Q32hGkMEQy",
@@ -25,7 +27,8 @@ VECTOR_MESSAGE = (b'{"ip":"::ffff:192.0.2.10","userAgent":"Mozilla/5.0 (X11; Lin
 VECTOR_SIGN = ("AbnpSc2c3iV1SmInZvXH_3g4SlALyjvSF9w04qOg62APA2KI8b8cpfvG2VrFm44HgYcOAse9xOVqlOl0"
                "EB1t-jpqAGbHwoijEwwpdl5A_4DxzgDifO_UGHA8wX4xB-K06ltKey5yqK0iE0cPGjRRjz82KyO5Xptj"
                "e6MwZku4iOCNh21v")
-# §13.1: the pub parameter of that key, as the JS client sent it.
+# The pub parameter (docs/protocol.md, 4.3 "Ticket login") of that key, as the JS
+# client sent it.
 VECTOR_PUB = (
     "eyJrZXlfb3BzIjpbInZlcmlmeSJdLCJleHQiOnRydWUsImt0eSI6IkVDIiwieCI6IkFOMWJmODhyRDY1ellXYW"
     "VENzVEaXdjaWdheVd0SkhBV2xRb19VWkJJOWFNd0twOE1Sb09zNFc4N0xyMkticVlYOXFrUE8zTC1xdFpKMlEz"

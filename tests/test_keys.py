@@ -1,5 +1,6 @@
 """wyseman.keys: WebCrypto-shaped key pairs and signatures, URL parameters, key-file
-encryption (wyseman lib/encrypt.js), key files (wylib export) and tickets (§5)."""
+encryption (wyseman lib/encrypt.js), key files (wylib export) and tickets
+(docs/protocol.md, 4.3 "Ticket login")."""
 
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ class KeyPairTests(SynchronousTestCase):
 
 class ParamTests(SynchronousTestCase):
     def test_pub_param(self):
-        # §13.1: the pub parameter of the §13.4 key, byte for byte
+        # the pub parameter (docs/protocol.md, 4.3 "Ticket login") of the test vector's key
+        # (4.4 "Key login"), byte for byte
         from tests.test_credentials import VECTOR_JWK, VECTOR_PUB
         self.assertEqual(keys.pub_param(VECTOR_JWK), VECTOR_PUB)
         private, public = keys.generate_key_pair()

@@ -1,4 +1,4 @@
-"""Custom actions: the dispatcher hook of PROTOCOL.md §7.9.
+"""Custom actions: the dispatcher hook of docs/protocol.md, 7.11 "Custom actions".
 
 A request whose ``action`` is not built in is offered to the handler
 registered for its ``(view, name)`` — wylib sends ``{"action": "action",

@@ -1,4 +1,4 @@
-"""Protocol errors: the ``error`` member of a reply (PROTOCOL.md §7.8).
+"""Protocol errors: the ``error`` member of a reply (docs/protocol.md, 8 "Errors").
 
 A :class:`ProtocolError` is raised by any layer that refuses a request
 (compiler, dispatcher, custom actions) and is turned into the reply shape
@@ -42,7 +42,7 @@ class ProtocolError(Exception):
         return f"ProtocolError({self.tag!r}, {self.message!r})"
 
 
-# Constructors for the codes of PROTOCOL.md §7.8, so the texts live in one place.
+# Constructors for the codes of docs/protocol.md, 8 "Errors", so the texts live in one place.
 
 def bad_action(action: Any) -> ProtocolError:
     return ProtocolError("badAction", f"Unhandled: {action}")

@@ -6,7 +6,8 @@ side's TCP work runs in the sender's call), so one thread needs ~100 ms. Python
 releases the GIL for the duration of ``send``, so with helper threads the calls run
 on several cores at once. On a 2-core VM a bare loop of 10,000 sends took 45–68 ms on
 two threads instead of 75–105 on one, and the server's fan-out to 10,000 sockets
-83–110 ms instead of 120–145 (docs/performance.md, "Fourth round").
+83–110 ms instead of 120–145 (docs/performance.md,
+"Notifications to 10,000 sockets").
 
 The reactor thread first picks the sockets that take the frame at once (open, nothing
 queued, plain TCP: :meth:`GatewayProtocol.direct_send`); the threads then only call

@@ -1,4 +1,5 @@
-"""Client-side keys, key files and tickets, in the JS tools' formats (PROTOCOL.md §3, §5).
+"""Client-side keys, key files and tickets, in the JS tools' formats (docs/protocol.md,
+4.3 "Ticket login", 4.4 "Key login").
 
 - Key pairs are P-521 JWKs exactly as WebCrypto (Node 20) exports them, member order
   included: ``key_ops, ext, kty, x, y, crv[, d]``; coordinates are 66-byte big-endian
@@ -9,7 +10,8 @@
   ``lib/encrypt.js`` does: PBKDF2-HMAC-SHA-256 (8-byte salt, 10000 rounds, 256 bits)
   → AES-256-GCM (12-byte IV, tag appended), stored as
   ``{"s": salt hex, "i": iv hex, "d": std base64(ciphertext‖tag)}``.
-- Tickets: the JSON form of wyclif's ``ticket`` tool and its link/web URL forms (§5.3).
+- Tickets: the JSON form of wyclif's ``ticket`` tool and its link/web URL forms
+  (docs/protocol.md, 4.3 "Ticket login").
 """
 
 from __future__ import annotations
@@ -354,8 +356,9 @@ def save_key_file(path: str | os.PathLike[str], sites: Iterable[Site | Mapping[s
 
 @dataclass(frozen=True)
 class Ticket:
-    """A one-time login ticket (§5.3). ``host``/``port`` are None when the ticket does not
-    say (p2p tickets carry ``addr``/``boot`` instead); ``user`` may be absent too."""
+    """A one-time login ticket (docs/protocol.md, 4.3 "Ticket login"). ``host``/``port``
+    are None when the ticket does not say (p2p tickets carry ``addr``/``boot`` instead);
+    ``user`` may be absent too."""
 
     token: str
     host: str | None

@@ -6,7 +6,8 @@ one user (one PostgreSQL role) that arrive together are answered by one statemen
 within one process (``[database] read_batch``): spread over N processes, the batches are
 N times smaller and each request costs more. Measured on 2 cores, 100 sockets of 10
 users: two workers served 0.82–0.86× what one did; two processes each holding all the
-sockets of half the users 1.09–1.36× (docs/performance.md, "Ninth round").
+sockets of half the users 1.09–1.36× (docs/performance.md,
+"Fan-out picking, routing by user").
 
 So a worker that reads an upgrade request for a user that another worker owns (the CRC-32
 of the ``user`` query parameter, modulo N) passes the connection on: the socket's file

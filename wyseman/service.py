@@ -99,7 +99,8 @@ def parse_listen(text: str) -> ListenSpec:
 
 
 def derived_clientinfo(spec: ListenSpec) -> str | None:
-    """The JS client fetches /clientinfo from the WebSocket port − 1 (§1)."""
+    """The JS client fetches /clientinfo from the WebSocket port − 1 (docs/protocol.md,
+    2 "Transport and URL")."""
     if spec.kind not in ("tcp", "tls") or not spec.port or spec.port <= 1:
         return None
     iface = f":interface={spec.interface.replace(':', chr(92) + ':')}" if spec.interface else ""

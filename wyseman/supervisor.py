@@ -1,4 +1,4 @@
-"""``[server] workers = N``: N processes serve the same ports (issue #8).
+"""``[server] workers = N``: N processes serve the same ports (docs/operations.md, "Scaling").
 
 The supervisor (this process) owns the embedded PostgreSQL, if any, and starts N
 worker processes (:mod:`wyseman.worker`). Each worker binds the configured

@@ -164,7 +164,8 @@ def remove_user(dsn: str, username: str, *, drop_role: bool = True) -> str:
 
 @dataclass(frozen=True)
 class Ticket:
-    """One login ticket as ``base.ticket_login`` issued it (PROTOCOL.md §5.3).
+    """One login ticket as ``base.ticket_login`` issued it (docs/protocol.md, 4.3 "Ticket
+    login").
 
     ``user`` is the username the ticket is for; ``issuer`` the database role that
     issued it (wyclif's ``-u``, the "admin" of :func:`format_ticket`).

@@ -1,9 +1,10 @@
 """The bootstrap schema: what a database needs for the gateway when it has no wyselib.
 
 The SQL lives in ``wyseman/sql/schema/*.sql`` (applied in file-name order, as one
-transaction); it is the minimum runtime contract of PROTOCOL.md §9 in wyselib's
-shapes. This module applies it, and refuses to touch a database that already has
-wyselib's schema: mixing the two would replace wyselib's functions with ours.
+transaction); it is the minimum runtime contract of docs/protocol.md, 12 "Database
+contract", in wyselib's shapes. This module applies it, and refuses to touch a database
+that already has wyselib's schema: mixing the two would replace wyselib's functions with
+ours.
 
 These functions block (psycopg2, synchronous): they are for the CLI and for start-up
 tooling, which call them outside the reactor or in a thread.

@@ -1,4 +1,5 @@
-"""Result values rendered as the Node server renders them (PROTOCOL.md §6.1).
+"""Result values rendered as the Node server renders them (docs/protocol.md,
+6.5 "Values received").
 
 psycopg2 lets a connection decide how each PostgreSQL type is read; we read
 every value straight into its final JSON form, so replies need no second pass:

@@ -1,7 +1,8 @@
-"""Login credentials, pure functions (PROTOCOL.md §2–§4): query parsing, lenient
-base64, the signed message, P-521/SHA-384 signature checks, key lookup, dates,
-and the replay cache. No I/O and no clock reads: every function here is
-unit-testable, and the WebSocket handshake and ``/clientinfo`` both call it.
+"""Login credentials, pure functions (docs/protocol.md, 2 "Transport and URL" to
+4 "Login"): query parsing, lenient base64, the signed message, P-521/SHA-384 signature
+checks, key lookup, dates, and the replay cache. No I/O and no clock reads: every
+function here is unit-testable, and the WebSocket handshake and ``/clientinfo`` both
+call it.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def parse_query(query: str) -> dict[str, str]:
     a key without ``=`` is ``""``, an empty key is kept), except that a repeated key, an
     escape that is not UTF-8, or more than :data:`MAX_QUERY_FIELDS` fields are refused.
 
-    Node turns a repeated key into an array, which the JS server then mishandles (§3);
-    refusing is the only safe reading. Malformed escapes such as ``%zz`` stay literal,
-    as in Node.
+    Node turns a repeated key into an array, which the JS server then mishandles
+    (docs/protocol.md, 2 "Transport and URL"); refusing is the only safe reading.
+    Malformed escapes such as ``%zz`` stay literal, as in Node.
     """
     if not isinstance(query, str):
         raise CredentialError("query string is not text")
@@ -84,7 +85,8 @@ _TO_URL_ALPHABET = str.maketrans("+/", "-_")
 
 def b64decode_lenient(text: str) -> bytes:
     """Standard or URL alphabet (even mixed), padding optional, as Node decodes it;
-    but any other character is refused instead of silently skipped (§3)."""
+    but any other character is refused instead of silently skipped (docs/protocol.md,
+    2 "Transport and URL")."""
     if not isinstance(text, str) or not _B64_TEXT.fullmatch(text):
         raise CredentialError("not base64")
     body = text.rstrip("=").translate(_TO_URL_ALPHABET)
@@ -177,7 +179,8 @@ def _public_key(x: str, y: str) -> ec.EllipticCurvePublicKey:
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
     """The public key of a JWK with ``kty`` EC and ``crv`` P-521 (other members ignored,
-    as §4.3 says: ``key_ops``, ``ext``, ``alg`` and even ``d`` play no part)."""
+    as docs/protocol.md, 4.3 "Ticket login" says of ``key_ops``, ``ext`` and ``alg``; here
+    even ``d`` plays no part)."""
     if not isinstance(jwk, Mapping) or jwk.get("kty") != "EC" or jwk.get("crv") != "P-521":
         raise CredentialError("not a P-521 EC JWK")
     x, y = jwk.get("x"), jwk.get("y")
@@ -206,9 +209,10 @@ def decode_public_jwk(pub: str) -> tuple[str, dict[str, Any]]:
 
 
 def candidate_keys(conn_pub: object) -> list[dict[str, Any]]:
-    """The keys a stored ``conn_pub`` may hold, in the order to try them (§4.3, §14, D24):
-    its ``websocket`` member, its ``default`` member (each only if an object), then the
-    value itself if it has ``kty``. ``conn_pub`` may come as a dict or as JSON text."""
+    """The keys a stored ``conn_pub`` may hold, in the order to try them
+    (docs/protocol.md, 4.4 "Key login" step 5; D24): its ``websocket`` member, its
+    ``default`` member (each only if an object), then the value itself if it has
+    ``kty``. ``conn_pub`` may come as a dict or as JSON text."""
     if isinstance(conn_pub, (str, bytes)):
         try:
             conn_pub = json.loads(conn_pub)
@@ -277,9 +281,10 @@ def _js_stringify(members: dict[str, str | None]) -> bytes:
 
 
 def signed_message(ip: str, cookie: str | None, user_agent: str | None, date: str) -> bytes:
-    """What a key login signs (§4.3 step 2): compact JSON of ``ip``, ``cookie``,
-    ``userAgent``, ``date`` in this order; a missing header (None) is omitted, an empty
-    one kept as ``""``. Byte-identical to the client's ``JSON.stringify``."""
+    """What a key login signs (docs/protocol.md, 4.4 "Key login", client step 2):
+    compact JSON of ``ip``, ``cookie``, ``userAgent``, ``date`` in this order; a missing
+    header (None) is omitted, an empty one kept as ``""``. Byte-identical to the
+    client's ``JSON.stringify``."""
     return _js_stringify({"ip": ip, "cookie": cookie, "userAgent": user_agent, "date": date})
 
 
@@ -294,9 +299,10 @@ def js_date(moment: datetime) -> str:
 
 def clientinfo_body(ip: str, real: str | None, cookie: str | None, user_agent: str | None,
                     now: datetime) -> bytes:
-    """The ``GET /clientinfo`` body (§2): compact JSON with members ``ip``, ``real``,
-    ``cookie``, ``userAgent``, ``date`` in this order; absent values are absent members;
-    ``date`` is ``now`` as ``Date#toJSON`` writes it."""
+    """The ``GET /clientinfo`` body (docs/protocol.md, 3 "GET /clientinfo"): compact
+    JSON with members ``ip``, ``real``, ``cookie``, ``userAgent``, ``date`` in this
+    order; absent values are absent members; ``date`` is ``now`` as ``Date#toJSON``
+    writes it."""
     return _js_stringify({"ip": ip, "real": real, "cookie": cookie, "userAgent": user_agent,
                           "date": js_date(now)})
 

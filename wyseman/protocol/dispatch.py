@@ -1,4 +1,4 @@
-"""One request in, one reply out (PROTOCOL.md §7).
+"""One request in, one reply out (docs/protocol.md, 6 "Messages" and 7 "Actions").
 
 The dispatcher parses the frame, hands custom actions to their handler,
 answers ``meta``/``lang`` from the process-wide cache, compiles everything else
@@ -354,7 +354,8 @@ def _one_row_reply(request: dict, row: Any) -> bytes:
 
 
 def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
-    """The reduced reply of §7.2: error plus id, view, action (when known)."""
+    """The reduced reply (docs/protocol.md, 6.3 "Replies"): error plus id, view, action
+    (when known)."""
     reply: dict[str, Any] = {"error": error.as_reply()}
     if request is not None:
         for key in ("id", "view", "action"):
@@ -387,7 +388,7 @@ def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
 
 
 def _error_reply(request: dict, error: dict[str, Any]) -> bytes:
-    """The request echoed with ``error`` (database errors, §7.2)."""
+    """The request echoed with ``error`` (database errors; docs/protocol.md, 6.3 "Replies")."""
     reply = dict(request)
     reply["error"] = error
     return dumps(reply)

@@ -1,4 +1,5 @@
-"""Who is connecting: the login decision of PROTOCOL.md §4.1, without sockets.
+"""Who is connecting: the login decision of docs/protocol.md, 4.1 "Order of the checks",
+without sockets.
 
 :class:`Authenticator` takes what the upgrade request says (:class:`Handshake`)
 and returns a Deferred of :class:`Login`, or fails with :class:`Refusal` carrying

@@ -622,7 +622,8 @@ class GatewayFactory(WebSocketServerFactory):
 
 
 class ClientInfo(resource.Resource):
-    """``GET /clientinfo``: what the client signs for a key login (PROTOCOL.md §2)."""
+    """``GET /clientinfo``: what the client signs for a key login (docs/protocol.md,
+    3 "GET /clientinfo")."""
 
     isLeaf = True
 

@@ -5,7 +5,7 @@ the server, and the ``cryptography`` package releases the GIL while OpenSSL work
 (two threads verify twice as many signatures per second as one). Checked on helper
 threads, the reactor thread goes on reading requests and accepting other logins
 meanwhile, and a burst of logins uses more than one core (docs/performance.md,
-"Sixth round").
+"Signatures on helper threads, key lookups batched").
 
 What runs on a helper is :func:`wyseman.protocol.credentials.verifying_key`, a pure
 function of its arguments: no Twisted object is touched off the reactor thread. The

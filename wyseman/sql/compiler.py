@@ -1,4 +1,4 @@
-"""Request → SQL, with no I/O (PROTOCOL.md §7.3–§7.8).
+"""Request → SQL, with no I/O (docs/protocol.md, 7.1 "View names" to 7.8 "delete").
 
 ``compile_request(request, meta_columns, policy)`` returns a :class:`Statement`
 (SQL with ``$n`` placeholders, the bound values, and the row-count rule) or

@@ -1,4 +1,4 @@
-"""Let PostgreSQL render reply rows as JSON (issue #6, docs/performance.md).
+"""Let PostgreSQL render reply rows as JSON (docs/performance.md).
 
 A select's rows come back as one JSON text each (``row_to_json``), which the
 dispatcher splices into the reply unparsed: Python builds no dict per row and no

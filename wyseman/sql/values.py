@@ -1,4 +1,5 @@
-"""Request values → bound parameters, as node-pg binds them (PROTOCOL.md §7.4).
+"""Request values → bound parameters, as node-pg binds them
+(docs/protocol.md, 6.4 "Values sent").
 
 Every scalar is sent as text of unknown type so that PostgreSQL infers the type
 from the context (``text_col = '5'`` works, where a typed integer would not):

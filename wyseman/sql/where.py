@@ -1,4 +1,5 @@
-"""The ``where`` and ``order`` grammars (PROTOCOL.md §7.5, §7.6) → SQL text.
+"""The ``where`` and ``order`` grammars → SQL text (docs/protocol.md, 7.3 "where" and
+7.4 "order, limit, offset").
 
 Values are always bound parameters; identifiers are always quoted. Unlike the
 Node server, every logic group and clause is parenthesised (D12), ``diff`` is

@@ -6,8 +6,8 @@
 --
 -- Shapes follow wyselib (schema/base/ent.wms) closely enough that wyselib-style apps
 -- and the JS tooling (wyclif bin/ticket) work, but nothing here is wyselib: it is the
--- minimum runtime contract of PROTOCOL.md section 9. Objects are owned by the role
--- that runs the bootstrap; that role is the gateway's admin role.
+-- minimum runtime contract of docs/protocol.md, 12 "Database contract". Objects are
+-- owned by the role that runs the bootstrap; that role is the gateway's admin role.
 
 create schema if not exists base;
 create schema if not exists wm;
@@ -26,8 +26,9 @@ create sequence if not exists base.ent_g_seq start with 100  minvalue 100;   -- 
 create sequence if not exists base.ent_r_seq start with 1    minvalue 1;     -- roles
 
 -- Stamp columns: crt_by/mod_by default to session_user, the identity the gateway
--- preserves for every request (PROTOCOL.md 6.1). Unlike wyselib there is no foreign
--- key from the stamps to base.ent(username): the admin role need not be an entity.
+-- preserves for every request (docs/protocol.md, 12.4 "Roles and grants"). Unlike
+-- wyselib there is no foreign key from the stamps to base.ent(username): the admin role
+-- need not be an entity.
 create table if not exists base.ent (
     id          text        primary key
   , ent_num     int         not null check (ent_num > 0)

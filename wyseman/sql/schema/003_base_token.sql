@@ -2,7 +2,7 @@
 --
 -- Shapes follow wyselib 1.1.0 (schema/base/login.wms). Differences, on purpose:
 -- * used/expires are timestamptz, so issuing and checking sessions need not share a
---   TimeZone setting (the zone trap of PROTOCOL.md 5.2);
+--   TimeZone setting (docs/protocol.md, 12.2 "Users, tickets and keys");
 -- * tokens come from gen_random_uuid() (a strong random source, PostgreSQL >= 13)
 --   instead of md5(random());
 -- * base.token_valid is atomic (D6) and refuses keys that are not P-521 public JWKs (D23).
@@ -140,4 +140,4 @@ $$;
 
 -- Marker read by wyseman.db.bootstrap: a token_valid without it is someone else's.
 comment on function base.token_valid(text, text, jsonb, text[]) is
-    'wyseman-python bootstrap: atomic one-time ticket check (PROTOCOL.md 5.2, D6, D23)';
+    'wyseman-python bootstrap: atomic one-time ticket check (docs/protocol.md 12.2, D6, D23)';

@@ -1,5 +1,6 @@
 -- wyseman for Python: bootstrap schema, part 4: the data dictionary (wm.table_meta,
--- wm.table_lang) that the gateway's meta and lang actions read (PROTOCOL.md 7.7).
+-- wm.table_lang) that the gateway's meta and lang actions read (docs/protocol.md,
+-- 7.9 "meta" and 7.10 "lang").
 --
 -- wyseman computes these from pg_catalog plus text and style tables that its schema
 -- compiler fills (lib/run_time.wms). Here the metadata comes from pg_catalog alone;
@@ -250,9 +251,9 @@ select tt.tt_sch                        as sch
  where c.relkind in ('r', 'v', 'm', 'p', 'f');
 
 -- Signal that the schema changed: the gateway drops its meta/lang caches on any
--- notification of the 'wyseman' channel (PROTOCOL.md 6.3). Nothing here is cached,
--- so "refreshing the dictionary" is only the notification; the name and payload are
--- wyseman's, so scripts written for wyseman keep working.
+-- notification of the 'wyseman' channel (docs/protocol.md, 7.10 "lang"). Nothing here
+-- is cached, so "refreshing the dictionary" is only the notification; the name and
+-- payload are wyseman's, so scripts written for wyseman keep working.
 create or replace function wm.init_dictionary() returns boolean
   language plpgsql
   set search_path = pg_catalog, pg_temp

@@ -1,8 +1,8 @@
 -- wyseman for Python: bootstrap schema, part 5: English texts of the server's own
 -- error codes. Clients translate an error code '!wm.lang:<code>' by fetching the lang
--- row of wm.lang (PROTOCOL.md 7.8); every code the gateway can send is listed here.
--- Our rows are refreshed on re-application only when their text differs, so applying
--- the file again writes nothing.
+-- row of wm.lang (docs/protocol.md, 8 "Errors"); every code the gateway can send is
+-- listed here. Our rows are refreshed on re-application only when their text differs,
+-- so applying the file again writes nothing.
 
 insert into wm.table_text as t (tt_sch, tt_tab, language, title, help)
 values ('wm', 'lang', 'eng', 'Server Messages',
