@@ -296,7 +296,7 @@ class UsageTests(CliTestCase):
         self.assertNotIn("Traceback", err)
 
     def test_missing_arguments(self) -> None:
-        for argv in ([], ["db"], ["user", "add"], ["ticket"], ["config", "check"]):
+        for argv in ([], ["db"], ["user", "add"], ["ticket"], ["config"]):
             self.assertEqual(run_cli(*argv)[0], 2, argv)
 
     def test_help(self) -> None:
@@ -331,6 +331,40 @@ class ConfigCommandTests(CliTestCase):
     def test_check_good(self) -> None:
         path = write_config(self, '[database]\ndsn = "dbname=x"\n')
         self.assertEqual(run_cli("config", "check", str(path)), (0, f"{path}: ok\n", ""))
+
+    def test_check_says_ok_only_to_what_would_start(self) -> None:
+        examples = Path(__file__).resolve().parent.parent / "examples"
+        production = examples / "production.toml"     # its paths are not on this machine
+        self.assertOneLineError(run_cli("config", "check", str(production)),
+                                "[tls]", "/etc/wyseman/tls/fullchain.pem")
+        path = write_config(self, '[server]\nlisten = "tls:4443"\n'
+                                  '[tls]\ncert = "none.pem"\nkey = "none.key"\n'
+                                  '[database]\ndsn = "dbname=x"\n')
+        self.assertOneLineError(run_cli("config", "check", str(path)), "[tls]", "none.pem")
+        path = write_config(self, '[actions.handlers]\n"app.v:x" = "no_such_module:f"\n'
+                                  '[database]\ndsn = "dbname=x"\n')
+        self.assertOneLineError(run_cli("config", "check", str(path)),
+                                "[actions] handlers: cannot load 'no_such_module:f'")
+        path = write_config(self, '[metrics]\nlisten = "tcp:notaport"\n'
+                                  '[database]\ndsn = "dbname=x"\n')
+        self.assertOneLineError(run_cli("config", "check", str(path)), "[metrics] listen")
+
+    def test_check_finds_the_config_as_the_server_does(self) -> None:
+        path = write_config(self, '[database]\ndsn = "dbname=x"\n')
+        self.patch(os, "environ", dict(os.environ, WYSEMAN_CONFIG=str(path)))
+        self.assertEqual(run_cli("config", "check"), (0, f"{path}: ok\n", ""))
+
+    def test_check_connect(self) -> None:
+        path = write_config(self, '[database]\ndsn = "host=/nonexistent dbname=x"\n')
+        self.assertEqual(run_cli("config", "check", str(path))[0], 0)   # no network
+        self.assertOneLineError(run_cli("config", "check", "--connect", str(path)),
+                                "[database] dsn: cannot connect (host=/nonexistent dbname=x)")
+        from tests.pgtest import fresh_database
+        db = fresh_database(self)
+        path = write_config(self, f'[database]\ndsn = "{db.dsn}"\n')
+        code, out, err = run_cli("config", "check", "--connect", str(path))
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("database reached", out)
 
     def test_check_bad(self) -> None:
         path = write_config(self, '[database]\ndsn = "dbname=x"\nbogus = 1\n')

@@ -145,11 +145,15 @@ class PinnedGatewayTests(TestCase):
         config = make_config(db, server={"cpu_affinity": [self.cpus[-1] + 1]})
         service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor)
         service.stop_reactor_on_failure = False
-        yield service.startService()
+        from twisted.logger import capturedLogs, formatEvent
+        with capturedLogs() as events:
+            yield service.startService()
         failure = yield self.assertFailure(service.ready, ConfigError)
         self.assertIn(f"CPU {self.cpus[-1] + 1} not available", str(failure))
         self.assertEqual(service.ports, [])
-        self.assertEqual(len(self.flushLoggedErrors(ConfigError)), 1)
+        said = [formatEvent(e) for e in events if e.get("log_level").name == "error"]
+        self.assertEqual(len(said), 1, [dict(e) for e in events])   # one line
+        self.assertIn("wyseman could not start: ", said[0])
         self.assertEqual(os.sched_getaffinity(0), set(self.cpus))
 
 

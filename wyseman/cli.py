@@ -218,8 +218,15 @@ def _add_config(subparsers: argparse._SubParsersAction,
                 common: argparse.ArgumentParser) -> None:
     conf = subparsers.add_parser("config", help="check a config file, print the reference")
     actions = conf.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-    check = actions.add_parser("check", parents=[common], help="validate a config file")
-    check.add_argument("file", metavar="FILE")
+    check = actions.add_parser(
+        "check", parents=[common], help="check that a config file would start the server",
+        description="Check everything the server checks at start without the network "
+                    "(syntax, TLS files, endpoints, handler modules, CPUs, PostgreSQL "
+                    "binaries for an embedded database). FILE: as the server finds it "
+                    "(--config, $WYSEMAN_CONFIG, ./wyseman.toml).")
+    check.add_argument("file", metavar="FILE", nargs="?")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the configured database once")
     check.set_defaults(handler=_config_check)
     reference = actions.add_parser("reference", parents=[common],
                                    help="print the option reference (Markdown)")
@@ -227,14 +234,12 @@ def _add_config(subparsers: argparse._SubParsersAction,
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    config = config_module.load(args.file)
-    if config.server.cpu_affinity:   # what else would stop the start on this machine
-        from wyseman import affinity
-        try:
-            affinity.check(config.server.cpu_affinity)
-        except affinity.AffinityError as exc:
-            raise ConfigError(f"{config.source}: {exc}") from None
-    _out(f"{args.file}: ok")
+    from wyseman.preflight import check_startable, try_connect
+    config = config_module.load(args.file) if args.file else load_config(args)
+    check_startable(config)
+    if args.connect:
+        _out(f"{config.source}: {try_connect(config)}")
+    _out(f"{config.source}: ok")
     return 0
 
 

@@ -23,7 +23,7 @@ class Options(usage.Options):
         try:
             self["parsed"] = load(self["config"])
         except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+            raise SystemExit(f"wyseman: error: {exc}") from None
 
 
 class _StopOnHangup(Service):
@@ -48,9 +48,11 @@ class _StopOnHangup(Service):
 def makeService(options: Options) -> IService:  # noqa: N802
     from wyseman.service import makeService as make
     config: Config = options["parsed"]
+    from wyseman.tls import TLSConfigError
     try:
-        top = make(config)
-    except ConfigError as exc:
-        raise usage.UsageError(str(exc)) from None
+        top = make(config, exit_on_failure=True)
+    except (ConfigError, TLSConfigError) as exc:
+        # one line and status 1 (a service manager sees it), not twistd's traceback
+        raise SystemExit(f"wyseman: error: {exc}") from None
     _StopOnHangup().setServiceParent(top)
     return top

@@ -16,6 +16,7 @@ that cannot check its login. Add the returned service to your own application
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web import server
 
-from wyseman import affinity
+from wyseman import affinity, startfail
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
 from wyseman.fdlimit import ensure_descriptors
@@ -164,6 +165,9 @@ class StartingService(Service):
     ready: defer.Deferred
     reactor: Any
     stop_reactor_on_failure = True
+    #: a failed start also prints its reason to stderr and makes the process exit with
+    #: status 1 (the twistd plugin; an embedding application decides for itself)
+    exit_on_failure = False
     failure_message = "wyseman could not start"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
@@ -185,11 +189,25 @@ class StartingService(Service):
         raise NotImplementedError
 
     def _start_failed(self, failure: Any) -> None:
-        log.failure(self.failure_message, failure)
+        why = startfail.reason(failure, self.config)
+        if why is None:      # a bug: its traceback helps
+            log.failure(self.failure_message, failure)
+        else:
+            log.error("{what}: {why}", what=self.failure_message, why=why)
         if not self.ready.called:
             self.ready.errback(failure)
-        if self.stop_reactor_on_failure and self.reactor.running:
-            self.reactor.stop()
+        if self.exit_on_failure:
+            # (twistd sends sys.stderr to its log: this line goes to the real one)
+            stderr = sys.__stderr__ or sys.stderr
+            stderr.write(f"wyseman: error: {why or failure.getErrorMessage()}\n")
+            stderr.flush()
+            startfail.exit_nonzero_at_exit(1)
+        if self.stop_reactor_on_failure:
+            # (a failure before the reactor runs, a refused connect say, stops it then)
+            if self.reactor.running:
+                self.reactor.stop()
+            else:
+                self.reactor.callWhenRunning(self.reactor.stop)
 
 
 class GatewayService(StartingService):
@@ -374,8 +392,13 @@ class _StopInOrder(MultiService):
                 log.failure("stopping {name} failed", name=service.name)
 
 
-def makeService(config: Config, reactor: Any = None, actions: Any = None) -> MultiService:  # noqa: N802
-    """The whole server as one service: add it to your Twisted application."""
+def makeService(config: Config, reactor: Any = None, actions: Any = None,  # noqa: N802
+                exit_on_failure: bool = False) -> MultiService:
+    """The whole server as one service: add it to your Twisted application.
+
+    ``exit_on_failure``: a start that fails prints its reason to stderr and ends the
+    process with status 1 (what ``twistd -n wyseman`` does); otherwise the reactor is
+    stopped and the reason logged, for the embedding application to decide."""
     top = _StopInOrder()
     if config.embedded:
         from wyseman.db.embedded import EmbeddedPostgresService
@@ -394,10 +417,14 @@ def makeService(config: Config, reactor: Any = None, actions: Any = None) -> Mul
     if config.server.workers > 1:
         from wyseman.supervisor import WorkerSupervisor, check_embedding
         check_embedding(actions)
-        WorkerSupervisor(config, admin_dsn, reactor).setServiceParent(top)
+        supervisor = WorkerSupervisor(config, admin_dsn, reactor)
+        supervisor.exit_on_failure = exit_on_failure
+        supervisor.setServiceParent(top)
         return top
     if actions is None:
         from wyseman.actions import ActionRegistry
         actions = ActionRegistry.from_config(config)
-    GatewayService(config, admin_dsn, reactor, actions).setServiceParent(top)
+    gateway = GatewayService(config, admin_dsn, reactor, actions)
+    gateway.exit_on_failure = exit_on_failure
+    gateway.setServiceParent(top)
     return top

@@ -85,7 +85,12 @@ class EmbeddedPostgresService(Service):
         return dsn
 
     def _failed(self, failure: Any) -> Any:
-        log.failure("embedded PostgreSQL failed to start", failure)
+        from wyseman.db.cluster import ClusterError
+        if failure.check(ClusterError):     # said once, by the service that waits for it
+            log.debug("embedded PostgreSQL failed to start: {why}",
+                      why=failure.getErrorMessage())
+        else:
+            log.failure("embedded PostgreSQL failed to start", failure)
         if not self.ready.called:
             self.ready.errback(failure)
         return failure
