@@ -295,6 +295,11 @@ class UsageTests(CliTestCase):
         self.assertIn("usage: wyseman", err)
         self.assertNotIn("Traceback", err)
 
+    def test_version(self) -> None:
+        from wyseman import __version__
+        code, out, err = run_cli("--version")
+        self.assertEqual((code, out), (0, f"wyseman {__version__}\n"))
+
     def test_missing_arguments(self) -> None:
         for argv in ([], ["db"], ["user", "add"], ["ticket"], ["config"]):
             self.assertEqual(run_cli(*argv)[0], 2, argv)

@@ -73,6 +73,19 @@ class ClientCommandTests(TestCase):
         self.assertIn(b"logged in as", out)
         self.assertTrue(keys.is_encrypted(json.loads(key_file.read_text())))
         self.assertEqual(oct(key_file.stat().st_mode & 0o777), "0o600")
+        # a second login would replace the key the file holds: not without --force
+        kept = key_file.read_bytes()
+        ticket = admin.issue_ticket(db.dsn, user, host="127.0.0.1", port=server.port)
+        ticket_file.write_text(admin.format_ticket(ticket, "json", admin_user="postgres"))
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file), env=env)
+        self.assertEqual(code, 1)
+        self.assertIn(b"exists: logging in replaces the key", err)
+        self.assertEqual(key_file.read_bytes(), kept)
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file), "--force", env=env)
+        self.assertEqual(code, 0, err)
+        self.assertNotEqual(key_file.read_bytes(), kept)
 
         out, err, code = yield wyseman_cli(
             "query", "--key", str(key_file),
@@ -112,6 +125,20 @@ class ClientCommandTests(TestCase):
         db.run("""notify app_news, '{"n": 1}'""")
         line = yield listener.first_line
         self.assertEqual(json.loads(line), {"channel": "app_news", "data": {"n": 1}})
+        # Ctrl-C: one line and status 130, no traceback
+        listener.transport.signalProcess("INT")
+        code = yield listener.ended
+        self.assertEqual(code, 130)
+        self.assertIn(b"wyseman: interrupted", listener.err)
+        self.assertNotIn(b"Traceback", listener.err)
+
+        # a refused login says why, as the server put it
+        db.run("update base.ent set conn_pub = null where username = %s", (user,))
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), '{"action": "tuple", "view": "x"}', env=env)
+        self.assertEqual(code, 1)
+        self.assertIn(b"the server refused: 403 Invalid Login", err)
+        self.assertEqual(err.count(b"\n"), 1, err)
 
     @defer.inlineCallbacks
     def test_keygen_and_bad_passphrase(self):

@@ -53,6 +53,9 @@ class FailedStartTests(TestCase):
         self.assert_one_line(status, err, out, "cannot connect to the database "
                              "(host=/nonexistent dbname=x): ")
         self.assertIn("([database] dsn)", err)
+        from wyseman import __version__
+        self.assertIn(f"wyseman {__version__} starting: config {self.dir / 'wyseman.toml'}; "
+                      "database host=/nonexistent dbname=x; channels none", out)
 
     @defer.inlineCallbacks
     def test_port_in_use(self):

@@ -813,7 +813,7 @@ class OutageTests(TestCase):
                              "where datname = %s and pid <> pg_backend_pid()", (db.name,))
         for _ in range(6):
             status, body = yield raw_upgrade(server.port, f"user={user}&token=x&pub={pub}")
-            self.assertEqual((status, body), (503, "Service Unavailable"))
+            self.assertEqual((status, body), (503, "The database is unavailable"))
         run_sync(base_dsn(), f'alter database "{db.name}" allow_connections true')
         conn = yield connect(server.url, user, token=admin.issue_ticket(db.dsn, user).token,
                              new_key=keys.generate_private_jwk())
@@ -884,3 +884,24 @@ class PingFloodTests(TestCase):
         yield gone                                   # the server let go of it
         self.assertEqual(gateway.metrics.slow_consumers._value.get(), 1)
         self.assertEqual(gateway.all_connections(), [])
+
+
+class RefusalLogTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_refused_login_is_logged_once_with_reason_and_peer(self):
+        from twisted.logger import capturedLogs, formatEvent
+        db = fresh_database(self)
+        user = add_user(db)
+        server = yield start_gateway(self, db)
+        channels = b64url(b'["nope"]')
+        for query, expected in ((f"user={user}&token=x&pub=y", "403 Invalid Login"),
+                                (f"user={user}&db={channels}&token=x&pub=y",
+                                 "403 Channel not allowed")):
+            with capturedLogs() as events:
+                yield raw_upgrade(server.port, query)
+            said = [formatEvent(e) for e in events
+                    if e.get("log_namespace", "").startswith(("wyseman", "autobahn"))]
+            self.assertEqual(len(said), 1, said)
+            self.assertIn(f"refused {expected} to ::ffff:127.0.0.1", said[0])

@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="wyseman: WebSocket gateway to PostgreSQL — administration commands.")
     # A separate dest: a subcommand's own --config default must not hide this one.
     parser.add_argument("--config", dest="top_config", metavar="FILE", help=config_help)
+    from wyseman import __version__
+    parser.add_argument("--version", action="version", version=f"wyseman {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_subcommands(subparsers, common)
     return parser

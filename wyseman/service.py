@@ -380,7 +380,27 @@ class GatewayService(StartingService):
 class _StopInOrder(MultiService):
     """Stops its services one after the other, the last started first (Twisted's
     MultiService stops them all at once): the embedded PostgreSQL stops only once the
-    gateway has closed its sockets and pools."""
+    gateway has closed its sockets and pools. Says at start what it serves."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def startService(self) -> None:  # noqa: N802
+        from wyseman import __version__
+        config = self.config
+        database = config.database
+        if config.embedded:
+            target = f"embedded {config.resolve_path(database.embedded)} ({database.name})"
+        else:
+            target = startfail.describe_dsn(database.dsn)
+        channels = ", ".join(config.channels.allow) or "none for every user"
+        if config.channels.roles:
+            channels += f"; more for {', '.join(sorted(config.channels.roles))}"
+        log.info("wyseman {version} starting: config {config}; database {target}; "
+                 "channels {channels}", version=__version__, config=config.source,
+                 target=target, channels=channels)
+        super().startService()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
@@ -399,7 +419,7 @@ def makeService(config: Config, reactor: Any = None, actions: Any = None,  # noq
     ``exit_on_failure``: a start that fails prints its reason to stderr and ends the
     process with status 1 (what ``twistd -n wyseman`` does); otherwise the reactor is
     stopped and the reason logged, for the embedding application to decide."""
-    top = _StopInOrder()
+    top = _StopInOrder(config)
     if config.embedded:
         from wyseman.db.embedded import EmbeddedPostgresService
         embedded = EmbeddedPostgresService(config.resolve_path(config.database.embedded),

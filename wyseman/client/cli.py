@@ -63,15 +63,26 @@ def run_reactor(work: Callable[[Any], Any]) -> int:
         d = defer.ensureDeferred(work(reactor))
 
         def done(code: Any) -> None:
-            outcome["code"] = code if isinstance(code, int) else 0
+            if "code" not in outcome:       # (not after Ctrl-C: the reactor stops)
+                outcome["code"] = code if isinstance(code, int) else 0
 
         def failed(failure: Any) -> None:
+            if "code" in outcome:
+                return
             outcome["code"] = 1
             text = failure.getErrorMessage() or failure.type.__name__
             sys.stderr.write(f"wyseman: error: {text}\n")
         d.addCallbacks(done, failed)
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(lambda _: reactor.stop() if reactor.running and not outcome.get(
+            "interrupted") else None)
+
+    def interrupted() -> None:
+        """Ctrl-C (or SIGTERM) stopped the reactor: one line and status 130."""
+        if "code" not in outcome:
+            outcome["code"], outcome["interrupted"] = 130, True
+            sys.stderr.write("wyseman: interrupted\n")
     reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", interrupted)
     reactor.run(installSignalHandlers=True)
     return outcome.get("code", 130)
 
@@ -101,6 +112,11 @@ def login(args: argparse.Namespace) -> int:
     if not user:
         raise keys.KeyFileError("the ticket names no user: give --user")
     host, port = ticket.host or "127.0.0.1", ticket.port or 54320
+    if os.path.exists(args.key_out) and not args.force:
+        # a ticket login registers a new key: the old one stops working, and the user's
+        # sockets logged in with it are closed
+        raise keys.KeyFileError(f"{args.key_out} exists: logging in replaces the key it "
+                                "holds (give --force to overwrite it)")
     passphrase = _passphrase(args, confirm=True)
 
     async def work(reactor: Any) -> int:
@@ -181,6 +197,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction,
     p = subparsers.add_parser("login", help="first login with a ticket; saves a key file")
     p.add_argument("--ticket", required=True, metavar="FILE", help="JSON ticket or link")
     p.add_argument("--key-out", required=True, metavar="FILE")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing key file (its key stops working)")
     p.add_argument("--user", help="user name, if the ticket has none")
     _connection_options(p)
     p.set_defaults(handler=login)

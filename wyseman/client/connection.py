@@ -68,6 +68,17 @@ class _ClientProtocol(WebSocketClientProtocol):
     def onOpen(self) -> None:  # noqa: N802
         self.connection()._opened(self)
 
+    def failHandshake(self, reason: str) -> None:  # noqa: N802
+        """Autobahn names only the status line of a refused upgrade ("[403]: Forbidden");
+        the server says why in the body ("Invalid Login", "Channel not allowed",
+        "Too many connections …"): that is what the user needs to read."""
+        head, sep, body = bytes(getattr(self, "data", b"") or b"").partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1:2] if head.startswith(b"HTTP/") else []
+        text = body.decode("utf-8", "replace").strip()[:200]
+        if sep and status and text:
+            reason = f"the server refused: {status[0].decode('latin-1')} {text}"
+        super().failHandshake(reason)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
         self.connection()._message(payload)
 

@@ -169,10 +169,10 @@ class Authenticator:
                     pg.is_connection_error(failure):
                 log.warn("login check for {ip}: the database is unavailable: {why}",
                          ip=handshake.ip, why=failure.getErrorMessage())
-                return defer.fail(Refusal(503, "Service Unavailable",
+                return defer.fail(Refusal(503, "The database is unavailable",
                                           "the database is unavailable", "unavailable"))
             log.failure("login check failed for {ip}", failure, ip=handshake.ip)
-            return defer.fail(Refusal(503, "Service Unavailable",
+            return defer.fail(Refusal(503, "Login check failed",
                                       f"login check failed: {failure.getErrorMessage()}",
                                       "error"))
         return d.addErrback(failed)

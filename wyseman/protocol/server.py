@@ -167,6 +167,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._socket_send: Any = None
         self._slot: str | None = None    # the user whose connection count holds this one
         self._auth_seen = 0              # key changes seen when the login began
+        self._refusal_logged = False     # (see failHandshake)
 
     # -- opening handshake -------------------------------------------------
     def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
@@ -184,7 +185,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         if origin_problem:
             return self._deny(Refusal(403, "Forbidden", origin_problem, "origin"))
         if gateway.connection_count >= gateway.max_connections:
-            return self._deny(Refusal(503, "Service Unavailable",
+            return self._deny(Refusal(503, "Too many connections (max_connections)",
                                       "max_connections reached", "capacity"))
         handshake = Handshake(
             query=urlsplit(self.http_request_uri).query,
@@ -247,7 +248,8 @@ class GatewayProtocol(WebSocketServerProtocol):
     def _reserved(self, granted: bool, login: Any) -> defer.Deferred:
         gateway = self.factory.gateway
         if not granted:
-            raise self._refusal_exception(Refusal(503, "Service Unavailable",
+            raise self._refusal_exception(Refusal(503, "Too many connections of this user "
+                                                  "(max_connections_per_user)",
                                                   f"max_connections_per_user for {login.user!r}",
                                                   "user_capacity"))
         self._slot = login.user      # released in onClose (or by _still_there)
@@ -265,10 +267,25 @@ class GatewayProtocol(WebSocketServerProtocol):
     def _refusal_exception(self, refusal: Refusal) -> Exception:
         from autobahn.websocket.types import ConnectionDeny
         self.factory.gateway.metrics.handshake("refused", refusal.kind)
+        self._refusal_logged = True
         log.warn("refused {status} {reason} to {ip}: {detail}", status=refusal.status,
                  reason=refusal.reason, ip=getattr(self, "client_address", "?"),
                  detail=refusal.detail)
         return ConnectionDeny(refusal.status, refusal.reason)
+
+    def failHandshake(self, reason: str, code: int = 400,  # noqa: N802
+                      responseHeaders: Any = None) -> None:  # noqa: N803
+        """A refused upgrade is logged once, with its reason and peer: a login refusal by
+        :meth:`_refusal_exception`, anything Autobahn refuses (a malformed request) here;
+        Autobahn's own two lines per refusal ("failing WebSocket opening handshake",
+        "dropping connection") are not added."""
+        if not self._refusal_logged:
+            log.info("refused {code} {reason} to {ip}", code=code, reason=reason,
+                     ip=getattr(self, "client_address", None) or self.peer)
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        self.wasClean = True       # (said above: dropConnection would warn once more)
+        self.dropConnection(abort=False)
 
     def sendHttpErrorResponse(self, code: int, reason: str,  # noqa: N802
                               responseHeaders: Any = None) -> None:  # noqa: N803
