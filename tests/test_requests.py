@@ -212,6 +212,13 @@ class RequestTests(_SampleServer):
         self.assertEqual(row, {"double": 42})
         row = yield self.request(action="tuple", view="app.whoami()")
         self.assertEqual(row, {"whoami": self.user})
+        # named without a type list: called with the params uncast, as the Node server does
+        row = yield self.request(action="tuple", view="app.double", params=["21"])
+        self.assertEqual(row, {"double": 42})
+        row = yield self.request(action="tuple", view="app.whoami", params=[])
+        self.assertEqual(row, {"whoami": self.user})
+        yield self.assertRequestError("!wm.lang:badMessage", action="tuple",
+                                      view="app.double", params="21")
 
     @defer.inlineCallbacks
     def test_database_errors(self):
@@ -287,6 +294,13 @@ class RequestTests(_SampleServer):
         self.assertIn("badTuples", codes)
         # D17: cached under the effective language, so the next request hits the cache
         self.assertIn(("wm.lang", "eng"), self.server.gateway.db._lang)
+        # a view without texts: the error says which
+        error = yield self.assertRequestError("!wm.lang:badTuples", action="lang",
+                                              view="app.nothing", language="fra")
+        self.assertIn("no lang texts for view 'app.nothing' in 'fra'", error.message)
+        error = yield self.assertRequestError("!wm.lang:badTuples", action="meta",
+                                              view="app.nothing")
+        self.assertIn("no meta data for view 'app.nothing'", error.message)
 
     @defer.inlineCallbacks
     def test_custom_action_csv(self):

@@ -36,6 +36,9 @@ GOLDEN = [
      ("dbp:base.ent_v", "default", "Mine", None, '{"w":300}'), "one"),
     ({"action": "tuple", "view": "base.curr_eid()"}, None, 'select "base"."curr_eid"()', (),
      "one"),
+    # named without a type list but given params: a function called uncast
+    ({"action": "tuple", "view": "base.user_id", "params": ["alice"]}, None,
+     'select "base"."user_id"($1)', ("alice",), "one"),
     ({"action": "select", "view": "s.f(int)", "fields": ["a"], "params": [1, 2]}, None,
      'select "a" from "s"."f"($1::int,$2)', ("1", "2"), "many"),
     ({"action": "tuple", "view": "s.f(varchar(8), numeric(10,2), timestamp(3) with time zone, "
@@ -146,7 +149,7 @@ ERRORS = [
     ({"action": "insert", "view": V, "fields": {"b": {"_type_": "binary", "_data_": "%%"}}},
      "badMessage"),
     ({"action": "tuple", "view": "s.f(int)", "params": "x"}, "badMessage"),
-    ({"action": "select", "view": V, "params": [1]}, "badMessage"),
+    ({"action": "select", "view": V, "params": {"a": 1}}, "badMessage"),
     ({"action": "insert", "view": "s.f(int)", "fields": {"a": 1}}, "badView"),
     ({"action": "select", "view": "a.b.c"}, "badView"),
     ({"action": "select", "view": "s." + "x" * 64}, "badMessage"),

@@ -64,6 +64,21 @@ class ListenSpecTests(SynchronousTestCase):
         self.assertIsNone(derived_clientinfo(parse_listen("tcp:0")))
 
 
+class BacklogTests(SynchronousTestCase):
+    def test_every_listener_gets_the_configured_backlog(self):
+        from twisted.internet.testing import MemoryReactor
+        from twisted.web.server import Site
+
+        from wyseman.service import _endpoint
+        reactor = MemoryReactor()
+        for text in ("tcp:0:interface=127.0.0.1", "4100", "tcp6:0:interface=\\:\\:1"):
+            _endpoint(reactor, parse_listen(text), None, 777).listen(Site(None))
+        _endpoint(reactor, parse_listen("tcp:0:backlog=5"), None, 777).listen(Site(None))
+        self.assertEqual([server[2] for server in reactor.tcpServers], [777, 777, 777, 5])
+        _endpoint(reactor, parse_listen("tls:0"), object(), 777).listen(Site(None))
+        self.assertEqual([server[3] for server in reactor.sslServers], [777])
+
+
 class PolicyTests(SynchronousTestCase):
     def test_channels(self):
         policy = ChannelPolicy(("wylib", "app_*"), {"admin": ("wyseman",)})

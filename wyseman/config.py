@@ -212,6 +212,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("server", "trusted_proxies", _list_of(_network, "IP networks"), (),
        "Reverse proxies (addresses or networks) whose `X-Forwarded-For` header names the "
        "client. From any other peer that header is ignored."),
+    _o("server", "listen_backlog", _int_range(1, 65535), 1024,
+       "Length of each listening socket's queue of connections not yet accepted (the "
+       "`listen()` backlog; the kernel caps it at `net.core.somaxconn`). Twisted's "
+       "default of 50 drops connections in a burst of logins. An endpoint string's own "
+       "`backlog=` takes precedence."),
     _o("server", "ip_style", _choice("node", "plain"), "node",
        "How an IPv4 client address appears in `/clientinfo` and in the signed message: "
        "`node` (`::ffff:192.0.2.1`, what the Node server reports) or `plain`."),

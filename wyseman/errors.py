@@ -75,8 +75,9 @@ def no_database(why: str) -> ProtocolError:
     return ProtocolError("noDatabase", f"database unavailable: {why}")
 
 
-def bad_tuples(count: int) -> ProtocolError:
-    return ProtocolError("badTuples", f"unexpected rows: {count} != 1")
+def bad_tuples(count: int, why: str = "") -> ProtocolError:
+    return ProtocolError("badTuples",
+                         f"unexpected rows: {count} != 1" + (f" ({why})" if why else ""))
 
 
 def bad_field_name() -> ProtocolError:

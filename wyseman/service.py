@@ -137,13 +137,19 @@ def _tls_factory(config: Config) -> ReloadableContextFactory | None:
         raise ConfigError(f"{config.source}: [tls]: {exc}") from None
 
 
-def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | None) -> Any:
+def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | None,
+              backlog: int = 1024) -> Any:
+    """The server endpoint of ``spec``, with ``[server] listen_backlog`` unless its
+    string names a ``backlog`` of its own."""
     if spec.kind == "tls":
         assert tls is not None and spec.port is not None
-        return endpoints.SSL4ServerEndpoint(reactor, spec.port, tls,
+        return endpoints.SSL4ServerEndpoint(reactor, spec.port, tls, backlog=backlog,
                                             interface=spec.interface or "")
+    text = spec.text if not spec.text[:1].isdigit() else "tcp:" + spec.text
+    if spec.kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in text:
+        text += f":backlog={backlog}"
     try:
-        return endpoints.serverFromString(reactor, spec.text)
+        return endpoints.serverFromString(reactor, text)
     except Exception as exc:
         raise ConfigError(f"endpoint {spec.text!r}: {exc}") from None
 
@@ -327,7 +333,8 @@ class GatewayService(StartingService):
         if self.reuse_port and spec.kind in ("tcp", "tls"):
             port = self._listen_shared(spec, site)
         else:
-            port = yield _endpoint(self.reactor, spec, self.tls).listen(site)
+            port = yield _endpoint(self.reactor, spec, self.tls,
+                                   self.config.server.listen_backlog).listen(site)
         self.ports.append(port)
         log.info("listening on {endpoint}", endpoint=spec.text)
         return port
@@ -340,7 +347,7 @@ class GatewayService(StartingService):
             factory = TLSMemoryBIOFactory(self.tls, False, site)
         sock = reuse_port_socket(spec)
         try:
-            sock.listen(1024)
+            sock.listen(self.config.server.listen_backlog)
             return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
         finally:
             sock.close()   # the reactor holds its own duplicate

@@ -216,7 +216,7 @@ class Dispatcher:
         statement = self._statements.get(key) if key is not None else None
         if statement is not None:
             return self._run(statement, session, request)
-        name = compiler.parse_view(view, self.policy)
+        name = compiler.called_view(compiler.parse_view(view, self.policy), request)
         if name.arg_types is not None:   # a function: no column metadata
             return self._compiled(None, name, key, session, request)
         d = self.db.column_types(pg.quote_ident(name.schema) + "." + pg.quote_ident(name.name))
@@ -349,7 +349,14 @@ def _one_row_reply(request: dict, row: Any) -> bytes:
     reply = dict(request)
     if count:
         reply["data"] = row[0]
-    reply["error"] = errors.bad_tuples(count).as_reply()
+    why = ""
+    if not count:       # say what was not found (the code stays the Node server's)
+        action, view = request.get("action"), request.get("view")
+        if action == "lang":
+            why = f"no lang texts for view {view!r} in {request.get('language') or 'eng'!r}"
+        else:
+            why = f"no {action} data for view {view!r}"
+    reply["error"] = errors.bad_tuples(count, why).as_reply()
     raise _ErrorReply(dumps(reply))
 
 

@@ -153,6 +153,16 @@ def _split_types(text: str) -> list[str]:
     return parts
 
 
+def called_view(name: ViewName, request: dict) -> ViewName:
+    """``name`` as the request uses it: a view named without a type list but given
+    ``params`` (a list) is a function called with those values uncast
+    (``base.user_id`` with ``params ["alice"]`` → ``select base.user_id($1)``), as the
+    Node server calls it."""
+    if name.arg_types is None and isinstance(request.get("params"), list):
+        return ViewName(name.schema, name.name, ())
+    return name
+
+
 def parse_view(view: object, policy: Policy = DEFAULT_POLICY) -> ViewName:
     """The ``view`` member → :class:`ViewName`, or a ProtocolError (results are cached:
     clients name the same few views over and over)."""
@@ -206,7 +216,8 @@ class _Compiler:
         self.request = request
         self.columns = meta_columns
         self.policy = policy
-        self.view = view if view is not None else parse_view(request.get("view"), policy)
+        self.view = called_view(
+            view if view is not None else parse_view(request.get("view"), policy), request)
         self.params = Params()
         self.where = WhereCompiler(self.params, self.column, policy.max_where_depth,
                                    policy.max_in_list)
@@ -223,7 +234,7 @@ class _Compiler:
         target = self.view.sql()
         if self.view.arg_types is None:
             if "params" in self.request and self.request["params"] is not None:
-                raise errors.bad_message("'params' needs a function view: schema.fn(types)")
+                raise errors.bad_message("'params' must be a list")
             return target
         params = self.request.get("params")
         if params is None:
