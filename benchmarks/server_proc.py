@@ -6,7 +6,11 @@
   takes); ``[database] dsn`` is the admin connection;
 * ``log_file``: where the Twisted log goes (at info level, as ``twistd`` logs);
 * ``profile_file`` (optional): SIGUSR1 starts cProfile, SIGUSR2 stops it and writes the
-  stats there (pstats format).
+  stats there (pstats format);
+* ``control`` (optional, true): commands are read from stdin, one a line; ``pools``
+  answers one line ``POOLS <json>``: every user role's pool (``open``, ``in_use``,
+  ``idle``, ``waiting``) and the total (what the soak test compares with
+  ``pg_stat_activity``; a single process only).
 
 No ``twistd``: a :class:`GatewayService` (or, with ``[server] workers`` > 1, a
 :class:`~wyseman.supervisor.WorkerSupervisor` and its worker processes) is started
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(start_profile))
         signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(stop_profile))
 
+    if spec.get("control"):
+        _control(service, reactor)
+
     exit_code = [0]
 
     def started(_: Any) -> None:
@@ -115,6 +122,38 @@ def main(argv: list[str] | None = None) -> int:
     reactor.run()
     log_file.close()
     return exit_code[0]
+
+
+def pool_report(service: Any) -> dict[str, Any]:
+    """The user pools of a started :class:`GatewayService`: role → counts, and the total
+    (``wyseman_pool_connections``)."""
+    pools = service.gateway.db.users
+    roles = {role: {"open": pool.open_count, "in_use": pool.in_use, "idle": pool.stats.idle,
+                    "waiting": pool.stats.waiting}
+             for role, pool in list(pools.pools.items())}
+    return {"roles": roles, "total": pools.open_connections}
+
+
+def _control(service: Any, reactor: Any) -> None:
+    """Answer the commands of stdin (see the module's docstring)."""
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    class Control(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:  # noqa: N802 (Twisted name)
+            command = line.strip().decode("utf-8", "replace")
+            if command == "pools":
+                try:
+                    answer = json.dumps(pool_report(service))
+                except Exception as exc:  # (not started, or a supervisor)
+                    answer = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+                self.sendLine(b"POOLS " + answer.encode())
+            elif command:
+                self.sendLine(b"UNKNOWN " + line)
+
+    stdio.StandardIO(Control(), reactor=reactor)
 
 
 if __name__ == "__main__":
