@@ -88,8 +88,3 @@ class SoakTests(TestCase):
     def test_connect_hangups_not_logged_as_unhandled_errors(self):
         return self.assert_check("connect hang-ups logged")
 
-    test_connect_hangups_not_logged_as_unhandled_errors.todo = (  # type: ignore[attr-defined]
-        "wyseman.db.pg: a connection attempt that PostgreSQL closes during the startup "
-        "handshake (as a restart does) fails as it should, but the reactor first logs an "
-        "'Unhandled Error' ValueError from txpostgres' Connection.doRead re-adding a reader "
-        "for the socket libpq has dropped (fileno -1)")

@@ -192,6 +192,13 @@ class _LossAwareConnection(txpostgres.Connection):
                 return super().doRead()
             except psycopg2.Error as exc:
                 return _lost_reason(exc)
+            except ValueError:
+                # the server hung up during the start-up handshake (a PostgreSQL going
+                # down): libpq has dropped the socket (fileno -1) before txpostgres asks
+                # the reactor to read it again; the connect has failed already
+                if self._connection.closed or self.fileno() < 0:
+                    return ConnectionLost("the server closed the connection during start-up")
+                raise
         if self.closing:
             return None
         cursor = self._running
