@@ -81,6 +81,28 @@ class EmbeddedTests(TestCase):
         yield second.stopService()
         self.assertFalse(second.cluster.is_running())
 
+    def test_as_root_every_change_to_the_machine_is_logged(self):
+        import os
+
+        from twisted.logger import capturedLogs, formatEvent
+        from twisted.trial.unittest import SkipTest
+
+        from wyseman.db.cluster import LocalCluster
+        if os.geteuid() != 0:
+            raise SkipTest("only root changes owners and modes")
+        private = Path(self.mktemp()).resolve() / "private"
+        private.mkdir(parents=True)
+        private.chmod(0o700)            # the cluster's user could not go through it
+        with capturedLogs() as events:
+            cluster = LocalCluster(private / "pgdata")
+            self.addCleanup(cluster.remove)
+            cluster.init()
+        said = [formatEvent(e) for e in events]
+        self.assertIn(f"running as root: added the execute bit for others to {private} so "
+                      "that the embedded PostgreSQL's user can reach its data directory", said)
+        self.assertIn(f"running as root: {private / 'pgdata'} now belongs to 'wyseman-pg'",
+                      said)
+
     @defer.inlineCallbacks
     def test_a_cluster_left_running_is_taken_over_and_stopped(self):
         from twisted.logger import capturedLogs, formatEvent

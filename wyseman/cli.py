@@ -90,6 +90,16 @@ def admin_dsn(config: Config) -> str:
     return dsn_with(dsn, connect_timeout=max(1, round(timeout))) if timeout else dsn
 
 
+def _warnings_to_stderr(event: dict) -> None:
+    """A command's warnings (what it changed as root, say) are the user's to read: the
+    server logs them, a command prints them."""
+    from twisted.logger import LogLevel, formatEvent
+    level = event.get("log_level")
+    if level is not None and level >= LogLevel.warn and \
+            str(event.get("log_namespace", "")).startswith("wyseman"):
+        sys.stderr.write(f"{PROG}: warning: {formatEvent(event)}\n")
+
+
 def _stop_started_clusters() -> None:
     while _STARTED_CLUSTERS:
         _STARTED_CLUSTERS.pop().stop()
@@ -303,11 +313,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 2
+    observer = None if args.handler is _demo else _warnings_to_stderr
+    if observer is not None:
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(observer)
     try:
         try:
             return args.handler(args)
         finally:
             _stop_started_clusters()
+            if observer is not None:
+                globalLogPublisher.removeObserver(observer)
     except OPERATOR_ERRORS as exc:
         sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return 1

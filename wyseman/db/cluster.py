@@ -28,6 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.logger import Logger
+
+log = Logger(namespace="wyseman.embedded")
+
 RUN_AS_ROOT_USER = "wyseman-pg"
 
 
@@ -72,6 +76,8 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
         capture_output=True, text=True)
     if result.returncode != 0:
         raise ClusterError(f"cannot create system user {name!r}: {result.stderr.strip()}")
+    log.warn("running as root: created the system user {name!r} to own the embedded "
+             "PostgreSQL (PostgreSQL refuses to run as root)", name=name)
     return pwd.getpwnam(name)
 
 
@@ -81,6 +87,9 @@ def _grant_traverse(path: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             os.chmod(parent, mode | stat.S_IXOTH)
+            log.warn("running as root: added the execute bit for others to {path} so "
+                     "that the embedded PostgreSQL's user can reach its data directory",
+                     path=str(parent))
 
 
 @dataclass
@@ -132,7 +141,11 @@ class LocalCluster:
 
     def _chown(self, path: Path) -> None:
         if self._owner is not None:
-            os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+            stat_now = path.stat()
+            if (stat_now.st_uid, stat_now.st_gid) != (self._owner.pw_uid, self._owner.pw_gid):
+                os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+                log.info("running as root: {path} now belongs to {user!r}", path=str(path),
+                         user=self._owner.pw_name)
 
     @property
     def initialized(self) -> bool:
