@@ -70,10 +70,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction,
 # ---------------------------------------------------------------------------
 # helpers for handlers
 
+#: the config ``wyseman demo`` writes, used when there is no ./wyseman.toml
+DEMO_CONFIG = os.path.join("demo", "wyseman.toml")
+
+
 def load_config(args: argparse.Namespace) -> Config:
-    """The config named by ``--config``, ``$WYSEMAN_CONFIG``, or ``./wyseman.toml``."""
+    """The config named by ``--config``, ``$WYSEMAN_CONFIG``, or ``./wyseman.toml``;
+    without any of them, the demo's (``./demo/wyseman.toml``) if there is one."""
     path = (getattr(args, "config", None) or getattr(args, "top_config", None)
-            or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+            or os.environ.get(CONFIG_ENV))
+    if path is None:
+        path = DEFAULT_CONFIG
+        if not os.path.exists(path) and os.path.exists(DEMO_CONFIG):
+            path = DEMO_CONFIG
     return config_module.load(path)
 
 
@@ -206,7 +215,14 @@ def _add_ticket(subparsers: argparse._SubParsersAction,
 
 def _ticket(args: argparse.Namespace) -> int:
     config = load_config(args)
-    ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port)
+    host, port = args.host, args.port
+    if port is None:       # where this config's server listens, if it says
+        from wyseman.service import parse_listen
+        spec = parse_listen(config.server.listen[0])
+        if spec.port and spec.kind in ("tcp", "tls"):
+            port = spec.port
+            host = host or (spec.interface if spec.loopback and spec.interface else None)
+    ticket = issue_ticket(admin_dsn(config), args.name, host=host, port=port)
     text = format_ticket(ticket, args.format,
                          admin_user=ticket.issuer or config.database.admin_user,
                          http_port=args.http_port, spa_name=args.spa_name)
@@ -255,6 +271,57 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_module.render_reference())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# psql, notify
+
+@subcommand
+def _add_psql(subparsers: argparse._SubParsersAction,
+              common: argparse.ArgumentParser) -> None:
+    psql = subparsers.add_parser(
+        "psql", parents=[common], help="open psql on the configured database",
+        description="Run psql as the admin role on the configured database (an embedded "
+                    "one is started for the session if it is not running). Arguments "
+                    "after -- go to psql, e.g. wyseman psql -- -c 'select 1'.")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, metavar="-- ARGS")
+    psql.set_defaults(handler=_psql)
+    notify = subparsers.add_parser(
+        "notify", parents=[common], help="send a NOTIFY on the configured database",
+        description="pg_notify(CHANNEL, PAYLOAD) as the admin role: every socket that "
+                    "LISTENs to CHANNEL receives PAYLOAD (JSON is delivered as JSON).")
+    notify.add_argument("channel", metavar="CHANNEL")
+    notify.add_argument("payload", metavar="PAYLOAD", nargs="?", default="")
+    notify.set_defaults(handler=_notify)
+
+
+def _psql(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+    config = load_config(args)
+    dsn = admin_dsn(config)
+    binary = None
+    if config.embedded:
+        from wyseman.db.cluster import find_bindir
+        candidate = find_bindir() / "psql"
+        binary = str(candidate) if candidate.exists() else None
+    binary = binary or shutil.which("psql")
+    if binary is None:
+        raise ConfigError("psql not found: install PostgreSQL's client (e.g. the "
+                          "postgresql-client package)")
+    extra = [a for a in args.psql_args if a != "--"][:] if args.psql_args[:1] == ["--"] \
+        else list(args.psql_args)
+    return subprocess.call([binary, dsn, *extra])
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from wyseman.db.bootstrap import connect_sync
+    config = load_config(args)
+    with connect_sync(admin_dsn(config), autocommit=True) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute("select pg_notify(%s, %s)", (args.channel, args.payload))
+    _out(f"notified {args.channel}")
     return 0
 
 

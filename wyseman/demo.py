@@ -26,7 +26,7 @@ embedded = "pgdata"
 name = "wyseman"
 
 [channels]
-allow = ["wyseman", "wylib"]
+allow = ["wyseman", "wylib", "demo"]
 """
 
 
@@ -42,8 +42,27 @@ def demo_config(path: Path | None) -> cfg.Config:
     return config
 
 
-def _ticket_text(dsn: str, user: str, config: cfg.Config) -> str:
+def install_sample_app(dsn: str) -> None:
+    """The sample application (``wyseman/sql/demo_app.sql``): a ``demo.note_v`` view
+    every user may read and write, its meta/lang texts, a NOTIFY on channel ``demo`` for
+    each change. Idempotent."""
+    from importlib import resources
+
+    from wyseman.db.bootstrap import connect_sync
+    sql = (resources.files("wyseman.sql") / "demo_app.sql").read_text(encoding="utf-8")
+    with connect_sync(dsn) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+        conn.commit()
+
+
+def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int) -> str:
+    """Set up the sample app and ``user``, save a ticket next to the config, and say
+    what to do next (every command printed works as it is, from this directory)."""
+    import os
+
     from wyseman.db import admin
+    install_sample_app(dsn)
     try:
         admin.add_user(dsn, user)
         created = f"created user {user!r}"
@@ -51,17 +70,37 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config) -> str:
         if "exists" not in str(exc):
             raise
         created = f"user {user!r} exists"
-    from wyseman.service import parse_listen
-    port = parse_listen(config.server.listen[0]).port or 54320
     ticket = admin.issue_ticket(dsn, user, host="127.0.0.1", port=port)
+    folder = Path(config.source).parent
+    ticket_file = folder / "ticket.json"
+    # a credential: created private
+    fd = os.open(ticket_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(admin.format_ticket(ticket, "json", admin_user="postgres") + "\n")
+    key_file = folder / f"{user}.key.json"
+    cfg_flag = "" if folder == Path("demo") else f" --config {config.source}"
+    import json
+    select = json.dumps({"action": "select", "view": "demo.note_v",
+                         "fields": ["id", "title", "done"]}, separators=(",", ":"))
+    change = json.dumps({"action": "insert", "view": "demo.note_v",
+                         "fields": {"title": "Buy milk"}}, separators=(",", ":"))
+    query = f"wyseman query --key {key_file} '{select}'"
+    insert = f"wyseman query --key {key_file} '{change}'"
     return "\n".join([
-        f"wyseman demo: {created}; one-time ticket (valid until {ticket.expires}):",
-        admin.format_ticket(ticket, "json", admin_user="postgres"),
-        admin.format_ticket(ticket, "link", admin_user="postgres"),
-        f"Log in with the Python client:  wyseman login --ticket TICKET.json "
-        f"--key-out {user}.key.json",
-        f"WebSocket ws://127.0.0.1:{port}/ , /clientinfo on the same port and on {port - 1}."
-        " Ctrl-C stops the server.",
+        f"wyseman demo: {created}; serving ws://127.0.0.1:{port} (/clientinfo on {port} "
+        f"and {port - 1}); Ctrl-C stops the server and its PostgreSQL.",
+        f"One-time ticket for {user!r} (valid until {ticket.expires}), saved to "
+        f"{ticket_file}:",
+        "  " + admin.format_ticket(ticket, "link", admin_user="postgres"),
+        "Next, in another terminal in this directory:",
+        f"  wyseman login --ticket {ticket_file} --key-out {key_file}",
+        f"  {query}",
+        f"  wyseman listen --key {key_file} demo",
+        f"  {insert}      (the listener hears of it)",
+        f"  wyseman{cfg_flag} ticket {user}      (a new ticket)",
+        f"  wyseman{cfg_flag} psql      (psql on the demo's database)",
+        f"  wyseman{cfg_flag} notify demo '{{\"hello\": \"world\"}}'",
+        "See docs/tutorial.md for your own first application.",
     ])
 
 
@@ -81,15 +120,17 @@ def run(config_path: str | None = None, user: str = "demo") -> int:
 
     @defer.inlineCallbacks
     def announce(_: Any) -> Any:
+        port = gateway_service.ports[0].getHost().port   # the port it really serves
         text = yield threads.deferToThread(_ticket_text, embedded.cluster.dsn(
-            config.database.name), user, config)
+            config.database.name), user, config, port)
         print(text, flush=True)
 
     def failed(failure: Any) -> None:
+        from wyseman import startfail
         status["code"] = 1
-        print(f"wyseman demo: {failure.getErrorMessage()}", file=sys.stderr)
-        if reactor.running:
-            reactor.stop()
+        why = startfail.reason(failure, config) or failure.getErrorMessage()
+        print(f"wyseman demo: error: {why}", file=sys.stderr)
+        startfail.stop_reactor(reactor)
 
     gateway_service.ready.addCallback(announce).addErrback(failed)
     from wyseman.sighup import stop_on_hangup

@@ -210,10 +210,7 @@ class StartingService(Service):
             startfail.exit_nonzero_at_exit(1)
         if self.stop_reactor_on_failure:
             # (a failure before the reactor runs, a refused connect say, stops it then)
-            if self.reactor.running:
-                self.reactor.stop()
-            else:
-                self.reactor.callWhenRunning(self.reactor.stop)
+            startfail.stop_reactor(self.reactor)
 
 
 class GatewayService(StartingService):

@@ -74,3 +74,15 @@ def exit_nonzero_at_exit(status: int = 1) -> None:
         sys.stderr.flush()
         os._exit(status)
     atexit.register(leave)
+
+
+def stop_reactor(reactor: Any) -> None:
+    """Stop ``reactor`` once, whoever asks first (a second ``stop`` raises)."""
+    from twisted.internet.error import ReactorNotRunning
+    if not reactor.running:
+        reactor.callWhenRunning(stop_reactor, reactor)
+        return
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass

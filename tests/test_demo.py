@@ -1,0 +1,130 @@
+"""``wyseman demo`` as a new user runs it: in an empty directory, then every command it
+prints, as printed, from that directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Process(ProcessProtocol):
+    """Collects output; ``wait_for(text)`` fires once ``text`` has been printed."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: list[tuple[bytes, defer.Deferred]] = []
+
+    def wait_for(self, text: str) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((text.encode(), d))
+        self._check()
+        return d
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        self.out += data
+        self._check()
+
+    def _check(self) -> None:
+        for entry in list(self._waiting):
+            text, d = entry
+            if text in self.out:
+                self._waiting.remove(entry)
+                d.callback(self.out)
+
+    def processEnded(self, reason) -> None:  # noqa: N802
+        for _, d in self._waiting:
+            d.errback(AssertionError(self.out.decode(errors="replace")))
+        self._waiting = []
+        self.ended.callback(reason.value.exitCode)
+
+
+def environment() -> dict[str, str]:
+    """The user's shell after the README's install: ``wyseman`` on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PYTHONPATH=str(ROOT),
+                PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+
+
+class DemoTests(TestCase):
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def test_the_printed_commands_work(self):
+        home = Path(self.mktemp()).resolve()
+        home.mkdir(parents=True)
+        env = environment()
+        demo = _Process()
+        transport = reactor.spawnProcess(demo, sys.executable,
+                                         [sys.executable, "-m", "wyseman", "demo"],
+                                         env=env, path=str(home))
+        self.addCleanup(lambda: demo.ended if demo.ended.called else
+                        (transport.signalProcess("KILL"), demo.ended)[1])
+        printed = (yield demo.wait_for("See docs/tutorial.md")).decode()
+        commands = [line.strip().split("      (")[0] for line in printed.splitlines()
+                    if line.startswith("  wyseman ")]
+        self.assertEqual(len(commands), 7, printed)
+        login, select, listen, insert, ticket, psql, notify = commands
+        ticket_file = home / "demo" / "ticket.json"
+        self.assertEqual(oct(ticket_file.stat().st_mode & 0o777), "0o600")
+
+        @defer.inlineCallbacks
+        def run(command: str) -> defer.Deferred:
+            args = shlex.split(command)
+            out, err, code = yield getProcessOutputAndValue(
+                sys.executable, ["-m", "wyseman", *args[1:]], env=env, path=str(home))
+            self.assertEqual(code, 0, f"{command}: {err.decode()}")
+            return out.decode()
+
+        self.assertIn("logged in as demo", (yield run(login)))
+        self.assertEqual(json.loads((yield run(select))),
+                         [{"id": 1, "title": "Welcome", "done": False}])
+        listener = _Process()
+        args = shlex.split(listen)
+        listening = reactor.spawnProcess(listener, sys.executable,
+                                         [sys.executable, "-m", "wyseman", *args[1:]],
+                                         env=env, path=str(home))
+        yield listener.wait_for("listening on demo")
+        row = json.loads((yield run(insert)))
+        self.assertEqual(row["title"], "Buy milk")
+        heard = (yield listener.wait_for("Buy milk")).decode()
+        self.assertIn('{"channel": "demo", "data": {"oper": "INSERT", "id": 2, '
+                      '"title": "Buy milk"}}', heard)
+        yield run(notify)
+        yield listener.wait_for('"hello": "world"')
+        listening.signalProcess("INT")
+        self.assertEqual((yield listener.ended), 130)
+        self.assertEqual(json.loads((yield run(ticket)))["ticket"]["port"], 54320)
+        self.assertIn("2", (yield run(psql + " -- -At -c 'select count(*) from demo.note'")))
+        # Ctrl-C stops the server and its PostgreSQL
+        transport.signalProcess("INT")
+        self.assertEqual((yield demo.ended), 0)
+        from wyseman.db.cluster import LocalCluster
+        self.assertFalse(LocalCluster(home / "demo" / "pgdata").is_running())
+
+    @defer.inlineCallbacks
+    def test_a_busy_port_is_one_line_and_status_1(self):
+        from twisted.internet.protocol import Factory, Protocol
+        busy = reactor.listenTCP(54320, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        home = Path(self.mktemp()).resolve()
+        home.mkdir(parents=True)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "wyseman", "demo"], env=environment(), path=str(home))
+        self.assertEqual(code, 1, out + err)
+        self.assertEqual(err.decode().splitlines(), [
+            "wyseman demo: error: cannot listen on 127.0.0.1:54320: Address already in use "
+            "([server] listen)"])
+        self.assertNotIn(b"Traceback", out + err)
+        from wyseman.db.cluster import LocalCluster
+        self.assertFalse(LocalCluster(home / "demo" / "pgdata").is_running())
