@@ -310,8 +310,9 @@ def _psql(args: argparse.Namespace) -> int:
     if binary is None:
         raise ConfigError("psql not found: install PostgreSQL's client (e.g. the "
                           "postgresql-client package)")
-    extra = [a for a in args.psql_args if a != "--"][:] if args.psql_args[:1] == ["--"] \
-        else list(args.psql_args)
+    extra = list(args.psql_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
     return subprocess.call([binary, dsn, *extra])
 
 

@@ -1,0 +1,96 @@
+"""docs/tutorial.md, run as a reader runs it: its files written, every command of its
+``sh`` blocks run in order in an empty directory (a line ending in `` &`` in the
+background), checked for what the text says they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.test_demo import _Process, environment
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+
+_BLOCK = re.compile(r"(?:File `(?P<name>[^`]+)`:\n\n)?```(?P<lang>\w+)\n(?P<body>.*?)```",
+                    re.S)
+
+
+def steps(text: str) -> list[tuple[str, str]]:
+    """The tutorial as ("file", name, body) and ("run", command) steps, in order."""
+    out: list = []
+    for match in _BLOCK.finditer(text):
+        if match["name"]:
+            out.append(("file", match["name"], match["body"]))
+        elif match["lang"] == "sh":
+            out.extend(("run", line.strip()) for line in match["body"].splitlines()
+                       if line.strip())
+    return out
+
+
+#: what a background command prints once it is ready
+READY = {"twistd": "listening on tcp:4100", "wyseman": "listening on todo"}
+
+
+class TutorialTests(TestCase):
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def test_every_command_runs(self):
+        home = Path(self.mktemp()).resolve()
+        home.mkdir(parents=True)
+        env = environment()
+        background: list[tuple[str, _Process, object]] = []
+        outputs: dict[str, str] = {}
+
+        def stop_all():
+            stops = []
+            for _, process, transport in reversed(background):
+                if not process.ended.called:
+                    transport.signalProcess("INT")
+                    stops.append(process.ended)
+            return defer.gatherResults(stops)
+        self.addCleanup(stop_all)
+        for step in steps(TUTORIAL.read_text()):
+            if step[0] == "file":
+                (home / step[1]).write_text(step[2])
+                continue
+            command = step[1]
+            args = shlex.split(command.removesuffix("&").strip())
+            executable = os.path.join(os.path.dirname(sys.executable), args[0])
+            if not os.path.exists(executable):
+                executable = args[0]
+            if command.endswith("&"):
+                process = _Process()
+                transport = reactor.spawnProcess(process, executable, [executable, *args[1:]],
+                                                 env=env, path=str(home))
+                background.append((command, process, transport))
+                yield process.wait_for(READY[args[0]])
+                continue
+            out, err, code = yield getProcessOutputAndValue(executable, args[1:], env=env,
+                                                            path=str(home))
+            self.assertEqual(code, 0, f"{command}:\n{out.decode()}{err.decode()}")
+            outputs[command] = out.decode()
+        # what the text says the commands print
+        printed = list(outputs.values())
+        self.assertIn({"id": 1, "title": "Water the plants", "done": False},
+                      [json.loads(o) for o in printed if o.startswith("{\n  \"id\"")])
+        self.assertIn('"title": "To do"', "".join(printed))
+        _, listener, _ = next(b for b in background if b[0].startswith("wyseman listen"))
+        yield listener.wait_for('{"channel": "todo", "data": {"oper": "UPDATE", "id": 1, '
+                                '"owner": "alice"}}')
+        client = next(o for c, o in outputs.items() if c.startswith("python"))
+        self.assertIn("heard: {'oper': 'INSERT', 'id': 2, 'owner': 'alice'}", client)
+        self.assertIn("[x] Water the plants\n[ ] Call the plumber", client)
+        # step 6: the server stops, then its PostgreSQL
+        yield stop_all()
+        from wyseman.db.cluster import LocalCluster
+        self.assertFalse(LocalCluster(home / "pgdata").is_running())
