@@ -128,3 +128,32 @@ class DemoTests(TestCase):
         self.assertNotIn(b"Traceback", out + err)
         from wyseman.db.cluster import LocalCluster
         self.assertFalse(LocalCluster(home / "demo" / "pgdata").is_running())
+
+    @defer.inlineCallbacks
+    def test_tls_mode_with_a_local_ca(self):
+        home = Path(self.mktemp()).resolve()
+        home.mkdir(parents=True)
+        env = environment()
+        demo = _Process()
+        transport = reactor.spawnProcess(demo, sys.executable,
+                                         [sys.executable, "-m", "wyseman", "demo", "--tls"],
+                                         env=env, path=str(home))
+        self.addCleanup(lambda: demo.ended if demo.ended.called else
+                        (transport.signalProcess("KILL"), demo.ended)[1])
+        printed = (yield demo.wait_for("See docs/tutorial.md")).decode()
+        self.assertIn("serving wss://127.0.0.1:54320 (https /clientinfo", printed)
+        self.assertIn("Import demo/tls/ca.pem", printed)
+        self.assertEqual(oct((home / "demo" / "tls" / "key.pem").stat().st_mode & 0o777),
+                         "0o600")
+        commands = [line.strip().split("      (")[0] for line in printed.splitlines()
+                    if line.startswith("  wyseman ")]
+        login, select, _, _, ticket, _, _ = commands
+        self.assertIn("--tls --ca demo/tls/ca.pem", login)
+        for command in (login, select, ticket):      # (select signs: https /clientinfo)
+            out, err, code = yield getProcessOutputAndValue(
+                sys.executable, ["-m", "wyseman", *shlex.split(command)[1:]], env=env,
+                path=str(home))
+            self.assertEqual(code, 0, f"{command}: {err.decode()}")
+        self.assertEqual(json.loads(out)["ticket"]["port"], 54320)
+        transport.signalProcess("INT")
+        self.assertEqual((yield demo.ended), 0)

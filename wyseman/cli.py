@@ -338,12 +338,15 @@ def _add_demo(subparsers: argparse._SubParsersAction, common: argparse.ArgumentP
                     "create the demo user, print a one-time ticket and serve until Ctrl-C.")
     demo.add_argument("--config", metavar="FILE", help="an embedded config to use")
     demo.add_argument("--user", default="demo", help="user to create (default: demo)")
+    demo.add_argument("--tls", action="store_true",
+                      help="serve wss:// and https /clientinfo with a certificate from a "
+                           "local CA made in demo/tls (config demo/tls.toml)")
     demo.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from wyseman import demo
-    return demo.run(args.config or args.top_config, args.user)
+    return demo.run(args.config or args.top_config, args.user, args.tls)
 
 
 # ---------------------------------------------------------------------------
