@@ -52,8 +52,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from benchmarks import raise_fd_limit, wsclient
 from benchmarks.wsclient import HandshakeError, WebSocket, connect, get_json, receive_raw
-from wyseman import keys
-from wyseman.protocol.credentials import js_date, signed_message
+from wyseman.auth.credentials import js_date, signed_message
+from wyseman.client import keys
 
 MAX_SAMPLES = 200_000
 P521_BYTES = 66

@@ -47,7 +47,7 @@ from typing import Any
 import psycopg2
 
 from benchmarks import raise_fd_limit, targets
-from wyseman.affinity import describe, place_process, place_process_tree
+from wyseman.tuning.affinity import describe, place_process, place_process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -407,9 +407,9 @@ class Environment:
                            self.all_cpus - self.args.server_cpus if serving else self.all_cpus)
 
     def setup(self) -> None:
-        from wyseman import keys
-        from wyseman.db import admin, bootstrap
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.client import keys
+        from wyseman.provision import admin, bootstrap
+        from wyseman.provision.cluster import LocalCluster
 
         biggest = max(self.args.connections)
         # pgbench -c C, and the Node server's one database connection per socket
@@ -458,7 +458,7 @@ class Environment:
     def pgbench(self, options: list[str], dbname: str, timeout: float,
                 sample: tuple[float, float] | None = None) -> tuple[str, dict[str, float]]:
         """Run pgbench → (stdout, CPU use between the ``sample`` offsets in seconds)."""
-        from wyseman.db.cluster import find_bindir
+        from wyseman.provision.cluster import find_bindir
         self.place_cluster(serving=False)
         command = [str(find_bindir() / "pgbench"), "-h", str(self.cluster.socket_dir),
                    "-p", str(self.cluster.port), "-U", self.cluster.superuser, *options, dbname]

@@ -13,7 +13,8 @@
   ``pg_stat_activity``; a single process only).
 
 No ``twistd``: a :class:`GatewayService` (or, with ``[server] workers`` > 1, a
-:class:`~wyseman.supervisor.WorkerSupervisor` and its worker processes) is started
+:class:`~wyseman.application.workers.supervisor.WorkerSupervisor` and its worker
+processes) is started
 and ``reactor.run()`` runs until SIGTERM/SIGINT. Once the ports are open, one line
 ``READY <port> <pid>`` goes to stdout.
 """
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from wyseman import config as cfg
-    from wyseman.actions import ActionRegistry
-    from wyseman.service import GatewayService
+    from wyseman.application.service import GatewayService
+    from wyseman.gateway.actions import ActionRegistry
 
     log_file = open(spec.get("log_file") or os.devnull, "a", encoding="utf-8")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)],
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     config = cfg.from_dict(spec["config"], source="benchmark")
     dsn = config.database.dsn
     if config.server.workers > 1:
-        from wyseman.supervisor import WorkerSupervisor
+        from wyseman.application.workers.supervisor import WorkerSupervisor
         service: Any = WorkerSupervisor(config, lambda: defer.succeed(dsn), reactor)
     else:
         service = GatewayService(config, lambda: defer.succeed(dsn), reactor, ActionRegistry())

@@ -397,8 +397,8 @@ class Soak:
     @defer.inlineCallbacks
     def setup(self) -> Any:
         from tests import pgtest
-        from wyseman import keys
-        from wyseman.db import admin
+        from wyseman.client import keys
+        from wyseman.provision import admin
         yield self.sql(SCHEMA)
         for i in range(self.o.users):
             name = self.db.role_name(f"soak{i}")
@@ -947,7 +947,7 @@ def run(options: Options, db: Any, cluster: Any = None, *, reactor: Any = None,
         log: Callable[[str], None] = print, log_file: str | None = None) -> Any:
     """One soak run on ``db`` (a :class:`tests.pgtest.TestDatabase`; the roles it makes
     are the database's, dropped with it); ``cluster``: the
-    :class:`~wyseman.db.cluster.LocalCluster` to restart (None: no restarts).
+    :class:`~wyseman.provision.cluster.LocalCluster` to restart (None: no restarts).
     → :class:`Report`."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor

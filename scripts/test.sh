@@ -23,6 +23,9 @@ fi
 echo "== ruff"
 .venv/bin/ruff check wyseman tests twisted benchmarks
 
+echo "== import contracts (setup.cfg [importlinter]: each layer imports only those below)"
+.venv/bin/lint-imports
+
 echo "== trial"
 log=$(mktemp)
 set +e

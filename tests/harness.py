@@ -9,8 +9,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from tests.pgtest import TestDatabase
 from wyseman import config as cfg
-from wyseman.db import admin
-from wyseman.service import GatewayService
+from wyseman.application.service import GatewayService
+from wyseman.provision import admin
 
 
 def make_config(db: TestDatabase, **sections: dict[str, Any]) -> cfg.Config:
@@ -34,7 +34,7 @@ def start_gateway(testcase: Any, db: TestDatabase, actions: Any = None, *, route
     stopped (ports, sockets, pools) at cleanup."""
     config = make_config(db, **sections)
     if actions is None:
-        from wyseman.actions import ActionRegistry
+        from wyseman.gateway.actions import ActionRegistry
         actions = ActionRegistry()
     service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor, actions,
                              router=router)
@@ -66,7 +66,7 @@ def unregistered(gateway: Any, count: int = 1) -> defer.Deferred:
 def ticket_login(testcase: Any, server: Any, db: TestDatabase, user: str,
                  **options: Any) -> Any:
     """A connection logged in with a fresh ticket and key; closed at cleanup."""
-    from wyseman import keys
+    from wyseman.client import keys
     from wyseman.client.connection import connect
     token = admin.issue_ticket(db.dsn, user).token
     conn = yield connect(server.url, user, token=token, new_key=keys.generate_private_jwk(),
@@ -79,7 +79,7 @@ def ticket_login(testcase: Any, server: Any, db: TestDatabase, user: str,
 def key_logins(testcase: Any, server: Any, db: TestDatabase, user: str, count: int) -> Any:
     """``count`` connections of one user: a ticket registers a key, the rest sign with it
     (a second ticket login would replace the key and close the first); closed at cleanup."""
-    from wyseman import keys
+    from wyseman.client import keys
     from wyseman.client.connection import connect
     private = keys.generate_private_jwk()
     token = admin.issue_ticket(db.dsn, user).token

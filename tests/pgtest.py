@@ -26,8 +26,8 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from wyseman.db.cluster import ClusterError, LocalCluster
 from wyseman.db.pg import dsn_with
+from wyseman.provision.cluster import ClusterError, LocalCluster
 
 _cluster: LocalCluster | None = None
 _base_dsn: str | None = None
@@ -114,7 +114,7 @@ def _template(kind: str) -> str:
     run_sync(base, f'drop database if exists "{name}"')
     run_sync(base, f'create database "{name}" template template0 encoding \'UTF8\'')
     if kind == "bootstrap":
-        from wyseman.db.bootstrap import bootstrap_sql_sync
+        from wyseman.provision.bootstrap import bootstrap_sql_sync
         bootstrap_sql_sync(dsn_with(base, dbname=name))
     _templates[kind] = name
     atexit.register(_drop_database, name)

@@ -17,13 +17,13 @@ import psycopg2
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pgtest import connect_sync, fresh_database
-from wyseman import cli
+from wyseman.application import cli
 from wyseman.config import from_dict
-from wyseman.db import admin
-from wyseman.db.admin import AdminError, Ticket, format_ticket, js_date_json
-from wyseman.db.bootstrap import InitStatus, init_database_sync
-from wyseman.db.cluster import LocalCluster
 from wyseman.db.pg import dsn_params, dsn_with
+from wyseman.provision import admin
+from wyseman.provision.admin import AdminError, Ticket, format_ticket, js_date_json
+from wyseman.provision.bootstrap import InitStatus, init_database_sync
+from wyseman.provision.cluster import LocalCluster
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "wyselib_like.sql"
 JS_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

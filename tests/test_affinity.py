@@ -1,5 +1,5 @@
 """``[server] cpu_affinity``: the reactor thread pinned, helper threads not
-(wyseman.affinity), in one process and in worker processes."""
+(wyseman.tuning.affinity), in one process and in worker processes."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.harness import add_user, make_config, start_gateway, ticket_login
 from tests.pgtest import fresh_database
-from wyseman import affinity
 from wyseman import config as cfg
+from wyseman.application.workers.supervisor import WorkerSupervisor
+from wyseman.auth import credentials as cred
 from wyseman.config import ConfigError
-from wyseman.protocol import credentials as cred
-from wyseman.supervisor import WorkerSupervisor
+from wyseman.tuning import affinity
 
 
 def cpus_or_skip(count: int = 2) -> list[int]:
@@ -140,7 +140,7 @@ class PinnedGatewayTests(TestCase):
 
     @defer.inlineCallbacks
     def test_a_cpu_that_is_not_there_stops_the_start(self):
-        from wyseman.service import GatewayService
+        from wyseman.application.service import GatewayService
         db = fresh_database(self)
         config = make_config(db, server={"cpu_affinity": [self.cpus[-1] + 1]})
         service = GatewayService(config, lambda: defer.succeed(db.dsn), reactor)
@@ -188,7 +188,7 @@ class PinnedEmbeddedTests(TestCase):
         import psycopg2
         from twisted.internet import threads
 
-        from wyseman.service import makeService
+        from wyseman.application.service import makeService
         cpus = cpus_or_skip()
         self.addCleanup(affinity.restore)
         root = Path(self.mktemp()).resolve()

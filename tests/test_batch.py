@@ -10,11 +10,12 @@ from twisted.trial.unittest import TestCase
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.test_requests import SAMPLE
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin, batch, pg
+from wyseman.db import batch, pg
 from wyseman.db.batch import ReadBatcher
 from wyseman.db.pool import PoolBusy, PoolClosed, PoolSet
+from wyseman.provision import admin
 from wyseman.sql.compiler import pyformat_sql
 
 #: reads as the batcher takes them: one JSON text per row

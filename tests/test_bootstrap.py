@@ -1,4 +1,4 @@
-"""The bootstrap schema (wyseman/sql/schema): creation, idempotence, wyselib detection,
+"""The bootstrap schema (wyseman/provision/schema): creation, idempotence, wyselib detection,
 base.token_valid, the dictionary views and the grants. Real PostgreSQL (tests/pgtest.py).
 """
 
@@ -16,8 +16,8 @@ import psycopg2.errors
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pgtest import connect_sync, fresh_database
-from wyseman.db import bootstrap
-from wyseman.db.bootstrap import InitStatus
+from wyseman.provision import bootstrap
+from wyseman.provision.bootstrap import InitStatus
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "wyselib_like.sql"

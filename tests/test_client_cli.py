@@ -15,9 +15,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin
+from wyseman.provision import admin
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""wyseman.protocol.credentials (pure): the Node client's test vector (docs/protocol.md,
+"""wyseman.auth.credentials (pure): the Node client's test vector (docs/protocol.md,
 4.4 "Key login"), signatures and where keys are stored, the pub and db parameters (D11,
 D23), query parsing (docs/protocol.md, 2 "Transport and URL"), dates (D5) and the
 window, /clientinfo, and the replay cache (D2)."""
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from wyseman import keys
-from wyseman.protocol import credentials as cred
+from wyseman.auth import credentials as cred
+from wyseman.client import keys
 
 # The test vector of docs/protocol.md, 4.4 "Key login": made by Node 20 WebCrypto
 # (member order as Node exports it).

@@ -109,7 +109,7 @@ class DemoTests(TestCase):
         # Ctrl-C stops the server and its PostgreSQL
         transport.signalProcess("INT")
         self.assertEqual((yield demo.ended), 0)
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.provision.cluster import LocalCluster
         self.assertFalse(LocalCluster(home / "demo" / "pgdata").is_running())
 
     @defer.inlineCallbacks
@@ -126,7 +126,7 @@ class DemoTests(TestCase):
             "wyseman demo: error: cannot listen on 127.0.0.1:54320: Address already in use "
             "([server] listen)"])
         self.assertNotIn(b"Traceback", out + err)
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.provision.cluster import LocalCluster
         self.assertFalse(LocalCluster(home / "demo" / "pgdata").is_running())
 
     @defer.inlineCallbacks

@@ -19,9 +19,10 @@ from twisted.trial.unittest import TestCase
 from tests.harness import start_gateway
 from tests.jsinterop import JS_DIR, node
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import RequestError, connect
-from wyseman.db import admin, pg
+from wyseman.db import pg
+from wyseman.provision import admin
 
 SAMPLE = """
 create schema app;

@@ -1,4 +1,4 @@
-"""Notification fan-out on several threads (wyseman.fanout)."""
+"""Notification fan-out on several threads (wyseman.ws.fanout)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.test_websocket import _RawWebSocket
-from wyseman import fanout, keys
-from wyseman.fanout import auto_threads
-from wyseman.protocol.server import GatewayProtocol
+from wyseman.client import keys
+from wyseman.ws import fanout
+from wyseman.ws.fanout import auto_threads
+from wyseman.ws.protocol import GatewayProtocol
 
 COUNT = 1000             # notifications, of PAYLOAD bytes each: 7 MB per socket
 PAYLOAD = 7000

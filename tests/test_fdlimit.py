@@ -8,7 +8,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from wyseman import config as cfg
-from wyseman.fdlimit import (
+from wyseman.application.fdlimit import (
     SPARE_DESCRIPTORS,
     Plan,
     descriptors_needed,

@@ -1,4 +1,4 @@
-"""``GET /healthz`` on the metrics port (wyseman.protocol.health): shared, cached, bounded
+"""``GET /healthz`` on the metrics port (wyseman.gateway.health): shared, cached, bounded
 checks, and the page of a real server whose database goes away and comes back."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.harness import http_get, start_gateway
 from tests.pgtest import base_dsn, fresh_database, run_sync
-from wyseman.protocol.health import HealthCheck
+from wyseman.gateway.health import HealthCheck
 
 
 class Pings:

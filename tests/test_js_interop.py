@@ -13,8 +13,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.jsinterop import run_node, run_script
-from wyseman import keys
-from wyseman.protocol import credentials as cred
+from wyseman.auth import credentials as cred
+from wyseman.client import keys
 
 TRICKY = ["", "plain", 'q"uote', "back\\slash", "ctl\b\f\n\r\t\x00\x01\x1f", "del\x7f",
           "emoji 😀", "sep\u2028\u2029", "/slash", "é", "Ã©", "\ud800", "x\udfffy", "{}[],:",
@@ -155,7 +155,7 @@ class ClientInteropTests(TestCase):
     def test_ticket_login_then_key_login_over_wss(self):
         from tests.harness import add_user, start_gateway
         from tests.tlsutil import TestCA
-        from wyseman.db import admin
+        from wyseman.provision import admin
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
         ca = TestCA.create()
@@ -195,7 +195,7 @@ class ClientInteropTests(TestCase):
         """[server] route_by_user: the socket moves to the user's worker mid-handshake;
         the JS client sees an ordinary login."""
         from tests.test_routing import routed_worker, users_by_owner
-        from wyseman.db import admin
+        from wyseman.provision import admin
         db = self.fresh_database(self)
         directory = self.mktemp()
         os.makedirs(directory, mode=0o700)
@@ -215,7 +215,7 @@ class ClientInteropTests(TestCase):
     @defer.inlineCallbacks
     def test_ticket_login_over_ws_and_refusals(self):
         from tests.harness import add_user, start_gateway
-        from wyseman.db import admin
+        from wyseman.provision import admin
         db = self.fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db)

@@ -1,4 +1,4 @@
-"""wyseman.keys: WebCrypto-shaped key pairs and signatures, URL parameters, key-file
+"""wyseman.client.keys: WebCrypto-shaped key pairs and signatures, URL parameters, key-file
 encryption (wyseman lib/encrypt.js), key files (wylib export) and tickets
 (docs/protocol.md, 4.3 "Ticket login")."""
 
@@ -14,8 +14,8 @@ from unittest import mock
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.trial.unittest import SynchronousTestCase
 
-from wyseman import keys
-from wyseman.protocol import credentials as cred
+from wyseman.auth import credentials as cred
+from wyseman.client import keys
 
 # Made by Node 20 WebCrypto (tests/js/crypto_vectors.js, op sign) for these tests.
 NODE_PRIVATE = {
@@ -254,7 +254,7 @@ class KeyFileTests(SynchronousTestCase):
         path = self.dir / "keys.json"
         keys.save_key_file(path, [self.site])
         before = path.read_bytes()
-        with mock.patch("wyseman.keys.os.replace", side_effect=OSError("disk gone")):
+        with mock.patch("wyseman.client.keys.os.replace", side_effect=OSError("disk gone")):
             with self.assertRaises(OSError):
                 keys.save_key_file(path, [self.other])
         self.assertEqual(path.read_bytes(), before)           # the old file is untouched

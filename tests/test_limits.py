@@ -24,10 +24,10 @@ from tests.harness import (
     unregistered,
 )
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect
-from wyseman.db import admin
-from wyseman.protocol.server import GatewayFactory
+from wyseman.provision import admin
+from wyseman.ws.protocol import GatewayFactory
 
 SLOW = """
 create function public.nap() returns int language sql as $$ select 1 from pg_sleep(0.1) $$;
@@ -292,8 +292,8 @@ class AdmissionTests(TestCase):
     @defer.inlineCallbacks
     def test_clientinfo_on_the_port_below(self):
         from tests.harness import make_config
+        from wyseman.application.service import GatewayService
         from wyseman.client.connection import fetch_clientinfo
-        from wyseman.service import GatewayService
         db = fresh_database(self)
         port = find_free_pair()
         config = make_config(db, server={"listen": f"tcp:{port}:interface=127.0.0.1",
@@ -511,7 +511,7 @@ class PendingBoundUnitTests(TestCase):
     def site(self, **kwargs):
         from twisted.web.resource import Resource
 
-        from wyseman.protocol.httpbounds import GatewaySite
+        from wyseman.ws.httpbounds import GatewaySite
         self.refusals = []
         options = {"max_pending": 100, "per_address": 2,
                    "on_refused": self.refusals.append, **kwargs}
@@ -525,7 +525,7 @@ class PendingBoundUnitTests(TestCase):
     def test_address_keys(self):
         from twisted.internet.address import IPv6Address, UNIXAddress
 
-        from wyseman.protocol.httpbounds import address_key
+        from wyseman.ws.httpbounds import address_key
         self.assertEqual(address_key(IPv4Address("TCP", "192.0.2.7", 1)), "192.0.2.7")
         self.assertEqual(address_key(IPv6Address("TCP", "::ffff:192.0.2.7", 1)),
                          "192.0.2.7")
@@ -536,7 +536,7 @@ class PendingBoundUnitTests(TestCase):
         self.assertIsNone(address_key(UNIXAddress(b"/run/wyseman.sock")))
 
     def test_each_address_has_its_own_bound(self):
-        from wyseman.protocol.httpbounds import _Refused
+        from wyseman.ws.httpbounds import _Refused
         site = self.site()
         first = [self.connect(site, "192.0.2.1") for _ in range(2)]
         refused = self.connect(site, "192.0.2.1")
@@ -563,7 +563,7 @@ class PendingBoundUnitTests(TestCase):
     def test_trusted_proxies_and_zero(self):
         import ipaddress
 
-        from wyseman.protocol.httpbounds import _Refused
+        from wyseman.ws.httpbounds import _Refused
         site = self.site(max_pending=4, exempt=[ipaddress.ip_network("10.0.0.0/8")])
         for _ in range(4):
             self.assertNotIsInstance(self.connect(site, "10.1.2.3"), _Refused)

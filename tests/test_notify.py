@@ -7,9 +7,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.harness import add_user, start_gateway, unregistered
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin
+from wyseman.provision import admin
 
 SLEEPY = """
 create function public.nap() returns int language sql as $$ select 1 from pg_sleep(0.05) $$;

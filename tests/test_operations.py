@@ -9,9 +9,9 @@ from twisted.web.client import Agent, readBody
 
 from tests.harness import add_user, start_gateway, ticket_login
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin
+from wyseman.provision import admin
 
 
 class OperationsTests(TestCase):

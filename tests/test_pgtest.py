@@ -11,7 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.pgtest import start_on_a_free_port
-from wyseman.db.cluster import LocalCluster
+from wyseman.provision.cluster import LocalCluster
 
 
 class FreePortTests(SynchronousTestCase):

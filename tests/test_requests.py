@@ -10,10 +10,10 @@ from twisted.trial.unittest import TestCase
 
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
-from wyseman import keys
-from wyseman.actions import ActionRegistry
+from wyseman.client import keys
 from wyseman.client.connection import RequestError, connect
-from wyseman.db import admin
+from wyseman.gateway.actions import ActionRegistry
+from wyseman.provision import admin
 
 SAMPLE = """
 create schema app;

@@ -8,9 +8,9 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import pgtest
 from tests.harness import add_user, start_gateway
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import RequestError, connect
-from wyseman.db import admin
+from wyseman.provision import admin
 
 
 class RestartTests(TestCase):

@@ -1,4 +1,5 @@
-"""``[server] route_by_user``: a user's sockets all served by one worker (wyseman.routing)."""
+"""``[server] route_by_user``: a user's sockets all served by one worker
+(wyseman.application.workers.routing)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.harness import add_user, start_gateway, upgrade_request
 from tests.pgtest import fresh_database
 from tests.test_websocket import client_frame
+from wyseman.application.workers.routing import Router, owner_of, route_key
 from wyseman.client.connection import ClientError, connect
-from wyseman.routing import Router, owner_of, route_key
 
 TUPLE = {"action": "tuple", "view": "base.curr_eid()"}
 
@@ -37,7 +38,7 @@ class RouteKeyTests(SynchronousTestCase):
         names = [f"user{n}".encode() for n in range(40)]
         here = [owner_of(name, 3) for name in names]
         self.assertEqual(set(here), {0, 1, 2})        # every worker gets users
-        script = ("import json, sys; from wyseman.routing import owner_of; "
+        script = ("import json, sys; from wyseman.application.workers.routing import owner_of; "
                   "print(json.dumps([owner_of(f'user{n}'.encode(), 3) for n in range(40)]))")
         for seed in ("1", "2"):
             out = subprocess.run([sys.executable, "-c", script], capture_output=True,

@@ -11,11 +11,11 @@ from twisted.trial.unittest import TestCase
 
 from tests.pgtest import run_sync
 from wyseman import config as cfg
-from wyseman import keys
+from wyseman.application.service import makeService
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin
-from wyseman.db.embedded import EmbeddedPostgresService
-from wyseman.service import makeService
+from wyseman.provision import admin
+from wyseman.provision.embedded import EmbeddedPostgresService
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -87,7 +87,7 @@ class EmbeddedTests(TestCase):
         from twisted.logger import capturedLogs, formatEvent
         from twisted.trial.unittest import SkipTest
 
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.provision.cluster import LocalCluster
         if os.geteuid() != 0:
             raise SkipTest("only root changes owners and modes")
         private = Path(self.mktemp()).resolve() / "private"
@@ -107,8 +107,8 @@ class EmbeddedTests(TestCase):
     def test_a_cluster_left_running_is_taken_over_and_stopped(self):
         from twisted.logger import capturedLogs, formatEvent
 
-        from wyseman.cli import main
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.application.cli import main
+        from wyseman.provision.cluster import LocalCluster
         root = Path(self.mktemp()).resolve()
         root.mkdir(parents=True)
         config_file = root / "wyseman.toml"
@@ -150,7 +150,7 @@ class EmbeddedTests(TestCase):
         from twisted.internet import reactor
         from twisted.internet.protocol import ProcessProtocol
 
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.provision.cluster import LocalCluster
         root = Path(self.mktemp()).resolve()
         root.mkdir(parents=True)
         config_file = root / "wyseman.toml"

@@ -1,4 +1,4 @@
-"""Key-login signatures checked on helper threads (wyseman.protocol.signatures)."""
+"""Key-login signatures checked on helper threads (wyseman.auth.signatures)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from tests.harness import add_user, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
 from tests.test_credentials import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN
 from tests.test_websocket import js_date
-from wyseman import keys
+from wyseman.auth import credentials as cred
+from wyseman.auth.signatures import SignatureChecker
+from wyseman.client import keys
 from wyseman.client.connection import connect
-from wyseman.db import admin
-from wyseman.protocol import credentials as cred
-from wyseman.protocol.signatures import SignatureChecker
+from wyseman.provision import admin
 
 STORED = {"websocket": VECTOR_JWK}
 

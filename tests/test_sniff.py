@@ -1,5 +1,5 @@
 """A connection's first bytes: plain upgrades go straight to Autobahn, the rest to
-twisted.web (wyseman.protocol.sniff)."""
+twisted.web (wyseman.ws.sniff)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from tests.harness import (
     ticket_login,
 )
 from tests.pgtest import fresh_database
-from wyseman.protocol.httpbounds import BoundedRequest, GatewaySite
-from wyseman.protocol.sniff import (
+from wyseman.ws.httpbounds import BoundedRequest, GatewaySite
+from wyseman.ws.sniff import (
     CLIENTINFO,
     MAX_HEAD,
     UPGRADE,

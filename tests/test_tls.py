@@ -15,11 +15,11 @@ from zope.interface import implementer
 from tests.harness import add_user, make_config, start_gateway
 from tests.pgtest import fresh_database
 from tests.tlsutil import TestCA
-from wyseman import keys
+from wyseman.application.service import GatewayService
+from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
-from wyseman.db import admin
-from wyseman.service import GatewayService
+from wyseman.provision import admin
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -203,7 +203,7 @@ class TLSTests(TestCase):
     def test_minimum_tls_version(self):
         from OpenSSL import SSL
 
-        from wyseman.tls import ReloadableContextFactory
+        from wyseman.application.tls import ReloadableContextFactory
         cert, key, _ = self.ca.issue(self.dir, "server")
         options = ReloadableContextFactory(cert, key).getContext().set_options(0)
         self.assertTrue(options & SSL.OP_NO_TLSv1 and options & SSL.OP_NO_TLSv1_1)

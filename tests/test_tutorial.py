@@ -92,5 +92,5 @@ class TutorialTests(TestCase):
         self.assertIn("[x] Water the plants\n[ ] Call the plumber", client)
         # step 6: the server stops, then its PostgreSQL
         yield stop_all()
-        from wyseman.db.cluster import LocalCluster
+        from wyseman.provision.cluster import LocalCluster
         self.assertFalse(LocalCluster(home / "pgdata").is_running())

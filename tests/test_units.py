@@ -8,10 +8,10 @@ import ipaddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 
+from wyseman.application.service import derived_clientinfo, parse_listen
+from wyseman.auth.login import ChannelPolicy, FailureLimiter
+from wyseman.auth.peer import client_ip
 from wyseman.db import types
-from wyseman.protocol.handshake import ChannelPolicy, FailureLimiter
-from wyseman.protocol.peer import client_ip
-from wyseman.service import derived_clientinfo, parse_listen
 
 PROXY = [ipaddress.ip_network("10.0.0.0/8")]
 
@@ -69,7 +69,7 @@ class BacklogTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactor
         from twisted.web.server import Site
 
-        from wyseman.service import _endpoint
+        from wyseman.application.service import _endpoint
         reactor = MemoryReactor()
         for text in ("tcp:0:interface=127.0.0.1", "4100", "tcp6:0:interface=\\:\\:1"):
             _endpoint(reactor, parse_listen(text), None, 777).listen(Site(None))
@@ -143,7 +143,7 @@ class KeyChangesTests(SynchronousTestCase):
     """What a login in flight learns of the key changes announced meanwhile."""
 
     def test_a_change_after_the_login_began(self) -> None:
-        from wyseman.gateway import KeyChanges
+        from wyseman.gateway.hub import KeyChanges
         changes = KeyChanges(kept=3)
         changes.record("ann", frozenset({"k1"}))
         seen = changes.count                                  # a login begins
@@ -156,7 +156,7 @@ class KeyChangesTests(SynchronousTestCase):
         self.assertFalse(changes.gone_since("ann", "k2", changes.count))
 
     def test_forgotten_changes_refuse_to_be_safe(self) -> None:
-        from wyseman.gateway import KeyChanges
+        from wyseman.gateway.hub import KeyChanges
         changes = KeyChanges(kept=3)
         seen = changes.count
         for user in ("ann", "bob", "cid"):
@@ -167,7 +167,7 @@ class KeyChangesTests(SynchronousTestCase):
         self.assertTrue(changes.gone_since("ann", "k", seen))
 
     def test_missed_changes_refuse_the_logins_begun_before(self) -> None:
-        from wyseman.gateway import KeyChanges
+        from wyseman.gateway.hub import KeyChanges
         changes = KeyChanges()
         changes.record("ann", frozenset({"k1"}))
         seen = changes.count

@@ -1,4 +1,4 @@
-"""``[limits] max_connections_per_user``: the count (wyseman.userslots) and logins that
+"""``[limits] max_connections_per_user``: the count (wyseman.gateway.userslots) and logins that
 are checked at the same time."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from wyseman.client.connection import ClientError, connect
-from wyseman.userslots import UserSlots
+from wyseman.gateway.userslots import UserSlots
 
 
 class UserSlotsTests(SynchronousTestCase):

@@ -22,10 +22,10 @@ from tests.harness import (
     upgrade_request,
 )
 from tests.pgtest import fresh_database
-from wyseman import keys
+from wyseman.auth.credentials import signed_message
+from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect, fetch_clientinfo
-from wyseman.db import admin
-from wyseman.protocol.credentials import signed_message
+from wyseman.provision import admin
 
 
 def b64url(data: bytes) -> str:
@@ -358,7 +358,7 @@ class DirectWriteTests(TestCase):
     def test_small_frames_leave_nothing_buffered_big_ones_arrive_whole(self):
         from twisted.internet import endpoints
 
-        from wyseman.protocol.server import write_now
+        from wyseman.ws.protocol import write_now
 
         accepted: defer.Deferred = defer.Deferred()
 
@@ -571,7 +571,7 @@ class LeftDuringLoginTests(TestCase):
     def test_a_client_gone_before_its_login_is_checked_is_not_opened(self):
         """The login's check ends after the client left: no onOpen, nothing counted, no
         heartbeat timer left behind (trial fails a test that leaves one)."""
-        from wyseman.protocol.server import GatewayProtocol
+        from wyseman.ws.protocol import GatewayProtocol
         db = fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db, auth={"insecure": True})
@@ -715,7 +715,7 @@ class ForgedKeyChangeTests(TestCase):
 
     @defer.inlineCallbacks
     def test_a_flood_of_hints_is_coalesced_and_closes_nothing(self):
-        import wyseman.gateway as gateway_module
+        import wyseman.gateway.hub as gateway_module
         self.patch(gateway_module, "AUTH_RECHECKS_MAX", 3)
         reads = []
         conn_pub = self.gateway.db.conn_pub

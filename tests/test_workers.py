@@ -1,4 +1,5 @@
-"""``[server] workers = N``: worker processes on one port (wyseman.supervisor)."""
+"""``[server] workers = N``: worker processes on one port
+(wyseman.application.workers.supervisor)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from tests.harness import add_user, make_config, ticket_login
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
+from wyseman.application.service import makeService
+from wyseman.application.workers.routing import owner_of
+from wyseman.application.workers.supervisor import WorkerSupervisor
 from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
-from wyseman.fanout import auto_threads
-from wyseman.routing import owner_of
-from wyseman.service import makeService
-from wyseman.supervisor import WorkerSupervisor
+from wyseman.ws.fanout import auto_threads
 
 TUPLE = {"action": "tuple", "view": "base.curr_eid()"}
 
@@ -239,9 +240,9 @@ class WorkerProcessTests(TestCase):
 
         from tests.harness import raw_upgrade
         from tests.test_websocket import js_date
-        from wyseman import keys
-        from wyseman.db import admin
-        from wyseman.protocol.credentials import signed_message
+        from wyseman.auth.credentials import signed_message
+        from wyseman.client import keys
+        from wyseman.provision import admin
 
         supervisor = yield self.start(workers=2)
         port = int(supervisor.listen[0].split(":")[1])
@@ -277,9 +278,9 @@ class WorkerProcessTests(TestCase):
         from twisted.internet.ssl import Certificate, optionsForClientTLS
 
         from tests.tlsutil import TestCA
-        from wyseman import keys
+        from wyseman.client import keys
         from wyseman.client.connection import connect
-        from wyseman.db import admin
+        from wyseman.provision import admin
 
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)

@@ -1,5 +1,5 @@
 import sys
 
-from wyseman.cli import main
+from wyseman.application.cli import main
 
 sys.exit(main())

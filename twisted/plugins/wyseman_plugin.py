@@ -1,10 +1,10 @@
-"""twistd plugin: ``twistd -n wyseman --config FILE`` (the work is in wyseman.server_tap)."""
+"""twistd plugin: ``twistd -n wyseman --config FILE`` (the work is in wyseman.application.tap)."""
 
 from twisted.application.service import ServiceMaker
 
 Wyseman = ServiceMaker(
     "wyseman",
-    "wyseman.server_tap",
+    "wyseman.application.tap",
     "Authenticated WebSocket gateway to PostgreSQL (Wyseman protocol)",
     "wyseman",
 )

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from wyseman import keys
+from wyseman.client import keys
 
 PASSPHRASE_ENV = "WYSEMAN_PASSPHRASE"
 

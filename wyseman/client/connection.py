@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.timers import ClockTimer, cancel_close_timer
 
 log = Logger(namespace="wyseman.client")
@@ -236,7 +236,7 @@ def connect(url: str, user: str, *, token: str | None = None, key: Mapping[str, 
     """Open an authenticated connection.
 
     With ``token`` (a ticket), ``new_key`` (a private JWK; generate one with
-    :func:`wyseman.keys.generate_private_jwk`) is registered; with ``key``,
+    :func:`wyseman.client.keys.generate_private_jwk`) is registered; with ``key``,
     /clientinfo is fetched (default: the WebSocket port − 1, as the JS client;
     pass ``clientinfo_url`` for our server's same-port endpoint) and signed.
     """

@@ -20,7 +20,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
-from wyseman import keys
+from wyseman.client import keys
 from wyseman.client.connection import (
     USER_AGENT,
     WysemanConnection,
