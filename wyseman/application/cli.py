@@ -215,14 +215,12 @@ def _add_ticket(subparsers: argparse._SubParsersAction,
 
 def _ticket(args: argparse.Namespace) -> int:
     config = load_config(args)
-    host, port = args.host, args.port
-    if port is None:       # where this config's server listens, if it says
-        from wyseman.application.service import parse_listen
-        spec = parse_listen(config.server.listen[0])
-        if spec.port and spec.kind in ("tcp", "tls"):
-            port = spec.port
-            host = host or (spec.interface if spec.loopback and spec.interface else None)
-    ticket = issue_ticket(admin_dsn(config), args.name, host=host, port=port)
+    # where this config's server listens, for a database that names no host or port
+    from wyseman.application.service import parse_listen
+    spec = parse_listen(config.server.listen[0])
+    served = spec.port if spec.port and spec.kind in ("tcp", "tls") else None
+    ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port,
+                          fallback_host=spec.interface or None, fallback_port=served)
     text = format_ticket(ticket, args.format,
                          admin_user=ticket.issuer or config.database.admin_user,
                          http_port=args.http_port, spa_name=args.spa_name)

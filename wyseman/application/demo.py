@@ -80,6 +80,18 @@ def install_sample_app(dsn: str) -> None:
         conn.commit()
 
 
+def _serve_tickets_at(dsn: str, host: str, port: int) -> None:
+    """Tickets issued later (``wyseman ticket``) name where this demo really serves."""
+    from wyseman.provision.bootstrap import connect_sync
+    with connect_sync(dsn) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute("update base.parm set v_text = %s where module = 'wyseman' "
+                           "and parm = 'host'", (host,))
+            cursor.execute("update base.parm set v_int = %s where module = 'wyseman' "
+                           "and parm = 'port'", (port,))
+        conn.commit()
+
+
 def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
                  secure: bool = False) -> str:
     """Set up the sample app and ``user``, save a ticket next to the config, and say
@@ -95,6 +107,7 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
         if "exists" not in str(exc):
             raise
         created = f"user {user!r} exists"
+    _serve_tickets_at(dsn, "127.0.0.1", port)
     ticket = admin.issue_ticket(dsn, user, host="127.0.0.1", port=port)
     folder = Path(config.source).parent
     ticket_file = folder / "ticket.json"

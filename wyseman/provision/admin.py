@@ -182,12 +182,14 @@ class Ticket:
 
 
 def issue_ticket(dsn: str, username: str, host: str | None = None,
-                 port: int | None = None) -> Ticket:
+                 port: int | None = None, fallback_host: str | None = None,
+                 fallback_port: int | None = None) -> Ticket:
     """Issue a one-time login ticket for ``username`` (valid 30 minutes).
 
     Runs ``base.ticket_login(base.user_id(username))`` like wyclif ``bin/ticket``;
     ``host``/``port`` override the values the database supplies (``base.parm``
-    wyseman/host, wyseman/port). Works on wyselib 1.0.x, whose ticket view lacks
+    wyseman/host, wyseman/port); ``fallback_host``/``fallback_port`` are used where it
+    supplies none. Works on wyselib 1.0.x, whose ticket view lacks
     ``addr``/``boot``.
     """
     validate_username(username)
@@ -210,8 +212,8 @@ def issue_ticket(dsn: str, username: str, host: str | None = None,
             token, expires, db_host, db_port, addr, boot = cur.fetchone()
         conn.commit()
     return Ticket(token=token, expires=expires,
-                  host=host if host is not None else db_host,
-                  port=port if port is not None else db_port,
+                  host=next((h for h in (host, db_host, fallback_host) if h is not None), None),
+                  port=next((p for p in (port, db_port, fallback_port) if p is not None), None),
                   user=username, addr=addr, boot=boot, issuer=issuer)
 
 
