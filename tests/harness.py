@@ -151,3 +151,51 @@ def http_get(port: int, path: str) -> Any:
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0]
     return int(status_line.split(b" ", 2)[1]), head.decode("latin-1").lower(), body
+
+
+class ProcessOutput(protocol.ProcessProtocol):
+    """A child process's output, collected; ``wait_for(text)`` fires (with all output so
+    far) once ``text`` has been printed on stdout or stderr, ``ended`` with its exit code
+    (or the signal that ended it, negated)."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: list[tuple[bytes, defer.Deferred]] = []
+
+    def wait_for(self, text: str) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((text.encode(), d))
+        self._check()
+        return d
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        self.out += data
+        self._check()
+
+    def _check(self) -> None:
+        for entry in list(self._waiting):
+            text, d = entry
+            if text in self.out:
+                self._waiting.remove(entry)
+                d.callback(self.out)
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(AssertionError(self.out.decode(errors="replace")))
+        value = reason.value
+        code = value.exitCode if value.exitCode is not None else -(value.signal or 0)
+        self.ended.callback(code)
+
+
+def user_environment() -> dict[str, str]:
+    """The environment of a user's shell after the README's install: this venv's
+    ``bin`` (``wyseman``, ``twistd``, ``python``) on ``PATH``, the checkout importable."""
+    import os
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PYTHONPATH=str(root),
+                PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))

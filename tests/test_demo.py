@@ -4,56 +4,17 @@ prints, as printed, from that directory."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.harness import ProcessOutput, user_environment
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _Process(ProcessProtocol):
-    """Collects output; ``wait_for(text)`` fires once ``text`` has been printed."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.ended: defer.Deferred = defer.Deferred()
-        self._waiting: list[tuple[bytes, defer.Deferred]] = []
-
-    def wait_for(self, text: str) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((text.encode(), d))
-        self._check()
-        return d
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
-        self.out += data
-        self._check()
-
-    def _check(self) -> None:
-        for entry in list(self._waiting):
-            text, d = entry
-            if text in self.out:
-                self._waiting.remove(entry)
-                d.callback(self.out)
-
-    def processEnded(self, reason) -> None:  # noqa: N802
-        for _, d in self._waiting:
-            d.errback(AssertionError(self.out.decode(errors="replace")))
-        self._waiting = []
-        self.ended.callback(reason.value.exitCode)
-
-
-def environment() -> dict[str, str]:
-    """The user's shell after the README's install: ``wyseman`` on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PYTHONPATH=str(ROOT),
-                PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
 
 
 class DemoTests(TestCase):
@@ -63,8 +24,8 @@ class DemoTests(TestCase):
     def test_the_printed_commands_work(self):
         home = Path(self.mktemp()).resolve()
         home.mkdir(parents=True)
-        env = environment()
-        demo = _Process()
+        env = user_environment()
+        demo = ProcessOutput()
         transport = reactor.spawnProcess(demo, sys.executable,
                                          [sys.executable, "-m", "wyseman", "demo"],
                                          env=env, path=str(home))
@@ -89,7 +50,7 @@ class DemoTests(TestCase):
         self.assertIn("logged in as demo", (yield run(login)))
         self.assertEqual(json.loads((yield run(select))),
                          [{"id": 1, "title": "Welcome", "done": False}])
-        listener = _Process()
+        listener = ProcessOutput()
         args = shlex.split(listen)
         listening = reactor.spawnProcess(listener, sys.executable,
                                          [sys.executable, "-m", "wyseman", *args[1:]],
@@ -120,7 +81,7 @@ class DemoTests(TestCase):
         home = Path(self.mktemp()).resolve()
         home.mkdir(parents=True)
         out, err, code = yield getProcessOutputAndValue(
-            sys.executable, ["-m", "wyseman", "demo"], env=environment(), path=str(home))
+            sys.executable, ["-m", "wyseman", "demo"], env=user_environment(), path=str(home))
         self.assertEqual(code, 1, out + err)
         self.assertEqual(err.decode().splitlines(), [
             "wyseman demo: error: cannot listen on 127.0.0.1:54320: Address already in use "
@@ -133,8 +94,8 @@ class DemoTests(TestCase):
     def test_tls_mode_with_a_local_ca(self):
         home = Path(self.mktemp()).resolve()
         home.mkdir(parents=True)
-        env = environment()
-        demo = _Process()
+        env = user_environment()
+        demo = ProcessOutput()
         transport = reactor.spawnProcess(demo, sys.executable,
                                          [sys.executable, "-m", "wyseman", "demo", "--tls"],
                                          env=env, path=str(home))

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from twisted.internet import defer, reactor, threads
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.harness import ProcessOutput
 from tests.pgtest import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,23 +33,6 @@ def make_venv(where: Path, editable: bool) -> Path:
     if done.returncode:
         raise AssertionError(f"pip install failed: {done.stderr[-2000:]}")
     return where / "bin"
-
-
-class _Server(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.listening: defer.Deferred = defer.Deferred()
-        self.ended: defer.Deferred = defer.Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
-        self.out += data
-        if b"listening on" in self.out and not self.listening.called:
-            self.listening.callback(None)
-
-    def processEnded(self, reason) -> None:  # noqa: N802
-        if not self.listening.called:
-            self.listening.errback(AssertionError(self.out.decode(errors="replace")))
-        self.ended.callback(reason.value)
 
 
 class InstallTests(TestCase):
@@ -70,20 +53,28 @@ class InstallTests(TestCase):
         config = elsewhere / "wyseman.toml"
         config.write_text(f'[server]\nlisten = "tcp:0:interface=127.0.0.1"\n'
                           f'clientinfo_listen = []\n[database]\ndsn = "{self.db.dsn}"\n')
-        server = _Server()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        # the SQL the package carries (the bootstrap schema, the demo's application)
+        check = subprocess.run(
+            [str(bin_dir / "python"), "-c",
+             "from importlib import resources; from wyseman.provision import bootstrap; "
+             "assert 'create table' in bootstrap.schema_sql(); "
+             "assert (resources.files('wyseman.provision') / 'demo_app.sql').is_file()"],
+            cwd=elsewhere, env=env, capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        server = ProcessOutput()
         # the command of docs/running.md, from a directory that is not the checkout
         process = reactor.spawnProcess(
             server, str(bin_dir / "twistd"),
             [str(bin_dir / "twistd"), "-n", "--pidfile=", "wyseman", "--config",
              str(config)], env=env, path=str(elsewhere))
-        yield server.listening
+        yield server.wait_for("listening on")
         process.signalProcess("TERM")
         ended = yield server.ended
         self.assertNotIn(b"Unknown command", server.out)
         self.assertIn(b"Server Shut Down", server.out)
         # twistd ends a clean SIGTERM stop by the signal itself (as systemd expects)
-        self.assertIn(ended.signal or ended.exitCode, (15, 0))
+        self.assertIn(ended, (-15, 0))
 
     def test_editable_install(self):
         return self.run_documented_command(editable=True)

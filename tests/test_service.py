@@ -148,7 +148,6 @@ class EmbeddedTests(TestCase):
         import sys
 
         from twisted.internet import reactor
-        from twisted.internet.protocol import ProcessProtocol
 
         from wyseman.provision.cluster import LocalCluster
         root = Path(self.mktemp()).resolve()
@@ -160,22 +159,10 @@ class EmbeddedTests(TestCase):
         cluster = LocalCluster(root / "pgdata")
         self.addCleanup(cluster.remove)
 
-        class Server(ProcessProtocol):
-            def __init__(self) -> None:
-                self.out = b""
-                self.listening: defer.Deferred = defer.Deferred()
-                self.ended: defer.Deferred = defer.Deferred()
-
-            def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
-                self.out += data
-                if b"listening on" in self.out and not self.listening.called:
-                    self.listening.callback(None)
-
-            def processEnded(self, reason) -> None:  # noqa: N802
-                self.ended.callback(reason.value)
         main_fd, terminal_fd = pty.openpty()
         self.addCleanup(os.close, main_fd)
-        server = Server()
+        from tests.harness import ProcessOutput
+        server = ProcessOutput()
         transport = reactor.spawnProcess(
             server, sys.executable,
             [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
@@ -184,12 +171,12 @@ class EmbeddedTests(TestCase):
             env=dict(os.environ, PYTHONPATH=str(ROOT)), path=str(ROOT),
             childFDs={0: terminal_fd, 1: "r", 2: "r"})
         os.close(terminal_fd)
-        yield server.listening
+        yield server.wait_for("listening on")
         self.assertTrue(cluster.is_running())
         transport.signalProcess("HUP")
         ended = yield server.ended
         self.assertIn(b"terminal hung up (SIGHUP): stopping", server.out)
-        self.assertEqual(ended.exitCode, 0)            # a clean stop
+        self.assertEqual(ended, 0)                     # a clean stop
         self.assertFalse(cluster.is_running())
         # the cluster stopped after the gateway let go of its sockets and pools
         self.assertLess(server.out.index(b"Port"), server.out.index(b"stopping embedded"))

@@ -79,6 +79,17 @@ class FailedStartTests(TestCase):
         self.assertIn("missing.pem", err)
 
     @defer.inlineCallbacks
+    def test_certificate_not_matching_its_key(self):
+        from tests.tlsutil import TestCA
+        ca = TestCA.create()
+        cert, _, _ = ca.issue(self.dir, "one")
+        _, other_key, _ = ca.issue(self.dir, "two")
+        status, err, out = yield self.start(
+            '[server]\nlisten = "tls:0:interface=127.0.0.1"\nclientinfo_listen = []\n'
+            f'[tls]\ncert = "{cert}"\nkey = "{other_key}"\n[database]\ndsn = "dbname=x"\n')
+        self.assert_one_line(status, err, out, "private key does not match the certificate")
+
+    @defer.inlineCallbacks
     def test_handler_not_importable(self):
         status, err, out = yield self.start(
             '[actions.handlers]\n"app.v:export" = "no_such_module:handler"\n'

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.test_demo import _Process, environment
+from tests.harness import ProcessOutput, user_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial.md"
@@ -47,8 +47,8 @@ class TutorialTests(TestCase):
     def test_every_command_runs(self):
         home = Path(self.mktemp()).resolve()
         home.mkdir(parents=True)
-        env = environment()
-        background: list[tuple[str, _Process, object]] = []
+        env = user_environment()
+        background: list[tuple[str, ProcessOutput, object]] = []
         outputs: dict[str, str] = {}
 
         def stop_all():
@@ -69,7 +69,7 @@ class TutorialTests(TestCase):
             if not os.path.exists(executable):
                 executable = args[0]
             if command.endswith("&"):
-                process = _Process()
+                process = ProcessOutput()
                 transport = reactor.spawnProcess(process, executable, [executable, *args[1:]],
                                                  env=env, path=str(home))
                 background.append((command, process, transport))
@@ -80,6 +80,8 @@ class TutorialTests(TestCase):
             self.assertEqual(code, 0, f"{command}:\n{out.decode()}{err.decode()}")
             outputs[command] = out.decode()
         # what the text says the commands print
+        ticket = json.loads((home / "alice.ticket.json").read_text())["ticket"]
+        self.assertEqual((ticket["host"], ticket["port"]), ("localhost", 4100))
         printed = list(outputs.values())
         self.assertIn({"id": 1, "title": "Water the plants", "done": False},
                       [json.loads(o) for o in printed if o.startswith("{\n  \"id\"")])

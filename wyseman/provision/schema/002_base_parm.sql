@@ -106,9 +106,12 @@ create or replace function base.parmsett(m text, p text, v text, t text default 
 as $$ select base.parmset(m, p, v, t) $$;
 
 -- Defaults the ticket tooling expects (wyselib parm.wmi); an operator's values win.
+-- No default port: `wyseman ticket` then names the port its config's server listens on
+-- (set wyseman/port where clients reach it elsewhere, behind a proxy say). A placeholder
+-- port an earlier version inserted, never changed, goes.
 insert into base.parm (module, parm, type, v_text, cmt)
 values ('wyseman', 'host', 'text', 'localhost', 'Host name put into connection tickets')
 on conflict (module, parm) do nothing;
-insert into base.parm (module, parm, type, v_int, cmt)
-values ('wyseman', 'port', 'int', 54320, 'WebSocket port put into connection tickets')
-on conflict (module, parm) do nothing;
+delete from base.parm
+ where module = 'wyseman' and parm = 'port' and v_int = 54320
+   and cmt = 'WebSocket port put into connection tickets';
