@@ -1,0 +1,61 @@
+"""The library internals the fast paths rely on, named in one place: a new Autobahn,
+txpostgres or Twisted that drops or renames one fails here, not in production.
+
+Each name is one the code overrides or calls although the library does not document it
+(docs/performance.md says what each fast path saves). setup.cfg pins autobahn and
+txpostgres below their next major versions, the newest tested."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+#: Autobahn's WebSocketProtocol members used by wyseman.ws.protocol
+AUTOBAHN_PROTOCOL = (
+    "_connectionMade", "_dataReceived", "_cancelAutoPingTimeoutCall", "_sendAutoPing",
+    "processData", "sendData", "sendFrame", "sendCloseFrame",
+    "failHandshake", "sendHttpErrorResponse", "dropConnection", "onPing", "sendPong",
+    "processHandshake", "STATE_OPEN", "STATE_CLOSED", "STATE_CLOSING")
+#: txpostgres members used or overridden by wyseman.db.pg
+TXPOSTGRES_CONNECTION = ("cursorRunning", "cursorFinished", "doRead", "doWrite",
+                         "connectionLost", "checkForNotifies", "runInteraction", "cursor",
+                         "addNotifyObserver", "removeNotifyObserver", "cancel",
+                         "runOperation")
+TXPOSTGRES_CURSOR = ("continuePolling", "execute")
+
+
+class LibraryInternalsTests(SynchronousTestCase):
+    def assert_has(self, cls: type, names: tuple[str, ...]) -> None:
+        missing = [name for name in names if not hasattr(cls, name)]
+        self.assertEqual(missing, [], f"{cls.__module__}.{cls.__qualname__}")
+
+    def test_autobahn(self) -> None:
+        import inspect
+
+        from autobahn.twisted.websocket import WebSocketClientProtocol
+        from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
+        self.assert_has(WebSocketServerProtocol, AUTOBAHN_PROTOCOL)
+        self.assert_has(WebSocketClientProtocol, ("failHandshake",))
+        # an instance attribute (set as a connection opens): read by the direct writes
+        self.assertIn("self._perMessageCompress", inspect.getsource(WebSocketProtocol))
+
+    def test_txpostgres(self) -> None:
+        from txpostgres import txpostgres
+        self.assert_has(txpostgres.Connection, TXPOSTGRES_CONNECTION)
+        self.assert_has(txpostgres.Cursor, TXPOSTGRES_CURSOR)
+        self.assertTrue(hasattr(txpostgres, "UnexpectedPollResult"))
+
+    def test_twisted(self) -> None:
+        from twisted.internet import tcp
+        self.assertTrue(hasattr(tcp.Server, "connected"))
+        self.assertTrue(hasattr(tcp.Server, "disconnecting"))
+        self.assertTrue(hasattr(tcp.Server, "getHandle"))
+
+    def test_every_override_is_listed(self) -> None:
+        """A new override of an Autobahn member goes into the list above."""
+        from autobahn.websocket.protocol import WebSocketServerProtocol
+
+        from wyseman.ws.protocol import GatewayProtocol
+        private = {name for name in vars(GatewayProtocol)
+                   if name.startswith("_") and not name.startswith("__")
+                   and hasattr(WebSocketServerProtocol, name)}
+        self.assertLessEqual(private, set(AUTOBAHN_PROTOCOL))
