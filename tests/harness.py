@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
@@ -10,6 +11,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from tests.pgtest import TestDatabase
 from wyseman import config as cfg
 from wyseman.application.service import GatewayService
+from wyseman.application.workers.routing import Router, owner_of
 from wyseman.provision import admin
 
 
@@ -199,3 +201,109 @@ def user_environment() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return dict(os.environ, PYTHONPATH=str(root),
                 PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+
+
+def js_date(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    """One client frame (payload under 64 KiB), masked as RFC 6455 requires."""
+    assert len(payload) < 65536
+    mask = b"\x37\xfa\x21\x3d"
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode,
+                  (0x80 if masked else 0) | (size if size < 126 else 126)])
+    if size >= 126:
+        head += size.to_bytes(2, "big")
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class RawWebSocket(protocol.Protocol):
+    """Logs in (insecure mode), writes ``frames`` in one go, and collects the server's
+    frames as (opcode, payload); ``enough`` fires once ``wanted(frames)`` is true,
+    ``closed`` when the TCP connection goes."""
+
+    def __init__(self, port: int, user: str, frames: bytes, wanted: Any,
+                 query: str = "") -> None:
+        self.request = upgrade_request(port, f"user={user}{query}")
+        self.frames, self.wanted = frames, wanted
+        self.buffer = b""
+        self.upgraded = False
+        self.received: list[tuple[int, bytes]] = []
+        self.enough: defer.Deferred = defer.Deferred()
+        self.closed: defer.Deferred = defer.Deferred()
+        self.opened: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.buffer += data
+        if not self.upgraded:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            assert head.startswith(b"HTTP/1.1 101"), head
+            self.upgraded, self.buffer = True, rest
+            self.transport.write(self.frames)
+            self.opened.callback(self)
+        while len(self.buffer) >= 2:
+            length, start = self.buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
+            if len(self.buffer) < start + length:
+                break
+            self.received.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
+            self.buffer = self.buffer[start + length:]
+        if not self.enough.called and self.wanted(self.received):
+            self.enough.callback(self.received)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.closed.callback(self.received)
+
+
+#: a small application schema (tables, a view, functions, grants) for request tests
+APP_SAMPLE = """
+create schema app;
+create table app.item (
+    id serial primary key,
+    name text not null,
+    qty int,
+    price numeric(10,2),
+    data jsonb,
+    blob bytea,
+    made timestamptz default '2025-05-01 10:00:00.123456+00',
+    span interval,
+    big int8,
+    constraint "!app.item:negative" check (qty >= 0)
+);
+create view app.item_v as select * from app.item;
+create function app.double(int) returns int language sql as 'select $1 * 2';
+create function app.whoami() returns text language sql as 'select session_user::text';
+create table app.canary (x int);
+insert into app.canary values (1);
+grant usage on schema app to wyseman_user;
+grant all on all tables in schema app to wyseman_user;
+grant usage on all sequences in schema app to wyseman_user;
+grant execute on all functions in schema app to wyseman_user;
+"""
+
+
+def users_by_owner(db: Any, workers: int = 2) -> dict[int, str]:
+    """A user owned by each worker."""
+    found: dict[int, str] = {}
+    while len(found) < workers:
+        user = add_user(db, "r")
+        found.setdefault(owner_of(user.encode(), workers), user)
+    return found
+
+
+def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: int = 2,
+                  **sections: Any) -> defer.Deferred:
+    """A gateway in this process as worker ``index`` of ``workers`` with route_by_user
+    (Unix sockets in ``directory``); stopped at cleanup."""
+    return start_gateway(testcase, db, router=Router(reactor, directory, index, workers),
+                         **sections)

@@ -7,9 +7,9 @@ import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
+from tests.harness import APP_SAMPLE as SAMPLE
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
-from tests.test_requests import SAMPLE
 from wyseman.client import keys
 from wyseman.client.connection import connect
 from wyseman.db import batch, pg

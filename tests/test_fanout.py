@@ -9,9 +9,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.harness import RawWebSocket as _RawWebSocket
 from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
-from tests.test_websocket import _RawWebSocket
 from wyseman.client import keys
 from wyseman.ws import fanout
 from wyseman.ws.fanout import auto_threads

@@ -69,7 +69,7 @@ class SignatureInteropTests(SynchronousTestCase):
         self.assertTrue(cred.verify_signature(public, message, answers[2]["sign"]))
 
     def test_spec_vector_verifies_in_node(self):
-        from tests.test_credentials import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN
+        from tests.vectors import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN
         out = vectors({"op": "verify", "jwk": VECTOR_JWK, "messageHex": VECTOR_MESSAGE.hex(),
                        "sign": VECTOR_SIGN})
         self.assertEqual(out, {"valid": True})
@@ -194,7 +194,7 @@ class ClientInteropTests(TestCase):
     def test_login_passed_to_another_worker(self):
         """[server] route_by_user: the socket moves to the user's worker mid-handshake;
         the JS client sees an ordinary login."""
-        from tests.test_routing import routed_worker, users_by_owner
+        from tests.harness import routed_worker, users_by_owner
         from wyseman.provision import admin
         db = self.fresh_database(self)
         directory = self.mktemp()

@@ -120,7 +120,7 @@ class ParamTests(SynchronousTestCase):
     def test_pub_param(self):
         # the pub parameter (docs/protocol.md, 4.3 "Ticket login") of the test vector's key
         # (4.4 "Key login"), byte for byte
-        from tests.test_credentials import VECTOR_JWK, VECTOR_PUB
+        from tests.vectors import VECTOR_JWK, VECTOR_PUB
         self.assertEqual(keys.pub_param(VECTOR_JWK), VECTOR_PUB)
         private, public = keys.generate_key_pair()
         text, jwk = cred.decode_public_jwk(keys.pub_param(public))

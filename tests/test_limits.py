@@ -146,7 +146,7 @@ class HeartbeatTests(TestCase):
 
     @defer.inlineCallbacks
     def test_answered_pings_keep_the_socket(self):
-        from tests.test_websocket import client_frame
+        from tests.harness import client_frame
         server, clock, protocol, transport = yield self.open_socket()
         parsed = []   # first bytes of the frames that went through Autobahn's parser
 
@@ -177,7 +177,7 @@ class HeartbeatTests(TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_pong_does_not_count(self):
-        from tests.test_websocket import client_frame
+        from tests.harness import client_frame
         server, clock, protocol, transport = yield self.open_socket()
         payload = self.ping_payload(clock, transport)
         protocol.dataReceived(client_frame(0xA, payload[:-1] + bytes([payload[-1] ^ 1])))

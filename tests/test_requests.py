@@ -8,37 +8,12 @@ import random
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import APP_SAMPLE, add_user, start_gateway
 from tests.pgtest import fresh_database
 from wyseman.client import keys
 from wyseman.client.connection import RequestError, connect
 from wyseman.gateway.actions import ActionRegistry
 from wyseman.provision import admin
-
-SAMPLE = """
-create schema app;
-create table app.item (
-    id serial primary key,
-    name text not null,
-    qty int,
-    price numeric(10,2),
-    data jsonb,
-    blob bytea,
-    made timestamptz default '2025-05-01 10:00:00.123456+00',
-    span interval,
-    big int8,
-    constraint "!app.item:negative" check (qty >= 0)
-);
-create view app.item_v as select * from app.item;
-create function app.double(int) returns int language sql as 'select $1 * 2';
-create function app.whoami() returns text language sql as 'select session_user::text';
-create table app.canary (x int);
-insert into app.canary values (1);
-grant usage on schema app to wyseman_user;
-grant all on all tables in schema app to wyseman_user;
-grant usage on all sequences in schema app to wyseman_user;
-grant execute on all functions in schema app to wyseman_user;
-"""
 
 
 class StatementTimeoutTests(TestCase):
@@ -73,7 +48,7 @@ class PreparedStatementTests(TestCase):
     @defer.inlineCallbacks
     def answers_and_prepared(self, **database):
         db = fresh_database(self)
-        db.run(SAMPLE)
+        db.run(APP_SAMPLE)
         user = add_user(db, "prep")
         server = yield start_gateway(self, db, database=database)
         token = admin.issue_ticket(db.dsn, user).token
@@ -115,7 +90,7 @@ class _SampleServer(TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.db = fresh_database(self)
-        self.db.run(SAMPLE)
+        self.db.run(APP_SAMPLE)
         self.user = add_user(self.db, "carol")
         registry = ActionRegistry()
         from wyseman.examples.csv_export import export

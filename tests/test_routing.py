@@ -13,10 +13,14 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, start_gateway, upgrade_request
+from tests.harness import (
+    client_frame,
+    routed_worker,
+    upgrade_request,
+    users_by_owner,
+)
 from tests.pgtest import fresh_database
-from tests.test_websocket import client_frame
-from wyseman.application.workers.routing import Router, owner_of, route_key
+from wyseman.application.workers.routing import owner_of, route_key
 from wyseman.client.connection import ClientError, connect
 
 TUPLE = {"action": "tuple", "view": "base.curr_eid()"}
@@ -44,23 +48,6 @@ class RouteKeyTests(SynchronousTestCase):
             out = subprocess.run([sys.executable, "-c", script], capture_output=True,
                                  check=True, env=dict(os.environ, PYTHONHASHSEED=seed))
             self.assertEqual(json.loads(out.stdout), here)
-
-
-def users_by_owner(db: Any, workers: int = 2) -> dict[int, str]:
-    """A user owned by each worker."""
-    found: dict[int, str] = {}
-    while len(found) < workers:
-        user = add_user(db, "r")
-        found.setdefault(owner_of(user.encode(), workers), user)
-    return found
-
-
-def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: int = 2,
-                  **sections: Any) -> defer.Deferred:
-    """A gateway in this process as worker ``index`` of ``workers`` with route_by_user
-    (Unix sockets in ``directory``); stopped at cleanup."""
-    return start_gateway(testcase, db, router=Router(reactor, directory, index, workers),
-                         **sections)
 
 
 class _EarlyFrame(protocol.Protocol):

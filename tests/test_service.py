@@ -120,8 +120,8 @@ class EmbeddedTests(TestCase):
         def db_init() -> tuple[int, str]:
             import contextlib
             import io
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 return main(["db", "init", "--config", str(config_file)]), out.getvalue()
         status, out = yield threads.deferToThread(db_init)
         self.assertEqual(status, 0)

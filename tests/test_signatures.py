@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, raw_upgrade, start_gateway
+from tests.harness import add_user, js_date, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
-from tests.test_credentials import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN
-from tests.test_websocket import js_date
+from tests.vectors import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN
 from wyseman.auth import credentials as cred
 from wyseman.auth.signatures import SignatureChecker
 from wyseman.client import keys

@@ -13,9 +13,12 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from tests.harness import (
+    RawWebSocket,
     _RawHTTP,
     add_user,
+    client_frame,
     http_get,
+    js_date,
     key_logins,
     raw_upgrade,
     start_gateway,
@@ -33,8 +36,6 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def js_date(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class LoginTests(TestCase):
@@ -388,64 +389,6 @@ class DirectWriteTests(TestCase):
         self.assertEqual(received, b"small frame" + big + b"tail")
 
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
-    """One client frame (payload under 64 KiB), masked as RFC 6455 requires."""
-    assert len(payload) < 65536
-    mask = b"\x37\xfa\x21\x3d"
-    size = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode,
-                  (0x80 if masked else 0) | (size if size < 126 else 126)])
-    if size >= 126:
-        head += size.to_bytes(2, "big")
-    if not masked:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-class _RawWebSocket(protocol.Protocol):
-    """Logs in (insecure mode), writes ``frames`` in one go, and collects the server's
-    frames as (opcode, payload); ``enough`` fires once ``wanted(frames)`` is true,
-    ``closed`` when the TCP connection goes."""
-
-    def __init__(self, port: int, user: str, frames: bytes, wanted: Any,
-                 query: str = "") -> None:
-        self.request = upgrade_request(port, f"user={user}{query}")
-        self.frames, self.wanted = frames, wanted
-        self.buffer = b""
-        self.upgraded = False
-        self.received: list[tuple[int, bytes]] = []
-        self.enough: defer.Deferred = defer.Deferred()
-        self.closed: defer.Deferred = defer.Deferred()
-        self.opened: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.buffer += data
-        if not self.upgraded:
-            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                return
-            assert head.startswith(b"HTTP/1.1 101"), head
-            self.upgraded, self.buffer = True, rest
-            self.transport.write(self.frames)
-            self.opened.callback(self)
-        while len(self.buffer) >= 2:
-            length, start = self.buffer[1] & 0x7F, 2
-            if length == 126:
-                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
-            if len(self.buffer) < start + length:
-                break
-            self.received.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
-            self.buffer = self.buffer[start + length:]
-        if not self.enough.called and self.wanted(self.received):
-            self.enough.callback(self.received)
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
-        self.closed.callback(self.received)
-
-
 class FrameParsingTests(TestCase):
     """The short cut for small whole text frames (GatewayProtocol.processData) next to
     Autobahn's own parser: fragments, control frames, bad UTF-8, unmasked frames."""
@@ -460,7 +403,7 @@ class FrameParsingTests(TestCase):
 
     def open(self, frames: bytes, wanted: Any = lambda received: False) -> Any:
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-        client = _RawWebSocket(self.server.port, self.user, frames, wanted)
+        client = RawWebSocket(self.server.port, self.user, frames, wanted)
         return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port),
                                client).addCallback(lambda _: client)
 
@@ -865,7 +808,7 @@ class StopTests(TestCase):
         self.assertEqual(server.gateway.all_connections(), [])
 
 
-class _NeverReads(_RawWebSocket):
+class _NeverReads(RawWebSocket):
     """Logs in, then stops reading for good (a small receive buffer: the server's pongs
     pile up on its side) and writes ``frames``."""
 

@@ -238,8 +238,7 @@ class WorkerProcessTests(TestCase):
         one (the kernel picks the worker), so each has seen the other's acceptance."""
         from datetime import UTC, datetime
 
-        from tests.harness import raw_upgrade
-        from tests.test_websocket import js_date
+        from tests.harness import js_date, raw_upgrade
         from wyseman.auth.credentials import signed_message
         from wyseman.client import keys
         from wyseman.provision import admin
