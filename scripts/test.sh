@@ -26,6 +26,9 @@ echo "== ruff"
 echo "== import contracts (setup.cfg [importlinter]: each layer imports only those below)"
 .venv/bin/lint-imports
 
+echo "== mypy (setup.cfg [mypy])"
+.venv/bin/mypy
+
 echo "== trial"
 log=$(mktemp)
 set +e

@@ -293,7 +293,7 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
     if writes:
         return conn.transaction(lambda tx: tx.execute(sql, params).addCallback(single))
     if prepare and statement.text_values:
-        dollar_sql = statement.json_sql if as_json else statement.sql
+        dollar_sql = statement.json_sql if as_json and statement.json_sql else statement.sql
         result = conn.execute_prepared(dollar_sql, statement.params, (sql, params))
     else:
         result = conn.execute(sql, params)

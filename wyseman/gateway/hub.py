@@ -422,7 +422,8 @@ class Gateway:
             if announced is not None:   # unknown: refuse the logins being checked
                 self.key_changes.missed()
             return
-        remaining = frozenset(key.get("x") for key in candidate_keys(conn_pub))
+        remaining = frozenset(str(key["x"]) for key in candidate_keys(conn_pub)
+                              if key.get("x") is not None)
         if announced is not None:
             self.key_changes.record(user, remaining, announced)
         self._close_if_key_gone(user, remaining, keyless=gone)

@@ -136,7 +136,9 @@ _TYPE = re.compile(
 
 def _split_types(text: str) -> list[str]:
     """Split the argument list on commas outside parentheses and double quotes."""
-    parts, current, depth, quoted = [], [], 0, False
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quoted = 0, False
     for char in text:
         if char == '"':
             quoted = not quoted
@@ -311,7 +313,7 @@ class _Compiler:
         elif isinstance(requested, str):
             names = [requested]
         else:
-            names = list(requested)
+            names = list(requested or ())
         return rows_as_json(sql, names, self.columns)
 
     def _writable(self) -> str:

@@ -71,7 +71,7 @@ def rows_as_json(sql: str, names: Sequence[str], types: Mapping[str, str]) -> st
         return None          # `fields: ["a", "a"]`: an outer reference would be ambiguous
     columns, plain = [], True
     for name in names:
-        type_name = types.get(name)
+        type_name = types.get(name) or ""
         quoted = quote_ident(name)
         if type_name in AS_IS:
             columns.append("r." + quoted)

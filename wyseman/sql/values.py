@@ -40,6 +40,7 @@ def js_number(value: float | int) -> str:
         text = format(exact, "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     sign, digits, exponent = exact.as_tuple()
+    assert isinstance(exponent, int)     # (a finite number: not 'n', 'N' or 'F')
     mantissa = "".join(map(str, digits)).rstrip("0") or "0"
     power = exponent + len(digits) - 1
     head = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "")

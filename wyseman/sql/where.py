@@ -166,7 +166,7 @@ class WhereCompiler:
                 raise errors.bad_right()
             values = self._in_values(right)
             return f"({column} = any({self.params.add(array_literal(values))}))"
-        return f"({_binary(column, oper, self.params.add(bind(right)))})"
+        return f"({_binary(column, str(oper), self.params.add(bind(right)))})"
 
 
 def is_operator(value: Any) -> bool:
