@@ -197,9 +197,8 @@ def user_environment() -> dict[str, str]:
     import os
     import sys
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
     bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PYTHONPATH=str(root),
+    return dict(os.environ, PYTHONPATH=checkout_pythonpath(),
                 PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
 
 
@@ -307,3 +306,12 @@ def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: i
     (Unix sockets in ``directory``); stopped at cleanup."""
     return start_gateway(testcase, db, router=Router(reactor, directory, index, workers),
                          **sections)
+
+
+def checkout_pythonpath() -> str:
+    """``PYTHONPATH`` for a child process: the checkout first, then what this process
+    was given (the suite's packages when it runs as another user)."""
+    import os
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

@@ -13,7 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import add_user, checkout_pythonpath, start_gateway
 from tests.pgtest import fresh_database
 from wyseman.client import keys
 from wyseman.client.connection import connect
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
     """Run ``python -m wyseman ARGS`` → (stdout, stderr, exit code), without blocking."""
-    environment = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    environment = dict(os.environ, PYTHONPATH=checkout_pythonpath(), **(env or {}))
     return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
                                     env=environment, path=str(ROOT))
 
@@ -109,7 +109,8 @@ class ClientCommandTests(TestCase):
         reactor.spawnProcess(listener, sys.executable,
                              [sys.executable, "-m", "wyseman", "listen", "--key", str(key_file),
                               "app_news"],
-                             env=dict(os.environ, PYTHONPATH=str(ROOT), **env), path=str(ROOT))
+                             env=dict(os.environ, PYTHONPATH=checkout_pythonpath(), **env),
+                             path=str(ROOT))
         self.addCleanup(lambda: listener.ended if listener.ended.called else
                         (listener.transport.signalProcess("TERM"), listener.ended)[1])
         subscribed = defer.Deferred()

@@ -161,14 +161,14 @@ class EmbeddedTests(TestCase):
 
         main_fd, terminal_fd = pty.openpty()
         self.addCleanup(os.close, main_fd)
-        from tests.harness import ProcessOutput
+        from tests.harness import ProcessOutput, checkout_pythonpath
         server = ProcessOutput()
         transport = reactor.spawnProcess(
             server, sys.executable,
             [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
              "sys.argv[0] = 'twistd'; run()", "-n", "--pidfile=", "wyseman", "--config",
              str(config_file)],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), path=str(ROOT),
+            env=dict(os.environ, PYTHONPATH=checkout_pythonpath()), path=str(ROOT),
             childFDs={0: terminal_fd, 1: "r", 2: "r"})
         os.close(terminal_fd)
         yield server.wait_for("listening on")

@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.harness import checkout_pythonpath
 from tests.pgtest import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ class FailedStartTests(TestCase):
         out, err, status = yield getProcessOutputAndValue(
             sys.executable, ("-c", TWISTD, "-n", "--pidfile=", "wyseman", "--config",
                              str(config)),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), path=str(self.dir))
+            env=dict(os.environ, PYTHONPATH=checkout_pythonpath()), path=str(self.dir))
         return status, err.decode(), out.decode()
 
     def assert_one_line(self, status: int, err: str, out: str, expected: str) -> None:
@@ -102,5 +103,5 @@ class FailedStartTests(TestCase):
         out, err, status = yield getProcessOutputAndValue(
             sys.executable, ("-c", TWISTD, "-n", "--pidfile=", "wyseman", "--config",
                              str(self.dir / "none.toml")),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), path=str(self.dir))
+            env=dict(os.environ, PYTHONPATH=checkout_pythonpath()), path=str(self.dir))
         self.assert_one_line(status, err.decode(), out.decode(), "none.toml: cannot read")
