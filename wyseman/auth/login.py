@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.auth import credentials as cred
+from wyseman.auth.seams import ReplayGuard, SignatureVerifier
 from wyseman.auth.signatures import SignatureChecker
 from wyseman.db import pg
 from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
@@ -132,8 +133,8 @@ class Authenticator:
 
     def __init__(self, db: Any, clock: Any, *, date_window: float = 60.0,
                  channels: ChannelPolicy | None = None, max_failures: int = 20,
-                 failure_window: float = 60.0, replay: Any = None,
-                 signatures: Any = None) -> None:
+                 failure_window: float = 60.0, replay: ReplayGuard | None = None,
+                 signatures: SignatureVerifier | None = None) -> None:
         """``replay``: where accepted signatures are remembered, an object with
         ``check(user, sign, now)`` → outcome or Deferred of it (default: a
         :class:`~wyseman.auth.credentials.ReplayCache` of this process).

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from wyseman.auth.credentials import candidate_keys
 from wyseman.auth.login import AUTH_CHANNEL, Authenticator, ChannelPolicy
+from wyseman.auth.seams import ReplayGuard
 from wyseman.auth.signatures import SignatureChecker
 from wyseman.config import Config
 from wyseman.db.database import Database
@@ -28,7 +29,7 @@ from wyseman.db.types import dumps
 from wyseman.gateway.dispatch import Dispatcher
 from wyseman.gateway.health import HealthCheck
 from wyseman.gateway.metrics import Metrics
-from wyseman.gateway.seams import Broadcaster
+from wyseman.gateway.seams import Broadcaster, UserSlots
 from wyseman.gateway.userslots import LocalSlots
 from wyseman.sql import compiler
 from wyseman.tuning.affinity import auto_threads
@@ -123,7 +124,7 @@ class KeyChanges:
 
 class Gateway:
     def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None,
-                 replay: Any = None, user_slots: Any = None, *,
+                 replay: ReplayGuard | None = None, user_slots: UserSlots | None = None, *,
                  broadcaster: Broadcaster) -> None:
         """``replay``, ``user_slots``: a worker's shared replay cache and per-user
         connection count (its supervisor's); this process's own by default.

@@ -1,0 +1,27 @@
+"""What the login decision needs from outside, as typed seams: this process's own
+implementations by default, a worker's shared ones (asked over its supervisor's pipe)
+when there are several processes."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import defer
+
+
+class ReplayGuard(Protocol):
+    """Remembers accepted signatures for twice the date window (a replay is refused)."""
+
+    def check(self, user: str, sign: str, now: float) -> Any:
+        """``NEW`` (now remembered), ``SEEN`` or ``FULL`` (wyseman.auth.credentials), or
+        a Deferred of one."""
+        ...
+
+
+class SignatureVerifier(Protocol):
+    """Checks a key login's signature, maybe on helper threads."""
+
+    def verifying_key(self, conn_pub: object, message: bytes, sign: str) -> defer.Deferred:
+        """Deferred of the stored key that verifies ``sign`` over ``message``, or of
+        None."""
+        ...
