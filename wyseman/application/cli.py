@@ -125,8 +125,8 @@ def one_line(error: BaseException) -> str:
         text = f"{where}{error.strerror}"
     else:
         text = str(error) or type(error).__name__
-    parts = [part.strip() for part in text.splitlines() if part.strip()]
-    return "; ".join(parts) or type(error).__name__
+    from wyseman.application.startfail import one_line as joined
+    return joined(text) or type(error).__name__
 
 
 # ---------------------------------------------------------------------------

@@ -30,23 +30,13 @@ allow = ["wyseman", "wylib", "demo"]
 """
 
 
-DEMO_TLS_CONFIG = """\
-# Written by `wyseman demo --tls`. Edit freely; see docs/configuration.md.
-# The certificate is for localhost, 127.0.0.1 and ::1, from the local CA in tls/ca.pem.
-[server]
-listen = "tls:54320:interface=127.0.0.1"
-
-[tls]
-cert = "tls/cert.pem"
-key = "tls/key.pem"
-
-[database]
-embedded = "pgdata"
-name = "wyseman"
-
-[channels]
-allow = ["wyseman", "wylib", "demo"]
-"""
+#: the demo's config for ``--tls``: the same, on ``tls:`` with the local CA's certificate
+DEMO_TLS_CONFIG = DEMO_CONFIG.replace(
+    "# Written by `wyseman demo`.", "# Written by `wyseman demo --tls`.").replace(
+    'listen = "tcp:54320:interface=127.0.0.1"\n',
+    'listen = "tls:54320:interface=127.0.0.1"\n\n'
+    "# The certificate is for localhost, 127.0.0.1 and ::1, from the local CA in tls/ca.pem.\n"
+    '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n')
 
 
 def demo_config(path: Path | None, tls: bool = False) -> cfg.Config:

@@ -56,9 +56,9 @@ def reason(failure: Any, config: Config | None = None) -> str | None:
 
 def describe_dsn(dsn: str) -> str:
     """A DSN as it may be logged: host, port, database and user, never a password."""
+    from wyseman.db.pg import dsn_params
     try:
-        from psycopg2.extensions import parse_dsn
-        params = parse_dsn(dsn)
+        params = dsn_params(dsn)
     except Exception:
         return "an unparsable DSN"
     shown = [f"{key}={params[key]}" for key in ("host", "port", "dbname", "user")
