@@ -16,7 +16,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -390,33 +390,152 @@ for _opt in OPTIONS:
 # ---------------------------------------------------------------------------
 # the result
 
-@dataclass(frozen=True)
-class Section:
-    """Values of one section, by attribute: ``config.server.listen``."""
-    values: Mapping[str, Any]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.values[key]
-        except KeyError:
-            raise AttributeError(key) from None
+
+@dataclass(frozen=True)
+class ServerSection:
+    """``[server]``: listening, processes, origins."""
+    listen: tuple[str, ...]
+    clientinfo_listen: tuple[str, ...] | None
+    workers: int
+    route_by_user: bool
+    fanout_threads: int
+    log_connections: bool
+    cpu_affinity: tuple[int, ...]
+    gc_freeze: bool
+    gc_threshold: int
+    allowed_origins: tuple[str, ...]
+    trusted_proxies: tuple[Network, ...]
+    listen_backlog: int
+    ip_style: str
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    """``[tls]``: the certificate of ``tls:`` endpoints."""
+    cert: str
+    key: str
+    chain: str
+    min_version: str
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    """``[database]``: where the data is and how sessions reach it."""
+    dsn: str
+    embedded: str
+    name: str
+    admin_user: str
+    session_mode: str
+    session_dsn: str
+    pool_size: int
+    pool_total: int
+    pool_queue: int
+    pool_idle_timeout: float
+    pool_max_lifetime: float
+    connect_timeout: float
+    statement_timeout: float
+    prepared_statements: bool
+    read_batch: int
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    """``[auth]``: how logins are checked."""
+    date_window: float
+    insecure: bool
+    insecure_on_public_interfaces: bool
+    verify_threads: int
+    max_failures: int
+    failure_window: float
+
+
+@dataclass(frozen=True)
+class ChannelsSection:
+    """``[channels]``: which NOTIFY channels clients may LISTEN to."""
+    allow: tuple[str, ...]
+    roles: Mapping[str, tuple[str, ...]]
+    admin: str
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """``[limits]``: the bounds on every network input and reply."""
+    max_message_size: int
+    max_frame_size: int
+    ping_interval: float
+    ping_timeout: float
+    open_handshake_timeout: float
+    max_connections: int
+    max_pending_connections: int
+    max_pending_per_address: int
+    max_connections_per_user: int
+    max_in_flight: int
+    max_outbound_bytes: int
+    max_reply_rows: int
+    max_reply_bytes: int
+
+
+@dataclass(frozen=True)
+class ViewsSection:
+    """``[views]``: which schemas requests may name."""
+    deny_schemas: tuple[str, ...]
+    allow_schemas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ActionsSection:
+    """``[actions]``: custom action handlers by ``(view, action name)``."""
+    handlers: Mapping[tuple[str, str], str]
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[metrics]``: the Prometheus page and health check."""
+    listen: str
+
+
+#: the typed class of each section; its fields are exactly the section's OPTIONS
+SECTION_TYPES: dict[str, type] = {
+    "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
+    "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
+    "views": ViewsSection, "actions": ActionsSection, "metrics": MetricsSection,
+}
+
+
+def _check_section_types() -> None:
+    """The table and the classes are declared apart: refuse to import if they drift."""
+    if set(SECTION_TYPES) != set(_BY_SECTION):
+        raise AssertionError(f"config sections {sorted(_BY_SECTION)} have typed classes "
+                             f"{sorted(SECTION_TYPES)}")
+    for name, cls in SECTION_TYPES.items():
+        declared = [f.name for f in fields(cls)]
+        if declared != list(_BY_SECTION[name]):
+            raise AssertionError(f"[{name}]: OPTIONS {list(_BY_SECTION[name])} "
+                                 f"but {cls.__name__} {declared}")
+
+
+_check_section_types()
 
 
 @dataclass(frozen=True)
 class Config:
     """A validated configuration. Build it with :func:`load` or :func:`from_dict`."""
 
-    sections: Mapping[str, Section]
+    server: ServerSection
+    tls: TLSSection
+    database: DatabaseSection
+    auth: AuthSection
+    channels: ChannelsSection
+    limits: LimitsSection
+    views: ViewsSection
+    actions: ActionsSection
+    metrics: MetricsSection
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
     #: the document it was built from (worker processes rebuild the config from it)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def __getattr__(self, name: str) -> Section:
-        try:
-            return self.sections[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def resolve_path(self, value: str) -> Path:
         """A path option, relative to the config file's directory."""
@@ -425,7 +544,7 @@ class Config:
 
     @property
     def embedded(self) -> bool:
-        return bool(self.sections["database"].embedded)
+        return bool(self.database.embedded)
 
 
 def _check_table_of_lists(source: str, where: str, value: Any, item: Checker,
@@ -469,7 +588,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
             raise ConfigError(f"{source}: [{name}]: unknown section (known: {known})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: [{name}]: expected a table")
-    sections: dict[str, Section] = {}
+    sections: dict[str, Any] = {}
     for name, options in _BY_SECTION.items():
         raw = data.get(name, {})
         for key in raw:
@@ -494,8 +613,9 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
                     values[key] = opt.check(value)
                 except ValueError as exc:
                     raise ConfigError(f"{source}: {where}: {exc}") from None
-        sections[name] = Section(values)
-    config = Config(sections, source, base_dir or Path.cwd(), copy.deepcopy(dict(data)))
+        sections[name] = SECTION_TYPES[name](**values)
+    config = Config(**sections, source=source, base_dir=base_dir or Path.cwd(),
+                    raw=copy.deepcopy(dict(data)))
     _check_consistency(config)
     return config
 
