@@ -143,7 +143,7 @@ class KeyChangesTests(SynchronousTestCase):
     """What a login in flight learns of the key changes announced meanwhile."""
 
     def test_a_change_after_the_login_began(self) -> None:
-        from wyseman.gateway.hub import KeyChanges
+        from wyseman.auth.keychanges import KeyChanges
         changes = KeyChanges(kept=3)
         changes.record("ann", frozenset({"k1"}))
         seen = changes.count                                  # a login begins
@@ -156,7 +156,7 @@ class KeyChangesTests(SynchronousTestCase):
         self.assertFalse(changes.gone_since("ann", "k2", changes.count))
 
     def test_forgotten_changes_refuse_to_be_safe(self) -> None:
-        from wyseman.gateway.hub import KeyChanges
+        from wyseman.auth.keychanges import KeyChanges
         changes = KeyChanges(kept=3)
         seen = changes.count
         for user in ("ann", "bob", "cid"):
@@ -167,7 +167,7 @@ class KeyChangesTests(SynchronousTestCase):
         self.assertTrue(changes.gone_since("ann", "k", seen))
 
     def test_missed_changes_refuse_the_logins_begun_before(self) -> None:
-        from wyseman.gateway.hub import KeyChanges
+        from wyseman.auth.keychanges import KeyChanges
         changes = KeyChanges()
         changes.record("ann", frozenset({"k1"}))
         seen = changes.count

@@ -25,3 +25,18 @@ class SignatureVerifier(Protocol):
         """Deferred of the stored key that verifies ``sign`` over ``message``, or of
         None."""
         ...
+
+
+class UserSlots(Protocol):
+    """Each user's open connections, counted from an accepted login to its close: this
+    process's (``LocalSlots``) or, with workers, the supervisor's for all of them."""
+
+    def reserve(self, user: str) -> Any:
+        """Deferred of whether ``user`` may have one more connection (counted if so)."""
+        ...
+
+    def release(self, user: str) -> None:
+        ...
+
+    def count(self, user: str) -> Any:
+        ...

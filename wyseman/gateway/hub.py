@@ -9,17 +9,18 @@ each frame encoded once and sent to every subscribed socket).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from wyseman.auth.admission import Admission
 from wyseman.auth.credentials import candidate_keys
-from wyseman.auth.login import AUTH_CHANNEL, Authenticator, ChannelPolicy
+from wyseman.auth.keychanges import KeyChanges
+from wyseman.auth.login import AUTH_CHANNEL, Authenticator, ChannelPolicy, Login
+from wyseman.auth.origins import OriginPolicy
 from wyseman.auth.seams import ReplayGuard
 from wyseman.auth.signatures import SignatureChecker
 from wyseman.config import Config
@@ -37,9 +38,6 @@ from wyseman.tuning.gcpause import PauseObserver
 
 log = Logger(namespace="wyseman.gateway")
 
-#: key changes remembered for logins being checked (a login takes milliseconds: more
-#: changes than this during one make it refused, to be safe)
-AUTH_CHANGES_KEPT = 4096
 CLOSE_CREDENTIALS_CHANGED = 4001
 #: users whose keys are re-read at once after ``wyseman_auth`` hints (beyond: a flood)
 AUTH_RECHECKS_MAX = 1024
@@ -69,57 +67,6 @@ def notification_frame(notification: Notification) -> bytes:
         except (orjson.JSONDecodeError, orjson.JSONEncodeError):
             frame["data"] = notification.payload
     return dumps(frame)
-
-
-class KeyChanges:
-    """The ``wyseman_auth`` notifications seen (:attr:`count`), and the latest one of each
-    of the ``kept`` users changed last.
-
-    A login reads the user's stored keys, checks the signature on a helper thread, then
-    opens; a key removed in between is announced by a notification that closes the user's
-    open sockets only. So a login notes :attr:`count` before it reads the keys and asks
-    :meth:`gone_since` before it opens."""
-
-    def __init__(self, kept: int = AUTH_CHANGES_KEPT) -> None:
-        self.kept = kept
-        self.count = 0
-        self._gap_ended_at = 0     # count when changes were last missed (see missed)
-        self._latest: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
-
-    def announce(self) -> int:
-        """A change was announced (its keys not read yet): → its number, for
-        :meth:`record`."""
-        self.count += 1
-        return self.count
-
-    def record(self, user: str, remaining: frozenset[str], at: int | None = None) -> None:
-        """``user``'s keys are ``remaining`` (their x values) as read after the change
-        announced as number ``at`` (:meth:`announce`; None: a change announced now)."""
-        if at is None:
-            at = self.announce()
-        self._latest[user] = (at, remaining)
-        self._latest.move_to_end(user)
-        if len(self._latest) > self.kept:
-            self._latest.popitem(last=False)
-
-    def missed(self) -> None:
-        """Changes may have been announced while nobody listened (the LISTEN connection
-        was down): every login that began before now is refused (:meth:`gone_since`)."""
-        self.count += 1
-        self._gap_ended_at = self.count
-
-    def gone_since(self, user: str, key_x: str | None, seen: int) -> bool:
-        """Whether a change after the first ``seen`` took the key ``key_x`` (None: a login
-        without a key, which any change of the user's keys ends, as for open sockets)."""
-        if self.count == seen:
-            return False
-        if seen < self._gap_ended_at:
-            return True
-        latest = self._latest.get(user)
-        if latest is None:   # no change of this user since, unless it was forgotten
-            return self.count - seen > self.kept
-        changed_at, remaining = latest
-        return changed_at > seen and key_x not in remaining
 
 
 class Gateway:
@@ -153,7 +100,6 @@ class Gateway:
         self.trusted_proxies = config.server.trusted_proxies
         self.ip_style = config.server.ip_style
         self.log_connections = config.server.log_connections
-        self.allowed_origins: Sequence[str] = config.server.allowed_origins
         #: what ``GET /healthz`` reports
         self.health = HealthCheck(db.ping, clock)
         self.signatures = SignatureChecker(config.auth.verify_threads
@@ -180,6 +126,13 @@ class Gateway:
         self._closing: tuple[set[Any], defer.Deferred] | None = None
         self._by_channel: dict[str, set[Any]] = {}
         self.connection_count = 0
+        #: the whole login decision (wyseman.auth.admission), for every transport
+        self.admission = Admission(
+            self.authenticator, origins=OriginPolicy(config.server.allowed_origins),
+            user_slots=self.user_slots, key_changes=self.key_changes,
+            keys_settled=self.keys_settled,
+            at_capacity=lambda: self.connection_count >= self.max_connections,
+            prepare=self._prepare)
         self.admin_channel = config.channels.admin
         #: what writes a notification to its subscribers' sockets (the transport's)
         self.fanout = broadcaster
@@ -200,20 +153,10 @@ class Gateway:
         self.signatures.close()
         return self.db.stop()
 
-    # -- origin ----------------------------------------------------------------
-    def check_origin(self, origin: str | None, host: str | None) -> str | None:
-        """None if the browser origin may connect, else the reason (D3)."""
-        if not origin or "*" in self.allowed_origins:
-            return None
-        if self.allowed_origins:
-            return None if origin in self.allowed_origins else f"origin {origin!r} not allowed"
-        origin_host = urlsplit(origin).hostname
-        request_host = urlsplit("//" + (host or "")).hostname
-        if origin_host and request_host and origin_host == request_host:
-            return None
-        return f"origin {origin!r} does not match host {host!r}"
-
     # -- sessions ----------------------------------------------------------------
+    def _prepare(self, login: Login) -> defer.Deferred:
+        return self.ensure_listening(login.listen)
+
     def ensure_listening(self, channels: Sequence[str]) -> defer.Deferred:
         """LISTEN to ``channels`` now, so that a socket is subscribed the moment it opens
         (the upgrade completes after this fires)."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+#: (the login decision reserves the slots: its seam, here for the gateway's callers)
+from wyseman.auth.seams import UserSlots as UserSlots
+
 
 class Broadcaster(Protocol):
     """Delivers one encoded message to many subscribers of a channel."""
@@ -20,19 +23,4 @@ class Broadcaster(Protocol):
 
     def close(self) -> None:
         """No more broadcasts after this (stop helper threads)."""
-        ...
-
-
-class UserSlots(Protocol):
-    """Each user's open connections, counted from an accepted login to its close: this
-    process's (``LocalSlots``) or, with workers, the supervisor's for all of them."""
-
-    def reserve(self, user: str) -> Any:
-        """Deferred of whether ``user`` may have one more connection (counted if so)."""
-        ...
-
-    def release(self, user: str) -> None:
-        ...
-
-    def count(self, user: str) -> Any:
         ...

@@ -19,6 +19,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from wyseman.auth import credentials as cred
+from wyseman.auth.admission import Admitted, ClientLeft, LoginRequest
 from wyseman.auth.login import Handshake, Refusal
 from wyseman.auth.peer import client_ip
 from wyseman.gateway.dispatch import Session
@@ -165,12 +166,13 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._outbound_bytes = 0
         self._counted = False
         self._socket_send: Any = None
-        self._slot: str | None = None    # the user whose connection count holds this one
-        self._auth_seen = 0              # key changes seen when the login began
+        self._admission: Admitted | None = None   # the login and the place it holds
         self._refusal_logged = False     # (see failHandshake)
 
     # -- opening handshake -------------------------------------------------
     def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
+        """The login, decided by the gateway's :class:`~wyseman.auth.admission.Admission`;
+        here only what the HTTP request says is read, and the outcome put in HTTP terms."""
         gateway = self.factory.gateway
         peer = self.transport.getPeer()
         headers = request.headers
@@ -178,91 +180,44 @@ class GatewayProtocol(WebSocketServerProtocol):
         ip = client_ip(peer, headers.get("x-forwarded-for"), gateway.trusted_proxies,
                        gateway.ip_style)
         self.client_address = ip
-        if counts.get("cookie", 0) > 1 or counts.get("user-agent", 0) > 1:
-            return self._deny(Refusal(400, "Bad Request", "repeated Cookie/User-Agent header",
-                                      "bad_headers"))
-        origin_problem = gateway.check_origin(headers.get("origin"), headers.get("host"))
-        if origin_problem:
-            return self._deny(Refusal(403, "Forbidden", origin_problem, "origin"))
-        if gateway.connection_count >= gateway.max_connections:
-            return self._deny(Refusal(503, "Too many connections (max_connections)",
-                                      "max_connections reached", "capacity"))
-        handshake = Handshake(
-            query=urlsplit(self.http_request_uri).query,
-            ip=ip,
-            cookie=headers.get("cookie"),
-            user_agent=headers.get("user-agent"),
-            secure=self.factory.isSecure,
-            insecure_allowed=self.factory.insecure_allowed,
-        )
-        self._auth_seen = gateway.key_changes.count     # (see _still_there)
-        d = gateway.authenticator.authenticate(handshake)
-        d.addCallback(self._accepted)
-        d.addCallback(self._still_there)
-        d.addErrback(lambda f: self._deny(f.value) if f.check(Refusal) else f)
+        login_request = LoginRequest(
+            Handshake(query=urlsplit(self.http_request_uri).query, ip=ip,
+                      cookie=headers.get("cookie"), user_agent=headers.get("user-agent"),
+                      secure=self.factory.isSecure,
+                      insecure_allowed=self.factory.insecure_allowed),
+            origin=headers.get("origin"), host=headers.get("host"),
+            repeated_headers=tuple(name for name in ("Cookie", "User-Agent")
+                                   if counts.get(name.lower(), 0) > 1))
+        d = gateway.admission.admit(login_request,
+                                    gone=lambda: self.state == self.STATE_CLOSED)
+        d.addCallbacks(self._admitted, self._refused)
         return d
 
-    def _still_there(self, result: Any) -> Any:
-        """A client may leave while its login is checked (a signature on a helper thread, a
-        database lookup). Autobahn would still open the connection when the check ends: a
-        101 answer to nobody, a heartbeat timer that keeps the dead connection for its
-        interval, onOpen after onClose. Refused instead (nobody reads the answer)."""
-        if self.state == self.STATE_CLOSED:
-            from autobahn.websocket.types import ConnectionDeny
-            log.info("{ip} left while its login was checked", ip=self.client_address)
-            self._release_slot()        # (its onClose came before the count)
-            raise ConnectionDeny(400, "Bad Request")
-        session = self.session
-        if session is None:
-            return result
-        # a key change announced for this user is being read: its outcome decides
-        d = self.factory.gateway.keys_settled(session.user)
-        return d.addCallback(lambda _: self._key_still_there(result))
-
-    def _key_still_there(self, result: Any) -> Any:
-        session = self.session
-        if self.state == self.STATE_CLOSED:
-            return self._still_there(result)
-        if session is not None and self.factory.gateway.key_changes.gone_since(
-                session.user, session.key_x, self._auth_seen):
-            # the key was removed while the login was checked (the removal closed the
-            # user's open sockets, not this one): as if it had been gone before
-            self._release_slot()
-            raise self._refusal_exception(Refusal(
-                403, "Invalid Login", f"the key of {session.user!r} was removed while its "
-                "login was checked", "key_removed"))
-        return result
-
-    def _release_slot(self) -> None:
-        user, self._slot = self._slot, None
-        if user is not None:
-            self.factory.gateway.user_slots.release(user)
-
-    def _accepted(self, login: Any) -> defer.Deferred:
-        """The login checked out: count it against the user's bound (this process's, or
-        with workers the supervisor's), then open."""
-        d = self.factory.gateway.user_slots.reserve(login.user)
-        d.addCallback(self._reserved, login)
-        return d
-
-    def _reserved(self, granted: bool, login: Any) -> defer.Deferred:
-        gateway = self.factory.gateway
-        if not granted:
-            raise self._refusal_exception(Refusal(503, "Too many connections of this user "
-                                                  "(max_connections_per_user)",
-                                                  f"max_connections_per_user for {login.user!r}",
-                                                  "user_capacity"))
-        self._slot = login.user      # released in onClose (or by _still_there)
+    def _admitted(self, admitted: Admitted) -> None:
+        self._admission = admitted       # its place is released in onClose
+        login = admitted.login
         self.session = Session(login.user, login.listen, self.send_frame, self.client_address,
                                login.key_x)
+        gateway = self.factory.gateway
         gateway.metrics.handshake("accepted", login.method)
         if gateway.log_connections:
             log.info("login {user} ({method}) from {ip}", user=login.user,
                      method=login.method, ip=self.client_address)
-        return gateway.ensure_listening(login.listen).addCallback(lambda _: None)
 
-    def _deny(self, refusal: Refusal) -> defer.Deferred:
-        return defer.fail(self._refusal_exception(refusal))
+    def _refused(self, failure: Failure) -> Any:
+        if failure.check(ClientLeft):
+            # nobody reads the answer: Autobahn must not open the connection
+            from autobahn.websocket.types import ConnectionDeny
+            log.info("{ip} left while its login was checked", ip=self.client_address)
+            raise ConnectionDeny(400, "Bad Request")
+        if failure.check(Refusal):
+            raise self._refusal_exception(failure.value)
+        return failure
+
+    def _release_slot(self) -> None:
+        admitted, self._admission = self._admission, None
+        if admitted is not None:
+            admitted.release()
 
     def _refusal_exception(self, refusal: Refusal) -> Exception:
         from autobahn.websocket.types import ConnectionDeny
