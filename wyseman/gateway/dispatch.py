@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wyseman import errors
 from wyseman.db import pg
+from wyseman.db.errors import ServerError, server_error
 from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
 from wyseman.db.types import RawJSON, dumps
 from wyseman.errors import ProtocolError
@@ -175,8 +175,9 @@ class Dispatcher:
         if pg.is_connection_error(failure):     # (before other psycopg2 errors)
             return _protocol_error(request, errors.no_database(
                 "connection lost during the request"))
-        if failure.check(psycopg2.Error):
-            return _database_error(request, failure.value)
+        said = server_error(failure)
+        if said is not None:
+            return _database_error(request, said)
         if failure.check(DatabaseUnavailable, PoolClosed):
             return _protocol_error(request, errors.no_database(failure.getErrorMessage()))
         if failure.check(PoolBusy):
@@ -376,21 +377,18 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
             f"(the reply was: {error.message})").as_reply()})
 
 
-def _database_error(request: dict, exc: psycopg2.Error) -> bytes:
-    diag = exc.diag
-    message = diag.message_primary or str(exc).strip().splitlines()[0] if str(exc) else ""
-    error: dict[str, Any] = {"message": f"from database; {message}"}
-    if diag.message_detail:
-        error["detail"] = diag.message_detail
-    constraint = diag.constraint_name
-    if constraint and _TRANSLATABLE.match(constraint):
-        error["code"] = constraint
-    elif exc.pgcode:
-        error["code"] = exc.pgcode
+def _database_error(request: dict, said: ServerError) -> bytes:
+    error: dict[str, Any] = {"message": f"from database; {said.message}"}
+    if said.detail:
+        error["detail"] = said.detail
+    if said.constraint and _TRANSLATABLE.match(said.constraint):
+        error["code"] = said.constraint
+    elif said.sqlstate:
+        error["code"] = said.sqlstate
     else:
         error["code"] = errors.LANG_PREFIX + "undefined"
-    if exc.pgcode:
-        error["pgCode"] = exc.pgcode
+    if said.sqlstate:
+        error["pgCode"] = said.sqlstate
     return _error_reply(request, error)
 
 
