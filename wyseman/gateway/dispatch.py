@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from twisted.internet import defer
@@ -27,6 +27,9 @@ from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
 from wyseman.db.types import RawJSON, dumps
 from wyseman.errors import ProtocolError
 from wyseman.sql import compiler
+
+if TYPE_CHECKING:
+    from wyseman.gateway.seams import StatementRunner
 
 log = Logger(namespace="wyseman.dispatch")
 
@@ -70,7 +73,7 @@ class _BadTuples(Exception):
 
 
 class Dispatcher:
-    def __init__(self, db: Any, policy: compiler.Policy, actions: Any = None, *,
+    def __init__(self, db: StatementRunner, policy: compiler.Policy, actions: Any = None, *,
                  clock: Any = None,
                  observe: Callable[[str, str, float], None] | None = None) -> None:
         self.db = db
@@ -118,6 +121,7 @@ class Dispatcher:
                     if not answered:
                         answered = True
                         reply(self._read_reply(outcome, statement, request, started))
+                assert statement.json_sql is not None     # (batchable)
                 try:
                     self.db.read_as_then(session.user, statement.json_sql, statement.params,
                                          statement.pyformat(True), read_done)
@@ -236,6 +240,7 @@ class Dispatcher:
              request: dict) -> defer.Deferred:
         writes = statement.rows == "one" and request.get("action") in _WRITES
         if statement.batchable and self.db.read_batch > 1:
+            assert statement.json_sql is not None
             d = self.db.read_as(session.user, statement.json_sql, statement.params,
                                 statement.pyformat(True))
             d.addCallback(_read_rows, statement)

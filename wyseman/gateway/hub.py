@@ -30,7 +30,7 @@ from wyseman.db.types import dumps
 from wyseman.gateway.dispatch import Dispatcher
 from wyseman.gateway.health import HealthCheck
 from wyseman.gateway.metrics import Metrics
-from wyseman.gateway.seams import Broadcaster, UserSlots
+from wyseman.gateway.seams import Broadcaster, Connection, UserSlots
 from wyseman.gateway.userslots import LocalSlots
 from wyseman.sql import compiler
 from wyseman.tuning.affinity import auto_threads
@@ -115,7 +115,7 @@ class Gateway:
                                  max_bytes=limits.max_reply_bytes)
         self.dispatcher = Dispatcher(db, policy, actions, clock=clock,
                                      observe=self.metrics.request)
-        self._by_user: dict[str, set[Any]] = {}
+        self._by_user: dict[str, set[Connection]] = {}
         #: ``wyseman_auth`` notifications, for the logins being checked meanwhile
         self.key_changes = KeyChanges()
         self._rechecks: dict[str, _Recheck] = {}
@@ -123,8 +123,8 @@ class Gateway:
         self._flood_missed = False
         self._idle_waiters: list[defer.Deferred] = []
         #: while :meth:`close_all` runs: the sockets not yet gone, and its Deferred
-        self._closing: tuple[set[Any], defer.Deferred] | None = None
-        self._by_channel: dict[str, set[Any]] = {}
+        self._closing: tuple[set[Connection], defer.Deferred] | None = None
+        self._by_channel: dict[str, set[Connection]] = {}
         self.connection_count = 0
         #: the whole login decision (wyseman.auth.admission), for every transport
         self.admission = Admission(
@@ -163,7 +163,7 @@ class Gateway:
         return defer.gatherResults(
             [self.db.listener.subscribe(channel, self._on_notify) for channel in channels])
 
-    def register(self, protocol: Any) -> defer.Deferred:
+    def register(self, protocol: Connection) -> defer.Deferred:
         """Track an opened connection; fires once its channels are LISTENed."""
         session = protocol.session
         self.connection_count += 1
@@ -176,7 +176,7 @@ class Gateway:
             members.add(protocol)
         return defer.gatherResults(listening)
 
-    def unregister(self, protocol: Any) -> None:
+    def unregister(self, protocol: Connection) -> None:
         if self._closing is not None:
             closing, done = self._closing
             closing.discard(protocol)
@@ -213,7 +213,7 @@ class Gateway:
 
         def drop_the_rest() -> None:
             for protocol in list(open_now):
-                protocol.dropConnection(abort=True)
+                protocol.abort()
         late = self.clock.callLater(timeout, drop_the_rest)
 
         def finished(result: Any) -> Any:
@@ -223,10 +223,10 @@ class Gateway:
             return result
         return done.addBoth(finished)
 
-    def connections_of(self, user: str) -> frozenset[Any]:
+    def connections_of(self, user: str) -> frozenset[Connection]:
         return frozenset(self._by_user.get(user, ()))
 
-    def all_connections(self) -> list[Any]:
+    def all_connections(self) -> list[Connection]:
         return [p for protocols in self._by_user.values() for p in protocols]
 
     # -- notifications --------------------------------------------------------------
@@ -379,7 +379,7 @@ class Gateway:
             key_x = protocol.session.key_x
             if key_x not in remaining and (keyless or key_x is not None):
                 log.info("closing a connection of {user}: credentials changed", user=user)
-                protocol.sendClose(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
+                protocol.end_session(CLOSE_CREDENTIALS_CHANGED, "credentials changed")
 
     def _on_admin(self, notification: Notification) -> None:
         log.info("schema change signalled on {channel}: metadata caches dropped",

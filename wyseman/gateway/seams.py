@@ -1,16 +1,40 @@
-"""What the gateway needs from the layers around it, as typed seams: a transport
-provides them, the application wires them in.
+"""What the gateway needs from the layers around it, and what it offers a transport, as
+typed seams: a transport provides connections, the db layer runs statements, the
+application wires them in.
 
 The gateway keeps who is subscribed to what; how a message reaches many sockets at
 once (framing once, writing from several threads) is the transport's business."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import defer
 
 #: (the login decision reserves the slots: its seam, here for the gateway's callers)
 from wyseman.auth.seams import UserSlots as UserSlots
+
+if TYPE_CHECKING:
+    from wyseman.auth.admission import Admission
+    from wyseman.config import Config
+    from wyseman.gateway.dispatch import Dispatcher, Session
+    from wyseman.gateway.metrics import Metrics
+
+
+class Connection(Protocol):
+    """One client connection of a transport, as the gateway sees it once it is open."""
+
+    session: Session
+
+    def end_session(self, code: int, reason: str) -> None:
+        """Close politely with a close ``code`` (4001: credentials changed, 1001: going
+        away) and ``reason``."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the connection at once (it did not answer a close in time)."""
+        ...
 
 
 class Broadcaster(Protocol):
@@ -23,4 +47,58 @@ class Broadcaster(Protocol):
 
     def close(self) -> None:
         """No more broadcasts after this (stop helper threads)."""
+        ...
+
+
+class StatementRunner(Protocol):
+    """What requests need from the database: reads and transactions as a user's role,
+    and the process-wide metadata caches (the db layer's ``Database``)."""
+
+    read_batch: int
+    prepared_statements: bool
+    #: changes whenever the metadata caches are dropped (compiled statements with them)
+    generation: int
+
+    def read_as(self, role: str, sql: str, values: tuple[Any, ...],
+                plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+        ...
+
+    def read_as_then(self, role: str, sql: str, values: tuple[Any, ...],
+                     plain: tuple[str, dict[str, Any]], then: Callable[[Any], None]) -> None:
+        ...
+
+    def run_as(self, role: str, work: Callable[[Any], defer.Deferred]) -> defer.Deferred:
+        ...
+
+    def column_types(self, relation: str) -> defer.Deferred:
+        ...
+
+    def meta(self, view: str) -> defer.Deferred:
+        ...
+
+    def lang(self, view: str, language: str) -> defer.Deferred:
+        ...
+
+
+class TransportHub(Protocol):
+    """What a transport needs from the gateway of its process (``Gateway``): the login
+    decision, the dispatcher, the registry of open connections, the limits and the
+    metrics. A transport sees nothing else of it."""
+
+    config: Config
+    clock: Any
+    admission: Admission
+    dispatcher: Dispatcher
+    metrics: Metrics
+    trusted_proxies: Sequence[Any]
+    ip_style: str
+    log_connections: bool
+    max_in_flight: int
+    max_outbound_bytes: int
+
+    def register(self, connection: Connection) -> defer.Deferred:
+        """An opened connection, its channels subscribed."""
+        ...
+
+    def unregister(self, connection: Connection) -> None:
         ...

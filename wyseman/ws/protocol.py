@@ -27,7 +27,7 @@ from wyseman.timers import ClockTimer, cancel_close_timer
 from wyseman.ws.httpbounds import GatewaySite, Upgrade
 
 if TYPE_CHECKING:
-    from wyseman.gateway.hub import Gateway
+    from wyseman.gateway.seams import TransportHub
 
 log = Logger(namespace="wyseman.ws")
 
@@ -549,6 +549,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         else:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
+    def abort(self) -> None:
+        """Cut the TCP connection without a closing handshake."""
+        self.dropConnection(abort=True)
+
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
         cancel_close_timer(self)
         self._release_slot()
@@ -566,7 +570,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
-    def __init__(self, gateway: Gateway, *, url: str = "ws://127.0.0.1/",
+    def __init__(self, gateway: TransportHub, *, url: str = "ws://127.0.0.1/",
                  secure: bool = False, insecure_allowed: bool = False,
                  clock: Any = None) -> None:
         super().__init__(url)
@@ -599,7 +603,7 @@ class ClientInfo(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: TransportHub) -> None:
         super().__init__()
         self.gateway = gateway
 
@@ -640,7 +644,7 @@ def _header(request: server.Request, name: bytes) -> str | None:
 class _Root(resource.Resource):
     """``/clientinfo`` and, on every other path, the WebSocket (as the Node server)."""
 
-    def __init__(self, gateway: Gateway, websocket: resource.Resource | None) -> None:
+    def __init__(self, gateway: TransportHub, websocket: resource.Resource | None) -> None:
         super().__init__()
         self.clientinfo = ClientInfo(gateway)
         self.websocket = websocket
@@ -660,7 +664,7 @@ class _Root(resource.Resource):
         return self.websocket.render(request)
 
 
-def build_site(gateway: Gateway, *, secure: bool, insecure_allowed: bool,
+def build_site(gateway: TransportHub, *, secure: bool, insecure_allowed: bool,
                clientinfo_only: bool = False) -> server.Site:
     """The twisted.web site of one endpoint."""
     websocket = factory = None
