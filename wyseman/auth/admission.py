@@ -73,7 +73,7 @@ class Admission:
 
     def __init__(self, authenticator: Authenticator, *, origins: OriginPolicy,
                  user_slots: UserSlots, key_changes: KeyChanges,
-                 keys_settled: Callable[[str], defer.Deferred],
+                 keys_settled: Callable[[str], defer.Deferred[Any]],
                  at_capacity: Callable[[], bool],
                  prepare: Callable[[Login], Any] | None = None) -> None:
         """``keys_settled(user)``: fires once no re-read of the user's announced key
@@ -89,7 +89,8 @@ class Admission:
         self.at_capacity = at_capacity
         self.prepare = prepare
 
-    def admit(self, request: LoginRequest, gone: Callable[[], bool]) -> defer.Deferred:
+    def admit(self, request: LoginRequest,
+              gone: Callable[[], bool]) -> defer.Deferred[Admitted]:
         """Deferred of :class:`Admitted`, or failing with :class:`Refusal` (a
         :class:`ClientLeft` if ``gone()`` became true meanwhile)."""
         if request.repeated_headers:

@@ -149,7 +149,7 @@ class Authenticator:
         self.replay = replay if replay is not None else cred.ReplayCache.for_window(date_window)
         self.signatures = signatures if signatures is not None else SignatureChecker(1, None)
 
-    def authenticate(self, handshake: Handshake) -> defer.Deferred:
+    def authenticate(self, handshake: Handshake) -> defer.Deferred[Login]:
         now = self.clock.seconds()
         if self.limiter.blocked(handshake.ip, now):
             return defer.fail(Refusal(429, "Too Many Requests",

@@ -21,7 +21,7 @@ class ReplayGuard(Protocol):
 class SignatureVerifier(Protocol):
     """Checks a key login's signature, maybe on helper threads."""
 
-    def verifying_key(self, conn_pub: object, message: bytes, sign: str) -> defer.Deferred:
+    def verifying_key(self, conn_pub: object, message: bytes, sign: str) -> defer.Deferred[Any]:
         """Deferred of the stored key that verifies ``sign`` over ``message``, or of
         None."""
         ...

@@ -51,14 +51,14 @@ class SignatureChecker:
         self.threaded = self.threads > 1 and IReactorFromThreads.providedBy(reactor)
 
     def verifying_key(self, conn_pub: object, message: bytes,
-                      sign: str) -> defer.Deferred:
+                      sign: str) -> defer.Deferred[Any]:
         """Deferred of the first key of ``conn_pub`` that verifies ``sign`` over
         ``message``, or of None."""
         if not self.threaded or self._closed:
             return defer.maybeDeferred(cred.verifying_key, conn_pub, message, sign)
         if not self._workers:
             self._start()
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self._queue.put((d, conn_pub, message, sign))
         return d
 

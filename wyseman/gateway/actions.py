@@ -17,11 +17,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
 
 from wyseman.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from wyseman.gateway.dispatch import Session
+    from wyseman.gateway.seams import StatementRunner
 
 Handler = Callable[["ActionContext"], Any]
 
@@ -30,15 +34,15 @@ Handler = Callable[["ActionContext"], Any]
 class ActionContext:
     """What a handler gets: who asks, what they asked, and SQL as that user."""
 
-    session: Any            # .user, .listen, .peer
+    session: Session        # .user, .listen, .peer
     request: Mapping[str, Any]
-    db: Any
+    db: StatementRunner
 
     @property
     def user(self) -> str:
         return self.session.user
 
-    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> defer.Deferred:
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> defer.Deferred[Any]:
         """Run one statement (psycopg2 ``%(name)s`` placeholders) as the user
         → Deferred of ``wyseman.db.pg.Result``."""
         return self.db.run_as(self.session.user, lambda conn: conn.execute(sql, params))
@@ -60,7 +64,7 @@ class ActionRegistry:
         if handler is None:
             return None
 
-        def call(session: Any, request: Mapping[str, Any], db: Any) -> defer.Deferred:
+        def call(session: Any, request: Mapping[str, Any], db: Any) -> defer.Deferred[Any]:
             return defer.maybeDeferred(handler, ActionContext(session, request, db))
         return call
 
@@ -84,4 +88,4 @@ def load_handler(target: str, source: str = "<config>") -> Handler:
             from None
     if not callable(handler):
         raise ConfigError(f"{source}: [actions] handlers: {target!r} is not callable")
-    return handler
+    return cast(Handler, handler)

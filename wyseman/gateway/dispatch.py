@@ -31,6 +31,9 @@ from wyseman.sql import compiler
 if TYPE_CHECKING:
     from wyseman.gateway.seams import StatementRunner
 
+#: a decoded request: the JSON object a client sent
+Request = dict[str, Any]
+
 log = Logger(namespace="wyseman.dispatch")
 
 BUILTIN_ACTIONS = frozenset({"tuple", "select", "insert", "update", "delete", "meta", "lang"})
@@ -85,9 +88,9 @@ class Dispatcher:
         self._statements: dict[bytes, compiler.Statement] = {}
 
     # -- entry point -------------------------------------------------------
-    def handle(self, session: Session, payload: bytes | str) -> defer.Deferred:
+    def handle(self, session: Session, payload: bytes | str) -> defer.Deferred[Any]:
         """Deferred firing with the encoded reply (never fails)."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self.handle_then(session, payload, d.callback)
         return d
 
@@ -140,7 +143,7 @@ class Dispatcher:
         log.failure("making a reply failed", failure)
         reply(dumps({"error": ProtocolError("internal", "internal server error").as_reply()}))
 
-    def _read_reply(self, outcome: Any, statement: compiler.Statement, request: dict,
+    def _read_reply(self, outcome: Any, statement: compiler.Statement, request: Request,
                     started: float) -> bytes:
         """The reply frame of a batched read (what :meth:`_run`'s callbacks make)."""
         if isinstance(outcome, Failure):
@@ -153,10 +156,10 @@ class Dispatcher:
             return self._failed(Failure(), request, started)
         return self._observed(frame, request, started, "ok")
 
-    def _failed(self, failure: Any, request: dict, started: float) -> bytes:
+    def _failed(self, failure: Any, request: Request, started: float) -> bytes:
         return self._observed(self._unexpected(failure, request), request, started, "error")
 
-    def _observed(self, reply: bytes, request: dict, started: float, outcome: str) -> bytes:
+    def _observed(self, reply: bytes, request: Request, started: float, outcome: str) -> bytes:
         if self.observe is not None and self.clock is not None:
             action = request.get("action")
             label = action if isinstance(action, str) and action in BUILTIN_ACTIONS \
@@ -164,13 +167,13 @@ class Dispatcher:
             self.observe(label, outcome, self.clock.seconds() - started)
         return reply
 
-    def _unexpected(self, failure: Any, request: dict) -> bytes:
-        if failure.check(_ErrorReply):
+    def _unexpected(self, failure: Failure, request: Request) -> bytes:
+        if isinstance(failure.value, _ErrorReply):
             return failure.value.frame
         if failure.check(orjson.JSONEncodeError):   # the echo nested too deeply, say
             return _protocol_error(request, errors.bad_message(
                 f"the reply cannot be encoded: {failure.getErrorMessage()}"))
-        if failure.check(ProtocolError):
+        if isinstance(failure.value, ProtocolError):
             return _protocol_error(request, failure.value)
         if failure.check(pg.CommitUnknown):
             log.warn("a change's commit outcome is unknown (connection lost after COMMIT "
@@ -195,7 +198,7 @@ class Dispatcher:
         log.failure("request failed", failure)
         return _protocol_error(request, ProtocolError("internal", "internal server error"))
 
-    def _handle(self, session: Session, request: dict, key: Any = _NO_KEY) -> Any:
+    def _handle(self, session: Session, request: Request, key: Any = _NO_KEY) -> Any:
         """The reply frame, or a Deferred of it (plain callbacks: this runs per request).
         ``key``: the request's statement key when the caller has made it already."""
         action = request.get("action")
@@ -228,7 +231,7 @@ class Dispatcher:
         return d.addCallback(self._compiled, name, key, session, request)
 
     def _compiled(self, columns: Any, name: compiler.ViewName, key: bytes | None,
-                  session: Session, request: dict) -> defer.Deferred:
+                  session: Session, request: Request) -> defer.Deferred[Any]:
         statement = compiler.compile_request(request, columns, self.policy, name)
         if key is not None:
             if len(self._statements) >= STATEMENT_CACHE_SIZE:
@@ -237,7 +240,7 @@ class Dispatcher:
         return self._run(statement, session, request)
 
     def _run(self, statement: compiler.Statement, session: Session,
-             request: dict) -> defer.Deferred:
+             request: Request) -> defer.Deferred[Any]:
         writes = statement.rows == "one" and request.get("action") in _WRITES
         if statement.batchable and self.db.read_batch > 1:
             assert statement.json_sql is not None
@@ -253,7 +256,7 @@ class Dispatcher:
                               errbackArgs=(request,))
 
 
-def _bad_tuples(failure: Any, request: dict) -> Any:
+def _bad_tuples(failure: Any, request: Request) -> Any:
     """Row count ≠ 1 → the request echoed with the first row and the error."""
     bad = failure.check(_BadTuples) and failure.value
     if not bad:
@@ -261,7 +264,7 @@ def _bad_tuples(failure: Any, request: dict) -> Any:
     raise _ErrorReply(_bad_tuples_frame(bad, request))
 
 
-def _bad_tuples_frame(bad: _BadTuples, request: dict) -> bytes:
+def _bad_tuples_frame(bad: _BadTuples, request: Request) -> bytes:
     reply = dict(request)
     if bad.first is not None:
         reply["data"] = bad.first
@@ -273,7 +276,7 @@ STATEMENT_CACHE_SIZE = 4096
 _NOT_COMPILED = frozenset({"id"})
 
 
-def _statement_key(request: dict, generation: int) -> bytes | None:
+def _statement_key(request: Request, generation: int) -> bytes | None:
     """Everything the compiler reads, as bytes (and the metadata generation: a schema
     change must not reuse statements compiled against the old columns); None when the
     request cannot be a key (nested deeper than orjson writes: the compiler refuses it)."""
@@ -285,7 +288,7 @@ def _statement_key(request: dict, generation: int) -> bytes | None:
 
 
 def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
-             prepare: bool = False) -> defer.Deferred:
+             prepare: bool = False) -> defer.Deferred[Any]:
     as_json = statement.json_sql is not None and not writes
     sql, params = statement.pyformat(as_json)
 
@@ -312,13 +315,13 @@ def _execute(conn: pg.Connection, statement: compiler.Statement, writes: bool,
     return result.addCallback(single)
 
 
-def _within_row_cap(rows: list, statement: compiler.Statement) -> list:
+def _within_row_cap(rows: list[Any], statement: compiler.Statement) -> list[Any]:
     if statement.row_cap and len(rows) > statement.row_cap:
         raise errors.too_many_rows(statement.row_cap)
     return rows
 
 
-def _bounded_reply(data: Any, request: dict, statement: compiler.Statement) -> bytes:
+def _bounded_reply(data: Any, request: Request, statement: compiler.Statement) -> bytes:
     """The reply frame of rows the Python side rendered; over ``byte_cap`` refused (rows
     rendered by PostgreSQL are counted before any reply is built: :func:`_read_rows`)."""
     frame = _reply(request, data)
@@ -342,13 +345,13 @@ def _read_rows(rows: list[str], statement: compiler.Statement) -> Any:
     return RawJSON(rows[0])
 
 
-def _reply(request: dict, data: Any) -> bytes:
+def _reply(request: Request, data: Any) -> bytes:
     reply = dict(request)
     reply["data"] = data
     return dumps(reply)
 
 
-def _one_row_reply(request: dict, row: Any) -> bytes:
+def _one_row_reply(request: Request, row: Any) -> bytes:
     if isinstance(row, dict):
         return _reply(request, row)
     count = len(row) if isinstance(row, list) else 0
@@ -366,7 +369,7 @@ def _one_row_reply(request: dict, row: Any) -> bytes:
     raise _ErrorReply(dumps(reply))
 
 
-def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
+def _protocol_error(request: Request | None, error: ProtocolError) -> bytes:
     """The reduced reply (docs/protocol.md, 6.3 "Replies"): error plus id, view, action
     (when known)."""
     reply: dict[str, Any] = {"error": error.as_reply()}
@@ -382,7 +385,7 @@ def _protocol_error(request: dict | None, error: ProtocolError) -> bytes:
             f"(the reply was: {error.message})").as_reply()})
 
 
-def _database_error(request: dict, said: ServerError) -> bytes:
+def _database_error(request: Request, said: ServerError) -> bytes:
     error: dict[str, Any] = {"message": f"from database; {said.message}"}
     if said.detail:
         error["detail"] = said.detail
@@ -397,7 +400,7 @@ def _database_error(request: dict, said: ServerError) -> bytes:
     return _error_reply(request, error)
 
 
-def _error_reply(request: dict, error: dict[str, Any]) -> bytes:
+def _error_reply(request: Request, error: dict[str, Any]) -> bytes:
     """The request echoed with ``error`` (database errors; docs/protocol.md, 6.3 "Replies")."""
     reply = dict(request)
     reply["error"] = error

@@ -32,22 +32,22 @@ class HealthCheck:
     """Runs ``ping`` (a Deferred that fires once the database answered) for the health
     endpoint, at most one at a time and once per ``cache_seconds``."""
 
-    def __init__(self, ping: Callable[[], defer.Deferred], clock: Any,
+    def __init__(self, ping: Callable[[], defer.Deferred[Any]], clock: Any,
                  timeout: float = TIMEOUT_SECONDS, cache_seconds: float = CACHE_SECONDS) -> None:
         self._ping = ping
         self._clock = clock
         self.timeout = timeout
         self.cache_seconds = cache_seconds
-        self._waiters: list[defer.Deferred] = []
+        self._waiters: list[defer.Deferred[Any]] = []
         self._last: tuple[float, bool] | None = None   # (when, healthy)
         self.healthy: bool | None = None               # the last outcome, for the log
 
-    def check(self) -> defer.Deferred:
+    def check(self) -> defer.Deferred[Any]:
         """Deferred of True (the database answered) or False; never fails."""
         now = self._clock.seconds()
         if self._last is not None and now - self._last[0] < self.cache_seconds:
             return defer.succeed(self._last[1])
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[Any] = defer.Deferred()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:             # nobody is checking yet
             d = defer.maybeDeferred(self._ping)
@@ -82,7 +82,7 @@ class HealthResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, health: HealthCheck) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.health = health
 
     def render_GET(self, request: server.Request) -> Any:  # noqa: N802

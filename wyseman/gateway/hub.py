@@ -53,7 +53,7 @@ class _Recheck:
     def __init__(self, at: int) -> None:
         self.again = False
         self.at = at
-        self.waiters: list[defer.Deferred] = []
+        self.waiters: list[defer.Deferred[Any]] = []
 
 
 def notification_frame(notification: Notification) -> bytes:
@@ -121,9 +121,9 @@ class Gateway:
         self._rechecks: dict[str, _Recheck] = {}
         self._flooded = False
         self._flood_missed = False
-        self._idle_waiters: list[defer.Deferred] = []
+        self._idle_waiters: list[defer.Deferred[Any]] = []
         #: while :meth:`close_all` runs: the sockets not yet gone, and its Deferred
-        self._closing: tuple[set[Connection], defer.Deferred] | None = None
+        self._closing: tuple[set[Connection], defer.Deferred[Any]] | None = None
         self._by_channel: dict[str, set[Connection]] = {}
         self.connection_count = 0
         #: the whole login decision (wyseman.auth.admission), for every transport
@@ -147,23 +147,23 @@ class Gateway:
         d.addCallback(lambda _: self.db.listener.subscribe(AUTH_CHANNEL, self._on_auth))
         return d
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[Any]:
         self._gc_pauses.stop()
         self.fanout.close()
         self.signatures.close()
         return self.db.stop()
 
     # -- sessions ----------------------------------------------------------------
-    def _prepare(self, login: Login) -> defer.Deferred:
+    def _prepare(self, login: Login) -> defer.Deferred[Any]:
         return self.ensure_listening(login.listen)
 
-    def ensure_listening(self, channels: Sequence[str]) -> defer.Deferred:
+    def ensure_listening(self, channels: Sequence[str]) -> defer.Deferred[Any]:
         """LISTEN to ``channels`` now, so that a socket is subscribed the moment it opens
         (the upgrade completes after this fires)."""
         return defer.gatherResults(
             [self.db.listener.subscribe(channel, self._on_notify) for channel in channels])
 
-    def register(self, protocol: Connection) -> defer.Deferred:
+    def register(self, protocol: Connection) -> defer.Deferred[Any]:
         """Track an opened connection; fires once its channels are LISTENed."""
         session = protocol.session
         self.connection_count += 1
@@ -199,14 +199,14 @@ class Gateway:
                 del self._by_channel[channel]
                 self.db.listener.unsubscribe(channel, self._on_notify)
 
-    def close_all(self, code: int, reason: str, timeout: float) -> defer.Deferred:
+    def close_all(self, code: int, reason: str, timeout: float) -> defer.Deferred[Any]:
         """Send every open socket a close frame (``code``, ``reason``), let clients answer
         it for up to ``timeout`` seconds, then drop those still there; fires when all are
         gone."""
         open_now = set(self.all_connections())
         if not open_now:
             return defer.succeed(None)
-        done: defer.Deferred = defer.Deferred()
+        done: defer.Deferred[Any] = defer.Deferred()
         self._closing = (open_now, done)
         for protocol in list(open_now):
             protocol.end_session(code, reason)
@@ -308,10 +308,10 @@ class Gateway:
             self._maybe_idle()
         d.addBoth(done)
 
-    def key_checks_idle(self) -> defer.Deferred:
+    def key_checks_idle(self) -> defer.Deferred[Any]:
         """Fires once no re-read of announced key changes is under way (for tests and
         orderly stops)."""
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[Any] = defer.Deferred()
         self._idle_waiters.append(waiter)
         self._maybe_idle()
         return waiter
@@ -323,24 +323,24 @@ class Gateway:
         for waiter in waiters:
             waiter.callback(None)
 
-    def keys_settled(self, user: str) -> defer.Deferred:
+    def keys_settled(self, user: str) -> defer.Deferred[Any]:
         """Fires once no re-read of ``user``'s keys is under way: a login about to open
         waits for it, so that a removal announced meanwhile refuses it."""
         pending = self._rechecks.get(user)
         if pending is None:
             return defer.succeed(None)
-        waiter: defer.Deferred = defer.Deferred()
+        waiter: defer.Deferred[Any] = defer.Deferred()
         pending.waiters.append(waiter)
         return waiter
 
-    def listener_reconnected(self) -> defer.Deferred:
+    def listener_reconnected(self) -> defer.Deferred[Any]:
         """The LISTEN connection was lost and is back: key changes announced meanwhile
         were missed. The logins being checked are refused (:meth:`KeyChanges.missed`), and
         the key sockets of each user with open sockets are checked against the keys
         stored now; those whose key is gone are closed as a notification would have."""
         return self._check_open_key_sockets("LISTEN connection back")
 
-    def _check_open_key_sockets(self, why: str) -> defer.Deferred:
+    def _check_open_key_sockets(self, why: str) -> defer.Deferred[Any]:
         self.key_changes.missed()
         users = [user for user, protocols in self._by_user.items()
                  if any(p.session.key_x is not None for p in protocols)]

@@ -60,23 +60,23 @@ class StatementRunner(Protocol):
     generation: int
 
     def read_as(self, role: str, sql: str, values: tuple[Any, ...],
-                plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+                plain: tuple[str, dict[str, Any]]) -> defer.Deferred[Any]:
         ...
 
     def read_as_then(self, role: str, sql: str, values: tuple[Any, ...],
                      plain: tuple[str, dict[str, Any]], then: Callable[[Any], None]) -> None:
         ...
 
-    def run_as(self, role: str, work: Callable[[Any], defer.Deferred]) -> defer.Deferred:
+    def run_as(self, role: str, work: Callable[[Any], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         ...
 
-    def column_types(self, relation: str) -> defer.Deferred:
+    def column_types(self, relation: str) -> defer.Deferred[Any]:
         ...
 
-    def meta(self, view: str) -> defer.Deferred:
+    def meta(self, view: str) -> defer.Deferred[Any]:
         ...
 
-    def lang(self, view: str, language: str) -> defer.Deferred:
+    def lang(self, view: str, language: str) -> defer.Deferred[Any]:
         ...
 
 
@@ -96,7 +96,7 @@ class TransportHub(Protocol):
     max_in_flight: int
     max_outbound_bytes: int
 
-    def register(self, connection: Connection) -> defer.Deferred:
+    def register(self, connection: Connection) -> defer.Deferred[Any]:
         """An opened connection, its channels subscribed."""
         ...
 

@@ -80,7 +80,7 @@ class LocalSlots:
     def __init__(self, limit: int) -> None:
         self.slots = UserSlots(limit)
 
-    def reserve(self, user: str) -> defer.Deferred:
+    def reserve(self, user: str) -> defer.Deferred[Any]:
         return defer.succeed(self.slots.reserve(user))
 
     def release(self, user: str) -> None:
