@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-#: Autobahn's WebSocketProtocol members used by wyseman.ws.protocol
+#: Autobahn's WebSocketProtocol members used by wyseman.ws.autobahn_fast and wyseman.ws.protocol
 AUTOBAHN_PROTOCOL = (
     "_connectionMade", "_dataReceived", "_cancelAutoPingTimeoutCall", "_sendAutoPing",
     "processData", "sendData", "sendFrame", "sendCloseFrame",
@@ -45,17 +45,31 @@ class LibraryInternalsTests(SynchronousTestCase):
         self.assertTrue(hasattr(txpostgres, "UnexpectedPollResult"))
 
     def test_twisted(self) -> None:
-        from twisted.internet import tcp
+        """What wyseman.ws.twisted_io reads of a TCP transport."""
+        import inspect
+
+        from twisted.internet import abstract, tcp
         self.assertTrue(hasattr(tcp.Server, "connected"))
         self.assertTrue(hasattr(tcp.Server, "disconnecting"))
         self.assertTrue(hasattr(tcp.Server, "getHandle"))
+        # instance attributes, set as a connection is made or written to
+        self.assertTrue(hasattr(abstract.FileDescriptor, "dataBuffer"))
+        self.assertIn("self._tempDataBuffer", inspect.getsource(abstract.FileDescriptor))
+        self.assertIn("self.socket", inspect.getsource(tcp.Connection.__init__))
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""
         from autobahn.websocket.protocol import WebSocketServerProtocol
 
+        from wyseman.ws.autobahn_fast import FastServerProtocol
         from wyseman.ws.protocol import GatewayProtocol
-        private = {name for name in vars(GatewayProtocol)
+        private = {name for cls in (FastServerProtocol, GatewayProtocol) for name in vars(cls)
                    if name.startswith("_") and not name.startswith("__")
                    and hasattr(WebSocketServerProtocol, name)}
         self.assertLessEqual(private, set(AUTOBAHN_PROTOCOL))
+        # the overrides of Autobahn's members for speed are all in one module
+        overridden = {name for name in vars(GatewayProtocol)
+                      if hasattr(WebSocketServerProtocol, name)}
+        self.assertLessEqual(overridden, {"onConnect", "onOpen", "onMessage", "onPing",
+                                          "onClose", "__init__", "__module__", "__doc__",
+                                          "__annotations__", "session", "factory"})

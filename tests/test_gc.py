@@ -79,7 +79,7 @@ class OpenSocketObjectsTests(TestCase):
     @defer.inlineCallbacks
     def test_handshake_lists_no_longer_walked_by_the_collector(self):
         from tests.harness import add_user, ticket_login
-        from wyseman.ws.protocol import _HANDSHAKE_LISTS
+        from wyseman.ws.autobahn_fast import _HANDSHAKE_LISTS
         db = fresh_database(self)
         user = add_user(db)
         server = yield start_gateway(self, db)

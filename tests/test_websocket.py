@@ -359,7 +359,7 @@ class DirectWriteTests(TestCase):
     def test_small_frames_leave_nothing_buffered_big_ones_arrive_whole(self):
         from twisted.internet import endpoints
 
-        from wyseman.ws.protocol import write_now
+        from wyseman.ws.twisted_io import write_now
 
         accepted: defer.Deferred = defer.Deferred()
 

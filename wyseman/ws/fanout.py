@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from wyseman.tuning.affinity import auto_threads, release_helper_thread
-from wyseman.ws.protocol import prepare_frame, send_some
+from wyseman.ws.autobahn_fast import prepare_frame
+from wyseman.ws.twisted_io import send_some
 
 #: below this many sockets a fan-out is not worth handing to threads
 MIN_PARALLEL_SOCKETS = 1024
