@@ -69,7 +69,6 @@ class LibraryInternalsTests(SynchronousTestCase):
         self.assertLessEqual(private, set(AUTOBAHN_PROTOCOL))
         # the overrides of Autobahn's members for speed are all in one module
         overridden = {name for name in vars(GatewayProtocol)
-                      if hasattr(WebSocketServerProtocol, name)}
+                      if hasattr(WebSocketServerProtocol, name) and not name.startswith("__")}
         self.assertLessEqual(overridden, {"onConnect", "onOpen", "onMessage", "onPing",
-                                          "onClose", "__init__", "__module__", "__doc__",
-                                          "__annotations__", "session", "factory"})
+                                          "onClose"})

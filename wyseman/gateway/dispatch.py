@@ -59,7 +59,7 @@ class Session:
     ``send`` takes one encoded frame. Custom actions get the session too.
     """
 
-    def __init__(self, user: str, listen: tuple[str, ...], send: Callable[[bytes], None],
+    def __init__(self, user: str, listen: tuple[str, ...], send: Callable[[bytes], object],
                  peer: str = "", key_x: str | None = None) -> None:
         self.user = user
         self.listen = listen

@@ -28,7 +28,7 @@ _REASON_PHRASES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
                    500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-def _unformatted(value: Any) -> str:
+def _unformatted(object: object, *args: Any, **kwargs: Any) -> str:  # noqa: A002
     return "(not formatted)"
 
 
@@ -85,9 +85,18 @@ class FastServerProtocol(WebSocketServerProtocol):
     transport."""
 
     _buffered = False
+    #: a TCP or TLS transport (Protocol's annotation, ITransport, names none of what
+    #: the direct path reads)
+    transport: Any
+    # options Autobahn sets per connection from the factory's (setProtocolOptions)
+    autoPingInterval: float  # noqa: N815
+    autoFragmentSize: int  # noqa: N815
+    maskServerFrames: bool  # noqa: N815
+    logFrames: bool  # noqa: N815
+    maxMessagePayloadSize: int  # noqa: N815
     #: set by a subclass that logs a refusal itself (see failHandshake)
     _refusal_logged = False
-    client_address: str | None = None
+    client_address = ""
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.protocol import Protocol
@@ -42,11 +42,11 @@ class BoundedRequest(server.Request):
             super().gotLength(length)
             return
         self._refused = True
-        self.content = io.BytesIO()
+        self.content = io.BytesIO()  # type: ignore[assignment]  # (twisted.web annotates it None)
         log.warn("refused an HTTP request with a body of {size} from {peer}",
                  size="unknown length (chunked)" if length is None else f"{length} bytes",
                  peer=getattr(self.getClientAddress(), "host", "?"))
-        self.channel.transport.abortConnection()
+        cast(Any, self.channel).transport.abortConnection()
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
         if not self._refused:
@@ -88,6 +88,8 @@ def _key(network: Any) -> str:
 
 class _Refused(Protocol):
     """A connection over :attr:`GatewaySite.per_address`: closed at once."""
+
+    transport: Any     # (a TCP transport, which can abort)
 
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.abortConnection()
@@ -185,7 +187,8 @@ class GatewaySite(server.Site):
         if key is not None:
             self.by_address[key] = self.by_address.get(key, 0) + 1
         if self.deadline:
-            pending.deadline = self.reactor.callLater(self.deadline, self._overdue, pending)
+            reactor: Any = self.reactor   # (zope interfaces are no mypy types)
+            pending.deadline = reactor.callLater(self.deadline, self._overdue, pending)
         if self.websocket is not None or self.clientinfo is not None or self.router:
             sniffer = Sniffer(self, addr, pending)
             pending.protocol = sniffer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -33,7 +33,7 @@ from wyseman.ws.httpbounds import GatewaySite, Upgrade
 from wyseman.ws.twisted_io import send_some
 
 if TYPE_CHECKING:
-    from wyseman.gateway.seams import TransportHub
+    from wyseman.gateway.seams import Connection, TransportHub
 
 log = Logger(namespace="wyseman.ws")
 
@@ -77,7 +77,8 @@ class GatewayProtocol(FastServerProtocol):
         self._admission: Admitted | None = None   # the login and the place it holds
 
     # -- opening handshake -------------------------------------------------
-    def onConnect(self, request: Any) -> defer.Deferred:  # noqa: N802
+    def onConnect(self, request: Any) -> defer.Deferred:  # type: ignore[override]  # noqa: N802
+        # (Autobahn takes a Deferred of its answer too; its annotation names only the answer)
         """The login, decided by the gateway's :class:`~wyseman.auth.admission.Admission`;
         here only what the HTTP request says is read, and the outcome put in HTTP terms."""
         gateway = self.factory.gateway
@@ -142,7 +143,7 @@ class GatewayProtocol(FastServerProtocol):
         gateway = self.factory.gateway
         self._counted = True
         self._open_direct_path()
-        gateway.register(self)
+        gateway.register(cast("Connection", self))   # (open: its session is set)
         producer = _OutboundGate(self)
         try:
             self.transport.unregisterProducer()
@@ -171,7 +172,8 @@ class GatewayProtocol(FastServerProtocol):
         self._in_flight += 1
         if self._in_flight >= gateway.max_in_flight:
             self._pause_reading()
-        gateway.dispatcher.handle_then(self.session, payload, self._replied)
+        gateway.dispatcher.handle_then(self.session, payload,  # type: ignore[arg-type]
+                                       self._replied)   # (only open sockets dispatch)
 
     def _replied(self, frame: bytes) -> None:
         """A request's reply (a reply to a closed socket is simply not sent)."""
@@ -306,7 +308,7 @@ class GatewayProtocol(FastServerProtocol):
         self._release_slot()
         if self._counted:
             self._counted = False
-            self.factory.gateway.unregister(self)
+            self.factory.gateway.unregister(cast("Connection", self))
             if self.factory.gateway.log_connections:
                 log.info("disconnect {user} from {ip} (code {code}, {reason})",
                          user=self.session.user if self.session else "?",
@@ -316,7 +318,7 @@ class GatewayProtocol(FastServerProtocol):
 
 
 class GatewayFactory(WebSocketServerFactory):
-    protocol = GatewayProtocol
+    protocol = GatewayProtocol  # type: ignore[assignment]  # (Twisted's annotation is narrower)
 
     def __init__(self, gateway: TransportHub, *, url: str = "ws://127.0.0.1/",
                  secure: bool = False, insecure_allowed: bool = False,
@@ -384,12 +386,12 @@ def _header(request: server.Request, name: bytes) -> str | None:
 class _Root(resource.Resource):
     """``/clientinfo`` and, on every other path, the WebSocket (as the Node server)."""
 
-    def __init__(self, gateway: TransportHub, websocket: resource.Resource | None) -> None:
+    def __init__(self, gateway: TransportHub, websocket: Upgrade | None) -> None:
         super().__init__()
         self.clientinfo = ClientInfo(gateway)
         self.websocket = websocket
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:  # noqa: N802
+    def getChild(self, path: bytes, request: server.Request) -> Any:  # noqa: N802
         request.setHeader(b"server", b"wyseman")   # not twisted.web's name and version
         if path == b"clientinfo":
             return self.clientinfo

@@ -123,6 +123,9 @@ class Sniffer(Protocol, TimeoutMixin):
     (:mod:`wyseman.application.workers.routing`);
     ``routed`` is set on a connection passed here, which is not passed on again."""
 
+    #: a TCP (or TLS) transport: what Protocol's annotation (ITransport) does not say
+    transport: Any
+
     routed = False
 
     def __init__(self, site: Any, addr: Any, pending: Any) -> None:
@@ -131,7 +134,7 @@ class Sniffer(Protocol, TimeoutMixin):
         self._wyseman_pending = pending
         self._head = bytearray()
         self._answered = False
-        self.callLater = site.reactor.callLater   # TimeoutMixin's clock: the site's
+        self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock: the site's
 
     def connectionMade(self) -> None:  # noqa: N802
         self.setTimeout(self.site.timeOut)
