@@ -2,7 +2,7 @@
 
 Each target (docs/performance.md, "Targets") that a run can measure gets a verdict:
 ``met``, ``NOT MET``, or ``not measured`` (with what to run to measure it). The rows are those
-of :mod:`benchmarks.run` (anything with ``scenario``, ``params``, ``value`` and
+of :mod:`benchmarks.results` (anything with ``scenario``, ``params``, ``value`` and
 ``ratio``); nothing here runs anything.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.run import Row
+from benchmarks.results import Row
 from benchmarks.targets import MET, NOT_MEASURED, NOT_MET, judge, report
 
 
@@ -121,7 +121,7 @@ class AlternatingPairsTests(SynchronousTestCase):
         return [({"rps": ours}, {"tps": tps}) for ours, tps in values]
 
     def test_the_median_pair_is_the_row(self) -> None:
-        from benchmarks.run import pairs_row
+        from benchmarks.results import pairs_row
         row = pairs_row(self.pairs((18_000.0, 45_000.0), (19_000.0, 30_000.0),
                                    (20_000.0, 40_000.0)))
         self.assertEqual((row.value, row.baseline), (20_000.0, 40_000.0))   # 0.40 0.63 0.50
@@ -132,7 +132,7 @@ class AlternatingPairsTests(SynchronousTestCase):
         self.assertEqual(row.ratio, 0.5)
 
     def test_the_target_uses_the_pairs_when_there_are(self) -> None:
-        from benchmarks.run import pairs_row
+        from benchmarks.results import pairs_row
         rows = full_run()                    # its single C=100 D=1 ratio: 0.44
         single = {v.target: v for v in judge(rows)}["tuple C=100 ≥ 50 % of pgbench -S"]
         self.assertEqual(single.verdict, NOT_MET)
@@ -153,7 +153,7 @@ class HandshakeRunsTests(SynchronousTestCase):
                 for rate in rates]
 
     def test_the_median_run_is_the_row(self) -> None:
-        from benchmarks.run import median_run_row
+        from benchmarks.results import median_run_row
         row = median_run_row("parallel, 2x16 workers", self.runs(1_100.0, 907.0, 1_010.0))
         self.assertEqual((row.value, row.params), (1_010.0, "parallel, 2x16 workers, median of 3"))
         self.assertEqual(row.notes, "runs in order: 1,100, 907, 1,010 logins/s; the median run: "
@@ -181,7 +181,7 @@ class PlacementTests(SynchronousTestCase):
         import argparse
         import os
 
-        from benchmarks.run import parse_cpus, placement
+        from benchmarks.options import parse_cpus, placement
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             self.skipTest("needs 2 CPUs")
@@ -195,7 +195,7 @@ class PlacementTests(SynchronousTestCase):
 
 class NoiseWarningTests(SynchronousTestCase):
     def test_the_warning_names_the_disturbed_runs(self) -> None:
-        from benchmarks.run import noise_warning
+        from benchmarks.report import noise_warning
         self.assertIsNone(noise_warning([(3.0, "our server, tuple C=100 D=1"), (25.0, "x")]))
         text = noise_warning([(3.0, "our server, tuple C=100 D=1"),
                               (130.0, "the Node server, C=1000 D=1"),
