@@ -18,7 +18,9 @@ from typing import Any
 from benchmarks.common import BenchError, Deadline, log
 from benchmarks.environment import Environment, Server
 from benchmarks.metrics import gauge_sum
+from benchmarks.options import WS_ONLY
 from benchmarks.procstat import CpuSnapshot
+from benchmarks.report import cpu_per_event_us
 from benchmarks.results import Row, percentile
 
 
@@ -35,26 +37,47 @@ class Bench:
         self.node_status: dict[str, str] = {}
 
     def run(self, name: str, budget: float, body: Callable[[Bench, Deadline], None]) -> None:
-        log(f"scenario {name}: start (hard limit {budget:.0f} s)")
+        """``body`` over each of ``--transport`` (ws only for :data:`WS_ONLY`) within
+        ``budget`` seconds in all; its rows are labelled with the transport."""
+        transports = ["ws"] if name in WS_ONLY else self.args.transports
+        if name in WS_ONLY and self.args.transports != ["ws"]:
+            log(f"scenario {name}: over ws only")
         deadline = Deadline(budget, f"scenario {name}")
-        try:
-            body(self, deadline)
-        except BenchError as exc:
-            self.failures.append(f"{name}: {exc}")
-            log(f"scenario {name}: FAILED: {exc}")
-        finally:
-            self.env.finish(list(self.env.children))
-        log(f"scenario {name}: done")
+        for transport in transports:
+            self.env.transport = transport
+            label = self.label(name)
+            log(f"scenario {label}: start (hard limit {deadline.end - time.monotonic():.0f} s)")
+            first = len(self.rows)
+            try:
+                body(self, deadline)
+            except BenchError as exc:
+                self.failures.append(f"{label}: {exc}")
+                log(f"scenario {label}: FAILED: {exc}")
+            finally:
+                self.env.finish(list(self.env.children))
+                for row in self.rows[first:]:
+                    row.transport = transport
+            log(f"scenario {label}: done")
+        self.env.transport = "ws"
+
+    @property
+    def transport(self) -> str:
+        """``ws`` or ``wss``: what the scenario running now is measured over."""
+        return self.env.transport
+
+    def label(self, name: str) -> str:
+        """``name``, with `` over wss`` when the scenario runs over wss now."""
+        return name if self.transport == "ws" else f"{name} over wss"
 
     # -- a closed-loop request run ----------------------------------------------------
     def request_run(self, server: Server, connections: int, message: dict[str, Any],
                     deadline: Deadline, expect_rows: int | None = None,
-                    profile: bool = False, plain_user: bool = False,
+                    profile: bool = False, plain_user: bool = False, ip: str | None = None,
                     depth: int | None = None) -> dict[str, Any]:
         args, env = self.args, self.env
         env.place_cluster(serving=True)   # (after a pgbench run, with --server-cpus)
         base = {"mode": "requests", "port": server.port, "message": message,
-                "plain_user": plain_user,
+                "plain_user": plain_user, "ip": ip,
                 "depth": depth or args.depth, "warmup": args.warmup, "duration": args.duration,
                 "open_concurrency": 32, "max_seconds": deadline.left()}
         gens = env.loadgens(connections, base)
@@ -84,12 +107,14 @@ class Bench:
         completed = sum(r["completed"] for r in results)
         errors = sum(r["errors"] for r in results)
         first_error = next((r["first_error"] for r in results if r["first_error"]), None)
+        cpu = before.until(after)
         return {"rps": completed / args.duration, "completed": completed, "errors": errors,
+                "server_cpu_us": cpu_per_event_us(cpu, completed / args.duration),
                 "first_error": first_error, "reply": reply, "warmed": warmed,
                 "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                 "pct": {q: percentile(latencies, q) for q in (10, 25, 50, 75, 90, 95, 99, 99.9)},
                 "mean": statistics.fmean(latencies) if latencies else None,
-                "cpu": before.until(after),
+                "cpu": cpu,
                 "gen_cpu": [100.0 * r["cpu_s"] / args.duration for r in results],
                 "read_batches": batches[0], "batched_reads": batches[1]}
 

@@ -2,7 +2,10 @@
 login users, the gateway under test in its own process, and the load generators.
 
 One :class:`Environment` lives for the whole run; :meth:`Environment.teardown` kills
-every child still running and removes the cluster, whatever happened.
+every child still running and removes the cluster, whatever happened. ``transport``
+(``ws`` or ``wss``) says how the servers started next listen and how the load generators
+connect: over ``wss`` with a certificate the run makes (``tls``: a CA of its own and a
+P-256 ECDSA server certificate for 127.0.0.1), trusted by the generators only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from benchmarks import pgbench
 from benchmarks.children import Child
 from benchmarks.common import BenchError, Deadline, log
 from benchmarks.procstat import free_port, free_ports
+from wyseman.localca import LocalTLS, ensure_local_tls
 from wyseman.tuning.affinity import place_process, place_process_tree
 
 
@@ -48,6 +52,8 @@ class Environment:
     users: list[dict[str, Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     counter: int = 0
+    transport: str = "ws"
+    tls: LocalTLS | None = None
 
     @property
     def postmaster_pid(self) -> int | None:
@@ -55,6 +61,11 @@ class Environment:
             return int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError, AttributeError):
             return None
+
+    @property
+    def tls_on(self) -> bool:
+        """Whether servers started now serve ``wss://`` (and generators speak it)."""
+        return self.transport == "wss"
 
     # -- where processes run (--server-cpus) ---------------------------------------------
     @property
@@ -75,6 +86,9 @@ class Environment:
         from wyseman.provision import admin, bootstrap
         from wyseman.provision.cluster import LocalCluster
 
+        if "wss" in self.args.transports:
+            self.tls = ensure_local_tls(self.workdir / "tls")
+            log(f"tls: CA and P-256 server certificate in {self.tls.ca.parent}")
         biggest = max(self.args.connections)
         # pgbench -c C, and the Node server's one database connection per socket
         wide = not self.args.no_baseline or not self.args.no_node
@@ -96,7 +110,9 @@ class Environment:
             self.users.append({"name": name, "key": private})
         with psycopg2.connect(self.bench_dsn) as conn, conn.cursor() as cur:
             for user in self.users:
-                pub = {"default": keys.public_jwk(user["key"])}
+                # the bare JWK: the form both servers read (the Node server imports
+                # conn_pub as a JWK as it is; ours also takes {"default": jwk})
+                pub = keys.public_jwk(user["key"])
                 cur.execute("update base.ent set conn_pub = %s::jsonb where username = %s",
                             (json.dumps(pub), user["name"]))
             cur.execute("""
@@ -138,7 +154,8 @@ class Environment:
             route_by_user = self.args.route_by_user
         metrics_ports = []
         config = {
-            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "clientinfo_listen": [],
+            "server": {"listen": [f"{'tls' if self.tls_on else 'tcp'}:0:interface=127.0.0.1"],
+                       "clientinfo_listen": [],
                        "workers": workers, "fanout_threads": self.args.fanout_threads,
                        "cpu_affinity": sorted(self.args.server_cpus or ()),
                        "log_connections": not self.args.no_connection_log,
@@ -150,6 +167,9 @@ class Environment:
             "auth": {"max_failures": 1_000_000, "verify_threads": self.args.verify_threads},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
         }
+        if self.tls_on:
+            assert self.tls is not None
+            config["tls"] = {"cert": str(self.tls.cert), "key": str(self.tls.key)}
         if metrics:
             first = free_ports(workers)
             config["metrics"] = {"listen": f"tcp:{first}:interface=127.0.0.1"}
@@ -175,6 +195,9 @@ class Environment:
         for index in range(processes):
             share = total // processes + (1 if index < total % processes else 0)
             spec = dict(base, users=self.users, first=first, connections=share, index=index)
+            if self.tls_on:
+                assert self.tls is not None
+                spec["tls_ca"] = str(self.tls.ca)
             first += share
             children.append(self.spawn(f"loadgen{index}", "benchmarks.loadgen", spec))
         return children

@@ -51,8 +51,9 @@ def start_server(env: Environment, deadline: Deadline) -> Server:
     ``tests/js/node_server.js``) on the same database, over the same Unix socket.
     It connects to PostgreSQL as each socket's user (one connection per socket, opened
     on its first request), i.e. as the same login roles our server uses. Insecure mode:
-    any user name logs in on plain ws://. Its logs go nowhere (node_server.js is quiet
-    unless WYSEMAN_NODE_LOG is set)."""
+    any user name logs in on plain ws://; over wss:// (``env.transport``), with the run's
+    certificate, it takes signed key logins only. Its logs go nowhere (node_server.js is
+    quiet unless WYSEMAN_NODE_LOG is set)."""
     missing = node_baseline_missing()
     if missing:
         raise BenchError(f"node baseline: {missing}")
@@ -63,6 +64,9 @@ def start_server(env: Environment, deadline: Deadline) -> Server:
                                    "port": int(params.get("port", 5432)),
                                    "database": params["dbname"],
                                    "user": params.get("user", "postgres")}}
+    if env.tls_on:
+        assert env.tls is not None
+        config["tls"] = {"cert": str(env.tls.cert), "key": str(env.tls.key)}
     env.counter += 1
     child = Child("node-server", [shutil.which("node") or "node",
                                   str(JS_DIR / "node_server.js"), json.dumps(config)],
@@ -82,24 +86,45 @@ def start_server(env: Environment, deadline: Deadline) -> Server:
 
 
 # -- the Node.js server baseline ---------------------------------------------------
+#: the address the Node server sees and checks key logins against (it has no /clientinfo)
+LOOPBACK = "127.0.0.1"
+
+
+def login(bench: Bench) -> dict[str, Any]:
+    """How the generators log in to the Node server: by user name only over ws (its
+    insecure mode, as before key logins were measured there), signed key logins over
+    wss (where it refuses user names alone)."""
+    if bench.transport == "ws":
+        return {"plain_user": True}
+    return {"ip": LOOPBACK}
+
+
+def skipped(bench: Bench, scenario: str) -> bool:
+    """True (and said so in ``node_status``) when the Node baseline does not run."""
+    if bench.args.no_node:
+        bench.node_status[bench.label(scenario)] = "skipped (--no-node)"
+        return True
+    missing = node_baseline_missing()
+    if missing:
+        bench.node_status[bench.label(scenario)] = f"skipped: {missing}"
+        log(f"  Node server baseline SKIPPED: {missing}")
+        return True
+    return False
+
+
 def request_runs(bench: Bench, scenario: str, runs: list[tuple[int, int]],
                  message: dict[str, Any], ours: dict[tuple[int, int], dict[str, Any]],
                  deadline: Deadline, expect_rows: int | None = None
                  ) -> dict[tuple[int, int], dict[str, Any]]:
     """The same request runs ((C, D) pairs, message, load generators) against the Node
-    server, logged in by user name only; {(C, D): result}. Skipped (and said so) when
+    server (logged in as :func:`login` says); {(C, D): result}. Skipped (and said so) when
     node or its modules are missing; a failure is reported without losing our rows."""
-    args, env = bench.args, bench.env
+    env = bench.env
     results: dict[tuple[int, int], dict[str, Any]] = {}
     replies = {key: m.pop("reply", None) for key, m in ours.items()}  # not for the JSON
-    if args.no_node:
-        bench.node_status[scenario] = "skipped (--no-node)"
+    if skipped(bench, scenario):
         return results
-    missing = node_baseline_missing()
-    if missing:
-        bench.node_status[scenario] = f"skipped: {missing}"
-        log(f"  Node server baseline SKIPPED: {missing}")
-        return results
+    scenario = bench.label(scenario)
     node_server = None
     try:
         node_server = start_server(env, deadline)
@@ -109,7 +134,7 @@ def request_runs(bench: Bench, scenario: str, runs: list[tuple[int, int]],
             log(f"  Node server: {scenario} {label}")
             try:
                 n = bench.request_run(node_server, clients, message, deadline,
-                                      expect_rows=expect_rows, plain_user=True, depth=depth)
+                                      expect_rows=expect_rows, depth=depth, **login(bench))
             except BenchError as exc:
                 bench.failures.append(f"{scenario} Node baseline {label}: {exc}")
                 continue

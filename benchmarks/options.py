@@ -11,6 +11,19 @@ from benchmarks.common import RESULTS
 from wyseman.tuning.affinity import describe
 
 SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling")
+TRANSPORTS = ("ws", "wss")
+#: scenarios that run over one transport only: ``tls:`` ports are not routed by user
+#: between server workers, so the worker scaling is measured over ws
+WS_ONLY = frozenset({"scaling"})
+
+
+def parse_transports(text: str) -> list[str]:
+    """``ws``, ``wss`` or ``ws,wss`` → the transports, in the order given."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    wrong = [part for part in chosen if part not in TRANSPORTS]
+    if not chosen or wrong or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of {TRANSPORTS}")
+    return chosen
 
 
 def placement(args: argparse.Namespace) -> str:
@@ -44,6 +57,11 @@ def parse_args(argv: list[str] | None, description: str | None = None
                         help="smaller and shorter (C up to 100, 1000 subscribers, 2 s runs)")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS,
                         help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--transport", type=parse_transports, default=list(TRANSPORTS),
+                        dest="transports",
+                        help="ws, wss or ws,wss (default): every scenario but scaling (ws "
+                             "only) runs over each, our server and the Node server alike; "
+                             "wss with a certificate the run makes")
     parser.add_argument("--duration", type=float, help="measured seconds per run (5; quick 2)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds first (1; quick 0.5)")
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")],
@@ -121,9 +139,11 @@ def parse_args(argv: list[str] | None, description: str | None = None
 
 
 def budgets(args: argparse.Namespace) -> dict[str, float]:
+    """Each scenario's hard time limit in seconds, every transport it runs over included."""
     run = args.duration + args.warmup
     node = 0 if args.no_node else 1  # the Node server runs: the same load again
-    return {
+    over = len(args.transports)
+    once = {
         "tuple": 60 + sum(4 * run + 40 + c / 10 for c in args.connections)
         + node * (60 + sum(run + 30 + c / 10 for c in args.connections))
         + (3 * run + 30 if args.profile else 0)
@@ -131,7 +151,9 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         "select": 60 + 3 * run + 30 + node * (60 + run + 30),
         "notify": args.notify_runs * (
             120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000)),
-        "handshake": 60 + (4 if args.profile else 3) * (run + 40),
+        "handshake": 60 + (4 if args.profile else 3) * (run + 40)
+        + node * (60 + args.handshake_runs * (run + 40)),
         "memory": 60 + args.idle / 100,
         "scaling": args.scaling_runs * (60 + max(2, os.cpu_count() or 1) * (5 * run + 90)),
     }
+    return {name: limit * (1 if name in WS_ONLY else over) for name, limit in once.items()}

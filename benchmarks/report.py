@@ -27,13 +27,14 @@ def fmt(value: float | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    header = ["scenario", "parameters", "value", "unit", "baseline", "ratio", "notes"]
-    body = [[r.scenario, r.params, fmt(r.value), r.unit,
+    header = ["scenario", "transport", "parameters", "value", "unit", "baseline", "ratio",
+              "notes"]
+    body = [[r.scenario, r.transport, r.params, fmt(r.value), r.unit,
              (fmt(r.baseline) + (f" ({r.baseline_label})" if r.baseline_label else ""))
              if r.baseline is not None else "-",
              f"{r.ratio:.2f}" if r.ratio is not None else "-", r.notes] for r in rows]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
-    right = {2, 5}
+    right = {3, 6}
     out = []
     for n, line in enumerate([header, *body]):
         cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
@@ -70,9 +71,19 @@ def noise_warning(noise: list[tuple[float, str]], bound: float = 25.0) -> str | 
             f"core in: {'; '.join(runs)}. Those numbers may be depressed.")
 
 
+def cpu_per_event_us(cpu: dict[str, float], rate: float | None) -> float | None:
+    """The server's CPU time per request (or login) in µs: its CPU share of one core over
+    the window (``/proc/PID/stat`` utime + stime, before and after) over the rate."""
+    if not rate:
+        return None
+    return 10_000.0 * cpu["server_pct"] / rate
+
+
 def run_notes(m: dict[str, Any], run: str = "our server") -> str:
-    """CPU notes of a request run, and its errors if any."""
-    notes = cpu_notes(m["cpu"], m["gen_cpu"], run)
+    """CPU notes of a request run (the server's CPU a request first), and its errors."""
+    per = cpu_per_event_us(m["cpu"], m["rps"])
+    notes = (f"server CPU {per:.0f} µs a request; " if per is not None else "")
+    notes += cpu_notes(m["cpu"], m["gen_cpu"], run)
     if m.get("batched_reads"):
         notes += (f"; {100 * m['batched_reads'] / max(1, m['completed']):.0f}% of requests "
                   f"in read batches of {m['batched_reads'] / m['read_batches']:.1f} on average")

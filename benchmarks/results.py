@@ -9,6 +9,9 @@ from typing import Any
 
 @dataclass
 class Row:
+    """One measured figure; ``baseline`` (pgbench's, the Node server's, one worker's)
+    makes ``ratio``; ``transport`` is ``ws`` or ``wss``, set by the run."""
+
     scenario: str
     params: str
     value: float | None
@@ -17,6 +20,7 @@ class Row:
     baseline_label: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    transport: str = "ws"
 
     @property
     def ratio(self) -> float | None:
@@ -25,7 +29,8 @@ class Row:
         return self.value / self.baseline
 
     def as_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "parameters": self.params, "value": self.value,
+        return {"scenario": self.scenario, "transport": self.transport,
+                "parameters": self.params, "value": self.value,
                 "unit": self.unit, "baseline": self.baseline,
                 "baseline_label": self.baseline_label, "ratio": self.ratio,
                 "notes": self.notes, **self.extra}

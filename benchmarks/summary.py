@@ -60,7 +60,8 @@ def write_json(bench: Bench, started: datetime, command: str) -> None:
         "profiles": bench.profiles,
         "node_baseline": {"status": bench.node_status,
                           "request": {"tuple": TUPLE_MESSAGE, "select": SELECT_MESSAGE},
-                          "login": "user name only (insecure mode, plain ws://)",
+                          "login": "requests: user name only over ws (insecure mode), signed "
+                                   "key logins over wss; handshake: key logins",
                           **(node_versions() if node_baseline_missing() is None else {})},
         "failures": bench.failures,
         "max_other_cpu_pct": max((other for other, _ in NOISE), default=None),
