@@ -28,6 +28,10 @@ Modes (``spec["mode"]``):
 * ``idle``: ``warm`` sockets (one request each) before ``ready``; on ``go``, opens
   ``connections`` more that stay silent.
 
+``tls_ca`` (a CA file) makes every connection ``wss://`` (and ``/clientinfo`` HTTPS),
+trusting that CA only. ``ip`` signs logins for that address without fetching
+``/clientinfo`` (the Node server has none; on loopback the address is 127.0.0.1).
+
 Every result carries the process's CPU seconds (``resource.getrusage``) over the
 measured window, so the runner can tell a saturated generator from a slow server.
 """
@@ -122,6 +126,7 @@ class LoadGen:
         self.port: int = spec["port"]
         self.first: int = spec.get("first", 0)
         self.timeout: float = spec.get("connect_timeout", 60.0)
+        self.tls = wsclient.client_context(spec["tls_ca"]) if spec.get("tls_ca") else None
         self.sockets: list[WebSocket] = []
         self.open_errors: Counter[str] = Counter()
         self.go = asyncio.Event()
@@ -159,7 +164,7 @@ class LoadGen:
                     return
                 try:
                     ws = await connect(self.host, self.port, signer.target(index, listen=listen),
-                                       on_message, timeout=self.timeout)
+                                       on_message, timeout=self.timeout, tls=self.tls)
                 except HandshakeError as exc:
                     self.open_errors[f"{exc.status} {exc.body[:60]}"] += 1
                 except (OSError, TimeoutError) as exc:
@@ -178,8 +183,10 @@ class LoadGen:
     async def run(self) -> None:
         if self.spec.get("plain_user"):
             self.signer = PlainUser(self.spec["users"])
+        elif self.spec.get("ip"):
+            self.signer = Signer(self.spec["users"], self.spec["ip"])
         else:
-            info = await get_json(self.host, self.port, "/clientinfo")
+            info = await get_json(self.host, self.port, "/clientinfo", tls=self.tls)
             self.signer = Signer(self.spec["users"], info["ip"])
         control = asyncio.create_task(self.control())
         mode = self.spec["mode"]
@@ -381,11 +388,13 @@ class LoadGen:
                 counter[0] += 1
                 try:
                     if each:
-                        info = await get_json(self.host, self.port, "/clientinfo")
+                        info = await get_json(self.host, self.port, "/clientinfo",
+                                              tls=self.tls)
                         target = signer.target(counter[0], date=info["date"], ip=info["ip"])
                     else:
                         target = pool.pop() if pool else signer.target(counter[0])
-                    ws = await connect(self.host, self.port, target, timeout=self.timeout)
+                    ws = await connect(self.host, self.port, target, timeout=self.timeout,
+                                       tls=self.tls)
                     t1 = time.perf_counter()
                     ws.close()
                     await asyncio.wait_for(ws.closed, 10)

@@ -2,7 +2,7 @@
 
 Each target (docs/performance.md, "Targets") that a run can measure gets a verdict:
 ``met``, ``NOT MET``, or ``not measured`` (with what to run to measure it). The rows are those
-of :mod:`benchmarks.run` (anything with ``scenario``, ``params``, ``value`` and
+of :mod:`benchmarks.results` (anything with ``scenario``, ``params``, ``value`` and
 ``ratio``); nothing here runs anything.
 """
 
@@ -31,10 +31,31 @@ def _param(row: Any, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _transport(row: Any) -> str:
+    """``ws`` or ``wss`` (rows made before there was wss are ws rows)."""
+    return getattr(row, "transport", "ws") or "ws"
+
+
 def _find(rows: Sequence[Any], scenario: str,
-          where: Callable[[Any], bool] = lambda row: True) -> Any:
+          where: Callable[[Any], bool] = lambda row: True, transport: str = "ws") -> Any:
     return next((r for r in rows if r.scenario == scenario and r.value is not None
-                 and where(r)), None)
+                 and _transport(r) == transport and where(r)), None)
+
+
+def _c1(row: Any) -> bool:
+    return _param(row, "C") == 1 and _param(row, "D") == 1
+
+
+def _paced_every(row: Any) -> float | None:
+    """The seconds between paced NOTIFYs (``every 1 s`` in the parameters)."""
+    match = re.search(r"\bevery ([0-9.]+) s\b", row.params)
+    return float(match.group(1)) if match else None
+
+
+def _each_second(row: Any) -> bool:
+    """10,000 subscribers or more, a paced NOTIFY a second or more often."""
+    every = _paced_every(row)
+    return (_param(row, "S") or 0) >= 10_000 and every is not None and every <= 1.0
 
 
 def _c100(row: Any) -> bool:
@@ -115,6 +136,48 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
                lambda r: f"workers=2 {r.ratio:.2f}× workers=1"
                + _machine(rows, "handshakes, server workers", r, "login"),
                "needs --scenario scaling"),
+        *_transport_targets(rows),
+    ]
+
+
+def _transport_targets(rows: Sequence[Any]) -> list[Verdict]:
+    """The targets of wss against the Node server over wss, and of both transports'
+    notification latency and idle memory."""
+    node_wss = "needs --scenario {} over wss (--transport with wss) and the Node server"
+    return [
+        _judge("wss key logins ≥ 1.5× the Node server",
+               _find(rows, "handshake vs Node", transport="wss"),
+               lambda r: r.ratio >= 1.5,
+               lambda r: f"{r.value:,.0f} vs {r.baseline:,.0f} logins/s = {r.ratio:.2f}×",
+               node_wss.format("handshake")),
+        _judge("wss tuple C=100 ≥ 2.5× the Node server",
+               _find(rows, "tuple vs Node server", _c100, "wss"),
+               lambda r: r.ratio >= 2.5,
+               lambda r: f"{r.value:,.0f} vs {r.baseline:,.0f} req/s = {r.ratio:.2f}×",
+               node_wss.format("tuple")),
+        _judge("wss tuple p99 at C=100 ≤ half the Node server's",
+               _find(rows, "tuple p99 vs Node", _c100, "wss"),
+               lambda r: r.ratio <= 0.5,
+               lambda r: f"{r.value:.1f} vs {r.baseline:.1f} ms = {r.ratio:.2f}×",
+               node_wss.format("tuple")),
+        _judge("wss tuple C=1 ≥ 1.2× the Node server",
+               _find(rows, "tuple vs Node server", _c1, "wss"),
+               lambda r: r.ratio >= 1.2,
+               lambda r: f"{r.value:,.0f} vs {r.baseline:,.0f} req/s = {r.ratio:.2f}×",
+               node_wss.format("tuple")),
+        *(_judge(f"10,000 subscribers, 1 NOTIFY/s: p99 < {bound} ms over {transport}",
+                 _find(rows, "notify latency p99", _each_second, transport),
+                 lambda r, bound=bound: r.value < bound,
+                 lambda r: f"p99 {r.value:.1f} ms ({r.params})",
+                 f"needs --scenario notify over {transport} with 10,000 subscribers "
+                 "(not --quick)")
+          for transport, bound in (("ws", 50), ("wss", 80))),
+        *(_judge(f"idle socket < {bound} KiB RSS over {transport}",
+                 _find(rows, "memory per idle socket", transport=transport),
+                 lambda r, bound=bound: r.value < bound,
+                 lambda r: f"{r.value:.1f} KiB ({r.params})",
+                 f"needs --scenario memory over {transport}")
+          for transport, bound in (("ws", 10), ("wss", 40))),
     ]
 
 

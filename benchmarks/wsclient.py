@@ -2,7 +2,13 @@
 
 Just enough for the benchmarks, and cheap per message: the HTTP upgrade, masked text
 frames out, frame parsing in (fragments, ping → pong, close), and ``GET /clientinfo``.
-No extensions, no TLS, no redirects. Replies are handed to a callback as bytes.
+No extensions, no redirects. Replies are handed to a callback as bytes.
+
+``wss://`` (``tls=`` an :class:`ssl.SSLContext`): TLS is done by the protocol itself, on
+an :class:`ssl.SSLObject` over memory buffers, not by asyncio's SSL transport. The
+transport then carries the TLS records as they are on the wire, so :func:`receive_raw`
+can still read them off the socket with their kernel receive times and feed them to
+the protocol, which decrypts them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -70,12 +77,57 @@ def upgrade_request(host: str, port: int, target: str, key: str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class TLSLayer:
+    """A client TLS session on memory buffers: ciphertext in, plaintext out, and back."""
+
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_hostname=host)
+        self.done = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """Records from the server → (plaintext, records to send: handshake replies)."""
+        if data:
+            self._in.write(data)
+        if not self.done:
+            try:
+                self._ssl.do_handshake()
+                self.done = True
+            except ssl.SSLWantReadError:
+                return b"", self._out.read()
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), self._out.read()
+
+    def send(self, data: bytes) -> bytes:
+        """Plaintext → the records that carry it."""
+        self._ssl.write(data)
+        return self._out.read()
+
+
+def client_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts ``ca_file`` (the run's own CA) and checks the
+    server's certificate against it and the host name (127.0.0.1 is in its SANs)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class WebSocket(asyncio.Protocol):
     """One client connection; ``opened`` fires on 101, ``closed`` when the TCP goes."""
 
     def __init__(self, host: str, port: int, target: str,
                  on_message: Callable[[WebSocket, bytes], Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future = loop.create_future()
         self.closed: asyncio.Future = loop.create_future()
@@ -93,11 +145,18 @@ class WebSocket(asyncio.Protocol):
         #: when the frame being delivered reached the socket (:func:`receive_raw`; None
         #: under asyncio)
         self.received_at: float | None = None
+        self._tls: TLSLayer | None = TLSLayer(tls, host) if tls is not None else None
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        transport.write(self._request)
+        if self._tls is None:
+            transport.write(self._request)
+            return
+        try:
+            self._tls_step(b"")
+        except ssl.SSLError as exc:
+            self._tls_failed(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -107,6 +166,32 @@ class WebSocket(asyncio.Protocol):
             self.closed.set_result(self.close_code)
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            try:
+                self._tls_step(data)
+            except ssl.SSLError as exc:
+                self._tls_failed(exc)
+            return
+        self._plain_received(data)
+
+    def _tls_step(self, data: bytes) -> None:
+        """TLS records in → the handshake's next step, or plaintext for the WebSocket."""
+        assert self._tls is not None and self.transport is not None
+        was_done = self._tls.done
+        plain, out = self._tls.receive(data)
+        if out:
+            self.transport.write(out)
+        if self._tls.done and not was_done:
+            self._write(self._request)
+        if plain:
+            self._plain_received(plain)
+
+    def _tls_failed(self, exc: Exception) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(HandshakeError(0, f"TLS: {exc}"))
+        self.abort()
+
+    def _plain_received(self, data: bytes) -> None:
         if self.upgraded:
             self._buf = self._buf + data if self._buf else data
             self._parse()
@@ -205,7 +290,7 @@ class WebSocket(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            self.transport.write(data if self._tls is None else self._tls.send(data))
 
     # -- API -------------------------------------------------------------------
     def send(self, payload: bytes) -> None:
@@ -225,11 +310,13 @@ class WebSocket(asyncio.Protocol):
 
 async def connect(host: str, port: int, target: str,
                   on_message: Callable[[WebSocket, bytes], Any] | None = None,
-                  headers: dict[str, str] | None = None, timeout: float = 30.0) -> WebSocket:
-    """Open a WebSocket; raises :class:`HandshakeError` (or OSError/TimeoutError)."""
+                  headers: dict[str, str] | None = None, timeout: float = 30.0,
+                  tls: ssl.SSLContext | None = None) -> WebSocket:
+    """Open a WebSocket (``wss://`` with ``tls``); raises :class:`HandshakeError` (or
+    OSError/TimeoutError)."""
     loop = asyncio.get_running_loop()
     _, ws = await asyncio.wait_for(
-        loop.create_connection(lambda: WebSocket(host, port, target, on_message, headers),
+        loop.create_connection(lambda: WebSocket(host, port, target, on_message, headers, tls),
                                host, port), timeout)
     try:
         await asyncio.wait_for(asyncio.shield(ws.opened), timeout)
@@ -261,10 +348,19 @@ def _frame_size(header: bytes) -> int | None:
     return 2 + extended + int.from_bytes(header[2:2 + extended], "big")
 
 
-def _read_stamped(sock: socket.socket) -> list[tuple[bytes, float]]:
-    """Everything readable on ``sock``, a frame per read, each with the time the kernel
-    received its last byte (SO_TIMESTAMPNS: for TCP, the stamp of the last segment a read
-    took from). ``[(b"", now)]`` at EOF."""
+def _record_size(header: bytes) -> int | None:
+    """Size of the TLS record that starts with ``header`` (5 bytes: type, version,
+    length), or None if the header is not all there."""
+    if len(header) < 5:
+        return None
+    return 5 + int.from_bytes(header[3:5], "big")
+
+
+def _read_stamped(sock: socket.socket, tls: bool = False) -> list[tuple[bytes, float]]:
+    """Everything readable on ``sock``, a frame per read (a TLS record with ``tls``), each
+    with the time the kernel received its last byte (SO_TIMESTAMPNS: for TCP, the stamp
+    of the last segment a read took from). ``[(b"", now)]`` at EOF."""
+    sizer = _record_size if tls else _frame_size
     chunks: list[tuple[bytes, float]] = []
     while True:
         try:
@@ -278,7 +374,7 @@ def _read_stamped(sock: socket.socket) -> list[tuple[bytes, float]]:
             return chunks
         # (after a frame that was not all there, the next bytes are no header: any size
         # read keeps the bytes in order, and a stamp is never early, so just bound it)
-        size = min(_frame_size(header) or len(header), 65_536)
+        size = min(sizer(header) or len(header), 65_536)
         try:
             data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(_TIMESPEC.size))
         except BlockingIOError:
@@ -335,7 +431,7 @@ async def receive_raw(sockets: list[WebSocket], until: Callable[[], bool],
     def read_noted() -> None:
         for fd in list(noted):
             ws, sock = by_fd[fd]
-            for data, stamp in _read_stamped(sock):
+            for data, stamp in _read_stamped(sock, ws._tls is not None):
                 if not data or ws.transport is None:   # EOF: let asyncio see it
                     poller.unregister(fd)
                     del by_fd[fd]
@@ -372,9 +468,12 @@ async def receive_raw(sockets: list[WebSocket], until: Callable[[], bool],
                 ws.transport.resume_reading()
 
 
-async def get_json(host: str, port: int, path: str, timeout: float = 10.0) -> Any:
-    """``GET path`` with ``Connection: close`` → the parsed JSON body."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+async def get_json(host: str, port: int, path: str, timeout: float = 10.0,
+                   tls: ssl.SSLContext | None = None) -> Any:
+    """``GET path`` with ``Connection: close`` (over TLS with ``tls``) → the parsed JSON
+    body."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=tls),
+                                            timeout)
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
                      .encode("latin-1"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.run import Row
+from benchmarks.results import Row
 from benchmarks.targets import MET, NOT_MEASURED, NOT_MET, judge, report
 
 
@@ -40,7 +40,7 @@ class JudgeTests(SynchronousTestCase):
         return {v.target: v.verdict for v in judge(rows)}
 
     def test_each_target_judged_on_its_own_row(self) -> None:
-        verdicts = self.verdicts(full_run())
+        verdicts = dict(list(self.verdicts(full_run()).items())[:8])  # (then: wss and more)
         self.assertEqual(verdicts, {
             "tuple C=100 ≥ 50 % of pgbench -S": NOT_MET,     # 0.44: the D=1 run, not D=4
             "tuple C=100 ≥ 1.5× the Node server": MET,
@@ -101,7 +101,7 @@ class JudgeTests(SynchronousTestCase):
         rows = [Row("tuple bench.item by id", "C=100 D=1", 20_000.0, "req/s")]  # no pgbench
         verdicts = self.verdicts(rows)
         self.assertEqual(set(verdicts.values()), {NOT_MEASURED})
-        self.assertEqual(len(verdicts), 8)
+        self.assertEqual(len(verdicts), 16)
 
     def test_report_lines(self) -> None:
         text = report(full_run())
@@ -121,7 +121,7 @@ class AlternatingPairsTests(SynchronousTestCase):
         return [({"rps": ours}, {"tps": tps}) for ours, tps in values]
 
     def test_the_median_pair_is_the_row(self) -> None:
-        from benchmarks.run import pairs_row
+        from benchmarks.results import pairs_row
         row = pairs_row(self.pairs((18_000.0, 45_000.0), (19_000.0, 30_000.0),
                                    (20_000.0, 40_000.0)))
         self.assertEqual((row.value, row.baseline), (20_000.0, 40_000.0))   # 0.40 0.63 0.50
@@ -132,7 +132,7 @@ class AlternatingPairsTests(SynchronousTestCase):
         self.assertEqual(row.ratio, 0.5)
 
     def test_the_target_uses_the_pairs_when_there_are(self) -> None:
-        from benchmarks.run import pairs_row
+        from benchmarks.results import pairs_row
         rows = full_run()                    # its single C=100 D=1 ratio: 0.44
         single = {v.target: v for v in judge(rows)}["tuple C=100 ≥ 50 % of pgbench -S"]
         self.assertEqual(single.verdict, NOT_MET)
@@ -153,7 +153,7 @@ class HandshakeRunsTests(SynchronousTestCase):
                 for rate in rates]
 
     def test_the_median_run_is_the_row(self) -> None:
-        from benchmarks.run import median_run_row
+        from benchmarks.results import median_run_row
         row = median_run_row("parallel, 2x16 workers", self.runs(1_100.0, 907.0, 1_010.0))
         self.assertEqual((row.value, row.params), (1_010.0, "parallel, 2x16 workers, median of 3"))
         self.assertEqual(row.notes, "runs in order: 1,100, 907, 1,010 logins/s; the median run: "
@@ -181,7 +181,7 @@ class PlacementTests(SynchronousTestCase):
         import argparse
         import os
 
-        from benchmarks.run import parse_cpus, placement
+        from benchmarks.options import parse_cpus, placement
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             self.skipTest("needs 2 CPUs")
@@ -195,7 +195,7 @@ class PlacementTests(SynchronousTestCase):
 
 class NoiseWarningTests(SynchronousTestCase):
     def test_the_warning_names_the_disturbed_runs(self) -> None:
-        from benchmarks.run import noise_warning
+        from benchmarks.report import noise_warning
         self.assertIsNone(noise_warning([(3.0, "our server, tuple C=100 D=1"), (25.0, "x")]))
         text = noise_warning([(3.0, "our server, tuple C=100 D=1"),
                               (130.0, "the Node server, C=1000 D=1"),
@@ -203,3 +203,67 @@ class NoiseWarningTests(SynchronousTestCase):
         self.assertIn("reached 246% of a core in: pgbench -n -c 1000; the Node server, "
                       "C=1000 D=1.", text)
         self.assertNotIn("our server", text)
+
+
+class TransportTargetsTests(SynchronousTestCase):
+    """wss against the Node server over wss; notification latency and idle memory of
+    both transports; the ws targets read ws rows only."""
+
+    @staticmethod
+    def wss(row: Row) -> Row:
+        row.transport = "wss"
+        return row
+
+    def rows(self, logins: float = 2.0, c100: float = 3.0, p99: float = 0.4,
+             c1: float = 1.3, notify_wss: float = 70.0, kib_wss: float = 35.0) -> list[Row]:
+        wss = self.wss
+        return [
+            Row("notify latency p99", "S=10000 K=10 paced every 1 s", 40.0, "ms"),
+            Row("memory per idle socket", "N=10000", 9.0, "KiB"),
+            wss(Row("handshake vs Node", "parallel, 2x16 workers", 300.0 * logins,
+                    "logins/s", 300.0)),
+            wss(Row("tuple vs Node server", "C=100 D=1", 1000.0 * c100, "req/s", 1000.0)),
+            wss(Row("tuple p99 vs Node", "C=100 D=1", 10.0 * p99, "ms", 10.0)),
+            wss(Row("tuple vs Node server", "C=1 D=1", 500.0 * c1, "req/s", 500.0)),
+            wss(Row("notify latency p99", "S=10000 K=10 paced every 1 s, median of 3",
+                    notify_wss, "ms")),
+            wss(Row("memory per idle socket", "N=10000", kib_wss, "KiB")),
+        ]
+
+    def verdicts(self, rows: list[Row]) -> dict[str, str]:
+        return {v.target: v.verdict for v in judge(rows)}
+
+    def test_all_met(self) -> None:
+        verdicts = self.verdicts(self.rows())
+        for target in ("wss key logins ≥ 1.5× the Node server",
+                       "wss tuple C=100 ≥ 2.5× the Node server",
+                       "wss tuple p99 at C=100 ≤ half the Node server's",
+                       "wss tuple C=1 ≥ 1.2× the Node server",
+                       "10,000 subscribers, 1 NOTIFY/s: p99 < 50 ms over ws",
+                       "10,000 subscribers, 1 NOTIFY/s: p99 < 80 ms over wss",
+                       "idle socket < 10 KiB RSS over ws",
+                       "idle socket < 40 KiB RSS over wss"):
+            self.assertEqual(verdicts[target], MET, target)
+
+    def test_not_met(self) -> None:
+        verdicts = self.verdicts(self.rows(logins=1.4, c100=2.4, p99=0.6, c1=1.1,
+                                           notify_wss=81.0, kib_wss=41.0))
+        for target in ("wss key logins ≥ 1.5× the Node server",
+                       "wss tuple C=100 ≥ 2.5× the Node server",
+                       "wss tuple p99 at C=100 ≤ half the Node server's",
+                       "wss tuple C=1 ≥ 1.2× the Node server",
+                       "10,000 subscribers, 1 NOTIFY/s: p99 < 80 ms over wss",
+                       "idle socket < 40 KiB RSS over wss"):
+            self.assertEqual(verdicts[target], NOT_MET, target)
+
+    def test_wss_rows_are_not_judged_as_ws(self) -> None:
+        rows = [r for r in self.rows() if r.transport == "wss"]
+        verdicts = self.verdicts(rows)
+        self.assertEqual(verdicts["idle socket < 30 KiB RSS"], NOT_MEASURED)
+        self.assertEqual(verdicts["idle socket < 10 KiB RSS over ws"], NOT_MEASURED)
+        self.assertEqual(verdicts["idle socket < 40 KiB RSS over wss"], MET)
+
+    def test_a_slower_pace_is_not_one_a_second(self) -> None:
+        rows = [Row("notify latency p99", "S=10000 K=10 paced every 2 s", 40.0, "ms")]
+        self.assertEqual(self.verdicts(rows)["10,000 subscribers, 1 NOTIFY/s: p99 < 50 ms "
+                                             "over ws"], NOT_MEASURED)
