@@ -464,8 +464,8 @@ class WebConfigTests(TestCase):
         self.assertEqual(config.web.mounts, {"/tools": "app"})
         self.assertEqual(check_web(config), [])
         web = WebRoot.from_config(config)
-        self.assertEqual(web.locate(b"/"), str(self.base / "app" / "index.html"))
-        self.assertEqual(web.locate(b"/tools/index.html"),
+        self.assertEqual(web.locate(b"/").path, str(self.base / "app" / "index.html"))
+        self.assertEqual(web.locate(b"/tools/index.html").path,
                          str(self.base / "app" / "index.html"))
         self.assertIsNone(WebRoot.from_config(self.load("")))
 

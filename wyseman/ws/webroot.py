@@ -102,9 +102,14 @@ class StaticFile(static.File):
 
     contentTypes = {**static.File.contentTypes, **_TYPES}
 
-    def __init__(self, path: str, cache_control: bytes) -> None:
+    def __init__(self, path: str, cache_control: bytes, name: str | None = None) -> None:
+        """``name``: the file name the type is read from, the one the request named
+        (``path`` is the real path, which a symbolic link may name otherwise)."""
         super().__init__(path, defaultType="application/octet-stream")
         self.cache_control = cache_control
+        if name is not None:
+            self.type, self.encoding = static.getTypeAndEncoding(
+                name, self.contentTypes, self.contentEncodings, self.defaultType)
 
     def render_GET(self, request: server.Request) -> Any:  # noqa: N802
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -163,11 +168,11 @@ class WebRoot(resource.Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return self._refuse(request, _Refusal(405, "a method other than GET or HEAD"))
         try:
-            path = self.locate(request.path)
+            found = self.locate(request.path)
         except _Refusal as refusal:
             return self._refuse(request, refusal)
-        if isinstance(path, _Redirect):
-            location = path.location
+        if isinstance(found, _Redirect):
+            location = found.location
             query = request.uri.partition(b"?")[2]
             if query:
                 location += b"?" + query
@@ -175,12 +180,12 @@ class WebRoot(resource.Resource):
             request.setHeader(b"location", location)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b""
-        return StaticFile(path, self.cache_control).render(request)
+        return StaticFile(found.path, self.cache_control, found.name).render(request)
 
-    def locate(self, raw_path: bytes) -> str | _Redirect:
-        """The real path of the regular file that answers ``raw_path`` (the request
-        target's path, still percent-encoded), or where a directory's path with its
-        trailing ``/`` is. :raises _Refusal: what is answered instead, and why."""
+    def locate(self, raw_path: bytes) -> Found | _Redirect:
+        """The regular file that answers ``raw_path`` (the request target's path,
+        still percent-encoded), or where a directory's path with its trailing ``/`` is.
+        :raises _Refusal: what is answered instead, and why."""
         if not raw_path.startswith(b"/"):
             raise _Refusal(404, "a request target that is not a path")
         segments, trailing = _segments(raw_path)
@@ -199,13 +204,13 @@ class WebRoot(resource.Resource):
                 if _inside(candidate, tree.directory) and os.path.isfile(candidate):
                     if not trailing:    # (relative links in the index need the slash)
                         return _Redirect(("/" + "/".join(segments) + "/").encode("utf-8"))
-                    return candidate
+                    return Found(candidate, name)
             raise _Refusal(404, "a directory without an index file (never listed)")
         if os.path.isfile(real):
-            return real
+            return Found(real, rest[-1])
         if (tree.spa_fallback and rest and "." not in rest[-1]
                 and os.path.isfile(tree.spa_fallback)):
-            return tree.spa_fallback
+            return Found(tree.spa_fallback, os.path.basename(tree.spa_fallback))
         raise _Refusal(404, "no such file")
 
     def _refuse(self, request: server.Request, refusal: _Refusal) -> bytes:
@@ -219,6 +224,14 @@ class WebRoot(resource.Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         return {403: b"Forbidden\n", 404: b"Not Found\n",
                 405: b"Method Not Allowed\n"}.get(refusal.code, b"Refused\n")
+
+
+@dataclass(frozen=True)
+class Found:
+    """The file that answers a request: its real path, and the name the request gave
+    it (its content type is that name's)."""
+    path: str
+    name: str
 
 
 @dataclass(frozen=True)
