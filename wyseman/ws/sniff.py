@@ -11,7 +11,8 @@ request machinery.
 The :class:`Sniffer` reads a connection's request head first. A plain upgrade (``GET
 <path> HTTP/1.1`` with ``Upgrade: websocket``, no body, not ``/clientinfo``) goes to the
 WebSocket protocol at once; a plain ``GET /clientinfo … HTTP/1.1`` is answered from the
-same code as twisted.web's resource, and the connection closed; everything else
+same code as twisted.web's resource (its CORS headers included), and the connection
+closed; everything else (a ``[web]`` app's files among it)
 (``/healthz``, ``HEAD``, HTTP/1.0, a body, folded or malformed header lines) goes to
 twisted.web with the bytes read so far, exactly as if twisted.web had read them itself.
 Autobahn answered every upgrade before as well (twisted.web only routed it).
