@@ -278,6 +278,20 @@ class WebServerTests(TestCase):
         self.assertEqual((yield raw.done), b"")
 
     @defer.inlineCallbacks
+    def test_a_kept_alive_connection_serves_several_files_and_is_released(self):
+        site = self.server.ports[0].factory
+        requests = b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % name
+                            for name in (b"app.js", b"style.css"))
+        raw = _Exchange(requests + b"GET /data.json HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), raw)
+        data = yield raw.done
+        self.assertEqual(data.count(b"HTTP/1.1 200 OK"), 3)
+        for name in ("app.js", "style.css", "data.json"):
+            self.assertIn((self.tree["site"] / name).read_bytes(), data)
+        self.assertEqual(site.pending, 0)      # the connection no longer counts
+
+    @defer.inlineCallbacks
     def test_websocket_logins_are_unchanged(self):
         user = add_user(self.db)
         conn = yield ticket_login(self, self.server, self.db, user)

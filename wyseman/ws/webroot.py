@@ -207,7 +207,7 @@ class WebRoot(resource.Resource):
                     return Found(candidate, name)
             raise _Refusal(404, "a directory without an index file (never listed)")
         if os.path.isfile(real):
-            return Found(real, rest[-1])
+            return Found(real, rest[-1] if rest else os.path.basename(real))
         if (tree.spa_fallback and rest and "." not in rest[-1]
                 and os.path.isfile(tree.spa_fallback)):
             return Found(tree.spa_fallback, os.path.basename(tree.spa_fallback))
