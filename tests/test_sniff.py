@@ -23,6 +23,7 @@ from tests.harness import (
     ticket_login,
 )
 from tests.pgtest import fresh_database
+from wyseman.ws.cors import ClientInfoCors
 from wyseman.ws.httpbounds import BoundedRequest, GatewaySite
 from wyseman.ws.sniff import (
     CLIENTINFO,
@@ -110,6 +111,9 @@ class _ClientInfo:
         self.asked.append((peer.host, forwarded_for, real_ip, cookie, user_agent))
         return b'{"ip":"x"}'
 
+    def cors_headers(self, origin, host, peer):
+        return ClientInfoCors(()).headers(origin, host)
+
 
 class SnifferTests(TestCase):
     """The sniffer on a :class:`GatewaySite` (no reactor, no network)."""
@@ -166,7 +170,7 @@ class SnifferTests(TestCase):
         self.assertEqual(transport.value(), (
             b"HTTP/1.1 200 OK\r\nServer: wyseman\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
             b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
-            b"Access-Control-Allow-Origin: *\r\nContent-Length: 10\r\n"
+            b"Vary: Origin\r\nContent-Length: 10\r\n"
             b"Connection: close\r\n\r\n{\"ip\":\"x\"}"))
         self.assertTrue(transport.disconnecting)
         sniffer.dataReceived(b"GET /clientinfo HTTP/1.1\r\n\r\n")   # closing: ignored

@@ -126,6 +126,23 @@ def _path(value: Any) -> str:
     return value
 
 
+def _web_name(value: Any) -> str:
+    if (not isinstance(value, str) or not value or value in (".", "..")
+            or any(c in value for c in "/\\\x00")):
+        raise ValueError("expected a file name (no '/')")
+    return value
+
+
+def _web_file(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a file path relative to [web] root")
+    parts = value.split("/")
+    if value and (value.startswith("/") or "\x00" in value or "\\" in value
+                  or any(part in ("", ".", "..") for part in parts)):
+        raise ValueError("expected a file path relative to [web] root, without '..'")
+    return value
+
+
 def _dotted(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", value):
         raise ValueError("expected a dotted path 'package.module:function'")
@@ -375,6 +392,28 @@ OPTIONS: tuple[Option, ...] = (
     _o("actions", "handlers", None, {},
        "Table of `\"view:name\"` → `\"package.module:function\"`: custom action handlers."),
 
+    # [web]
+    _o("web", "root", _path, "",
+       "Directory of a browser app served on the gateway's ports (the WebSocket ports' "
+       "plain GETs and the `clientinfo_listen` ports), so that the page, `/clientinfo` and "
+       "the WebSocket share one origin. Relative to the config file. Empty: no files are "
+       "served (a plain GET gets 426 on a WebSocket port, 404 on a `/clientinfo` one). "
+       "See docs/hosting.md."),
+    _o("web", "mounts", None, {},
+       "Table of URL path prefix → directory (`\"/wysegi\" = \"../wysegi/dist\"`), each "
+       "served like `root` under its prefix. Prefixes start with `/`; `/clientinfo` is "
+       "the server's."),
+    _o("web", "index", _list_of(_web_name, "file names"), ("index.html",),
+       "Files tried, in order, for a request naming a directory; a directory without one "
+       "is 404 (never listed)."),
+    _o("web", "spa_fallback", _web_file, "",
+       "File under `root` (e.g. `index.html`) answered for a path under `root` that names "
+       "no file and whose last segment has no extension (a single-page app's client-side "
+       "routes). Empty: such paths are 404."),
+    _o("web", "cache_max_age", _int_range(0, 31_536_000), 0,
+       "`Cache-Control: max-age` in seconds of served files. 0: `no-cache` (the browser "
+       "revalidates each time; unchanged files are answered 304 by `ETag`)."),
+
     # [metrics]
     _o("metrics", "listen", _string, "",
        "Endpoint of the Prometheus metrics page `/metrics` and of the health check "
@@ -491,6 +530,16 @@ class ActionsSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """``[web]``: the browser app served on the gateway's ports (wyseman.ws.webroot)."""
+    root: str
+    mounts: Mapping[str, str]
+    index: tuple[str, ...]
+    spa_fallback: str
+    cache_max_age: int
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """``[metrics]``: the Prometheus page and health check."""
     listen: str
@@ -500,7 +549,8 @@ class MetricsSection:
 SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
     "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
-    "views": ViewsSection, "actions": ActionsSection, "metrics": MetricsSection,
+    "views": ViewsSection, "actions": ActionsSection, "web": WebSection,
+    "metrics": MetricsSection,
 }
 
 
@@ -531,6 +581,7 @@ class Config:
     limits: LimitsSection
     views: ViewsSection
     actions: ActionsSection
+    web: WebSection
     metrics: MetricsSection
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -577,6 +628,32 @@ def _check_actions(source: str, value: Any) -> dict[tuple[str, str], str]:
     return out
 
 
+def _check_mounts(source: str, value: Any) -> dict[str, str]:
+    """``[web] mounts``: each prefix a clean absolute URL path (no empty, ``.`` or ``..``
+    segment, no ``%``: a request is matched segment by segment after decoding), kept
+    without its trailing ``/``; not ``/`` (that is ``root``) nor under ``/clientinfo``."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [web] mounts: expected a table")
+    out: dict[str, str] = {}
+    for key, directory in value.items():
+        where = f"{source}: [web] mounts.{key!r}"
+        prefix = key.rstrip("/")
+        segments = prefix.split("/")[1:]
+        if (not key.startswith("/") or not segments
+                or any(s in ("", ".", "..") or any(c in s for c in "%\\\x00?#")
+                       for s in segments)):
+            raise ConfigError(f"{where}: expected a URL path prefix like \"/app\" "
+                              "(no '.', '..', '%', '?' or '#' segments; \"/\" is [web] root)")
+        if segments[0] == "clientinfo":
+            raise ConfigError(f"{where}: /clientinfo is the server's own path")
+        if prefix in out:
+            raise ConfigError(f"{where}: the prefix {prefix!r} is mounted twice")
+        if not isinstance(directory, str) or not directory:
+            raise ConfigError(f"{where}: expected a directory path")
+        out[prefix] = directory
+    return out
+
+
 def from_dict(data: Mapping[str, Any], source: str = "<config>",
               base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document and apply defaults (the only place they are applied)."""
@@ -608,6 +685,8 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
                     source, where, value, _channel_pattern, "channel names or patterns")
             elif (name, key) == ("actions", "handlers"):
                 values[key] = _check_actions(source, value)
+            elif (name, key) == ("web", "mounts"):
+                values[key] = _check_mounts(source, value)
             else:
                 try:
                     values[key] = opt.check(value)
@@ -648,6 +727,8 @@ def _check_consistency(config: Config) -> None:
             f"{src}: [auth] insecure_on_public_interfaces: only meaningful with insecure = true")
     if config.server.workers > 1:
         _check_workers(config)
+    if config.web.spa_fallback and not config.web.root:
+        raise ConfigError(f"{src}: [web] spa_fallback: needs [web] root (the file is under it)")
     limits = config.limits
     if limits.max_frame_size > limits.max_message_size:
         raise ConfigError(

@@ -1,6 +1,7 @@
 """What a start checks before it touches the network, for ``wyseman config check``.
 
-A config that parses can still not start on this machine: a certificate file missing or
+A config that parses can still not start on this machine: a ``[web] root`` that is not a
+directory, a certificate file missing or
 not matching its key, a handler module not importable, an endpoint string Twisted does
 not take, CPUs the process may not use, no PostgreSQL binaries for an embedded
 database. ``config check`` runs these same checks, so that "ok" means the server will
@@ -14,8 +15,9 @@ from wyseman.config import Config, ConfigError
 
 def check_startable(config: Config) -> None:
     """:raises ConfigError: (naming the file and key) what would stop the start."""
-    from wyseman.application.service import _tls_factory, check_cpu_affinity
+    from wyseman.application.service import _tls_factory, check_cpu_affinity, check_web
     check_cpu_affinity(config)
+    check_web(config)
     tls = _tls_factory(config)
     _check_endpoints(config, tls)
     _check_handlers(config)

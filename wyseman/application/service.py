@@ -37,6 +37,7 @@ from wyseman.gateway.hub import Gateway
 from wyseman.tuning import affinity
 from wyseman.tuning.affinity import auto_threads
 from wyseman.tuning.gcpause import freeze_startup_objects, set_young_threshold
+from wyseman.ws import webroot
 from wyseman.ws.fanout import FanOut
 from wyseman.ws.protocol import build_site
 
@@ -166,6 +167,15 @@ def check_cpu_affinity(config: Config) -> None:
             raise ConfigError(f"{config.source}: {exc}") from None
 
 
+def check_web(config: Config) -> None:
+    """:raises ConfigError: ``[web]`` names a root or mount that is not a directory, or a
+    ``spa_fallback`` that is not a file under the root (a start would serve 404s only)."""
+    problems = webroot.check_web(config)
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError(f"{config.source}: [web] {key}: {problem}")
+
+
 class StartingService(Service):
     """``startService`` runs :meth:`_start`; if that fails, the failure is logged, fails
     :attr:`ready`, and stops the reactor (a server that cannot start exits) unless
@@ -276,6 +286,7 @@ class GatewayService(StartingService):
     def _start(self) -> Any:
         cpus = self.config.server.cpu_affinity
         check_cpu_affinity(self.config)   # before anything opens: a bad list stops the start
+        check_web(self.config)
         ensure_descriptors(self.config, len(self.specs) + len(self.clientinfo_specs))
         dsn = yield self._admin_dsn()
         db_conf = self.config.database

@@ -29,8 +29,10 @@ from wyseman.ws.autobahn_fast import (
     FastServerProtocol,
     _size,
 )
+from wyseman.ws.cors import ClientInfoCors
 from wyseman.ws.httpbounds import GatewaySite, Upgrade
 from wyseman.ws.twisted_io import send_some
+from wyseman.ws.webroot import WebRoot
 
 if TYPE_CHECKING:
     from wyseman.gateway.seams import Connection, TransportHub
@@ -349,13 +351,15 @@ class GatewayFactory(WebSocketServerFactory):
 
 class ClientInfo(resource.Resource):
     """``GET /clientinfo``: what the client signs for a key login (docs/protocol.md,
-    3 "GET /clientinfo")."""
+    3 "GET /clientinfo"), with CORS headers for the pages that may read it and an
+    ``OPTIONS`` preflight (:mod:`wyseman.ws.cors`)."""
 
     isLeaf = True
 
     def __init__(self, gateway: TransportHub) -> None:
         super().__init__()
         self.gateway = gateway
+        self.cors = ClientInfoCors(gateway.config.server.allowed_origins)
 
     def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
         body = self.body(request.getClientAddress(), _header(request, b"x-forwarded-for"),
@@ -363,8 +367,41 @@ class ClientInfo(resource.Resource):
                          _header(request, b"user-agent"))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"access-control-allow-origin", b"*")
+        for name, value in self.cors_headers(_header(request, b"origin"),
+                                             _header(request, b"host"),
+                                             request.getClientAddress()):
+            request.setHeader(name, value)
         return body
+
+    def render_OPTIONS(self, request: server.Request) -> bytes:  # noqa: N802
+        """A browser's preflight (asked before a cross-origin fetch with credentials
+        and headers of its own): 204 for a page that may read the answer, else 403."""
+        status, headers, problem = self.cors.preflight(
+            _header(request, b"origin"), _header(request, b"host"),
+            _header(request, b"access-control-request-method"),
+            _header(request, b"access-control-request-headers"))
+        request.setResponseCode(status)
+        for name, value in headers:
+            request.setHeader(name, value)
+        request.setHeader(b"cache-control", b"no-store")
+        if problem is None:
+            return b""
+        log.info("refused a /clientinfo preflight from {peer}: {reason}",
+                 peer=getattr(request.getClientAddress(), "host", "?"), reason=problem)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"Forbidden: {problem}\n".encode("utf-8", "replace")
+
+    def cors_headers(self, origin: str | None, host: str | None,
+                     peer: Any) -> list[tuple[bytes, bytes]]:
+        """The CORS headers of a ``GET /clientinfo`` from a page of ``origin``; also
+        what :mod:`wyseman.ws.sniff` sends. An origin that may not read the answer gets
+        none, and is logged."""
+        if origin is not None:
+            problem = self.cors.problem(origin, host)
+            if problem is not None:
+                log.info("no CORS headers on /clientinfo for {peer}: {reason}",
+                         peer=getattr(peer, "host", "?"), reason=problem)
+        return self.cors.headers(origin, host)
 
     def body(self, peer: Any, forwarded_for: str | None, real_ip: str | None,
              cookie: str | None, user_agent: str | None) -> bytes:
@@ -384,17 +421,23 @@ def _header(request: server.Request, name: bytes) -> str | None:
 
 
 class _Root(resource.Resource):
-    """``/clientinfo`` and, on every other path, the WebSocket (as the Node server)."""
+    """``/clientinfo`` and, on every other path, the WebSocket (as the Node server);
+    with ``[web]``, a request on another path that asks for no WebSocket gets the
+    app's files (:class:`~wyseman.ws.webroot.WebRoot`)."""
 
-    def __init__(self, gateway: TransportHub, websocket: Upgrade | None) -> None:
+    def __init__(self, gateway: TransportHub, websocket: Upgrade | None,
+                 web: resource.Resource | None = None) -> None:
         super().__init__()
         self.clientinfo = ClientInfo(gateway)
         self.websocket = websocket
+        self.web = web
 
     def getChild(self, path: bytes, request: server.Request) -> Any:  # noqa: N802
         request.setHeader(b"server", b"wyseman")   # not twisted.web's name and version
         if path == b"clientinfo":
             return self.clientinfo
+        if self.web is not None and not wants_websocket(request):
+            return self.web      # (a leaf: it reads the whole path itself)
         if self.websocket is None:
             return resource.NoResource()
         return self.websocket
@@ -406,6 +449,13 @@ class _Root(resource.Resource):
         return self.websocket.render(request)
 
 
+def wants_websocket(request: server.Request) -> bool:
+    """True if ``request`` asks for an upgrade to a WebSocket (it goes to Autobahn,
+    which answers a malformed one; a plain GET is a page's)."""
+    upgrade = request.getHeader(b"upgrade")
+    return upgrade is not None and b"websocket" in upgrade.lower()
+
+
 def build_site(gateway: TransportHub, *, secure: bool, insecure_allowed: bool,
                clientinfo_only: bool = False) -> server.Site:
     """The twisted.web site of one endpoint."""
@@ -414,12 +464,13 @@ def build_site(gateway: TransportHub, *, secure: bool, insecure_allowed: bool,
         factory = GatewayFactory(gateway, url=("wss" if secure else "ws") + "://127.0.0.1/",
                                  secure=secure, insecure_allowed=insecure_allowed)
         websocket = Upgrade(factory)
-    root = _Root(gateway, websocket)
+    root = _Root(gateway, websocket, WebRoot.from_config(gateway.config))
     # A connection has open_handshake_timeout idle seconds to complete its HTTP request
     # (twisted.web's default is 60; once a request is in, its idle timeout is off, so an
     # upgraded WebSocket is not affected), a kept-alive one as long between requests, and
     # twice that in all (a client sending a byte now and then is not idle).
-    # (a plain upgrade or GET /clientinfo skips twisted.web: wyseman.ws.sniff)
+    # (a plain upgrade or GET /clientinfo skips twisted.web: wyseman.ws.sniff; the
+    # app's files of [web] are twisted.web's, with these same bounds)
     site = GatewaySite.bounded_by(
         root, gateway.config.limits, exempt=gateway.trusted_proxies,
         on_refused=lambda reason: gateway.metrics.handshake("refused", reason),

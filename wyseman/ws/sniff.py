@@ -11,7 +11,8 @@ request machinery.
 The :class:`Sniffer` reads a connection's request head first. A plain upgrade (``GET
 <path> HTTP/1.1`` with ``Upgrade: websocket``, no body, not ``/clientinfo``) goes to the
 WebSocket protocol at once; a plain ``GET /clientinfo … HTTP/1.1`` is answered from the
-same code as twisted.web's resource, and the connection closed; everything else
+same code as twisted.web's resource (its CORS headers included), and the connection
+closed; everything else (a ``[web]`` app's files among it)
 (``/healthz``, ``HEAD``, HTTP/1.0, a body, folded or malformed header lines) goes to
 twisted.web with the bytes read so far, exactly as if twisted.web had read them itself.
 Autobahn answered every upgrade before as well (twisted.web only routed it).
@@ -19,6 +20,7 @@ Autobahn answered every upgrade before as well (twisted.web only routed it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -87,14 +89,23 @@ def is_plain_upgrade(head: bytes) -> bool:
     return classify(head)[0] == UPGRADE
 
 
-def clientinfo_response(body: bytes, now: float) -> bytes:
+def clientinfo_response(body: bytes, now: float,
+                        cors: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
     """The whole answer to a plain ``GET /clientinfo``: the headers twisted.web's
-    :class:`~wyseman.ws.protocol.ClientInfo` sends, and ``Connection: close``."""
+    :class:`~wyseman.ws.protocol.ClientInfo` sends (``cors``: its CORS headers, as
+    (name, value)), and ``Connection: close``."""
     return b"".join([
         b"HTTP/1.1 200 OK\r\nServer: wyseman\r\nDate: ", datetimeToString(now),
-        b"\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-        b"Access-Control-Allow-Origin: *\r\nContent-Length: ", str(len(body)).encode(),
+        b"\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n",
+        *(_field(name, value) for name, value in cors),
+        b"Content-Length: ", str(len(body)).encode(),
         b"\r\nConnection: close\r\n\r\n", body])
+
+
+def _field(name: bytes, value: bytes) -> bytes:
+    """One header line, ``Vary: Origin`` (the names capitalised as twisted.web sends
+    them)."""
+    return b"-".join(part.capitalize() for part in name.split(b"-")) + b": " + value + b"\r\n"
 
 
 def hand_over(transport: Any, protocol: Any) -> None:
@@ -194,8 +205,9 @@ class Sniffer(Protocol, TimeoutMixin):
         body = self.site.clientinfo.body(self.addr, text(b"x-forwarded-for"),
                                          text(b"x-real-ip"), text(b"cookie"),
                                          text(b"user-agent"))
+        cors = self.site.clientinfo.cors_headers(text(b"origin"), text(b"host"), self.addr)
         self._answered = True
-        self.transport.write(clientinfo_response(body, self.site.reactor.seconds()))
+        self.transport.write(clientinfo_response(body, self.site.reactor.seconds(), cors))
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802

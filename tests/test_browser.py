@@ -1,0 +1,105 @@
+"""A real browser (Debian's chromium, driven by playwright-core from tests/js) runs the
+stock npm ``wyseman`` client in a page the Python server serves from its ``[web]`` root
+over https: a ticket login, a reload, a key login with the key the page kept in
+localStorage (``/clientinfo`` fetched from the page's own origin, with a cookie set on
+the host, and signed), a select, and a notification.
+
+Skipped, with the reason, when node or chromium is not installed (scripts/test.sh
+installs chromium when it runs as root on Debian)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.harness import APP_SAMPLE, ProcessOutput, add_user, start_gateway
+from tests.jsinterop import JS_DIR, node
+from tests.pgtest import fresh_database
+from tests.tlsutil import TestCA
+from wyseman.provision import admin
+
+CHROMIUM = os.environ.get("WYSEMAN_CHROMIUM", "/usr/bin/chromium")
+#: seconds the browser run may take in all (a cold chromium start is a few seconds)
+RUN_TIMEOUT = 90
+
+
+def chromium() -> str:
+    path = shutil.which(CHROMIUM)
+    if path is None:
+        raise SkipTest(f"{CHROMIUM} is not installed: the real-browser test is skipped "
+                       "(as root on Debian: apt-get install --no-install-recommends "
+                       "chromium; or set WYSEMAN_CHROMIUM)")
+    return path
+
+
+class BrowserTests(TestCase):
+    timeout = RUN_TIMEOUT + 30
+
+    @defer.inlineCallbacks
+    def test_wylib_style_logins_in_a_real_browser(self):
+        browser = chromium()
+        executable = node()      # (installs tests/js/node_modules from the lock file)
+        base = Path(self.mktemp()).resolve()
+        root = base / "site"
+        root.mkdir(parents=True)
+        ca = TestCA.create()
+        cert, key, _ = ca.issue(base, "server")
+        db = fresh_database(self)
+        db.run(APP_SAMPLE)
+        db.run("insert into app.item (name, qty) values ('bolt', 3), ('nut', 5)")
+        server = yield start_gateway(
+            self, db, server={"listen": "tls:0:interface=127.0.0.1"},
+            tls={"cert": str(cert), "key": str(key)}, web={"root": str(root)})
+        user = add_user(db)
+        token = admin.issue_ticket(db.dsn, user).token
+        config = {
+            "root": str(root), "host": "localhost", "port": server.port, "user": user,
+            "token": token, "channel": "app_browser", "chromium": browser,
+            "cookie": {"name": "wylib_session", "value": "s3cr3t-42"},
+            "request": {"id": 2, "action": "select", "view": "app.item_v",
+                        "fields": ["name", "qty"], "order": ["name"]},
+            "timeout": 30000,
+        }
+        output = ProcessOutput()
+        process = reactor.spawnProcess(
+            output, executable, [executable, str(JS_DIR / "browser_test.js"),
+                                 json.dumps(config)],
+            env=dict(os.environ), path=str(JS_DIR))
+        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
+        self.addCleanup(lambda: killer.active() and killer.cancel())
+        yield output.wait_for('{"step":"listening"}')
+        db.run("""notify app_browser, '{"from": "postgres"}'""")
+        code = yield output.ended
+        lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
+                 if line.startswith("{")]
+        result = json.loads(lines[-1])
+        self.assertEqual(code, 0, result)
+        self.assertTrue(result["ok"], result)
+
+        ticket = result["ticket"]
+        self.assertIn(f"wss://localhost:{server.port}/?user={user}&token=", ticket["url"])
+        self.assertIn("&pub=", ticket["url"])
+        self.assertTrue(ticket["reply"]["data"]["curr_eid"], ticket)
+        saved = ticket["saved"]       # what the page kept in localStorage
+        self.assertEqual((saved["host"], saved["port"], saved["user"]),
+                         ("localhost", server.port, user))
+        self.assertEqual(saved["key"]["crv"], "P-521")
+
+        login = result["key"]         # after the reload: the kept key, signed
+        self.assertIn("&sign=", login["url"])
+        self.assertIn("&date=", login["url"])
+        self.assertNotIn("token=", login["url"])
+        self.assertEqual(login["reply"]["data"], [{"name": "bolt", "qty": 3},
+                                                  {"name": "nut", "qty": 5}])
+        # /clientinfo on the page's own origin saw the host's cookie, which the signed
+        # message and the WebSocket upgrade carried too (or the login would be refused)
+        self.assertEqual(login["clientinfo"]["cookie"], "wylib_session=s3cr3t-42")
+        self.assertIn("Chrome/", login["clientinfo"]["userAgent"])
+
+        self.assertEqual(result["notification"]["channel"], "app_browser")
+        self.assertEqual(result["notification"]["data"], {"from": "postgres"})
