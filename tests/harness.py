@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -194,7 +195,6 @@ class ProcessOutput(protocol.ProcessProtocol):
 def user_environment() -> dict[str, str]:
     """The environment of a user's shell after the README's install: this venv's
     ``bin`` (``wyseman``, ``twistd``, ``python``) on ``PATH``, the checkout importable."""
-    import os
     import sys
     from pathlib import Path
     bin_dir = str(Path(sys.executable).parent)
@@ -311,7 +311,6 @@ def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: i
 def checkout_pythonpath() -> str:
     """``PYTHONPATH`` for a child process: the checkout first, then what this process
     was given (the suite's packages when it runs as another user)."""
-    import os
     from pathlib import Path
     root = str(Path(__file__).resolve().parent.parent)
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

@@ -126,6 +126,29 @@ def _path(value: Any) -> str:
     return value
 
 
+def _url_prefix(value: Any) -> str:
+    """A URL path prefix of ``[web]`` (a mount, the console): clean and absolute (no
+    empty, ``.`` or ``..`` segment, no ``%``: a request is matched segment by segment
+    after decoding), kept without its trailing ``/``; not ``/`` (that is ``root``) nor
+    under ``/clientinfo``."""
+    if not isinstance(value, str):
+        raise ValueError("expected a URL path prefix like \"/app\"")
+    prefix = value.rstrip("/")
+    segments = prefix.split("/")[1:]
+    if (not value.startswith("/") or not segments
+            or any(s in ("", ".", "..") or any(c in s for c in "%\\\x00?#")
+                   for s in segments)):
+        raise ValueError("expected a URL path prefix like \"/app\" "
+                         "(no '.', '..', '%', '?' or '#' segments; \"/\" is [web] root)")
+    if segments[0] == "clientinfo":
+        raise ValueError("/clientinfo is the server's own path")
+    return prefix
+
+
+def _console_prefix(value: Any) -> str:
+    return "" if value == "" else _url_prefix(value)
+
+
 def _web_name(value: Any) -> str:
     if (not isinstance(value, str) or not value or value in (".", "..")
             or any(c in value for c in "/\\\x00")):
@@ -410,6 +433,10 @@ OPTIONS: tuple[Option, ...] = (
        "File under `root` (e.g. `index.html`) answered for a path under `root` that names "
        "no file and whose last segment has no extension (a single-page app's client-side "
        "routes). Empty: such paths are 404."),
+    _o("web", "console", _console_prefix, "",
+       "URL path (e.g. `\"/console\"`) where the server's own web console is served: a "
+       "page that imports a ticket, logs in (later by the key it keeps in the browser), "
+       "sends requests and shows notifications. Empty: not served. See docs/hosting.md."),
     _o("web", "cache_max_age", _int_range(0, 31_536_000), 0,
        "`Cache-Control: max-age` in seconds of served files. 0: `no-cache` (the browser "
        "revalidates each time; unchanged files are answered 304 by `ETag`)."),
@@ -536,6 +563,7 @@ class WebSection:
     mounts: Mapping[str, str]
     index: tuple[str, ...]
     spa_fallback: str
+    console: str
     cache_max_age: int
 
 
@@ -637,15 +665,10 @@ def _check_mounts(source: str, value: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, directory in value.items():
         where = f"{source}: [web] mounts.{key!r}"
-        prefix = key.rstrip("/")
-        segments = prefix.split("/")[1:]
-        if (not key.startswith("/") or not segments
-                or any(s in ("", ".", "..") or any(c in s for c in "%\\\x00?#")
-                       for s in segments)):
-            raise ConfigError(f"{where}: expected a URL path prefix like \"/app\" "
-                              "(no '.', '..', '%', '?' or '#' segments; \"/\" is [web] root)")
-        if segments[0] == "clientinfo":
-            raise ConfigError(f"{where}: /clientinfo is the server's own path")
+        try:
+            prefix = _url_prefix(key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         if prefix in out:
             raise ConfigError(f"{where}: the prefix {prefix!r} is mounted twice")
         if not isinstance(directory, str) or not directory:
@@ -729,6 +752,9 @@ def _check_consistency(config: Config) -> None:
         _check_workers(config)
     if config.web.spa_fallback and not config.web.root:
         raise ConfigError(f"{src}: [web] spa_fallback: needs [web] root (the file is under it)")
+    web = config.web
+    if web.console and web.console in web.mounts:
+        raise ConfigError(f"{src}: [web] console: {web.console!r} is also a mount")
     limits = config.limits
     if limits.max_frame_size > limits.max_message_size:
         raise ConfigError(

@@ -206,10 +206,16 @@ def _add_ticket(subparsers: argparse._SubParsersAction,
                         help="write the ticket to FILE (mode 0600) instead of stdout")
     ticket.add_argument("--host", metavar="H", help="WebSocket host put into the ticket")
     ticket.add_argument("--port", metavar="P", type=int, help="WebSocket port put into the ticket")
-    ticket.add_argument("--http-port", metavar="S", type=int, default=4000,
-                        help="HTTP port of the app page for --format web (default 4000)")
+    ticket.add_argument("--http-port", metavar="S", type=int,
+                        help="HTTP port of the app page for --format web (default: the "
+                             "server's first listen port when [web] serves pages, else "
+                             "4000, wyclif's)")
+    ticket.add_argument("--page", metavar="PATH",
+                        help="the app page for --format web, e.g. wysegi.html or console/ "
+                             "(default: the [web] console when configured, else "
+                             "SPA-NAME.html)")
     ticket.add_argument("--spa-name", metavar="N", default="wyatt",
-                        help="page name for --format web (default wyatt)")
+                        help="page name for --format web without --page (default wyatt)")
     ticket.set_defaults(handler=_ticket)
 
 
@@ -221,9 +227,16 @@ def _ticket(args: argparse.Namespace) -> int:
     served = spec.port if spec.port and spec.kind in ("tcp", "tls") else None
     ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port,
                           fallback_host=spec.interface or None, fallback_port=served)
+    web = config.web
+    hosted = bool(web.root or web.mounts or web.console) and served is not None
+    page = args.page
+    if page is None and web.console and not web.root:
+        page = web.console.lstrip("/") + "/"
     text = format_ticket(ticket, args.format,
                          admin_user=ticket.issuer or config.database.admin_user,
-                         http_port=args.http_port, spa_name=args.spa_name)
+                         http_port=args.http_port or (served if hosted else 4000),
+                         spa_name=args.spa_name, page=page,
+                         scheme="http" if hosted and spec.kind == "tcp" else "https")
     if args.output:
         # The token is a credential: create the file private, then write.
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

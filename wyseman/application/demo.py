@@ -27,6 +27,10 @@ name = "wyseman"
 
 [channels]
 allow = ["wyseman", "wylib", "demo"]
+
+[web]
+# the server's own web console, at /console/ on the server's port
+console = "/console"
 """
 
 
@@ -126,13 +130,25 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
         f"  Firefox: Settings > Privacy & Security > Certificates > View Certificates > "
         f"Authorities > Import {ca}",
     ] if secure else [
-        "Plain ws:// serves ticket logins and these command-line clients; browser apps "
-        "sign key logins only over wss://: try `wyseman demo --tls`.",
+        "Plain ws:// serves ticket logins and these command-line clients; the stock JS "
+        "client (wylib's apps) signs key logins only over wss://: try `wyseman demo --tls`.",
     ]
+    console = []
+    if config.web.console:
+        # its own one-time ticket: the file's is for the command line
+        web_ticket = admin.issue_ticket(dsn, user, host="127.0.0.1", port=port)
+        link = admin.format_ticket(web_ticket, "web", admin_user="postgres", http_port=port,
+                                   page=config.web.console.lstrip("/") + "/", scheme=http,
+                                   extra="&listen=demo")
+        console = [
+            "Web console (its ticket logs this browser in; later visits by the key it keeps):",
+            "  " + link,
+        ]
     return "\n".join([
         f"wyseman demo: {created}; serving {scheme}://127.0.0.1:{port} ({http} /clientinfo "
         f"on {port} and {port - 1}); Ctrl-C stops the server and its PostgreSQL.",
         *trust,
+        *console,
         f"One-time ticket for {user!r} (valid until {ticket.expires}), saved to "
         f"{ticket_file}:",
         "  " + admin.format_ticket(ticket, "link", admin_user="postgres"),

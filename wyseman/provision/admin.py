@@ -238,14 +238,17 @@ TICKET_FORMATS = ("json", "link", "web")
 
 
 def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
-                  http_port: int = 4000, spa_name: str = "wyatt") -> str:
+                  http_port: int = 4000, spa_name: str = "wyatt", page: str | None = None,
+                  scheme: str = "https", extra: str = "") -> str:
     """Render a ticket as wyclif ``bin/ticket`` does (web connection type).
 
     * ``json``: ``{"ticket":{"token","expires","host","port"[,"user"]}}``, compact;
       ``user`` only when the ticket's user is not ``admin_user``; null/empty host and
       null port dropped.
     * ``link``: ``https://H/connect?token=T&user=U&host=H&port=P``.
-    * ``web``: ``https://H:S/SPA.html?token=T&user=U&host=H&port=P``.
+    * ``web``: ``SCHEME://H:S/PAGE?token=T&user=U&host=H&port=P`` where PAGE is
+      ``page`` (a path such as ``wysegi.html`` or ``console/``), else ``SPA.html``;
+      ``extra`` (``&name=value…``) is appended to the query.
 
     Links fall back to host ``localhost`` and port 54320. Unlike wyclif, query values
     that are not plain (letters, digits, ``._~-``) are %-encoded; wylib decodes them.
@@ -265,5 +268,6 @@ def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
     if fmt == "link":
         return f"https://{host}/connect?{query}"
     if fmt == "web":
-        return f"https://{host}:{http_port}/{spa_name}.html?{query}"
+        path = (page if page is not None else f"{spa_name}.html").lstrip("/")
+        return f"{scheme}://{host}:{http_port}/{path}?{query}{extra}"
     raise ValueError(f"unknown ticket format {fmt!r} (expected one of {', '.join(TICKET_FORMATS)})")
