@@ -219,7 +219,7 @@ class StartingService(Service):
 class GatewayService(StartingService):
     """Database, gateway and listening ports; starts once the database answers."""
 
-    name = "gateway"
+    name = "gateway"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,

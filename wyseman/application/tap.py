@@ -29,7 +29,7 @@ class Options(usage.Options):
 class _StopOnHangup(Service):
     """In a terminal, SIGHUP (the terminal closed) stops the server cleanly."""
 
-    name = "stop-on-hangup"
+    name = "stop-on-hangup"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
     _handler = None
 
     def startService(self) -> None:  # noqa: N802

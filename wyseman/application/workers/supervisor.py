@@ -148,7 +148,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 class WorkerSupervisor(StartingService):
     """Starts, watches and stops ``config.server.workers`` gateway processes."""
 
-    name = "gateway"
+    name = "gateway"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
     failure_message = "wyseman workers could not start"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
