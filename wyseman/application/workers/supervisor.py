@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, error, protocol
@@ -189,7 +189,7 @@ class WorkerSupervisor(StartingService):
         server = raw.setdefault("server", {})
         self.listen = [self._reserve(text) for text in self.config.server.listen]
         server["listen"] = self.listen
-        clientinfo = self.config.server.clientinfo_listen
+        clientinfo: Sequence[str] | None = self.config.server.clientinfo_listen
         if clientinfo is None:
             clientinfo = [d for d in (derived_clientinfo(parse_listen(t))
                                       for t in self.config.server.listen) if d]
