@@ -179,12 +179,14 @@ def _dotted(value: Any) -> str:
 class Option:
     section: str
     key: str
-    check: Checker
+    #: None for the tables whose checks need the file's name ([channels] roles,
+    #: [actions] handlers): :func:`from_dict` checks those itself
+    check: Checker | None
     default: Any
     doc: str
 
 
-def _o(section: str, key: str, check: Checker, default: Any, doc: str) -> Option:
+def _o(section: str, key: str, check: Checker | None, default: Any, doc: str) -> Option:
     return Option(section, key, check, default, doc)
 
 
@@ -711,6 +713,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
             elif (name, key) == ("web", "mounts"):
                 values[key] = _check_mounts(source, value)
             else:
+                assert opt.check is not None   # (only the tables above have none)
                 try:
                     values[key] = opt.check(value)
                 except ValueError as exc:

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import psycopg2
 
@@ -33,6 +34,9 @@ from wyseman.provision.admin import (
 )
 from wyseman.provision.bootstrap import init_database_sync
 from wyseman.provision.cluster import ClusterError
+
+if TYPE_CHECKING:
+    from twisted.logger import ILogObserver
 
 PROG = "wyseman"
 DEFAULT_CONFIG = "wyseman.toml"
@@ -395,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 2
-    observer = None if args.handler is _demo else _warnings_to_stderr
+    # (a function of the event is an ILogObserver; plain mypy cannot see zope interfaces)
+    observer = None if args.handler is _demo else cast("ILogObserver", _warnings_to_stderr)
     if observer is not None:
         from twisted.logger import globalLogPublisher
         globalLogPublisher.addObserver(observer)

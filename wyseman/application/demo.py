@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, threads
 
@@ -165,13 +165,15 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
 
 
 def run(config_path: str | None = None, user: str = "demo", tls: bool = False) -> int:
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import ILogObserver, globalLogBeginner, textFileLogObserver
 
+    from wyseman.application.mainloop import global_reactor
     from wyseman.application.service import makeService
 
+    reactor = global_reactor()
     config = demo_config(Path(config_path) if config_path else None, tls)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
+    # (a FileLogObserver is an ILogObserver; plain mypy cannot see zope interfaces)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, textFileLogObserver(sys.stdout))],
                                      redirectStandardIO=False)
     top = makeService(config)
     gateway_service = top.getServiceNamed("gateway")

@@ -10,7 +10,13 @@ start (given its database answers: ``--connect`` tries that too).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from wyseman.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from wyseman.application.tls import ReloadableContextFactory
 
 
 def check_startable(config: Config) -> None:
@@ -29,12 +35,12 @@ def check_startable(config: Config) -> None:
             raise ConfigError(f"{config.source}: [database] embedded: {exc}") from None
 
 
-def _check_endpoints(config: Config, tls: object) -> None:
+def _check_endpoints(config: Config, tls: ReloadableContextFactory | None) -> None:
     from twisted.internet.testing import MemoryReactor
 
     from wyseman.application.service import _endpoint, derived_clientinfo, parse_listen
     texts = [("[server] listen", t) for t in config.server.listen]
-    clientinfo = config.server.clientinfo_listen
+    clientinfo: Sequence[str] | None = config.server.clientinfo_listen
     if clientinfo is None:
         clientinfo = [d for d in (derived_clientinfo(parse_listen(t))
                                   for t in config.server.listen) if d]

@@ -19,12 +19,14 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.resource import IResource
 
 from wyseman.application import startfail
 from wyseman.application.fdlimit import ensure_descriptors
@@ -34,12 +36,16 @@ from wyseman.auth.login import is_loopback
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
 from wyseman.gateway.hub import Gateway
+from wyseman.gateway.seams import TransportHub
 from wyseman.tuning import affinity
 from wyseman.tuning.affinity import auto_threads
 from wyseman.tuning.gcpause import freeze_startup_objects, set_young_threshold
 from wyseman.ws import webroot
 from wyseman.ws.fanout import FanOut
 from wyseman.ws.protocol import build_site
+
+if TYPE_CHECKING:
+    from twisted.protocols.tls import TLSMemoryBIOFactory
 
 log = Logger(namespace="wyseman.service")
 
@@ -229,7 +235,7 @@ class StartingService(Service):
 class GatewayService(StartingService):
     """Database, gateway and listening ports; starts once the database answers."""
 
-    name = "gateway"
+    name = "gateway"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
@@ -303,8 +309,12 @@ class GatewayService(StartingService):
         self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
                                self._user_slots, broadcaster=broadcaster)
         yield self.gateway.start()
+        # (TransportHub declares trusted_proxies a mutable Sequence, which a protocol
+        # member must match exactly: Gateway's tuple of networks does not, though a
+        # transport only reads it)
+        hub = cast(TransportHub, self.gateway)
         for spec in self.specs:
-            site = build_site(self.gateway, secure=spec.secure,
+            site = build_site(hub, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
             if self.router is not None and spec.kind == "tcp":
                 self.router.add_site(site)
@@ -316,7 +326,7 @@ class GatewayService(StartingService):
             routed.labels("kept").set_function(lambda: router.kept)
             router.start()
         for spec in self.clientinfo_specs:
-            site = build_site(self.gateway, secure=spec.secure, insecure_allowed=False,
+            site = build_site(hub, secure=spec.secure, insecure_allowed=False,
                               clientinfo_only=True)
             yield self._listen(spec, site)
         if self.config.metrics.listen:
@@ -355,10 +365,14 @@ class GatewayService(StartingService):
 
     def _listen_shared(self, spec: ListenSpec, site: server.Site) -> Any:
         """Listen on a socket bound with SO_REUSEPORT (Twisted's endpoints cannot set it)."""
-        factory: Any = site
+        factory: server.Site | TLSMemoryBIOFactory = site
         if spec.kind == "tls":
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            factory = TLSMemoryBIOFactory(self.tls, False, site)
+            assert self.tls is not None   # (checked when the service was made)
+            # (the casts: plain mypy cannot see zope interfaces; a Site is an
+            # IProtocolFactory, a context factory (getContext) an IOpenSSLContextFactory)
+            factory = TLSMemoryBIOFactory(cast(IOpenSSLContextFactory, self.tls), False,
+                                          cast(IProtocolFactory, site))
         sock = reuse_port_socket(spec)
         try:
             sock.listen(self.config.server.listen_backlog)
@@ -374,8 +388,10 @@ class GatewayService(StartingService):
         from wyseman.ws.httpbounds import GatewaySite
         assert self.gateway is not None
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
-        root.putChild(b"healthz", HealthResource(self.gateway.health))
+        # (resources are IResources; plain mypy cannot see zope interfaces)
+        root.putChild(b"metrics", cast(IResource, MetricsResource(
+            registry=self.gateway.metrics.registry)))
+        root.putChild(b"healthz", cast(IResource, HealthResource(self.gateway.health)))
         # the same bounds as the clients' ports: no bodies, idle and pending connections
         return GatewaySite.bounded_by(root, self.config.limits)
 

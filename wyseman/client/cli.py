@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 
@@ -54,9 +54,32 @@ def _clientinfo(args: argparse.Namespace, url: str) -> str:
     return f"{scheme}://{parts.hostname}:{port}/clientinfo"
 
 
+class _MainLoop(Protocol):
+    """The global reactor as :func:`run_reactor` drives it: Twisted types it by its zope
+    interfaces, whose methods plain mypy reads as if their first parameter were ``self``
+    (and whose ``run`` has no ``installSignalHandlers``)."""
+
+    running: bool
+
+    def run(self, installSignalHandlers: bool = True) -> None:  # noqa: N803
+        ...
+
+    def stop(self) -> None:
+        ...
+
+    def callWhenRunning(self, callable: Callable[..., Any],  # noqa: N802
+                        *args: Any, **kwargs: Any) -> Any:
+        ...
+
+    def addSystemEventTrigger(self, phase: str, eventType: str,  # noqa: N802, N803
+                              callable: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        ...
+
+
 def run_reactor(work: Callable[[Any], Any]) -> int:
     """Run ``work(reactor)`` (a coroutine function) to completion; its int is the status."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+    reactor = cast(_MainLoop, global_reactor)
     outcome: dict[str, Any] = {}
 
     def start() -> None:

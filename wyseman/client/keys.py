@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote, urlsplit
 
 from cryptography.exceptions import InvalidTag
@@ -199,7 +199,7 @@ def encrypt_json(value: Any, passphrase: str) -> dict[str, str]:
     return {"s": salt.hex(), "i": iv.hex(), "d": base64.b64encode(data).decode("ascii")}
 
 
-def is_encrypted(blob: Any) -> bool:
+def is_encrypted(blob: Any) -> TypeGuard[Mapping[str, Any]]:
     """wylib's test: an object with all of ``s``, ``i`` and ``d``."""
     return isinstance(blob, Mapping) and all(k in blob for k in ("s", "i", "d"))
 
