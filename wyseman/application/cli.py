@@ -238,7 +238,7 @@ def _ticket(args: argparse.Namespace) -> int:
         page = web.console.lstrip("/") + "/"
     text = format_ticket(ticket, args.format,
                          admin_user=ticket.issuer or config.database.admin_user,
-                         http_port=args.http_port or (served if hosted else 4000),
+                         http_port=args.http_port or (served if hosted and served else 4000),
                          spa_name=args.spa_name, page=page,
                          scheme="http" if hosted and spec.kind == "tcp" else "https")
     if args.output:

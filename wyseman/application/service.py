@@ -309,10 +309,7 @@ class GatewayService(StartingService):
         self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
                                self._user_slots, broadcaster=broadcaster)
         yield self.gateway.start()
-        # (TransportHub declares trusted_proxies a mutable Sequence, which a protocol
-        # member must match exactly: Gateway's tuple of networks does not, though a
-        # transport only reads it)
-        hub = cast(TransportHub, self.gateway)
+        hub: TransportHub = self.gateway
         for spec in self.specs:
             site = build_site(hub, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
