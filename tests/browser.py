@@ -29,27 +29,47 @@ def chromium() -> str:
     return path
 
 
+class ConsoleRun:
+    """tests/js/console_test.js under way: :attr:`listening` fires once the page is
+    logged in by key and waits for a notification, :attr:`finished` with the script's
+    result (its exit status checked)."""
+
+    def __init__(self, testcase: TestCase, url: str, ticket: str | None,
+                 channels: list[str] | None, before: list[dict[str, Any]],
+                 after: list[dict[str, Any]]) -> None:
+        """``ticket``, ``channels``: pasted into the form (None: left as the page filled
+        them from its link)."""
+        browser = chromium()
+        executable = node()
+        config = {"url": url, "ticket": ticket, "channels": channels, "before": before,
+                  "after": after, "chromium": browser, "timeout": 30000}
+        output = ProcessOutput()
+        process = reactor.spawnProcess(
+            output, executable,
+            [executable, str(JS_DIR / "console_test.js"), json.dumps(config)],
+            env=dict(os.environ), path=str(JS_DIR))
+        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
+        testcase.addCleanup(lambda: killer.active() and killer.cancel())
+        testcase.addCleanup(lambda: output.ended)     # (never left running)
+        self.listening = output.wait_for('{"step":"listening"}')
+
+        def result(code: int) -> Any:
+            lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
+                     if line.startswith("{")]
+            outcome = json.loads(lines[-1]) if lines else {"output": output.out.decode()}
+            testcase.assertEqual(code, 0, outcome)
+            return outcome
+        self.finished = output.ended.addCallback(result)
+
+
 @defer.inlineCallbacks
 def drive_console(testcase: TestCase, url: str, ticket: str, channels: list[str],
                   before: list[dict[str, Any]], after: list[dict[str, Any]],
                   notify: Any) -> Any:
     """Run tests/js/console_test.js; ``notify()`` is called once the page listens by key.
     → its result."""
-    browser = chromium()
-    executable = node()
-    config = {"url": url, "ticket": ticket, "channels": channels, "before": before,
-              "after": after, "chromium": browser, "timeout": 30000}
-    output = ProcessOutput()
-    process = reactor.spawnProcess(
-        output, executable, [executable, str(JS_DIR / "console_test.js"), json.dumps(config)],
-        env=dict(os.environ), path=str(JS_DIR))
-    killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
-    testcase.addCleanup(lambda: killer.active() and killer.cancel())
-    yield output.wait_for('{"step":"listening"}')
+    run = ConsoleRun(testcase, url, ticket, channels, before, after)
+    yield run.listening
     notify()
-    code = yield output.ended
-    lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
-             if line.startswith("{")]
-    result = json.loads(lines[-1])
-    testcase.assertEqual(code, 0, result)
+    result = yield run.finished
     return result

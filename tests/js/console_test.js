@@ -3,7 +3,7 @@
 // (the console logs in again by the key it kept), send more, wait for a notification.
 //
 // Usage: node console_test.js '<json config>'
-// config: {url, ticket (the text `wyseman ticket` prints), channels, before: [request],
+// config: {url, ticket? (the text `wyseman ticket` prints), channels?, before: [request],
 //          after: [request], chromium?, timeout?: ms}
 // Each request is a JSON object with an "id". Prints {"step": "listening"} once logged
 // in by key, then one JSON line {ok: true, ticketLogin, keyLogin, replies, notification}
@@ -50,8 +50,9 @@ async function run (config) {
     const page = context.pages()[0] || await context.newPage()
     page.setDefaultTimeout(timeout)
     await page.goto(config.url)
-    await page.fill('#ticket', config.ticket)
-    await page.fill('#channels', (config.channels || []).join(', '))
+    // (without them: what the page took from its link's query)
+    if (config.ticket) await page.fill('#ticket', config.ticket)
+    if (config.channels) await page.fill('#channels', config.channels.join(', '))
     await page.click('#login-ticket')
     const ticketLogin = await loggedIn(page, timeout)
     const replies = []

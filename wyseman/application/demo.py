@@ -135,13 +135,13 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
     ]
     console = []
     if config.web.console:
-        # its own one-time ticket: the file's is for the command line
-        web_ticket = admin.issue_ticket(dsn, user, host="127.0.0.1", port=port)
-        link = admin.format_ticket(web_ticket, "web", admin_user="postgres", http_port=port,
+        link = admin.format_ticket(ticket, "web", admin_user="postgres", http_port=port,
                                    page=config.web.console.lstrip("/") + "/", scheme=http,
                                    extra="&listen=demo")
         console = [
-            "Web console (its ticket logs this browser in; later visits by the key it keeps):",
+            "Web console, with the same one-time ticket (a user has one key: log in either "
+            "in the browser or from the command line, and `wyseman ticket` for the other; "
+            "later visits log in by the key the browser keeps):",
             "  " + link,
         ]
     return "\n".join([

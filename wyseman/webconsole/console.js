@@ -73,10 +73,12 @@ function channels() {
   return $("channels").value.split(/[\s,]+/).filter(Boolean);
 }
 
-/** Where the WebSocket is: the ticket's host and port, else this page's. */
-function address(host, port) {
+/** Where the WebSocket is: the host this page came from (the gateway that serves it,
+ *  so that the Origin matches and the cookie is the one /clientinfo saw), at the ticket's
+ *  port, else this page's. */
+function address(port) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  host = host || location.hostname;
+  const host = location.hostname;
   port = port || location.port;
   const name = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
   return `${scheme}://${name}${port ? ":" + port : ""}/`;
@@ -99,11 +101,10 @@ async function loginWithTicket() {
   const pair = await crypto.subtle.generateKey(ALGORITHM, true, ["sign", "verify"]);
   const { kty, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
   const pub = b64urlText(JSON.stringify({ kty, crv, x, y }));
-  const site = { user, host: ticket.host || location.hostname,
-                 port: ticket.port || location.port,
+  const site = { user, host: location.hostname, port: ticket.port || location.port,
                  key: await crypto.subtle.exportKey("jwk", pair.privateKey),
                  channels: channels() };
-  const url = address(site.host, site.port) + query(user, { token: ticket.token, pub });
+  const url = address(site.port) + query(user, { token: ticket.token, pub });
   open(url, `${user} (ticket)`, () => {
     localStorage.setItem(STORE, JSON.stringify(site));
     $("ticket").value = "";
@@ -124,7 +125,7 @@ async function loginWithKey() {
   const key = await crypto.subtle.importKey("jwk", site.key, ALGORITHM, false, ["sign"]);
   const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-384" }, key,
                                              new TextEncoder().encode(message));
-  const url = address(site.host, site.port)
+  const url = address(site.port)
     + query(site.user, { sign: b64url(signature), date: info.date });
   open(url, `${site.user} (key)`);
 }
