@@ -145,11 +145,14 @@ def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) ->
 
 
 @defer.inlineCallbacks
-def http_get(port: int, path: str) -> Any:
-    """One GET (the server closes the connection after it) → (status, headers, body)."""
+def http_get(port: int, path: str, source: str | None = None) -> Any:
+    """One GET (the server closes the connection after it) → (status, headers, body);
+    ``source``: the local address to send it from (another loopback address)."""
     raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                     "Connection: close\r\n\r\n").encode())
-    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+    bind = (source, 0) if source else None
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind),
+                          raw)
     data = yield raw.done
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0]

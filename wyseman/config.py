@@ -416,6 +416,17 @@ OPTIONS: tuple[Option, ...] = (
     # [actions]
     _o("actions", "handlers", None, {},
        "Table of `\"view:name\"` → `\"package.module:function\"`: custom action handlers."),
+    _o("actions", "resource_max_bytes", _int_range(0), 16_777_216,
+       "Largest resource (a report, an export) a custom action may publish for its "
+       "request (`ctx.publish`, served at `/_wyseman/resources/…` on the gateway's ports); "
+       "a larger one is refused with `!wm.lang:resourceTooLarge`."),
+    _o("actions", "resource_total_bytes", _int_range(0), 268_435_456,
+       "Most bytes of published resources this process holds at once; beyond, publishing "
+       "is refused with `!wm.lang:resourcesFull` until some expire or their sessions "
+       "close."),
+    _o("actions", "resource_ttl", _seconds, 600.0,
+       "Seconds a published resource stays readable at most (it goes earlier with the "
+       "session that published it)."),
 
     # [web]
     _o("web", "root", _path, "",
@@ -556,6 +567,9 @@ class ViewsSection:
 class ActionsSection:
     """``[actions]``: custom action handlers by ``(view, action name)``."""
     handlers: Mapping[tuple[str, str], str]
+    resource_max_bytes: int
+    resource_total_bytes: int
+    resource_ttl: float
 
 
 @dataclass(frozen=True)

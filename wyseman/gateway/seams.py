@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from wyseman.config import Config
     from wyseman.gateway.dispatch import Dispatcher, Session
     from wyseman.gateway.metrics import Metrics
+    from wyseman.gateway.resources import ResourceStore
 
 
 class Connection(Protocol):
@@ -106,6 +107,8 @@ class TransportHub(Protocol):
     def max_in_flight(self) -> int: ...
     @property
     def max_outbound_bytes(self) -> int: ...
+    @property
+    def resources(self) -> ResourceStore: ...
 
     def register(self, connection: Connection) -> defer.Deferred[Any]:
         """An opened connection, its channels subscribed."""
