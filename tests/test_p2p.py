@@ -389,3 +389,58 @@ class P2PGatewayTests(TestCase):
         yield self.server.stopService()
         self.server = yield self.start()
         self.assertEqual(self.server.p2p.addresses[0].rsplit("/p2p/", 1)[1], first)
+
+
+class P2PCommandTests(TestCase):
+    """``wyseman p2p id`` and the client commands with ``--p2p``, as separate processes."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_id_login_query(self):
+        if MISSING:
+            raise self.skipTest(MISSING)
+        from pathlib import Path
+
+        from tests.test_client_cli import wyseman_cli
+        db = fresh_database(self)
+        user = add_user(db, "cli")
+        db.run("create table public.p2p_note (body text); "
+               "grant all on public.p2p_note to wyseman_user; "
+               "insert into public.p2p_note values ('over libp2p')")
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        server = yield start_gateway(self, db, p2p={
+            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
+        address = server.p2p.addresses[0]
+        port = address.split("/tcp/")[1].split("/")[0]
+        config = workdir / "wyseman.toml"
+        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
+                          f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nkey_file = "server.key"\n')
+        out, err, code = yield wyseman_cli("p2p", "id", "--config", str(config))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines()[1], address)
+
+        ticket = admin.issue_ticket(db.dsn, user)
+        ticket_file = workdir / "ticket.json"
+        ticket_file.write_text(admin.format_ticket(ticket, "json", admin_user="postgres"))
+        key_file = workdir / "me.key.json"
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file), "--p2p", address)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"logged in as {user} at {address}".encode(), out)
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), "--p2p", address,
+            '{"action": "select", "view": "public.p2p_note"}')
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), [{"body": "over libp2p"}])
+        self.assertEqual(server.gateway.metrics.handshakes.labels(
+            "accepted", "key")._value.get(), 1)
+        # a refused login: one line saying why
+        db.run("update base.ent set conn_pub = null where username = %s", (user,))
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), "--p2p", address,
+            '{"action": "tuple", "view": "x"}')
+        self.assertEqual(code, 1)
+        self.assertIn(b"the server refused: 403 Invalid Login (no_key)", err)
+        self.assertEqual(err.count(b"\n"), 1, err)
