@@ -17,6 +17,7 @@ the seam is guarded here.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections import deque
@@ -38,6 +39,28 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 log = Logger(namespace="wyseman.p2p")
+
+
+class _ToTwistedLog(logging.Handler):
+    """py-libp2p logs through the standard library, much of it at WARNING for what is
+    routine between peers (a peer without the identify protocol, js-libp2p by
+    default, is an error message per connection). Its records go to the Twisted log
+    at debug level (critical ones as errors), not to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 (a malformed record)
+            text = str(record.msg)
+        if record.levelno >= logging.CRITICAL:
+            log.error("libp2p: {text}", text=text)
+        else:
+            log.debug("libp2p: {text}", text=text)
+
+
+_libp2p_log = logging.getLogger("libp2p")
+_libp2p_log.addHandler(_ToTwistedLog())
+_libp2p_log.propagate = False
 
 #: bytes asked of a stream per read: what one call hands the handler at most
 READ_CHUNK = 65536
