@@ -297,6 +297,25 @@ class P2PGatewayTests(TestCase):
         self.assertEqual((refusal.status, refusal.reason, refusal.kind),
                          (403, "Channel not allowed", "channel"))
 
+    @defer.inlineCallbacks
+    def test_per_user_cap_counts_websockets_and_streams_together(self):
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"max_connections_per_user": 1})
+        self.address = self.server.p2p.addresses[0]
+        private, stream = yield self.ticket()
+        refused = None
+        try:
+            socket = yield connect(self.server.url, self.user, key=private,
+                                   clientinfo_url=self.server.clientinfo_url)
+        except Exception as exc:
+            refused = exc
+        else:
+            socket.close()
+        self.assertIn("503", str(refused))
+        refusal = yield self.refused(user=self.user, key=private)
+        self.assertEqual((refusal.status, refusal.kind), (503, "user_capacity"))
+        self.assertTrue(stream.connected)
+
     # -- hostile input ----------------------------------------------------------------
     @defer.inlineCallbacks
     def raw_stream(self):
