@@ -166,6 +166,14 @@ def _web_file(value: Any) -> str:
     return value
 
 
+def _multiaddr(value: Any) -> str:
+    """A listen multiaddr, checked for its shape here (py-libp2p, an optional extra,
+    parses it at start and in ``wyseman config check``)."""
+    if not isinstance(value, str) or not re.match(r"^/ip[46]/[^/]+/tcp/[0-9]{1,5}$", value):
+        raise ValueError("expected a multiaddr like '/ip4/127.0.0.1/tcp/4001'")
+    return value
+
+
 def _dotted(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", value):
         raise ValueError("expected a dotted path 'package.module:function'")
@@ -454,6 +462,23 @@ OPTIONS: tuple[Option, ...] = (
        "`Cache-Control: max-age` in seconds of served files. 0: `no-cache` (the browser "
        "revalidates each time; unchanged files are answered 304 by `ETag`)."),
 
+    # [p2p]
+    _o("p2p", "listen", _list_of(_multiaddr, "multiaddrs", allow_single=True), (),
+       "Multiaddrs (`/ip4/ADDRESS/tcp/PORT`, `/ip6/…`) a libp2p host listens on, serving "
+       "the `/wyseman/1.0.0` protocol (docs/protocol.md, 15) beside the WebSocket, with the "
+       "same logins, requests and notifications. Needs the `wyseman[p2p]` extra "
+       "(py-libp2p). Empty: no libp2p. `wyseman p2p id` prints the full addresses. The "
+       "`[limits]` apply: `max_message_size`, `max_in_flight`, `max_outbound_bytes`, "
+       "`open_handshake_timeout` (to send the login), `max_pending_connections` (streams "
+       "logging in), `max_connections` and `max_connections_per_user` (counted with the "
+       "WebSockets)."),
+    _o("p2p", "key_file", _path, "p2p.key",
+       "The server's libp2p identity (an Ed25519 private key, libp2p's protobuf form): "
+       "created with mode 0600 on first start and kept, so the peer id stays the same "
+       "across restarts. Relative to the config file. A file others may read is refused."),
+    _o("p2p", "mdns", _bool, False,
+       "Announce the host on the local network with mDNS (libp2p peer discovery)."),
+
     # [metrics]
     _o("metrics", "listen", _string, "",
        "Endpoint of the Prometheus metrics page `/metrics` and of the health check "
@@ -584,6 +609,14 @@ class WebSection:
 
 
 @dataclass(frozen=True)
+class P2PSection:
+    """``[p2p]``: the libp2p transport (wyseman.p2p)."""
+    listen: tuple[str, ...]
+    key_file: str
+    mdns: bool
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """``[metrics]``: the Prometheus page and health check."""
     listen: str
@@ -594,7 +627,7 @@ SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
     "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
     "views": ViewsSection, "actions": ActionsSection, "web": WebSection,
-    "metrics": MetricsSection,
+    "p2p": P2PSection, "metrics": MetricsSection,
 }
 
 
@@ -626,6 +659,7 @@ class Config:
     views: ViewsSection
     actions: ActionsSection
     web: WebSection
+    p2p: P2PSection
     metrics: MetricsSection
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
@@ -793,6 +827,9 @@ def _check_workers(config: Config) -> None:
         if kind not in ("tcp", "tls") and not kind.isdigit():
             raise ConfigError(f"{src}: [server] workers: endpoint {text!r}: worker processes "
                               "share only 'tcp:' and 'tls:' endpoints")
+    if config.p2p.listen:
+        raise ConfigError(f"{src}: [p2p] listen: not served with workers > 1 (worker "
+                          "processes cannot share a libp2p host); use workers = 1")
     metrics = config.metrics.listen
     if metrics and not re.match(r"^tcp:[1-9]\d*(:|$)", metrics):
         raise ConfigError(f"{src}: [metrics] listen: with workers > 1 it must be "

@@ -290,6 +290,43 @@ def _config_reference(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# p2p
+
+@subcommand
+def _add_p2p(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p2p = subparsers.add_parser("p2p", help="the libp2p transport ([p2p])")
+    actions = p2p.add_subparsers(dest="p2p_command", metavar="COMMAND", required=True)
+    ident = actions.add_parser(
+        "id", parents=[common], help="print the server's peer id and full multiaddrs",
+        description="Print the peer id of [p2p] key_file (created, mode 0600, if it does "
+                    "not exist yet, as the server's first start would) and each [p2p] "
+                    "listen address with /p2p/PEER: what clients dial.")
+    ident.set_defaults(handler=_p2p_id)
+
+
+def _p2p_id(args: argparse.Namespace) -> int:
+    from wyseman.application.service import check_p2p
+    config = load_config(args)
+    if not config.p2p.listen:
+        raise ConfigError(f"{config.source}: [p2p] listen: empty (the libp2p transport is "
+                          "off)")
+    check_p2p(config)
+    from wyseman.p2p import node
+    path = config.resolve_path(config.p2p.key_file)
+    try:
+        key, created = node.load_or_create_key(path)
+    except node.P2PKeyError as exc:
+        raise ConfigError(f"{config.source}: [p2p] key_file: {exc}") from None
+    if created:
+        sys.stderr.write(f"{PROG}: created the libp2p identity {path}\n")
+    peer = node.peer_id_of(key)
+    _out(f"peer id: {peer}")
+    for address in config.p2p.listen:
+        _out(f"{address}/p2p/{peer}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # psql, notify
 
 @subcommand

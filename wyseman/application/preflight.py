@@ -21,9 +21,15 @@ if TYPE_CHECKING:
 
 def check_startable(config: Config) -> None:
     """:raises ConfigError: (naming the file and key) what would stop the start."""
-    from wyseman.application.service import _tls_factory, check_cpu_affinity, check_web
+    from wyseman.application.service import (
+        _tls_factory,
+        check_cpu_affinity,
+        check_p2p,
+        check_web,
+    )
     check_cpu_affinity(config)
     check_web(config)
+    check_p2p(config)
     tls = _tls_factory(config)
     _check_endpoints(config, tls)
     _check_handlers(config)

@@ -182,6 +182,31 @@ def check_web(config: Config) -> None:
         raise ConfigError(f"{config.source}: [web] {key}: {problem}")
 
 
+def check_p2p(config: Config, *, key: bool = True) -> None:
+    """:raises ConfigError: ``[p2p] listen`` is set but the ``wyseman[p2p]`` extra
+    (py-libp2p) is not installed, a multiaddr is not one py-libp2p listens on, or (with
+    ``key``) the key file exists but cannot be used."""
+    p2p = config.p2p
+    if not p2p.listen:
+        return
+    try:
+        from wyseman.p2p import node
+    except ImportError as exc:
+        raise ConfigError(f"{config.source}: [p2p] listen: needs the wyseman[p2p] extra "
+                          f"(pip install 'wyseman[p2p]'): {exc}") from None
+    for text in p2p.listen:
+        try:
+            node.check_multiaddr(text)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: [p2p] listen: {text!r}: {exc}") from None
+    path = config.resolve_path(p2p.key_file)
+    if key and path.exists():
+        try:
+            node.load_or_create_key(path)
+        except node.P2PKeyError as exc:
+            raise ConfigError(f"{config.source}: [p2p] key_file: {exc}") from None
+
+
 class StartingService(Service):
     """``startService`` runs :meth:`_start`; if that fails, the failure is logged, fails
     :attr:`ready`, and stops the reactor (a server that cannot start exits) unless
@@ -262,6 +287,8 @@ class GatewayService(StartingService):
             if spec.kind == "tls" and self.tls is None:
                 raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
         self.gateway: Gateway | None = None
+        #: the libp2p host (``[p2p] listen``), once started
+        self.p2p: Any = None
         self._pinned = False
         self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
@@ -293,6 +320,7 @@ class GatewayService(StartingService):
         cpus = self.config.server.cpu_affinity
         check_cpu_affinity(self.config)   # before anything opens: a bad list stops the start
         check_web(self.config)
+        check_p2p(self.config)
         ensure_descriptors(self.config, len(self.specs) + len(self.clientinfo_specs))
         dsn = yield self._admin_dsn()
         db_conf = self.config.database
@@ -326,6 +354,8 @@ class GatewayService(StartingService):
             site = build_site(hub, secure=spec.secure, insecure_allowed=False,
                               clientinfo_only=True)
             yield self._listen(spec, site)
+        if self.config.p2p.listen:
+            yield self._start_p2p()
         if self.config.metrics.listen:
             yield self._listen(parse_listen(self.config.metrics.listen), self._metrics_site())
         if self.tls is not None:
@@ -344,6 +374,23 @@ class GatewayService(StartingService):
                      all=affinity.describe(affinity.available_cpus()))
         self.ready.callback(self)
         return self
+
+    @defer.inlineCallbacks
+    def _start_p2p(self) -> Any:
+        """The libp2p host beside the WebSocket ports, on the same gateway."""
+        from wyseman.p2p.node import P2PKeyError
+        from wyseman.p2p.server import P2PServer
+        assert self.gateway is not None
+        server = P2PServer(self.gateway, self.config.p2p,
+                           self.config.resolve_path(self.config.p2p.key_file), self.reactor)
+        try:
+            yield server.start()
+        except P2PKeyError as exc:
+            raise ConfigError(f"{self.config.source}: [p2p] key_file: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"{self.config.source}: [p2p] listen: cannot listen: "
+                              f"{exc}") from None
+        self.p2p = server
 
     def _listener_reconnected(self) -> None:
         if self.gateway is not None:
@@ -401,10 +448,16 @@ class GatewayService(StartingService):
             yield port.stopListening()
         if self.router is not None:
             self.router.stop()
+        p2p, self.p2p = self.p2p, None
+        if p2p is not None:
+            p2p.stop_accepting()
         if self.gateway is not None:
             # 1001 "going away": clients reconnect (to another host, or this one back)
             yield self.gateway.close_all(CLOSE_GOING_AWAY, "server shutting down",
                                          CLOSE_GRACE_SECONDS)
+        if p2p is not None:
+            yield p2p.stop()      # the host, and the trio run with it
+        if self.gateway is not None:
             yield self.gateway.stop()
         if self._pinned:
             self._pinned = False

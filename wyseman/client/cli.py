@@ -113,6 +113,9 @@ def run_reactor(work: Callable[[Any], Any]) -> int:
 def _connect_with_key(reactor: Any, args: argparse.Namespace, listen: list[str]) -> Any:
     from wyseman.client.connection import connect
     site = keys.load_key_file(args.key, _passphrase(args))[0]
+    if args.p2p:
+        from wyseman.client.p2p import connect_p2p
+        return connect_p2p(args.p2p, site.user, key=site.key, listen=listen, reactor=reactor)
     url = _site_url(site, args)
     return connect(url, site.user, key=site.key, listen=listen, reactor=reactor,
                    clientinfo_url=_clientinfo(args, url),
@@ -145,9 +148,15 @@ def login(args: argparse.Namespace) -> int:
     async def work(reactor: Any) -> int:
         from wyseman.client.connection import connect
         private = keys.generate_private_jwk()
-        url = args.url or f"{'wss' if args.tls else 'ws'}://{host}:{port}"
-        conn = await connect(url, user, token=ticket.token, new_key=private, reactor=reactor,
-                             tls_options=_tls_options(args, host))
+        if args.p2p:
+            from wyseman.client.p2p import connect_p2p
+            url = args.p2p
+            conn = await connect_p2p(url, user, token=ticket.token, new_key=private,
+                                     reactor=reactor)
+        else:
+            url = args.url or f"{'wss' if args.tls else 'ws'}://{host}:{port}"
+            conn = await connect(url, user, token=ticket.token, new_key=private,
+                                 reactor=reactor, tls_options=_tls_options(args, host))
         keys.save_key_file(args.key_out, [keys.Site(host, port, user, private)], passphrase)
         await conn.close()
         print(f"logged in as {user} at {url}; key saved to {args.key_out}")
@@ -197,6 +206,10 @@ def listen(args: argparse.Namespace) -> int:
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL (default: ws://HOST:PORT of the key file)")
+    parser.add_argument("--p2p", metavar="MULTIADDR",
+                        help="connect over libp2p instead, to MULTIADDR "
+                             "(/ip4/…/tcp/…/p2p/PEER, see `wyseman p2p id`; needs the "
+                             "wyseman[p2p] extra)")
     parser.add_argument("--tls", action="store_true", help="use wss:// with HOST:PORT")
     parser.add_argument("--ca", metavar="PEM", help="CA certificate to verify the server with")
     parser.add_argument("--http-port", type=int, metavar="PORT",

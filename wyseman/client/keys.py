@@ -39,6 +39,8 @@ from wyseman.auth.credentials import (
     CredentialError,
     b64decode_lenient,
     b64url,
+    js_date,
+    p2p_signed_message,
     public_key_from_jwk,
     signed_message,
 )
@@ -47,8 +49,8 @@ __all__ = [
     "KeyFileError", "Site", "Ticket", "decrypt_json", "encrypt_json", "export_private_jwk",
     "export_public_jwk", "generate_key_pair", "generate_private_jwk", "import_private_jwk",
     "import_public_jwk", "is_encrypted", "listen_param", "load_key_file", "parse_key_file",
-    "parse_ticket", "private_key", "pub_param", "public_jwk", "save_key_file", "sign",
-    "signed_message",
+    "p2p_login", "parse_ticket", "private_key", "pub_param", "public_jwk", "save_key_file",
+    "sign", "signed_message",
 ]
 
 PBKDF2_ITERATIONS = 10000
@@ -167,6 +169,18 @@ def sign(private: Mapping[str, Any] | ec.EllipticCurvePrivateKey, message: bytes
     r, s = decode_dss_signature(key.sign(bytes(message), ec.ECDSA(hashes.SHA384())))
     return b64url(r.to_bytes(P521_COORDINATE_BYTES, "big")
                   + s.to_bytes(P521_COORDINATE_BYTES, "big"))
+
+
+def p2p_login(private: Mapping[str, Any] | ec.EllipticCurvePrivateKey, user: str,
+              server_peer: str, client_peer: str, moment: Any,
+              listen: Iterable[str] = ()) -> dict[str, Any]:
+    """The first message of a key login on a libp2p stream (docs/protocol.md, 15.3):
+    ``date`` is ``moment`` (a datetime: the client's clock, within the server's date
+    window) as ``Date#toJSON`` writes it, ``sign`` the signature of the message binding
+    both peer ids and that date."""
+    date = js_date(moment)
+    return {"user": user, "date": date, "listen": list(listen),
+            "sign": sign(private, p2p_signed_message(server_peer, client_peer, date))}
 
 
 def _compact(value: Any) -> bytes:
