@@ -18,6 +18,7 @@ from datetime import UTC
 from typing import Any
 
 import orjson
+import psycopg2
 import psycopg2.extensions as ext
 
 #: statements run on every gateway connection, before any request
@@ -114,7 +115,7 @@ def _bytea(value: str | None, cursor: Any) -> dict | None:
     if value.startswith("\\x"):
         data = bytes.fromhex(value[2:])
     else:  # 'escape' bytea_output
-        data = ext.BINARY(value, cursor)
+        data = bytes(psycopg2.BINARY(value, cursor))
     return {"type": "Buffer", "data": list(data)}
 
 
