@@ -48,3 +48,7 @@ class FDReactor(Protocol):
 
     def removeWriter(self, writer: Any, /) -> None:  # noqa: N802
         ...
+
+
+class Reactor(Clock, FDReactor, Protocol):
+    """The reactor the database runs on: the pools' clock, the connections' sockets."""
