@@ -97,7 +97,7 @@ def dsn_params(dsn: str) -> dict[str, str]:
 
 if TYPE_CHECKING:
     # txpostgres has no annotations: the parts of it this module uses (internals
-    # included: tests/test_compat.py checks that they are there), as they are
+    # included, which tests/test_compat.py checks are there), declared for the checker
     class _TxCursor:
         reactor: FDReactor
         _connection: _LossAwareConnection
@@ -114,8 +114,8 @@ if TYPE_CHECKING:
 
     class _TxConnection:
         reactor: FDReactor
-        #: None until connect (typed as there: only this module's connect paths look
-        #: before, and they check)
+        #: None until connect: declared as always there, since only the connect and
+        #: close paths can come before it, and they check
         _connection: psycopg2.extensions.connection
         _cursors: set[_TxCursor]
 
