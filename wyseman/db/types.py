@@ -14,10 +14,12 @@ predictable.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import orjson
+import psycopg2
 import psycopg2.extensions as ext
 
 #: statements run on every gateway connection, before any request
@@ -28,12 +30,23 @@ SESSION_SETUP = (
     "set extra_float_digits = 1",
 )
 
+#: what psycopg2 hands a value's reader: the value's text (or None for NULL) and the cursor
+Cursor = ext.cursor | None
+
+
+class Buffer(TypedDict):
+    """A bytea value as node-pg gives it to JSON (``Buffer#toJSON``)."""
+
+    type: str
+    data: list[int]
+
+
 _TS = re.compile(
     r"^(?P<date>\d{4,}-\d\d-\d\d)[ T](?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?"
     r"(?P<zone>[+-]\d\d(?::?\d\d(?::?\d\d)?)?)?(?P<bc> BC)?$")
 
 
-def _timestamp(value: str | None, cursor: Any) -> str | None:
+def _timestamp(value: str | None, cursor: Cursor) -> str | None:
     """JS ``Date#toJSON``: UTC, exactly three fraction digits (truncated), ``Z``;
     years outside 0–9999 as ±six digits (44 BC → ``-000043``, JS counts 1 BC as 0).
 
@@ -76,7 +89,7 @@ def _normal_zone(zone: str) -> str:
     return f"{sign}{digits[:2]}:{digits[2:4]}"
 
 
-def _text(value: str | None, cursor: Any) -> str | None:
+def _text(value: str | None, cursor: Cursor) -> str | None:
     return value
 
 
@@ -89,15 +102,16 @@ class RawJSON(str):
         return orjson.loads(str(self))
 
 
-def _json(value: str | None, cursor: Any) -> Any:
+def _json(value: str | None, cursor: Cursor) -> RawJSON | None:
     return None if value is None else RawJSON(value)
 
 
-def _default(value: Any) -> Any:
+def _default(value: object) -> object:
     if isinstance(value, RawJSON):
         return orjson.Fragment(str(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"type": "Buffer", "data": list(bytes(value))}
+        buffer: Buffer = {"type": "Buffer", "data": list(bytes(value))}
+        return buffer
     if isinstance(value, str):  # any other str subclass
         return str(value)
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
@@ -108,13 +122,13 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
-def _bytea(value: str | None, cursor: Any) -> dict | None:
+def _bytea(value: str | None, cursor: Cursor) -> Buffer | None:
     if value is None:
         return None
     if value.startswith("\\x"):
         data = bytes.fromhex(value[2:])
     else:  # 'escape' bytea_output
-        data = ext.BINARY(value, cursor)
+        data = bytes(psycopg2.BINARY(value, cursor))
     return {"type": "Buffer", "data": list(data)}
 
 
@@ -123,12 +137,12 @@ _INTERVAL_TIME = re.compile(r"(-)?(\d+):(\d\d):(\d\d)(?:\.(\d+))?")
 _UNIT = {"year": "years", "mon": "months", "day": "days"}
 
 
-def _interval(value: str | None, cursor: Any) -> dict | None:
+def _interval(value: str | None, cursor: Cursor) -> dict[str, int | float] | None:
     """``1 day 02:03:04.5`` → ``{"days":1,"hours":2,"minutes":3,"seconds":4,
     "milliseconds":500}`` (zero parts omitted, as node-pg's postgres-interval does)."""
     if value is None:
         return None
-    out: dict[str, Any] = {}
+    out: dict[str, int | float] = {}
     for number, unit in _INTERVAL_PART.findall(value):
         if int(number):
             out[_UNIT[unit]] = int(number)
@@ -145,12 +159,15 @@ def _interval(value: str | None, cursor: Any) -> dict | None:
     return out
 
 
-def _float(value: str | None, cursor: Any) -> float | None:
+def _float(value: str | None, cursor: Cursor) -> float | None:
     return None if value is None else float(value)
 
 
+#: a value's reader (psycopg2 calls it a typecaster)
+Caster = Callable[[str | None, Cursor], object]
+
 # OIDs are fixed for built-in types.
-_SCALARS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+_SCALARS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_NUMERIC", (1700,), _text),
     ("WYSEMAN_DATE", (1082,), _text),
     ("WYSEMAN_TIME", (1083, 1266), _text),
@@ -163,7 +180,7 @@ _SCALARS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
 )
 
 # array oid, element caster: node-pg's choices (int8[] → strings, numeric[] → numbers).
-_ARRAYS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+_ARRAYS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_INT8_ARRAY", (1016,), _text),
     ("WYSEMAN_NUMERIC_ARRAY", (1231,), _float),
     ("WYSEMAN_DATE_ARRAY", (1182,), _text),
@@ -175,12 +192,18 @@ _ARRAYS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
     ("WYSEMAN_UUID_ARRAY", (2951,), _text),
 )
 
-_TYPES: list[Any] = []
-for _name, _oids, _caster in _SCALARS:
-    _TYPES.append(ext.new_type(_oids, _name, _caster))
-for _name, _oids, _caster in _ARRAYS:
-    _element = ext.new_type((0,), _name + "_ELEMENT", _caster)
-    _TYPES.append(ext.new_array_type(_oids, _name, _element))
+
+
+def _driver_caster(caster: Caster) -> Callable[[str | bytes | None, ext.cursor], Any]:
+    """``caster`` as psycopg2's stubs want it: they allow bytes, which psycopg2 never
+    passes a caster (it decodes the text with the connection's encoding first)."""
+    return cast("Callable[[str | bytes | None, ext.cursor], Any]", caster)
+
+
+_TYPES = [ext.new_type(oids, name, _driver_caster(caster)) for name, oids, caster in _SCALARS]
+_TYPES += [ext.new_array_type(oids, name,
+                              ext.new_type((0,), name + "_ELEMENT", _driver_caster(caster)))
+           for name, oids, caster in _ARRAYS]
 
 
 def register(connection: ext.connection) -> None:

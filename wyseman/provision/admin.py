@@ -20,7 +20,13 @@ from psycopg2 import sql as pgsql
 
 from wyseman.config import Config
 from wyseman.db.pg import dsn_with
-from wyseman.provision.bootstrap import SchemaKind, connect_sync, ensure_database_sync, schema_state
+from wyseman.provision.bootstrap import (
+    SchemaKind,
+    connect_sync,
+    ensure_database_sync,
+    fetch_one,
+    schema_state,
+)
 
 #: Group role of every login user created here (made by the bootstrap schema).
 USER_GROUP = "wyseman_user"
@@ -82,12 +88,12 @@ def _schema_kind(cur: Any) -> SchemaKind:
 
 def _role_exists(cur: Any, role: str) -> bool:
     cur.execute("select 1 from pg_catalog.pg_roles where rolname = %s", (role,))
-    return cur.fetchone() is not None
+    return fetch_one(cur) is not None
 
 
 def _entity_id(cur: Any, username: str) -> str | None:
     cur.execute("select id from base.ent where username = %s", (username,))
-    row = cur.fetchone()
+    row = fetch_one(cur)
     return row[0] if row else None
 
 
@@ -123,7 +129,7 @@ def add_user(dsn: str, username: str, *, ent_name: str | None = None,
                         role, pgsql.Identifier(USER_GROUP)))
             cur.execute("insert into base.ent (ent_name, ent_type, username) "
                         "values (%s, 'p', %s) returning id", (name, username))
-            entity = cur.fetchone()[0]
+            entity = fetch_one(cur)[0]
         conn.commit()
     return entity
 
@@ -145,7 +151,7 @@ def remove_user(dsn: str, username: str, *, drop_role: bool = True) -> str:
                 raise AdminError(f"no user {username!r}")
             cur.execute("delete from base.ent where id = %s", (entity,))
             cur.execute("select session_user")
-            me = cur.fetchone()[0]
+            me = fetch_one(cur)[0]
             if (kind is SchemaKind.WYSEMAN and drop_role and username != me
                     and _role_exists(cur, username)):
                 try:
@@ -197,19 +203,19 @@ def issue_ticket(dsn: str, username: str, host: str | None = None,
         with conn.cursor() as cur:
             _schema_kind(cur)
             cur.execute("select base.user_id(%s), session_user", (username,))
-            entity, issuer = cur.fetchone()
+            entity, issuer = fetch_one(cur)
             if entity is None:
                 raise AdminError(f"no user {username!r}")
             cur.execute("select count(*) from pg_catalog.pg_attribute "
                         "where attrelid = 'base.token_v_ticket'::regclass "
                         "and attname in ('addr', 'boot') and not attisdropped")
-            p2p = cur.fetchone()[0] == 2
+            p2p = fetch_one(cur)[0] == 2
             # expires::timestamptz: wyselib stores a zone-less timestamp made in this
             # session's time zone, which the cast reads back correctly.
             cur.execute("select token, expires::timestamptz, host, port"
                         + (", addr, boot" if p2p else ", null, null")
                         + " from base.ticket_login(%s)", (entity,))
-            token, expires, db_host, db_port, addr, boot = cur.fetchone()
+            token, expires, db_host, db_port, addr, boot = fetch_one(cur)
         conn.commit()
     return Ticket(token=token, expires=expires,
                   host=next((h for h in (host, db_host, fallback_host) if h is not None), None),
