@@ -88,12 +88,12 @@ def _schema_kind(cur: Any) -> SchemaKind:
 
 def _role_exists(cur: Any, role: str) -> bool:
     cur.execute("select 1 from pg_catalog.pg_roles where rolname = %s", (role,))
-    return fetch_one(cur) is not None
+    return cur.fetchone() is not None
 
 
 def _entity_id(cur: Any, username: str) -> str | None:
     cur.execute("select id from base.ent where username = %s", (username,))
-    row = fetch_one(cur)
+    row = cur.fetchone()
     return row[0] if row else None
 
 

@@ -34,7 +34,7 @@ def fetch_one(cursor: psycopg2.extensions.cursor) -> tuple[Any, ...]:
 
 
 #: Version written to ``wm.wyseman_schema`` by the SQL files (006_grants.sql).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Text of the comment our ``base.token_valid`` carries (003_base_token.sql).
 TOKEN_VALID_MARKER = "wyseman-python bootstrap"
