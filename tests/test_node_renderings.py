@@ -30,6 +30,8 @@ CASES = [
     ("regproc[]", "{now}"),
     ("numrange[]", '{"[1,2)",empty}'),
     ("daterange[]", '{"[2024-01-01,2024-02-01)"}'),
+    ("int4range", "[1,5)"),
+    ("tstzrange", '["2024-01-01 10:00+00",)'),
     ("money[]", "{1.50,-2}"),
     ("point[]", '{"(1,2)","(3.5,-4)"}'),
     ("point", "(1,2)"),
@@ -96,3 +98,19 @@ class NodeRenderingTests(TestCase):
                                                           strict=True):
             self.assertEqual((kind, ours), (kind, node_json), f"Python renderer, {literal}")
             self.assertEqual((kind, rows), (kind, node_json), f"row_to_json, {literal}")
+
+    def test_bytea_in_escape_format_too(self) -> None:
+        """A session with ``bytea_output = 'escape'`` (set by a function, say) still
+        gets bytea as node-pg's Buffer form."""
+        db = fresh_database(self)
+        conn = connect_sync(db.dsn)
+        self.addCleanup(conn.close)
+        types.register(conn)
+        with conn.cursor() as cur:
+            cur.execute("set bytea_output = 'escape'")
+            cur.execute(r"select '\x610162ff'::bytea, array['\x00'::bytea, null]")
+            value, values = cur.fetchone()
+        self.assertEqual(orjson.loads(types.dumps(value)),
+                         {"type": "Buffer", "data": [97, 1, 98, 255]})
+        self.assertEqual(orjson.loads(types.dumps(values)),
+                         [{"type": "Buffer", "data": [0]}, None])

@@ -166,6 +166,45 @@ def _float(value: str | None, cursor: Cursor) -> float | None:
 #: a value's reader (psycopg2 calls it a typecaster)
 Caster = Callable[[str | None, Cursor], object]
 
+def _date_timestamp(value: str | None, cursor: Cursor) -> str | None:
+    """A date inside an array as node-pg gives it: a Date at midnight (the session and
+    the Node server in UTC), so ``2024-02-29`` → ``2024-02-29T00:00:00.000Z``. (A date
+    column itself stays text: npm wyseman sets that parser, not the array's.)"""
+    if value is None:
+        return None
+    day, bc, _ = value.partition(" BC")
+    return _timestamp(f"{day} 00:00:00{' BC' if bc else ''}", cursor)
+
+
+def _js_number(text: str) -> float | int:
+    """A number as JavaScript's JSON writes it (integral values without ``.0``)."""
+    number = float(text)
+    return int(number) if number.is_integer() and abs(number) < 2 ** 53 else number
+
+
+_POINT = re.compile(r"^\(([^,()]+),([^,()]+)\)$")
+_CIRCLE = re.compile(r"^<\(([^,()]+),([^,()]+)\),([^,()<>]+)>$")
+
+
+def _point(value: str | None, cursor: Cursor) -> dict[str, float | int] | str | None:
+    """``(1,2)`` → ``{"x": 1, "y": 2}``, as node-pg's point parser."""
+    if value is None:
+        return None
+    match = _POINT.match(value)
+    return value if match is None else {"x": _js_number(match[1]), "y": _js_number(match[2])}
+
+
+def _circle(value: str | None, cursor: Cursor) -> dict[str, float | int] | str | None:
+    """``<(1,2),3>`` → ``{"x": 1, "y": 2, "radius": 3}``, as node-pg's circle parser."""
+    if value is None:
+        return None
+    match = _CIRCLE.match(value)
+    if match is None:
+        return value
+    return {"x": _js_number(match[1]), "y": _js_number(match[2]),
+            "radius": _js_number(match[3])}
+
+
 # OIDs are fixed for built-in types.
 _SCALARS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_NUMERIC", (1700,), _text),
@@ -177,19 +216,33 @@ _SCALARS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_INTERVAL", (1186,), _interval),
     ("WYSEMAN_UUID", (2950,), _text),
     ("WYSEMAN_MONEY", (790,), _text),
+    ("WYSEMAN_POINT", (600,), _point),
+    ("WYSEMAN_CIRCLE", (718,), _circle),
+    # arrays node-pg has no parser for reach Node clients as their text ("{release}"),
+    # where psycopg2 would parse them: "char"[], name[], int2vector[], cstring[]
+    ("WYSEMAN_RAW_ARRAY", (1002, 1003, 1006, 1263), _text),
+    # and ranges, which psycopg2 would make Range objects of: their text, as for node-pg
+    # (int4range, int8range, numrange, daterange, tsrange, tstzrange; their arrays but
+    # numrange[], which node-pg reads as a list of strings)
+    ("WYSEMAN_RANGE", (3904, 3926, 3906, 3912, 3908, 3910), _text),
+    ("WYSEMAN_RAW_RANGE_ARRAY", (3905, 3927, 3913, 3909, 3911), _text),
 )
 
 # array oid, element caster: node-pg's choices (int8[] → strings, numeric[] → numbers).
 _ARRAYS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_INT8_ARRAY", (1016,), _text),
     ("WYSEMAN_NUMERIC_ARRAY", (1231,), _float),
-    ("WYSEMAN_DATE_ARRAY", (1182,), _text),
+    ("WYSEMAN_DATE_ARRAY", (1182,), _date_timestamp),
     ("WYSEMAN_TIME_ARRAY", (1183, 1270), _text),
     ("WYSEMAN_TIMESTAMP_ARRAY", (1115, 1185), _timestamp),
     ("WYSEMAN_JSON_ARRAY", (199, 3807), _json),
     ("WYSEMAN_BYTEA_ARRAY", (1001,), _bytea),
     ("WYSEMAN_INTERVAL_ARRAY", (1187,), _interval),
     ("WYSEMAN_UUID_ARRAY", (2951,), _text),
+    # arrays node-pg parses into lists of strings, which psycopg2 leaves as text:
+    # cidr[], macaddr[], inet[], regproc[], numrange[], money[]
+    ("WYSEMAN_STRING_ARRAY", (651, 1040, 1041, 1008, 3907, 791), _text),
+    ("WYSEMAN_POINT_ARRAY", (1017,), _point),
 )
 
 
