@@ -277,6 +277,15 @@ OPTIONS: tuple[Option, ...] = (
     _o("tls", "key", _path, "", "PEM private key file matching `cert`."),
     _o("tls", "chain", _path, "", "PEM file of intermediate certificates (optional)."),
     _o("tls", "min_version", _choice("1.2", "1.3"), "1.2", "Lowest TLS version accepted."),
+    _o("tls", "session_tickets", _bool, True,
+       "Give clients session tickets, so that a client that connects again (a browser's "
+       "`/clientinfo` fetch, then its WebSocket; a reconnect) resumes its TLS session "
+       "instead of a full handshake. The ticket keys are this process's, made at start "
+       "and on each reload (`SIGHUP`): a resumption at another worker or after a reload "
+       "is a full handshake. With TLS 1.3 a resumption still makes a new key exchange "
+       "(forward secrecy kept); with TLS 1.2 a stolen ticket key would reveal the "
+       "sessions it sealed until the next restart or reload: set `min_version = \"1.3\"` "
+       "or turn this off if that matters."),
 
     # [database]
     _o("database", "dsn", _string, "",
@@ -522,6 +531,7 @@ class TLSSection:
     key: str
     chain: str
     min_version: str
+    session_tickets: bool
 
 
 @dataclass(frozen=True)

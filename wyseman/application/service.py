@@ -142,7 +142,8 @@ def _tls_factory(config: Config) -> ReloadableContextFactory | None:
     try:
         return ReloadableContextFactory(
             config.resolve_path(tls.cert), config.resolve_path(tls.key),
-            config.resolve_path(tls.chain) if tls.chain else None, tls.min_version)
+            config.resolve_path(tls.chain) if tls.chain else None, tls.min_version,
+            tls.session_tickets)
     except TLSConfigError as exc:
         raise ConfigError(f"{config.source}: [tls]: {exc}") from None
 
