@@ -50,8 +50,7 @@ __all__ = [
     "export_public_jwk", "generate_key_pair", "generate_private_jwk", "import_private_jwk",
     "import_public_jwk", "is_encrypted", "listen_param", "load_key_file", "multiaddrs",
     "parse_key_file", "p2p_login", "parse_ticket", "private_key", "pub_param", "public_jwk",
-    "save_key_file",
-    "sign", "signed_message",
+    "save_key_file", "sign", "signed_message",
 ]
 
 PBKDF2_ITERATIONS = 10000
