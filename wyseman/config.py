@@ -126,6 +126,22 @@ def _path(value: Any) -> str:
     return value
 
 
+_HOST_ID = re.compile(r"^[A-Za-z0-9._:@/+-]{1,63}$")
+
+
+def _host_id(value: Any) -> str:
+    if not isinstance(value, str) or (value and not _HOST_ID.match(value)):
+        raise ValueError("expected up to 63 letters, digits or ._:@/+- (empty: derived)")
+    return value
+
+
+def _lease(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 1 <= seconds <= 3600:
+        raise ValueError("expected a number of seconds between 1 and 3600")
+    return seconds
+
+
 def _web_name(value: Any) -> str:
     if (not isinstance(value, str) or not value or value in (".", "..")
             or any(c in value for c in "/\\\x00")):
@@ -359,7 +375,8 @@ OPTIONS: tuple[Option, ...] = (
        "from the moment its login is accepted (logins checked at the same time cannot all "
        "pass). With `[server] workers` = N, the supervisor keeps the one count of all the "
        "workers (the bound is the user's, not each worker's; a worker that dies frees its "
-       "connections' places)."),
+       "connections' places). With `[cluster] shared_state = \"postgres\"`, the bound holds "
+       "over every gateway host sharing the database."),
     _o("limits", "max_in_flight", _int_range(1), 32,
        "Requests of one connection being processed at once; reading from that socket pauses "
        "while the cap is reached."),
@@ -418,6 +435,28 @@ OPTIONS: tuple[Option, ...] = (
     _o("metrics", "listen", _string, "",
        "Endpoint of the Prometheus metrics page `/metrics` and of the health check "
        "`/healthz` (e.g. `tcp:9100:interface=127.0.0.1`); empty turns both off."),
+
+    # [cluster]
+    _o("cluster", "shared_state", _choice("off", "postgres"), "off",
+       "Where the replay cache (accepted key-login signatures) and each user's connection "
+       "count (`[limits] max_connections_per_user`) are kept. `off`: in this process (with "
+       "`[server] workers`, in the supervisor): right for one host. `postgres`: in tables "
+       "of the database (schema `wyseman_shared`, made by `wyseman db init`), so that "
+       "several gateway hosts behind one balancer refuse a signed login URL already used "
+       "on another and count a user's connections over all of them. Costs one statement "
+       "on the admin connection per key login, two per connection (open and close), and "
+       "a lease renewal every `lease` ÷ 3 seconds. See docs/operations.md#several-hosts."),
+    _o("cluster", "host_id", _host_id, "",
+       "This gateway's name in the shared tables; unique among the live gateways (each "
+       "clears the rows of its own name when it starts). Empty: the host name and process "
+       "id. With `[server] workers` = N, worker i is `host_id/i`."),
+    _o("cluster", "lease", _lease, 15.0,
+       "Seconds a host's connection counts stay valid without a renewal (renewed every "
+       "`lease` ÷ 3 seconds): a host that dies without a word frees its users' places "
+       "this long after its last renewal."),
+    _o("cluster", "cleanup_interval", _lease, 30.0,
+       "Seconds between two deletions of expired replay rows and of the counts of hosts "
+       "whose lease ended."),
 
 )
 
@@ -545,12 +584,21 @@ class MetricsSection:
     listen: str
 
 
+@dataclass(frozen=True)
+class ClusterSection:
+    """``[cluster]``: state shared by several gateway hosts on one database."""
+    shared_state: str
+    host_id: str
+    lease: float
+    cleanup_interval: float
+
+
 #: the typed class of each section; its fields are exactly the section's OPTIONS
 SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
     "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
     "views": ViewsSection, "actions": ActionsSection, "web": WebSection,
-    "metrics": MetricsSection,
+    "metrics": MetricsSection, "cluster": ClusterSection,
 }
 
 
@@ -583,6 +631,7 @@ class Config:
     actions: ActionsSection
     web: WebSection
     metrics: MetricsSection
+    cluster: ClusterSection
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
     #: the document it was built from (worker processes rebuild the config from it)

@@ -23,8 +23,9 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
-#: Version written to ``wm.wyseman_schema`` by the SQL files (006_grants.sql).
-SCHEMA_VERSION = 2
+#: Version written to ``wm.wyseman_schema`` by the SQL files (the last that writes one:
+#: 008_shared_state.sql). A database of an earlier version gets the whole schema again.
+SCHEMA_VERSION = 3
 
 #: Text of the comment our ``base.token_valid`` carries (003_base_token.sql).
 TOKEN_VALID_MARKER = "wyseman-python bootstrap"
