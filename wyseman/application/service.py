@@ -33,6 +33,8 @@ from wyseman.application.tls import ReloadableContextFactory, TLSConfigError
 from wyseman.auth.login import is_loopback
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
+from wyseman.db.shared import SharedSchemaMissing
+from wyseman.gateway.cluster import ClusterState, host_id_for
 from wyseman.gateway.hub import Gateway
 from wyseman.tuning import affinity
 from wyseman.tuning.affinity import auto_threads
@@ -233,7 +235,8 @@ class GatewayService(StartingService):
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
-                 replay: Any = None, user_slots: Any = None, router: Any = None) -> None:
+                 replay: Any = None, user_slots: Any = None, router: Any = None,
+                 host_id: str | None = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of
         :mod:`wyseman.application.workers.supervisor`);
@@ -241,7 +244,11 @@ class GatewayService(StartingService):
         count of such a worker (see Authenticator, wyseman.gateway.userslots);
         ``router``: such a worker's :class:`~wyseman.application.workers.routing.Router` (``[server]
         route_by_user``), which passes upgrades on its ``tcp:`` ports to their users'
-        workers."""
+        workers. With ``[cluster] shared_state = "postgres"`` the replay cache and the
+        per-user count are the database's instead (:mod:`wyseman.gateway.cluster`, for
+        every host and worker alike), ``replay`` and ``user_slots`` are not used, and
+        ``host_id`` names this process in the shared tables (default:
+        :func:`~wyseman.gateway.cluster.host_id_for`)."""
         super().__init__(config, admin_dsn, reactor)
         reactor = self.reactor
         self._actions = actions
@@ -249,6 +256,10 @@ class GatewayService(StartingService):
         self._replay = replay
         self._user_slots = user_slots
         self.router = router
+        self._host_id = host_id
+        #: this host's part in the shared state (``[cluster] shared_state = "postgres"``)
+        self.cluster: ClusterState | None = None
+        self._cluster_started = False
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
@@ -300,9 +311,20 @@ class GatewayService(StartingService):
             on_listener_reconnect=self._listener_reconnected)
         server = self.config.server
         broadcaster = FanOut(server.fanout_threads or auto_threads(server.workers))
-        self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
-                               self._user_slots, broadcaster=broadcaster)
+        replay, user_slots = self._replay, self._user_slots
+        if self.config.cluster.shared_state == "postgres":
+            self.cluster = ClusterState(db, self.config, self.reactor,
+                                        self._host_id or host_id_for(self.config))
+            replay, user_slots = self.cluster.replay, self.cluster.slots
+        self.gateway = Gateway(self.config, db, self.reactor, self._actions, replay,
+                               user_slots, broadcaster=broadcaster)
         yield self.gateway.start()
+        if self.cluster is not None:
+            try:
+                yield self.cluster.start()    # before the ports: logins need it
+            except SharedSchemaMissing as exc:
+                raise startfail.StartError(str(exc)) from None
+            self._cluster_started = True
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
@@ -392,6 +414,9 @@ class GatewayService(StartingService):
             # 1001 "going away": clients reconnect (to another host, or this one back)
             yield self.gateway.close_all(CLOSE_GOING_AWAY, "server shutting down",
                                          CLOSE_GRACE_SECONDS)
+            if self.cluster is not None and self._cluster_started:
+                self._cluster_started = False
+                yield self.cluster.stop()     # its sockets are closed: its places freed
             yield self.gateway.stop()
         if self._pinned:
             self._pinned = False
