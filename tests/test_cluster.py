@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.harness import add_user, js_date, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
@@ -261,3 +261,19 @@ class SharedSlotsTests(TestCase):
     def test_a_release_without_a_reservation_is_ignored(self) -> None:
         self.slots.release("nobody")
         self.assertEqual(self.tables.calls, [])
+
+
+class PreflightTests(SynchronousTestCase):
+    def test_config_check_connect_looks_for_the_shared_schema(self) -> None:
+        from tests.harness import make_config
+        from wyseman.application.preflight import try_connect
+        from wyseman.config import ConfigError
+        db = fresh_database(self)
+        config = make_config(db, cluster=SHARED)
+        self.assertIn("shared state tables found", try_connect(config))
+        self.assertNotIn("shared", try_connect(make_config(db)))
+        db.run("drop schema wyseman_shared cascade")
+        with self.assertRaises(ConfigError) as ctx:
+            try_connect(config)
+        self.assertIn("wyseman db init", str(ctx.exception))
+        self.assertIn("test.toml", str(ctx.exception))

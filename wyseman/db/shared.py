@@ -17,7 +17,7 @@ from wyseman.db.database import Database
 
 #: the objects the shared state needs (a database `wyseman db init` made before version 3,
 #: or a wyselib database, has none of them)
-_SCHEMA_SQL = """
+SCHEMA_CHECK_SQL = """
 select to_regclass('wyseman_shared.replay') is not null
    and to_regclass('wyseman_shared.user_slot') is not null
    and to_regprocedure('wyseman_shared.host_sync(text, double precision, text[], integer[])')
@@ -48,6 +48,12 @@ select coalesce(sum(s.count), 0)::int
  where s.username = %(u)s and h.lease_until > clock_timestamp()"""
 
 
+#: what to do about it
+SCHEMA_MISSING = ("[cluster] shared_state = \"postgres\" needs the wyseman_shared schema: "
+                  "run `wyseman db init` (or, on a wyselib database, apply "
+                  "wyseman/provision/schema/008_shared_state.sql as the admin role)")
+
+
 class SharedSchemaMissing(Exception):
     """The database has no ``wyseman_shared`` schema of version 3 or later."""
 
@@ -67,11 +73,8 @@ class SharedTables:
         """Fires once the objects are found; fails with :class:`SharedSchemaMissing`."""
         def check(found: Any) -> None:
             if not found:
-                raise SharedSchemaMissing(
-                    "[cluster] shared_state = \"postgres\" needs the wyseman_shared schema: "
-                    "run `wyseman db init` (or, on a wyselib database, apply "
-                    "wyseman/provision/schema/008_shared_state.sql as the admin role)")
-        return self._one(_SCHEMA_SQL, {}).addCallback(check)
+                raise SharedSchemaMissing(SCHEMA_MISSING)
+        return self._one(SCHEMA_CHECK_SQL, {}).addCallback(check)
 
     def record_signature(self, user: str, sign_hash: bytes, now: float,
                          expires: float) -> defer.Deferred:
