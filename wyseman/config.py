@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 Checker = Callable[[Any], Any]
 
-_ENDPOINT_PREFIXES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd")
+_ENDPOINT_PREFIXES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd", "haproxy")
 
 
 def _bool(value: Any) -> bool:
@@ -78,6 +78,12 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected endpoint string (e.g. 'tcp:54320:interface=127.0.0.1')")
     prefix = value.split(":", 1)[0]
+    if prefix == "haproxy":
+        inner = value.split(":", 1)[1] if ":" in value else ""
+        if inner.split(":", 1)[0] not in ("tcp", "tcp6", "tls"):
+            raise ValueError("expected 'haproxy:' before a 'tcp:', 'tcp6:' or 'tls:' endpoint "
+                             "(the PROXY protocol header comes before TLS)")
+        return value
     if prefix not in _ENDPOINT_PREFIXES and not prefix.isdigit():
         raise ValueError(
             "expected endpoint string starting with one of "
@@ -186,7 +192,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("server", "listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
        ("tcp:54320:interface=127.0.0.1",),
        "Endpoints the WebSocket server (and its `/clientinfo`) listens on: a Twisted endpoint "
-       "string or a list of them. `tls:PORT[:interface=…]` uses the `[tls]` certificate."),
+       "string or a list of them. `tls:PORT[:interface=…]` uses the `[tls]` certificate. "
+       "`haproxy:` before a `tcp:`, `tcp6:` or `tls:` endpoint: each connection starts with "
+       "a PROXY protocol header (v1 or v2, HAProxy's `send-proxy`) naming the client, only "
+       "from `trusted_proxies` (docs/operations.md#several-hosts)."),
     _o("server", "clientinfo_listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
        None,
        "Extra endpoints serving only `GET /clientinfo` (the JS client fetches it from the "
@@ -244,7 +253,8 @@ OPTIONS: tuple[Option, ...] = (
        "Requests without `Origin` (non-browser clients) are not affected."),
     _o("server", "trusted_proxies", _list_of(_network, "IP networks"), (),
        "Reverse proxies (addresses or networks) whose `X-Forwarded-For` header names the "
-       "client. From any other peer that header is ignored."),
+       "client. From any other peer that header is ignored. The only peers a `haproxy:` "
+       "endpoint accepts."),
     _o("server", "listen_backlog", _int_range(1, 65535), 1024,
        "Length of each listening socket's queue of connections not yet accepted (the "
        "`listen()` backlog; the kernel caps it at `net.core.somaxconn`). Twisted's "
@@ -770,6 +780,12 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"{src}: [tls]: a 'tls:' endpoint needs 'cert' and 'key'")
     if bool(tls.cert) != bool(tls.key):
         raise ConfigError(f"{src}: [tls]: 'cert' and 'key' go together")
+    proxied = [e for e in (*config.server.listen, *(config.server.clientinfo_listen or ()))
+               if e.startswith("haproxy:")]
+    if proxied and not config.server.trusted_proxies:
+        raise ConfigError(f"{src}: [server] trusted_proxies: a 'haproxy:' endpoint "
+                          f"({proxied[0]!r}) takes connections only from the balancers "
+                          "listed there (anyone else could claim any client address)")
     auth = config.auth
     if auth.insecure_on_public_interfaces and not auth.insecure:
         raise ConfigError(
@@ -795,7 +811,7 @@ def _check_workers(config: Config) -> None:
                           "lacks (use workers = 1 and several instances behind a balancer)")
     endpoints = list(config.server.listen) + list(config.server.clientinfo_listen or ())
     for text in endpoints:
-        kind = text.split(":", 1)[0]
+        kind = text.removeprefix("haproxy:").split(":", 1)[0]
         if kind not in ("tcp", "tls") and not kind.isdigit():
             raise ConfigError(f"{src}: [server] workers: endpoint {text!r}: worker processes "
                               "share only 'tcp:' and 'tls:' endpoints")

@@ -59,6 +59,13 @@ class ListenSpec:
     kind: str            # 'tcp', 'tls', 'ssl', 'unix', ...
     port: int | None
     interface: str
+    #: ``haproxy:…``: each connection starts with a PROXY protocol header
+    proxy: bool = False
+
+    @property
+    def inner(self) -> str:
+        """The endpoint string without its ``haproxy:`` prefix."""
+        return self.text.removeprefix("haproxy:") if self.proxy else self.text
 
     @property
     def secure(self) -> bool:
@@ -88,7 +95,8 @@ def _split_endpoint(text: str) -> list[str]:
 
 
 def parse_listen(text: str) -> ListenSpec:
-    parts = _split_endpoint(text)
+    proxy = text.startswith("haproxy:")
+    parts = _split_endpoint(text.removeprefix("haproxy:"))
     kind = parts[0] if not parts[0].isdigit() else "tcp"
     if parts[0].isdigit():
         parts = ["tcp", *parts]
@@ -102,7 +110,7 @@ def parse_listen(text: str) -> ListenSpec:
             port = int(value)
         elif key == "interface":
             interface = value
-    return ListenSpec(text, kind, port, interface)
+    return ListenSpec(text, kind, port, interface, proxy)
 
 
 def derived_clientinfo(spec: ListenSpec) -> str | None:
@@ -111,7 +119,7 @@ def derived_clientinfo(spec: ListenSpec) -> str | None:
     if spec.kind not in ("tcp", "tls") or not spec.port or spec.port <= 1:
         return None
     iface = f":interface={spec.interface.replace(':', chr(92) + ':')}" if spec.interface else ""
-    return f"{spec.kind}:{spec.port - 1}{iface}"
+    return f"{'haproxy:' if spec.proxy else ''}{spec.kind}:{spec.port - 1}{iface}"
 
 
 def reuse_port_socket(spec: ListenSpec) -> socket.socket:
@@ -146,12 +154,16 @@ def _tls_factory(config: Config) -> ReloadableContextFactory | None:
 def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | None,
               backlog: int = 1024) -> Any:
     """The server endpoint of ``spec``, with ``[server] listen_backlog`` unless its
-    string names a ``backlog`` of its own."""
+    string names a ``backlog`` of its own. A ``haproxy:tls:`` endpoint is a TCP one (its
+    TLS is the factory's, after the PROXY header: :meth:`GatewayService._factory`)."""
     if spec.kind == "tls":
         assert tls is not None and spec.port is not None
+        if spec.proxy:
+            return endpoints.TCP4ServerEndpoint(reactor, spec.port, backlog=backlog,
+                                                interface=spec.interface or "")
         return endpoints.SSL4ServerEndpoint(reactor, spec.port, tls, backlog=backlog,
                                             interface=spec.interface or "")
-    text = spec.text if not spec.text[:1].isdigit() else "tcp:" + spec.text
+    text = spec.inner if not spec.inner[:1].isdigit() else "tcp:" + spec.inner
     if spec.kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in text:
         text += f":backlog={backlog}"
     try:
@@ -281,8 +293,9 @@ class GatewayService(StartingService):
 
     def _insecure_allowed(self, spec: ListenSpec) -> bool:
         auth = self.config.auth
+        # (behind a PROXY protocol port the clients are the balancer's: not loopback)
         return auth.insecure and not spec.secure and (
-            spec.loopback or auth.insecure_on_public_interfaces)
+            (spec.loopback and not spec.proxy) or auth.insecure_on_public_interfaces)
 
     def _warn_insecure(self) -> None:
         for spec in self.specs:
@@ -328,7 +341,7 @@ class GatewayService(StartingService):
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
-            if self.router is not None and spec.kind == "tcp":
+            if self.router is not None and spec.kind == "tcp" and not spec.proxy:
                 self.router.add_site(site)
             yield self._listen(spec, site)
         if self.router is not None:
@@ -370,23 +383,36 @@ class GatewayService(StartingService):
             port = self._listen_shared(spec, site)
         else:
             port = yield _endpoint(self.reactor, spec, self.tls,
-                                   self.config.server.listen_backlog).listen(site)
+                                   self.config.server.listen_backlog).listen(
+                                       self._factory(spec, site, tls_here=spec.proxy))
         self.ports.append(port)
         log.info("listening on {endpoint}", endpoint=spec.text)
         return port
 
     def _listen_shared(self, spec: ListenSpec, site: server.Site) -> Any:
         """Listen on a socket bound with SO_REUSEPORT (Twisted's endpoints cannot set it)."""
-        factory: Any = site
-        if spec.kind == "tls":
-            from twisted.protocols.tls import TLSMemoryBIOFactory
-            factory = TLSMemoryBIOFactory(self.tls, False, site)
+        factory = self._factory(spec, site, tls_here=True)
         sock = reuse_port_socket(spec)
         try:
             sock.listen(self.config.server.listen_backlog)
             return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
         finally:
             sock.close()   # the reactor holds its own duplicate
+
+    def _factory(self, spec: ListenSpec, site: server.Site, tls_here: bool) -> Any:
+        """What serves ``spec``'s connections: ``site``, inside TLS when ``tls_here`` (the
+        endpoint is plain TCP), inside the PROXY protocol for a ``haproxy:`` endpoint
+        (its header comes first, in the clear)."""
+        factory: Any = site
+        if spec.kind == "tls" and tls_here:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            factory = TLSMemoryBIOFactory(self.tls, False, site)
+        if spec.proxy:
+            from wyseman.ws.proxyproto import ProxyProtocolFactory
+            factory = ProxyProtocolFactory(
+                factory, trusted=self.config.server.trusted_proxies,
+                timeout=self.config.limits.open_handshake_timeout, reactor=self.reactor)
+        return factory
 
     def _metrics_site(self) -> server.Site:
         from prometheus_client.twisted import MetricsResource
