@@ -233,3 +233,20 @@ class ProxyPortTests(TestCase):
         self.assertEqual(body(answer)["ip"], "::ffff:192.0.2.2")
         holder.transport.loseConnection()
         yield holder.done
+
+    @defer.inlineCallbacks
+    def test_workers_read_the_header_on_their_shared_port(self) -> None:
+        from tests.harness import make_config
+        from wyseman.application.workers.supervisor import WorkerSupervisor
+        config = make_config(self.db, server={"workers": 2, "listen": "haproxy:tcp:0:"
+                                              "interface=127.0.0.1",
+                                              "trusted_proxies": ["127.0.0.1"]})
+        supervisor = WorkerSupervisor(config, lambda: defer.succeed(self.db.dsn), reactor)
+        yield supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        self.assertTrue(supervisor.listen[0].startswith("haproxy:tcp:"), supervisor.listen)
+        port = int(supervisor.listen[0].split(":")[2])
+        for source in ("192.0.2.11", "192.0.2.12", "192.0.2.13"):
+            answer = yield exchange(port, f"PROXY TCP4 {source} 127.0.0.1 9 80\r\n".encode()
+                                    + clientinfo_request(port))
+            self.assertEqual(body(answer)["ip"], "::ffff:" + source)
