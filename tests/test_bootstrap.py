@@ -242,6 +242,19 @@ class WyselibDetectionTests(SynchronousTestCase):
         self.assertEqual(bootstrap.init_database_sync(db.dsn).status,
                          InitStatus.WYSELIB_DETECTED)
 
+    def test_the_shared_state_file_applies_by_hand_to_a_wyselib_database(self) -> None:
+        """docs/operations.md, "Several hosts": `db init` leaves a wyselib database alone,
+        the operator applies 008_shared_state.sql; it needs nothing of ours."""
+        from importlib import resources
+        db = fresh_database(self, "empty")
+        db.run(FIXTURE.read_text())
+        sql = (resources.files("wyseman.provision") / "schema" / "008_shared_state.sql")
+        db.run(sql.read_text(encoding="utf-8"))
+        self.assertEqual(db.run("select to_regclass('wyseman_shared.user_slot') is not null, "
+                                "to_regclass('wm.wyseman_schema')"), [(True, None)])
+        self.assertEqual(bootstrap.init_database_sync(db.dsn).status,
+                         InitStatus.WYSELIB_DETECTED)
+
     def test_wyseman_bookkeeping_tables_are_detected(self) -> None:
         db = fresh_database(self, "empty")
         db.run("create schema wm; create table wm.releases (release int)")
