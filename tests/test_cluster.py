@@ -179,6 +179,15 @@ class TwoHostTests(TestCase):
         self.assertEqual(self.db.run("select count(*) from wyseman_shared.replay"), [(1,)])
 
     @defer.inlineCallbacks
+    def test_a_count_that_cannot_be_kept_refuses_the_login_with_503(self) -> None:
+        a = yield self.host("host-a", auth={"insecure": True})
+        user = add_user(self.db)
+        self.db.run("drop function wyseman_shared.slot_reserve(text, text, integer)")
+        status, _ = yield raw_upgrade(a.port, f"user={user}")
+        self.assertEqual(status, 503)
+        self.assertEqual(a.gateway.connection_count, 0)
+
+    @defer.inlineCallbacks
     def test_a_database_without_the_shared_schema_refuses_to_start(self) -> None:
         from tests.harness import make_config
         self.db.run("drop schema wyseman_shared cascade")
