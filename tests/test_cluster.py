@@ -121,6 +121,9 @@ class TwoHostTests(TestCase):
         with self.assertRaises(ClientError):
             yield connect(a.url, user)
         b.cluster._renewal.stop()
+        lease_ok = {"state": "lease_ok"}
+        self.assertEqual(b.gateway.metrics.registry.get_sample_value(
+            "wyseman_shared_state", lease_ok), 1)
         self.db.run("update wyseman_shared.host set lease_until = clock_timestamp() "
                     "- interval '1 second' where host_id = 'host-b'")
         conn = yield connect(a.url, user)
@@ -131,6 +134,31 @@ class TwoHostTests(TestCase):
         yield b.cluster.renew()     # b is back: its lease had ended, its count returns
         self.assertEqual(self.slots(user), [("host-a", 1), ("host-b", 1)])
         self.assertFalse(b.cluster.slots.resync_wanted)
+
+    @defer.inlineCallbacks
+    def test_failing_renewals_are_logged_once_and_reported(self) -> None:
+        a = yield self.host("host-a")
+        a.cluster._renewal.stop()
+        warnings: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "wyseman.cluster":
+                warnings.append(str(event.get("log_format")))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.db.run("alter function wyseman_shared.host_renew(text, double precision) "
+                    "rename to host_renew_away")
+        for _ in range(3):
+            yield a.cluster.renew()       # never fails: the timer must go on
+        self.assertEqual(len([w for w in warnings if "could not renew" in w]), 1)
+        lease_ok = {"state": "lease_ok"}
+        registry = a.gateway.metrics.registry
+        self.assertEqual(registry.get_sample_value("wyseman_shared_state", lease_ok), 0)
+        self.db.run("alter function wyseman_shared.host_renew_away(text, double precision) "
+                    "rename to host_renew")
+        yield a.cluster.renew()
+        self.assertEqual(registry.get_sample_value("wyseman_shared_state", lease_ok), 1)
+        self.assertTrue(any("renewed again" in w for w in warnings), warnings)
 
     @defer.inlineCallbacks
     def test_a_stopped_host_leaves_and_a_restarted_one_clears_its_old_rows(self) -> None:
@@ -172,9 +200,14 @@ class TwoHostTests(TestCase):
         yield a.cluster.cleanup()
         self.assertEqual(self.db.run("select username from wyseman_shared.replay"), [("new",)])
         self.assertFalse(replay.full)
+        registry = a.gateway.metrics.registry
+        self.assertEqual(registry.get_sample_value("wyseman_shared_state",
+                                                   {"state": "replay_full"}), 0)
         replay.max_rows = 1             # the bound reached: refused until rows expire
         yield a.cluster.cleanup()
         self.assertTrue(replay.full)
+        self.assertEqual(registry.get_sample_value("wyseman_shared_state",
+                                                   {"state": "replay_full"}), 1)
         self.assertEqual((yield replay.check("other", "BBBB", now)), cred.FULL)
         self.assertEqual(self.db.run("select count(*) from wyseman_shared.replay"), [(1,)])
 

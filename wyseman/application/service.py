@@ -338,6 +338,9 @@ class GatewayService(StartingService):
             except SharedSchemaMissing as exc:
                 raise startfail.StartError(str(exc)) from None
             self._cluster_started = True
+            cluster, shared = self.cluster, self.gateway.metrics.shared_state
+            shared.labels("lease_ok").set_function(lambda: float(cluster.lease_ok))
+            shared.labels("replay_full").set_function(lambda: float(cluster.replay.full))
         for spec in self.specs:
             site = build_site(self.gateway, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))

@@ -236,6 +236,11 @@ class ClusterState:
         timer.clock = self.clock
         return timer
 
+    @property
+    def lease_ok(self) -> bool:
+        """Whether the last renewal of this host's lease succeeded."""
+        return not self._renew_failing
+
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Check the schema, replace this host's rows by none (a predecessor of this name
