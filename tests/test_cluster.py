@@ -300,6 +300,24 @@ class SharedSlotsTests(TestCase):
         self.successResultOf(quiet)
         self.assertEqual((self.slots.count("u"), self.slots.count("v")), (1, 0))
 
+    def test_a_rewrite_waits_for_the_reservations_under_way_and_holds_new_ones(self) -> None:
+        first = self.slots.reserve("u")                 # sent, not answered yet
+        synced = self.slots.resync(15.0)
+        again = self.slots.resync(15.0)                 # the same rewrite
+        later = self.slots.reserve("v")                 # held back
+        self.assertEqual([name for name, _ in self.tables.calls], ["reserve"])
+        self.tables.answer(True)                        # counted: now the rewrite
+        self.assertTrue(self.successResultOf(first))
+        self.assertEqual(self.tables.calls[-1], ("sync", ({"u": 1},)))
+        self.assertNoResult(later)
+        self.tables.pending.pop(0).errback(RuntimeError("gone"))
+        self.failureResultOf(synced, RuntimeError)
+        self.failureResultOf(again, RuntimeError)
+        self.assertEqual(self.tables.calls[-1], ("reserve", ("v",)))   # let through
+        self.tables.answer(False)
+        self.assertFalse(self.successResultOf(later))
+        self.assertTrue(self.slots.idle)
+
     def test_a_release_without_a_reservation_is_ignored(self) -> None:
         self.slots.release("nobody")
         self.assertEqual(self.tables.calls, [])

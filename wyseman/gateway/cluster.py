@@ -110,6 +110,9 @@ class SharedSlots:
         #: the rows in the database may differ from :attr:`_counts`: rewrite them
         self.resync_wanted = False
         self._quiet_waiters: list[defer.Deferred[None]] = []
+        #: a rewrite asked for: its lease and who waits for its answer
+        self._sync: tuple[float, list[defer.Deferred[bool]]] | None = None
+        self._sync_running = False
 
     def count(self, user: str) -> int:
         """``user``'s connections on this host."""
@@ -168,6 +171,8 @@ class SharedSlots:
 
     def _settled(self, result: Any) -> Any:
         self._in_flight -= 1
+        if self._in_flight == 0 and self._sync is not None and not self._sync_running:
+            self._start_sync()
         self._maybe_quiet()
         return result
 
@@ -178,8 +183,8 @@ class SharedSlots:
                 waiter.callback(None)
 
     def quiet(self) -> defer.Deferred[None]:
-        """Fires once no reservation or release is under way (a stop leaves after them;
-        tests wait for a closed socket's place to be freed)."""
+        """Fires once no reservation, release or rewrite is under way (a stop leaves after
+        them; tests wait for a closed socket's place to be freed)."""
         if self._in_flight == 0 and self._gate is None:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
@@ -191,23 +196,41 @@ class SharedSlots:
         return self._in_flight == 0 and self._gate is None
 
     def resync(self, lease: float) -> defer.Deferred[bool]:
-        """Write this host's rows again from its own counts (and renew the lease), with
-        reservations and releases held back meanwhile; only when none is under way (an
-        answer not yet counted would be lost). Deferred of whether the previous lease was
-        alive."""
-        assert self.idle
-        self._gate = []
+        """Write this host's rows again from its own counts (and renew the lease for
+        ``lease`` seconds). New reservations and releases wait meanwhile, and the rewrite
+        waits for those under way (an answer not yet counted would be lost). Deferred of
+        whether the previous lease was alive."""
+        done: defer.Deferred[bool] = defer.Deferred()
+        if self._sync is not None:          # one is coming: this is the same
+            self._sync[1].append(done)
+            return done
+        self._sync = (lease, [done])
+        if self._gate is None:
+            self._gate = []
+        if self._in_flight == 0:
+            self._start_sync()
+        return done
+
+    def _start_sync(self) -> None:
+        assert self._sync is not None
+        lease, waiting = self._sync
+        self._sync_running = True
         d = self.tables.sync(self.host_id, lease, self._counts)
 
-        def done(result: Any) -> Any:
+        def finished(result: Any) -> None:
             if not isinstance(result, Failure):
                 self.resync_wanted = False
+            self._sync, self._sync_running = None, False
             gate, self._gate = self._gate or [], None
             for waiter in gate:
                 waiter.callback(None)
+            for answer in waiting:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
             self._maybe_quiet()
-            return result
-        return d.addBoth(done)
+        d.addBoth(finished)
 
 
 class ClusterState:
@@ -274,7 +297,7 @@ class ClusterState:
         """Renew the lease, or write this host's rows again if they may be wrong; never
         fails (a failure is logged once until a renewal works again)."""
         slots = self.slots
-        if slots.resync_wanted and slots.idle:
+        if slots.resync_wanted:
             return slots.resync(self.lease).addCallbacks(self._renewed, self._renew_failed)
 
         def renewed(alive: bool) -> Any:
@@ -284,8 +307,6 @@ class ClusterState:
             log.warn("shared state: the lease of {host} had ended (renewals late or "
                      "failed): its counts are written again", host=self.host_id)
             slots.resync_wanted = True
-            if not slots.idle:      # (a reservation under way: at the next renewal)
-                return None
             return slots.resync(self.lease).addCallbacks(self._renewed, self._renew_failed)
         d = self.tables.renew(self.host_id, self.lease)
         return d.addCallbacks(renewed, self._renew_failed)
