@@ -144,9 +144,10 @@ def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) ->
 
 
 @defer.inlineCallbacks
-def http_get(port: int, path: str) -> Any:
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Any:
     """One GET (the server closes the connection after it) → (status, headers, body)."""
-    raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
                     "Connection: close\r\n\r\n").encode())
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
     data = yield raw.done

@@ -6,6 +6,7 @@ tests/test_cluster_hosts.py are the real thing."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, js_date, raw_upgrade, start_gateway
+from tests.harness import add_user, http_get, js_date, raw_upgrade, start_gateway
 from tests.pgtest import fresh_database
 from wyseman.application.service import GatewayService
 from wyseman.application.startfail import StartError
@@ -68,6 +69,28 @@ class TwoHostTests(TestCase):
         self.assertEqual((yield raw_upgrade(a.port, query))[0], 403)
         self.assertEqual(self.db.run("select username, length(sign_hash) from "
                                      "wyseman_shared.replay"), [(user, 32)])
+
+    @defer.inlineCallbacks
+    def test_behind_an_http_proxy_clientinfo_and_login_may_reach_different_hosts(self) -> None:
+        """The nginx recipe of docs/operations.md: X-Forwarded-For from a trusted proxy;
+        /clientinfo answered by host a, the login it signs accepted by host b, its replay
+        refused by a."""
+        a, b = yield self.hosts(server={"trusted_proxies": ["127.0.0.1"]})
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        conn = yield connect(a.url, user, token=token, new_key=private)
+        yield conn.close()
+        forwarded = {"X-Forwarded-For": "203.0.113.9"}
+        status, _, body = yield http_get(a.port, "/clientinfo", forwarded)
+        self.assertEqual(status, 200)
+        info = json.loads(body)
+        self.assertEqual(info["ip"], "::ffff:203.0.113.9")
+        date = js_date(datetime.now(UTC))
+        sign = keys.sign(private, signed_message(info["ip"], None, None, date))
+        query = f"user={user}&sign={sign}&date={date}"
+        self.assertEqual((yield raw_upgrade(b.port, query, forwarded))[0], 101)
+        self.assertEqual((yield raw_upgrade(a.port, query, forwarded))[0], 403)
 
     @defer.inlineCallbacks
     def test_without_shared_state_each_host_has_its_own_cache_and_count(self) -> None:
