@@ -267,11 +267,20 @@ class WorkerProcessTests(TestCase):
         conn = yield connect(supervisor.url, user)   # room again
         self.addCleanup(conn.close)
 
-    @defer.inlineCallbacks
     def test_a_signed_login_url_is_accepted_once_by_all_workers(self):
         """The replay cache is the supervisor's: replaying a URL that one worker accepted
         is refused by the other worker too. Replays go on until both workers have refused
         one (the kernel picks the worker), so each has seen the other's acceptance."""
+        return self.replayed_on_both_workers()
+
+    @defer.inlineCallbacks
+    def test_with_shared_state_the_replay_cache_is_the_databases(self):
+        """The same with shared_state = "postgres": the workers check the table."""
+        yield self.replayed_on_both_workers(cluster={"shared_state": "postgres"})
+        self.assertEqual(self.db.run("select count(*) from wyseman_shared.replay"), [(1,)])
+
+    @defer.inlineCallbacks
+    def replayed_on_both_workers(self, **sections):
         from datetime import UTC, datetime
 
         from tests.harness import js_date, raw_upgrade
@@ -279,7 +288,7 @@ class WorkerProcessTests(TestCase):
         from wyseman.client import keys
         from wyseman.provision import admin
 
-        supervisor = yield self.start(workers=2)
+        supervisor = yield self.start(workers=2, **sections)
         port = int(supervisor.listen[0].split(":")[1])
         from wyseman.client.connection import connect
         user = add_user(self.db)
