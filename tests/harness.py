@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -144,12 +145,16 @@ def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) ->
 
 
 @defer.inlineCallbacks
-def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Any:
-    """One GET (the server closes the connection after it) → (status, headers, body)."""
+def http_get(port: int, path: str, source: str | None = None,
+             headers: dict[str, str] | None = None) -> Any:
+    """One GET (the server closes the connection after it) → (status, headers, body);
+    ``source``: the local address to send it from (another loopback address)."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
                     "Connection: close\r\n\r\n").encode())
-    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+    bind = (source, 0) if source else None
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind),
+                          raw)
     data = yield raw.done
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0]
@@ -195,7 +200,6 @@ class ProcessOutput(protocol.ProcessProtocol):
 def user_environment() -> dict[str, str]:
     """The environment of a user's shell after the README's install: this venv's
     ``bin`` (``wyseman``, ``twistd``, ``python``) on ``PATH``, the checkout importable."""
-    import os
     import sys
     from pathlib import Path
     bin_dir = str(Path(sys.executable).parent)
@@ -312,7 +316,6 @@ def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: i
 def checkout_pythonpath() -> str:
     """``PYTHONPATH`` for a child process: the checkout first, then what this process
     was given (the suite's packages when it runs as another user)."""
-    import os
     from pathlib import Path
     root = str(Path(__file__).resolve().parent.parent)
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

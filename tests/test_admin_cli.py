@@ -262,6 +262,20 @@ class TicketTests(CliTestCase):
                          (self.user, "app.example", "4100"))
         self.assertValidToken(query["token"])
 
+    def test_web_names_the_page_the_server_hosts(self) -> None:
+        body = Path(self.config).read_text()
+        hosted = write_config(self, body + '\n[server]\nlisten = "tcp:4321:interface='
+                                         '127.0.0.1"\n\n[web]\nconsole = "/console"\n')
+        code, out, err = run_cli("ticket", self.user, "-F", "web", "--config", str(hosted))
+        self.assertEqual((code, err), (0, ""))
+        url = urlsplit(out.strip())
+        # the console on the server's own port, over http (a tcp: endpoint)
+        self.assertEqual((url.scheme, url.netloc, url.path),
+                         ("http", "localhost:4321", "/console/"))
+        code, out, _ = run_cli("ticket", self.user, "-F", "web", "--page", "wysegi.html",
+                               "--config", str(hosted))
+        self.assertEqual(urlsplit(out.strip()).path, "/wysegi.html")
+
     def test_output_file_is_private(self) -> None:
         target = Path(self.mktemp())
         code, out, err = run_cli("ticket", self.user, "-o", str(target), "--config", self.config)

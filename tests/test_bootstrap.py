@@ -191,16 +191,16 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(db.run("select max(version) from wm.wyseman_schema"),
                          [(bootstrap.SCHEMA_VERSION,)])
 
-    def test_upgrade_from_version_2_adds_the_shared_state(self) -> None:
-        """A database made before the shared-state tables (version 2) gets them, and keeps
+    def test_upgrade_from_version_3_adds_the_shared_state(self) -> None:
+        """A database made before the shared-state tables (version 3) gets them, and keeps
         its users and their keys."""
         db = fresh_database(self)
         add_entity(db, "keeper")
         db.run("drop schema wyseman_shared cascade; "
-               "update wm.wyseman_schema set version = 2")
+               "update wm.wyseman_schema set version = 3")
         result = bootstrap.init_database_sync(db.dsn)
         self.assertEqual(result.status, InitStatus.UPGRADED)
-        self.assertIn("from version 2 to 3", result.message)
+        self.assertIn("from version 3 to 4", result.message)
         self.assertEqual(db.run("select to_regclass('wyseman_shared.replay') is not null, "
                                 "to_regclass('wyseman_shared.user_slot') is not null, "
                                 "(select count(*) from base.ent where username = 'keeper')"),

@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
+from tests.browser import chromium
 from tests.harness import APP_SAMPLE, ProcessOutput, add_user, start_gateway
 from tests.jsinterop import JS_DIR, node
 from tests.pgtest import fresh_database
 from tests.tlsutil import TestCA
 from wyseman.provision import admin
 
-CHROMIUM = os.environ.get("WYSEMAN_CHROMIUM", "/usr/bin/chromium")
 #: seconds the browser run may take in all (a cold chromium start is a few seconds)
 RUN_TIMEOUT = 90
-
-
-def chromium() -> str:
-    path = shutil.which(CHROMIUM)
-    if path is None:
-        raise SkipTest(f"{CHROMIUM} is not installed: the real-browser test is skipped "
-                       "(as root on Debian: apt-get install --no-install-recommends "
-                       "chromium; or set WYSEMAN_CHROMIUM)")
-    return path
 
 
 class BrowserTests(TestCase):

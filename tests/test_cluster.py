@@ -82,7 +82,7 @@ class TwoHostTests(TestCase):
         conn = yield connect(a.url, user, token=token, new_key=private)
         yield conn.close()
         forwarded = {"X-Forwarded-For": "203.0.113.9"}
-        status, _, body = yield http_get(a.port, "/clientinfo", forwarded)
+        status, _, body = yield http_get(a.port, "/clientinfo", headers=forwarded)
         self.assertEqual(status, 200)
         info = json.loads(body)
         self.assertEqual(info["ip"], "::ffff:203.0.113.9")

@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.browser import ConsoleRun
 from tests.harness import ProcessOutput, user_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,5 +117,38 @@ class DemoTests(TestCase):
                 path=str(home))
             self.assertEqual(code, 0, f"{command}: {err.decode()}")
         self.assertEqual(json.loads(out)["ticket"]["port"], 54320)
+        transport.signalProcess("INT")
+        self.assertEqual((yield demo.ended), 0)
+
+    @defer.inlineCallbacks
+    def test_the_printed_console_link_logs_a_browser_in(self):
+        home = Path(self.mktemp()).resolve()
+        home.mkdir(parents=True)
+        env = user_environment()
+        demo = ProcessOutput()
+        transport = reactor.spawnProcess(demo, sys.executable,
+                                         [sys.executable, "-m", "wyseman", "demo"],
+                                         env=env, path=str(home))
+        self.addCleanup(lambda: demo.ended if demo.ended.called else
+                        (transport.signalProcess("KILL"), demo.ended)[1])
+        printed = (yield demo.wait_for("See docs/tutorial.md")).decode()
+        lines = printed.splitlines()
+        link = lines[next(i for i, line in enumerate(lines)
+                          if line.startswith("Web console")) + 1].strip()
+        self.assertTrue(link.startswith("http://127.0.0.1:54320/console/?token="), link)
+        select = {"id": 3, "action": "select", "view": "demo.note_v", "fields": ["title"],
+                  "limit": 1}
+        run = ConsoleRun(self, link, None, None, before=[select], after=[])
+        yield run.listening
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "wyseman", "notify", "demo", '{"hello": "console"}'],
+            env=env, path=str(home))
+        self.assertEqual(code, 0, err.decode())
+        result = yield run.finished
+        self.assertEqual(result["ticketLogin"], "logged in as demo (ticket)")
+        self.assertEqual(result["keyLogin"], "logged in as demo (key)")
+        (rows,) = result["replies"]
+        self.assertEqual(len(rows["data"]), 1)
+        self.assertEqual(result["notification"], 'notify demo: {"hello":"console"}')
         transport.signalProcess("INT")
         self.assertEqual((yield demo.ended), 0)

@@ -42,3 +42,25 @@ class LinkTests(SynchronousTestCase):
     def test_the_slugs_are_githubs(self) -> None:
         self.assertEqual(slug("ws:// or wss://"), "ws-or-wss")
         self.assertEqual(slug("6.1 Framing"), "61-framing")
+
+
+class SpecVectorTests(SynchronousTestCase):
+    def test_the_test_vector_in_the_spec_verifies(self) -> None:
+        """docs/protocol.md, 4.8: the values an implementer copies verify with the
+        server's own check, and are the suite's vector."""
+        import json
+
+        from tests.vectors import VECTOR_JWK, VECTOR_MESSAGE, VECTOR_PUB, VECTOR_SIGN
+        from wyseman.auth import credentials
+        text = (ROOT / "docs" / "protocol.md").read_text()
+        section = text.split("### 4.8 Test vector", 1)[1].split("\n## ", 1)[0]
+        jwk_text, message, sign, pub = re.findall(r"```\w*\n(.*?)\n\s*```", section, re.S)
+        jwk = json.loads(jwk_text)
+        message_bytes = message.strip().encode("utf-8")
+        self.assertTrue(credentials.verify_signature(jwk, message_bytes, sign.strip()))
+        self.assertFalse(credentials.verify_signature(jwk, message_bytes + b" ",
+                                                      sign.strip()))
+        self.assertEqual((jwk, message_bytes, sign.strip(), pub.strip()),
+                         (VECTOR_JWK, VECTOR_MESSAGE, VECTOR_SIGN, VECTOR_PUB))
+        pub_json, decoded = credentials.decode_public_jwk(pub.strip())
+        self.assertEqual(decoded["x"], jwk["x"])

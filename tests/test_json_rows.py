@@ -45,6 +45,11 @@ ROWS = [
 ]
 
 
+#: types of TYPED that only the Python renderer renders (node-pg makes a date[]'s elements
+#: timestamps, which PostgreSQL's JSON cannot write in JS's form for every year)
+PYTHON_ONLY = frozenset({"_date"})
+
+
 def _columns(conn) -> dict[str, str]:
     with conn.cursor() as cur:
         cur.execute(database._COLUMNS_SQL, {"rel": '"public"."typed_v"'})
@@ -112,8 +117,9 @@ class JsonRowsAgreeWithPythonTests(TestCase):
         return python, spliced
 
     def test_every_column(self):
+        fields = [name for name, kind in self.columns.items() if kind not in PYTHON_ONLY]
         python, spliced = self.both({"action": "select", "view": "public.typed_v",
-                                     "fields": "*", "order": ["id"]})
+                                     "fields": fields, "order": ["id"]})
         self.assertEqual(len(python), len(ROWS))
         self.assertEqual(spliced, python)
         # and key order: clients that print rows see the columns in table order
@@ -121,6 +127,10 @@ class JsonRowsAgreeWithPythonTests(TestCase):
 
     def test_each_column_alone_and_in_order(self):
         for name, type_name in self.columns.items():
+            if type_name in PYTHON_ONLY:
+                select = {"action": "select", "view": "public.typed_v", "fields": [name]}
+                self.assertIsNone(compile_request(select, self.columns).json_sql, name)
+                continue
             for direction in (True, False):
                 order = "id" if type_name in ("json", "_jsonb") else name  # no ordering
                 request = {"action": "select", "view": "public.typed_v", "fields": [name],

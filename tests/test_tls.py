@@ -212,6 +212,39 @@ class TLSTests(TestCase):
         self.assertTrue(strict.set_options(0) & SSL.OP_NO_TLSv1_2)
 
     @defer.inlineCallbacks
+    def test_a_returning_client_resumes_its_session(self):
+        """With ``[tls] session_tickets`` (the default) a client's second connection
+        (its WebSocket after its /clientinfo fetch) resumes the first's TLS session;
+        without, every connection is a full handshake."""
+        import socket
+        import ssl
+
+        from twisted.internet import threads
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        context = ssl.create_default_context(cadata=self.ca.pem.decode())
+
+        def two_fetches(port: int) -> list[bool]:
+            session, reused = None, []
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port)) as raw, \
+                        context.wrap_socket(raw, server_hostname="localhost",
+                                            session=session) as tls:
+                    tls.sendall(b"GET /clientinfo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    while tls.recv(65536):        # (TLS 1.3 tickets come after the
+                        pass                      # handshake: read to the end)
+                    reused.append(tls.session_reused)
+                    session = tls.session
+            return reused
+
+        on = yield self.server(cert, key)
+        self.assertEqual((yield threads.deferToThread(two_fetches, on.port)), [False, True])
+        off = yield start_gateway(
+            self, self.db, server={"listen": "tls:0:interface=127.0.0.1"},
+            tls={"cert": str(cert), "key": str(key), "session_tickets": False})
+        port = off.ports[0].getHost().port
+        self.assertEqual((yield threads.deferToThread(two_fetches, port)), [False, False])
+
+    @defer.inlineCallbacks
     def test_sighup_reloads_the_certificate(self):
         import os
         import signal

@@ -10,11 +10,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.browser import ConsoleRun
 from tests.harness import ProcessOutput, user_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,7 @@ class TutorialTests(TestCase):
         home.mkdir(parents=True)
         env = user_environment()
         background: list[tuple[str, ProcessOutput, object]] = []
+        browser: ConsoleRun | str = "the tutorial has no web ticket step"
         outputs: dict[str, str] = {}
 
         def stop_all():
@@ -79,6 +82,10 @@ class TutorialTests(TestCase):
                                                             path=str(home))
             self.assertEqual(code, 0, f"{command}:\n{out.decode()}{err.decode()}")
             outputs[command] = out.decode()
+            if "alice.web-ticket.json" in command:
+                # step 5, in the browser: what the text says to do, up to the point where
+                # the console waits for the notification of the command that follows
+                browser = yield self.start_browser(home)
         # what the text says the commands print
         ticket = json.loads((home / "alice.ticket.json").read_text())["ticket"]
         self.assertEqual((ticket["host"], ticket["port"]), ("localhost", 4100))
@@ -92,7 +99,33 @@ class TutorialTests(TestCase):
         client = next(o for c, o in outputs.items() if c.startswith("python"))
         self.assertIn("heard: {'oper': 'INSERT', 'id': 2, 'owner': 'alice'}", client)
         self.assertIn("[x] Water the plants\n[ ] Call the plumber", client)
+        if isinstance(browser, ConsoleRun):
+            result = yield browser.finished
+            self.assertEqual(result["ticketLogin"], "logged in as alice (ticket)")
+            self.assertEqual(result["keyLogin"], "logged in as alice (key)")
+            (reply,) = result["replies"]
+            self.assertEqual(reply["data"], [{"title": "Water the plants", "done": True},
+                                             {"title": "Call the plumber", "done": False}])
+            self.assertEqual(result["notification"],
+                             'notify todo: {"oper":"UPDATE","id":2,"owner":"alice"}')
         # step 6: the server stops, then its PostgreSQL
         yield stop_all()
         from wyseman.provision.cluster import LocalCluster
         self.assertFalse(LocalCluster(home / "pgdata").is_running())
+        if not isinstance(browser, ConsoleRun):
+            raise SkipTest(f"every command ran, but not the browser step: {browser}")
+
+    @defer.inlineCallbacks
+    def start_browser(self, home: Path) -> Any:
+        """The console driven as step 5 says, logged in by key and listening (a
+        ConsoleRun), or why the browser cannot run here (a str)."""
+        section = TUTORIAL.read_text().split("## 5.", 1)[1].split("\n## ", 1)[0]
+        request = json.loads(re.search(r"```json\n(.*?)```", section, re.S)[1])
+        try:
+            run = ConsoleRun(self, "http://127.0.0.1:4100/console/",
+                             (home / "alice.web-ticket.json").read_text(), ["todo"],
+                             before=[], after=[{"id": 1, **request}])
+        except SkipTest as why:
+            return str(why)
+        yield run.listening
+        return run

@@ -148,6 +148,29 @@ def _lease(value: Any) -> float:
     return seconds
 
 
+def _url_prefix(value: Any) -> str:
+    """A URL path prefix of ``[web]`` (a mount, the console): clean and absolute (no
+    empty, ``.`` or ``..`` segment, no ``%``: a request is matched segment by segment
+    after decoding), kept without its trailing ``/``; not ``/`` (that is ``root``) nor
+    under ``/clientinfo``."""
+    if not isinstance(value, str):
+        raise ValueError("expected a URL path prefix like \"/app\"")
+    prefix = value.rstrip("/")
+    segments = prefix.split("/")[1:]
+    if (not value.startswith("/") or not segments
+            or any(s in ("", ".", "..") or any(c in s for c in "%\\\x00?#")
+                   for s in segments)):
+        raise ValueError("expected a URL path prefix like \"/app\" "
+                         "(no '.', '..', '%', '?' or '#' segments; \"/\" is [web] root)")
+    if segments[0] == "clientinfo":
+        raise ValueError("/clientinfo is the server's own path")
+    return prefix
+
+
+def _console_prefix(value: Any) -> str:
+    return "" if value == "" else _url_prefix(value)
+
+
 def _web_name(value: Any) -> str:
     if (not isinstance(value, str) or not value or value in (".", "..")
             or any(c in value for c in "/\\\x00")):
@@ -165,6 +188,14 @@ def _web_file(value: Any) -> str:
     return value
 
 
+def _multiaddr(value: Any) -> str:
+    """A listen multiaddr, checked for its shape here (py-libp2p, an optional extra,
+    parses it at start and in ``wyseman config check``)."""
+    if not isinstance(value, str) or not re.match(r"^/ip[46]/[^/]+/tcp/[0-9]{1,5}$", value):
+        raise ValueError("expected a multiaddr like '/ip4/127.0.0.1/tcp/4001'")
+    return value
+
+
 def _dotted(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", value):
         raise ValueError("expected a dotted path 'package.module:function'")
@@ -178,12 +209,14 @@ def _dotted(value: Any) -> str:
 class Option:
     section: str
     key: str
-    check: Checker
+    #: None for the tables whose checks need the file's name ([channels] roles,
+    #: [actions] handlers): :func:`from_dict` checks those itself
+    check: Checker | None
     default: Any
     doc: str
 
 
-def _o(section: str, key: str, check: Checker, default: Any, doc: str) -> Option:
+def _o(section: str, key: str, check: Checker | None, default: Any, doc: str) -> Option:
     return Option(section, key, check, default, doc)
 
 
@@ -270,6 +303,15 @@ OPTIONS: tuple[Option, ...] = (
     _o("tls", "key", _path, "", "PEM private key file matching `cert`."),
     _o("tls", "chain", _path, "", "PEM file of intermediate certificates (optional)."),
     _o("tls", "min_version", _choice("1.2", "1.3"), "1.2", "Lowest TLS version accepted."),
+    _o("tls", "session_tickets", _bool, True,
+       "Give clients session tickets, so that a client that connects again (a browser's "
+       "`/clientinfo` fetch, then its WebSocket; a reconnect) resumes its TLS session "
+       "instead of a full handshake. The ticket keys are this process's, made at start "
+       "and on each reload (`SIGHUP`): a resumption at another worker or after a reload "
+       "is a full handshake. With TLS 1.3 a resumption still makes a new key exchange "
+       "(forward secrecy kept); with TLS 1.2 a stolen ticket key would reveal the "
+       "sessions it sealed until the next restart or reload: set `min_version = \"1.3\"` "
+       "or turn this off if that matters."),
 
     # [database]
     _o("database", "dsn", _string, "",
@@ -418,6 +460,17 @@ OPTIONS: tuple[Option, ...] = (
     # [actions]
     _o("actions", "handlers", None, {},
        "Table of `\"view:name\"` → `\"package.module:function\"`: custom action handlers."),
+    _o("actions", "resource_max_bytes", _int_range(0), 16_777_216,
+       "Largest resource (a report, an export) a custom action may publish for its "
+       "request (`ctx.publish`, served at `/_wyseman/resources/…` on the gateway's ports); "
+       "a larger one is refused with `!wm.lang:resourceTooLarge`."),
+    _o("actions", "resource_total_bytes", _int_range(0), 268_435_456,
+       "Most bytes of published resources this process holds at once; beyond, publishing "
+       "is refused with `!wm.lang:resourcesFull` until some expire or their sessions "
+       "close."),
+    _o("actions", "resource_ttl", _seconds, 600.0,
+       "Seconds a published resource stays readable at most (it goes earlier with the "
+       "session that published it)."),
 
     # [web]
     _o("web", "root", _path, "",
@@ -437,9 +490,30 @@ OPTIONS: tuple[Option, ...] = (
        "File under `root` (e.g. `index.html`) answered for a path under `root` that names "
        "no file and whose last segment has no extension (a single-page app's client-side "
        "routes). Empty: such paths are 404."),
+    _o("web", "console", _console_prefix, "",
+       "URL path (e.g. `\"/console\"`) where the server's own web console is served: a "
+       "page that imports a ticket, logs in (later by the key it keeps in the browser), "
+       "sends requests and shows notifications. Empty: not served. See docs/hosting.md."),
     _o("web", "cache_max_age", _int_range(0, 31_536_000), 0,
        "`Cache-Control: max-age` in seconds of served files. 0: `no-cache` (the browser "
        "revalidates each time; unchanged files are answered 304 by `ETag`)."),
+
+    # [p2p]
+    _o("p2p", "listen", _list_of(_multiaddr, "multiaddrs", allow_single=True), (),
+       "Multiaddrs (`/ip4/ADDRESS/tcp/PORT`, `/ip6/…`) a libp2p host listens on, serving "
+       "the `/wyseman/1.0.0` protocol (docs/protocol.md, 15) beside the WebSocket, with the "
+       "same logins, requests and notifications. Needs the `wyseman[p2p]` extra "
+       "(py-libp2p). Empty: no libp2p. `wyseman p2p id` prints the full addresses. The "
+       "`[limits]` apply: `max_message_size`, `max_in_flight`, `max_outbound_bytes`, "
+       "`open_handshake_timeout` (to send the login), `max_pending_connections` (streams "
+       "logging in), `max_connections` and `max_connections_per_user` (counted with the "
+       "WebSockets)."),
+    _o("p2p", "key_file", _path, "p2p.key",
+       "The server's libp2p identity (an Ed25519 private key, libp2p's protobuf form): "
+       "created with mode 0600 on first start and kept, so the peer id stays the same "
+       "across restarts. Relative to the config file. A file others may read is refused."),
+    _o("p2p", "mdns", _bool, False,
+       "Announce the host on the local network with mDNS (libp2p peer discovery)."),
 
     # [metrics]
     _o("metrics", "listen", _string, "",
@@ -506,6 +580,7 @@ class TLSSection:
     key: str
     chain: str
     min_version: str
+    session_tickets: bool
 
 
 @dataclass(frozen=True)
@@ -576,6 +651,9 @@ class ViewsSection:
 class ActionsSection:
     """``[actions]``: custom action handlers by ``(view, action name)``."""
     handlers: Mapping[tuple[str, str], str]
+    resource_max_bytes: int
+    resource_total_bytes: int
+    resource_ttl: float
 
 
 @dataclass(frozen=True)
@@ -585,7 +663,16 @@ class WebSection:
     mounts: Mapping[str, str]
     index: tuple[str, ...]
     spa_fallback: str
+    console: str
     cache_max_age: int
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    """``[p2p]``: the libp2p transport (wyseman.p2p)."""
+    listen: tuple[str, ...]
+    key_file: str
+    mdns: bool
 
 
 @dataclass(frozen=True)
@@ -608,7 +695,7 @@ SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
     "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
     "views": ViewsSection, "actions": ActionsSection, "web": WebSection,
-    "metrics": MetricsSection, "cluster": ClusterSection,
+    "p2p": P2PSection, "metrics": MetricsSection, "cluster": ClusterSection,
 }
 
 
@@ -640,6 +727,7 @@ class Config:
     views: ViewsSection
     actions: ActionsSection
     web: WebSection
+    p2p: P2PSection
     metrics: MetricsSection
     cluster: ClusterSection
     source: str = "<config>"
@@ -696,15 +784,10 @@ def _check_mounts(source: str, value: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, directory in value.items():
         where = f"{source}: [web] mounts.{key!r}"
-        prefix = key.rstrip("/")
-        segments = prefix.split("/")[1:]
-        if (not key.startswith("/") or not segments
-                or any(s in ("", ".", "..") or any(c in s for c in "%\\\x00?#")
-                       for s in segments)):
-            raise ConfigError(f"{where}: expected a URL path prefix like \"/app\" "
-                              "(no '.', '..', '%', '?' or '#' segments; \"/\" is [web] root)")
-        if segments[0] == "clientinfo":
-            raise ConfigError(f"{where}: /clientinfo is the server's own path")
+        try:
+            prefix = _url_prefix(key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         if prefix in out:
             raise ConfigError(f"{where}: the prefix {prefix!r} is mounted twice")
         if not isinstance(directory, str) or not directory:
@@ -747,6 +830,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<config>",
             elif (name, key) == ("web", "mounts"):
                 values[key] = _check_mounts(source, value)
             else:
+                assert opt.check is not None   # (only the tables above have none)
                 try:
                     values[key] = opt.check(value)
                 except ValueError as exc:
@@ -794,6 +878,9 @@ def _check_consistency(config: Config) -> None:
         _check_workers(config)
     if config.web.spa_fallback and not config.web.root:
         raise ConfigError(f"{src}: [web] spa_fallback: needs [web] root (the file is under it)")
+    web = config.web
+    if web.console and web.console in web.mounts:
+        raise ConfigError(f"{src}: [web] console: {web.console!r} is also a mount")
     limits = config.limits
     if limits.max_frame_size > limits.max_message_size:
         raise ConfigError(
@@ -815,6 +902,9 @@ def _check_workers(config: Config) -> None:
         if kind not in ("tcp", "tls") and not kind.isdigit():
             raise ConfigError(f"{src}: [server] workers: endpoint {text!r}: worker processes "
                               "share only 'tcp:' and 'tls:' endpoints")
+    if config.p2p.listen:
+        raise ConfigError(f"{src}: [p2p] listen: not served with workers > 1 (worker "
+                          "processes cannot share a libp2p host); use workers = 1")
     metrics = config.metrics.listen
     if metrics and not re.match(r"^tcp:[1-9]\d*(:|$)", metrics):
         raise ConfigError(f"{src}: [metrics] listen: with workers > 1 it must be "

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import psycopg2
 
@@ -33,6 +34,9 @@ from wyseman.provision.admin import (
 )
 from wyseman.provision.bootstrap import init_database_sync
 from wyseman.provision.cluster import ClusterError
+
+if TYPE_CHECKING:
+    from twisted.logger import ILogObserver
 
 PROG = "wyseman"
 DEFAULT_CONFIG = "wyseman.toml"
@@ -206,10 +210,16 @@ def _add_ticket(subparsers: argparse._SubParsersAction,
                         help="write the ticket to FILE (mode 0600) instead of stdout")
     ticket.add_argument("--host", metavar="H", help="WebSocket host put into the ticket")
     ticket.add_argument("--port", metavar="P", type=int, help="WebSocket port put into the ticket")
-    ticket.add_argument("--http-port", metavar="S", type=int, default=4000,
-                        help="HTTP port of the app page for --format web (default 4000)")
+    ticket.add_argument("--http-port", metavar="S", type=int,
+                        help="HTTP port of the app page for --format web (default: the "
+                             "server's first listen port when [web] serves pages, else "
+                             "4000, wyclif's)")
+    ticket.add_argument("--page", metavar="PATH",
+                        help="the app page for --format web, e.g. wysegi.html or console/ "
+                             "(default: the [web] console when configured, else "
+                             "SPA-NAME.html)")
     ticket.add_argument("--spa-name", metavar="N", default="wyatt",
-                        help="page name for --format web (default wyatt)")
+                        help="page name for --format web without --page (default wyatt)")
     ticket.set_defaults(handler=_ticket)
 
 
@@ -221,9 +231,16 @@ def _ticket(args: argparse.Namespace) -> int:
     served = spec.port if spec.port and spec.kind in ("tcp", "tls") else None
     ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port,
                           fallback_host=spec.interface or None, fallback_port=served)
+    web = config.web
+    hosted = bool(web.root or web.mounts or web.console) and served is not None
+    page = args.page
+    if page is None and web.console and not web.root:
+        page = web.console.lstrip("/") + "/"
     text = format_ticket(ticket, args.format,
                          admin_user=ticket.issuer or config.database.admin_user,
-                         http_port=args.http_port, spa_name=args.spa_name)
+                         http_port=args.http_port or (served if hosted and served else 4000),
+                         spa_name=args.spa_name, page=page,
+                         scheme="http" if hosted and spec.kind == "tcp" else "https")
     if args.output:
         # The token is a credential: create the file private, then write.
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -269,6 +286,43 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_module.render_reference())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# p2p
+
+@subcommand
+def _add_p2p(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p2p = subparsers.add_parser("p2p", help="the libp2p transport ([p2p])")
+    actions = p2p.add_subparsers(dest="p2p_command", metavar="COMMAND", required=True)
+    ident = actions.add_parser(
+        "id", parents=[common], help="print the server's peer id and full multiaddrs",
+        description="Print the peer id of [p2p] key_file (created, mode 0600, if it does "
+                    "not exist yet, as the server's first start would) and each [p2p] "
+                    "listen address with /p2p/PEER: what clients dial.")
+    ident.set_defaults(handler=_p2p_id)
+
+
+def _p2p_id(args: argparse.Namespace) -> int:
+    from wyseman.application.service import check_p2p
+    config = load_config(args)
+    if not config.p2p.listen:
+        raise ConfigError(f"{config.source}: [p2p] listen: empty (the libp2p transport is "
+                          "off)")
+    check_p2p(config)
+    from wyseman.p2p import node
+    path = config.resolve_path(config.p2p.key_file)
+    try:
+        key, created = node.load_or_create_key(path)
+    except node.P2PKeyError as exc:
+        raise ConfigError(f"{config.source}: [p2p] key_file: {exc}") from None
+    if created:
+        sys.stderr.write(f"{PROG}: created the libp2p identity {path}\n")
+    peer = node.peer_id_of(key)
+    _out(f"peer id: {peer}")
+    for address in config.p2p.listen:
+        _out(f"{address}/p2p/{peer}")
     return 0
 
 
@@ -382,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 2
-    observer = None if args.handler is _demo else _warnings_to_stderr
+    # (a function of the event is an ILogObserver; plain mypy cannot see zope interfaces)
+    observer = None if args.handler is _demo else cast("ILogObserver", _warnings_to_stderr)
     if observer is not None:
         from twisted.logger import globalLogPublisher
         globalLogPublisher.addObserver(observer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, threads
 
@@ -27,6 +27,10 @@ name = "wyseman"
 
 [channels]
 allow = ["wyseman", "wylib", "demo"]
+
+[web]
+# the server's own web console, at /console/ on the server's port
+console = "/console"
 """
 
 
@@ -126,13 +130,25 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
         f"  Firefox: Settings > Privacy & Security > Certificates > View Certificates > "
         f"Authorities > Import {ca}",
     ] if secure else [
-        "Plain ws:// serves ticket logins and these command-line clients; browser apps "
-        "sign key logins only over wss://: try `wyseman demo --tls`.",
+        "Plain ws:// serves ticket logins and these command-line clients; the stock JS "
+        "client (wylib's apps) signs key logins only over wss://: try `wyseman demo --tls`.",
     ]
+    console = []
+    if config.web.console:
+        link = admin.format_ticket(ticket, "web", admin_user="postgres", http_port=port,
+                                   page=config.web.console.lstrip("/") + "/", scheme=http,
+                                   extra="&listen=demo")
+        console = [
+            "Web console, with the same one-time ticket (a user has one key: log in either "
+            "in the browser or from the command line, and `wyseman ticket` for the other; "
+            "later visits log in by the key the browser keeps):",
+            "  " + link,
+        ]
     return "\n".join([
         f"wyseman demo: {created}; serving {scheme}://127.0.0.1:{port} ({http} /clientinfo "
         f"on {port} and {port - 1}); Ctrl-C stops the server and its PostgreSQL.",
         *trust,
+        *console,
         f"One-time ticket for {user!r} (valid until {ticket.expires}), saved to "
         f"{ticket_file}:",
         "  " + admin.format_ticket(ticket, "link", admin_user="postgres"),
@@ -149,13 +165,15 @@ def _ticket_text(dsn: str, user: str, config: cfg.Config, port: int,
 
 
 def run(config_path: str | None = None, user: str = "demo", tls: bool = False) -> int:
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import ILogObserver, globalLogBeginner, textFileLogObserver
 
+    from wyseman.application.mainloop import global_reactor
     from wyseman.application.service import makeService
 
+    reactor = global_reactor()
     config = demo_config(Path(config_path) if config_path else None, tls)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
+    # (a FileLogObserver is an ILogObserver; plain mypy cannot see zope interfaces)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, textFileLogObserver(sys.stdout))],
                                      redirectStandardIO=False)
     top = makeService(config)
     gateway_service = top.getServiceNamed("gateway")

@@ -10,14 +10,26 @@ start (given its database answers: ``--connect`` tries that too).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from wyseman.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from wyseman.application.tls import ReloadableContextFactory
 
 
 def check_startable(config: Config) -> None:
     """:raises ConfigError: (naming the file and key) what would stop the start."""
-    from wyseman.application.service import _tls_factory, check_cpu_affinity, check_web
+    from wyseman.application.service import (
+        _tls_factory,
+        check_cpu_affinity,
+        check_p2p,
+        check_web,
+    )
     check_cpu_affinity(config)
     check_web(config)
+    check_p2p(config)
     tls = _tls_factory(config)
     _check_endpoints(config, tls)
     _check_handlers(config)
@@ -29,12 +41,12 @@ def check_startable(config: Config) -> None:
             raise ConfigError(f"{config.source}: [database] embedded: {exc}") from None
 
 
-def _check_endpoints(config: Config, tls: object) -> None:
+def _check_endpoints(config: Config, tls: ReloadableContextFactory | None) -> None:
     from twisted.internet.testing import MemoryReactor
 
     from wyseman.application.service import _endpoint, derived_clientinfo, parse_listen
     texts = [("[server] listen", t) for t in config.server.listen]
-    clientinfo = config.server.clientinfo_listen
+    clientinfo: Sequence[str] | None = config.server.clientinfo_listen
     if clientinfo is None:
         clientinfo = [d for d in (derived_clientinfo(parse_listen(t))
                                   for t in config.server.listen) if d]
@@ -79,7 +91,8 @@ def try_connect(config: Config) -> str:
                 from wyseman.db.shared import SCHEMA_CHECK_SQL
                 with conn.cursor() as cur:
                     cur.execute(SCHEMA_CHECK_SQL)
-                    found = cur.fetchone()[0]
+                    row = cur.fetchone()
+                    found = bool(row and row[0])
         finally:
             conn.close()
     except psycopg2.Error as exc:

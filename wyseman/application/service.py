@@ -19,12 +19,14 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory
 from twisted.logger import Logger
 from twisted.web import server
+from twisted.web.resource import IResource
 
 from wyseman.application import startfail
 from wyseman.application.fdlimit import ensure_descriptors
@@ -36,6 +38,7 @@ from wyseman.db.database import Database
 from wyseman.db.shared import SharedSchemaMissing
 from wyseman.gateway.cluster import ClusterState, host_id_for
 from wyseman.gateway.hub import Gateway
+from wyseman.gateway.seams import TransportHub
 from wyseman.tuning import affinity
 from wyseman.tuning.affinity import auto_threads
 from wyseman.tuning.gcpause import freeze_startup_objects, set_young_threshold
@@ -146,7 +149,8 @@ def _tls_factory(config: Config) -> ReloadableContextFactory | None:
     try:
         return ReloadableContextFactory(
             config.resolve_path(tls.cert), config.resolve_path(tls.key),
-            config.resolve_path(tls.chain) if tls.chain else None, tls.min_version)
+            config.resolve_path(tls.chain) if tls.chain else None, tls.min_version,
+            tls.session_tickets)
     except TLSConfigError as exc:
         raise ConfigError(f"{config.source}: [tls]: {exc}") from None
 
@@ -188,6 +192,31 @@ def check_web(config: Config) -> None:
     if problems:
         key, problem = problems[0]
         raise ConfigError(f"{config.source}: [web] {key}: {problem}")
+
+
+def check_p2p(config: Config, *, key: bool = True) -> None:
+    """:raises ConfigError: ``[p2p] listen`` is set but the ``wyseman[p2p]`` extra
+    (py-libp2p) is not installed, a multiaddr is not one py-libp2p listens on, or (with
+    ``key``) the key file exists but cannot be used."""
+    p2p = config.p2p
+    if not p2p.listen:
+        return
+    try:
+        from wyseman.p2p import node
+    except ImportError as exc:
+        raise ConfigError(f"{config.source}: [p2p] listen: needs the wyseman[p2p] extra "
+                          f"(pip install 'wyseman[p2p]'): {exc}") from None
+    for text in p2p.listen:
+        try:
+            node.check_multiaddr(text)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: [p2p] listen: {text!r}: {exc}") from None
+    path = config.resolve_path(p2p.key_file)
+    if key and path.exists():
+        try:
+            node.load_or_create_key(path)
+        except node.P2PKeyError as exc:
+            raise ConfigError(f"{config.source}: [p2p] key_file: {exc}") from None
 
 
 class StartingService(Service):
@@ -243,7 +272,7 @@ class StartingService(Service):
 class GatewayService(StartingService):
     """Database, gateway and listening ports; starts once the database answers."""
 
-    name = "gateway"
+    name = "gateway"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
@@ -279,6 +308,8 @@ class GatewayService(StartingService):
             if spec.kind == "tls" and self.tls is None:
                 raise ConfigError(f"{config.source}: [tls]: {spec.text!r} needs a certificate")
         self.gateway: Gateway | None = None
+        #: the libp2p host (``[p2p] listen``), once started
+        self.p2p: Any = None
         self._pinned = False
         self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
@@ -311,6 +342,7 @@ class GatewayService(StartingService):
         cpus = self.config.server.cpu_affinity
         check_cpu_affinity(self.config)   # before anything opens: a bad list stops the start
         check_web(self.config)
+        check_p2p(self.config)
         ensure_descriptors(self.config, len(self.specs) + len(self.clientinfo_specs))
         dsn = yield self._admin_dsn()
         db_conf = self.config.database
@@ -341,8 +373,9 @@ class GatewayService(StartingService):
             cluster, shared = self.cluster, self.gateway.metrics.shared_state
             shared.labels("lease_ok").set_function(lambda: float(cluster.lease_ok))
             shared.labels("replay_full").set_function(lambda: float(cluster.replay.full))
+        hub: TransportHub = self.gateway
         for spec in self.specs:
-            site = build_site(self.gateway, secure=spec.secure,
+            site = build_site(hub, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
             if self.router is not None and spec.kind == "tcp" and not spec.proxy:
                 self.router.add_site(site)
@@ -354,9 +387,11 @@ class GatewayService(StartingService):
             routed.labels("kept").set_function(lambda: router.kept)
             router.start()
         for spec in self.clientinfo_specs:
-            site = build_site(self.gateway, secure=spec.secure, insecure_allowed=False,
+            site = build_site(hub, secure=spec.secure, insecure_allowed=False,
                               clientinfo_only=True)
             yield self._listen(spec, site)
+        if self.config.p2p.listen:
+            yield self._start_p2p()
         if self.config.metrics.listen:
             yield self._listen(parse_listen(self.config.metrics.listen), self._metrics_site())
         if self.tls is not None:
@@ -375,6 +410,23 @@ class GatewayService(StartingService):
                      all=affinity.describe(affinity.available_cpus()))
         self.ready.callback(self)
         return self
+
+    @defer.inlineCallbacks
+    def _start_p2p(self) -> Any:
+        """The libp2p host beside the WebSocket ports, on the same gateway."""
+        from wyseman.p2p.node import P2PKeyError
+        from wyseman.p2p.server import P2PServer
+        assert self.gateway is not None
+        server = P2PServer(self.gateway, self.config.p2p,
+                           self.config.resolve_path(self.config.p2p.key_file), self.reactor)
+        try:
+            yield server.start()
+        except P2PKeyError as exc:
+            raise ConfigError(f"{self.config.source}: [p2p] key_file: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"{self.config.source}: [p2p] listen: cannot listen: "
+                              f"{exc}") from None
+        self.p2p = server
 
     def _listener_reconnected(self) -> None:
         if self.gateway is not None:
@@ -409,7 +461,11 @@ class GatewayService(StartingService):
         factory: Any = site
         if spec.kind == "tls" and tls_here:
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            factory = TLSMemoryBIOFactory(self.tls, False, site)
+            assert self.tls is not None   # (checked when the service was made)
+            # (the casts: plain mypy cannot see zope interfaces; a Site is an
+            # IProtocolFactory, a context factory (getContext) an IOpenSSLContextFactory)
+            factory = TLSMemoryBIOFactory(cast(IOpenSSLContextFactory, self.tls), False,
+                                          cast(IProtocolFactory, site))
         if spec.proxy:
             from wyseman.ws.proxyproto import ProxyProtocolFactory
             factory = ProxyProtocolFactory(
@@ -425,8 +481,10 @@ class GatewayService(StartingService):
         from wyseman.ws.httpbounds import GatewaySite
         assert self.gateway is not None
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry=self.gateway.metrics.registry))
-        root.putChild(b"healthz", HealthResource(self.gateway.health))
+        # (resources are IResources; plain mypy cannot see zope interfaces)
+        root.putChild(b"metrics", cast(IResource, MetricsResource(
+            registry=self.gateway.metrics.registry)))
+        root.putChild(b"healthz", cast(IResource, HealthResource(self.gateway.health)))
         # the same bounds as the clients' ports: no bodies, idle and pending connections
         return GatewaySite.bounded_by(root, self.config.limits)
 
@@ -439,13 +497,19 @@ class GatewayService(StartingService):
             yield port.stopListening()
         if self.router is not None:
             self.router.stop()
+        p2p, self.p2p = self.p2p, None
+        if p2p is not None:
+            p2p.stop_accepting()
         if self.gateway is not None:
             # 1001 "going away": clients reconnect (to another host, or this one back)
             yield self.gateway.close_all(CLOSE_GOING_AWAY, "server shutting down",
                                          CLOSE_GRACE_SECONDS)
-            if self.cluster is not None and self._cluster_started:
-                self._cluster_started = False
-                yield self.cluster.stop()     # its sockets are closed: its places freed
+        if p2p is not None:
+            yield p2p.stop()      # the host, and the trio run with it
+        if self.cluster is not None and self._cluster_started:
+            self._cluster_started = False
+            yield self.cluster.stop()     # its sockets and streams are closed: places freed
+        if self.gateway is not None:
             yield self.gateway.stop()
         if self._pinned:
             self._pinned = False

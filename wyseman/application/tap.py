@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.application.service import IService, Service
+from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from wyseman.config import Config, ConfigError, load
@@ -29,7 +29,7 @@ class Options(usage.Options):
 class _StopOnHangup(Service):
     """In a terminal, SIGHUP (the terminal closed) stops the server cleanly."""
 
-    name = "stop-on-hangup"
+    name = "stop-on-hangup"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
     _handler = None
 
     def startService(self) -> None:  # noqa: N802
@@ -45,7 +45,7 @@ class _StopOnHangup(Service):
             self._handler.remove()
 
 
-def makeService(options: Options) -> IService:  # noqa: N802
+def makeService(options: Options) -> MultiService:  # noqa: N802
     from wyseman.application.service import makeService as make
     config: Config = options["parsed"]
     from wyseman.application.tls import TLSConfigError

@@ -36,7 +36,8 @@ def _load_pem_chain(data: bytes, path: Path) -> list[crypto.X509]:
 
 
 def build_options(cert: Path, key: Path, chain: Path | None = None,
-                  min_version: str = "1.2") -> ssl.CertificateOptions:
+                  min_version: str = "1.2", session_tickets: bool = True
+                  ) -> ssl.CertificateOptions:
     """CertificateOptions for the server; refuses missing/unreadable files or a key
     that does not match the certificate, with a message naming the file."""
     certs = _load_pem_chain(_read(cert, "certificate"), cert)
@@ -58,9 +59,11 @@ def build_options(cert: Path, key: Path, chain: Path | None = None,
     if chain:
         extra += _load_pem_chain(_read(chain, "certificate chain"), chain)
     minimum = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    # (Twisted turns session tickets off unless asked: OpenSSL then sends none, and every
+    # connection of a returning client is a full handshake)
     return ssl.CertificateOptions(
         privateKey=private_key, certificate=certs[0], extraCertChain=extra,
-        raiseMinimumTo=minimum)
+        raiseMinimumTo=minimum, enableSessionTickets=session_tickets)
 
 
 @implementer(IOpenSSLContextFactory)
@@ -71,8 +74,8 @@ class ReloadableContextFactory:
     """
 
     def __init__(self, cert: Path, key: Path, chain: Path | None = None,
-                 min_version: str = "1.2") -> None:
-        self._paths = (cert, key, chain, min_version)
+                 min_version: str = "1.2", session_tickets: bool = True) -> None:
+        self._paths = (cert, key, chain, min_version, session_tickets)
         self._options = build_options(*self._paths)
 
     def getContext(self) -> SSL.Context:  # noqa: N802 (Twisted interface)

@@ -35,10 +35,10 @@ PUBLIC_KEY_CACHE_SIZE = 4096
 
 __all__ = [
     "CredentialError", "ReplayCache", "b64decode_lenient", "b64url", "candidate_keys",
-    "check_date_window", "clientinfo_body", "decode_listen", "decode_public_jwk", "js_date",
-    "parse_client_date", "parse_query", "public_key_from_jwk", "render_peer_ip",
-    "replay_ttl", "signature_digest", "signed_message", "verify_any", "verify_signature",
-    "verifying_key",
+    "check_channels", "check_date_window", "clientinfo_body", "decode_listen",
+    "decode_public_jwk", "js_date", "p2p_signed_message", "parse_client_date",
+    "parse_query", "public_key_from_jwk", "render_peer_ip", "replay_ttl",
+    "signature_digest", "signed_message", "verify_any", "verify_signature", "verifying_key",
 ]
 
 
@@ -125,28 +125,36 @@ def _decode_json(text: str | None, what: str) -> tuple[str, Any]:
 def decode_listen(db: str | None) -> tuple[str, ...]:
     """The ``db`` parameter: base64 of a JSON list of channel names (or of one name).
 
-    Absent or empty means no channels. Anything but non-empty strings of at most 63
-    UTF-8 bytes (no NUL), at most :data:`MAX_CHANNELS` of them, is refused so that the
-    upgrade can be answered 400 before it is accepted (D11). Duplicates are dropped,
-    first occurrence kept.
+    Absent or empty means no channels; the list is checked by :func:`check_channels`,
+    so that the upgrade can be answered 400 before it is accepted (D11).
     """
     if not db:
         return ()
     _, value = _decode_json(db, "db")
+    return check_channels(value, "db")
+
+
+def check_channels(value: Any, what: str) -> tuple[str, ...]:
+    """A decoded list of channel names (``db``'s, or a libp2p login's ``listen``); a
+    single string is a list of one. Anything but non-empty strings of at most 63 UTF-8
+    bytes (no NUL), at most :data:`MAX_CHANNELS` of them, is refused. Duplicates are
+    dropped, first occurrence kept."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or len(value) > MAX_CHANNELS:
-        raise CredentialError(f"db: expected a list of at most {MAX_CHANNELS} channel names")
+        raise CredentialError(f"{what}: expected a list of at most {MAX_CHANNELS} "
+                              "channel names")
     channels: list[str] = []
     for name in value:
         if not isinstance(name, str) or not name or "\x00" in name:
-            raise CredentialError("db: channel names must be non-empty strings")
+            raise CredentialError(f"{what}: channel names must be non-empty strings")
         try:
             size = len(name.encode("utf-8"))
         except UnicodeEncodeError:   # a lone surrogate from a \\udXXX escape
-            raise CredentialError("db: channel name is not valid Unicode") from None
+            raise CredentialError(f"{what}: channel name is not valid Unicode") from None
         if size > MAX_CHANNEL_BYTES:
-            raise CredentialError(f"db: channel names are at most {MAX_CHANNEL_BYTES} bytes")
+            raise CredentialError(f"{what}: channel names are at most {MAX_CHANNEL_BYTES} "
+                                  "bytes")
         if name not in channels:
             channels.append(name)
     return tuple(channels)
@@ -287,6 +295,21 @@ def signed_message(ip: str, cookie: str | None, user_agent: str | None, date: st
     header (None) is omitted, an empty one kept as ``""``. Byte-identical to the
     client's ``JSON.stringify``."""
     return _js_stringify({"ip": ip, "cookie": cookie, "userAgent": user_agent, "date": date})
+
+
+#: the protocol a libp2p key login names in what it signs
+P2P_PROTOCOL = "/wyseman/1.0.0"
+
+
+def p2p_signed_message(server_peer: str, client_peer: str, date: str) -> bytes:
+    """What a key login on a libp2p stream signs (docs/protocol.md, 15.3): compact JSON
+    of ``protocol`` (``/wyseman/1.0.0``), ``server`` and ``client`` (the two peer ids,
+    base58, as the secure channel proved them) and ``date``, in this order. The peer
+    ids bind the signature to this pair of ends: a login overheard or replayed from
+    another peer (or to another server) does not verify, and the replay cache refuses
+    it again from the same one."""
+    return _js_stringify({"protocol": P2P_PROTOCOL, "server": server_peer,
+                          "client": client_peer, "date": date})
 
 
 def js_date(moment: datetime) -> str:

@@ -56,6 +56,21 @@ def refuse(code: tuple[int, str], detail: str, kind: str) -> Refusal:
 
 
 @dataclass(frozen=True)
+class PeerLogin:
+    """A login sent as the first message of a libp2p stream (docs/protocol.md, 15.3)
+    rather than in an upgrade's query: ``fields`` stand for the query's parameters
+    (``user``, ``token``, ``pub``, ``sign``, ``date``; strings, validated by the
+    transport), ``listen`` for the decoded ``db`` (checked here, as ``db`` is), and a
+    key login signs :func:`~wyseman.auth.credentials.p2p_signed_message` of the two
+    peer ids instead of the ``/clientinfo`` message."""
+
+    fields: Mapping[str, str]
+    listen: Any
+    server_peer: str
+    client_peer: str
+
+
+@dataclass(frozen=True)
 class Handshake:
     """What the upgrade request carries, already reduced to the parts we check."""
 
@@ -65,6 +80,8 @@ class Handshake:
     user_agent: str | None
     secure: bool               # the socket is TLS
     insecure_allowed: bool     # this endpoint may accept insecure logins
+    #: a libp2p stream's login (then ``query``, ``cookie`` and ``user_agent`` are unused)
+    peer: PeerLogin | None = None
 
 
 @dataclass(frozen=True)
@@ -180,19 +197,25 @@ class Authenticator:
 
     @defer.inlineCallbacks
     def _decide(self, hs: Handshake, now: float) -> Any:
-        try:
-            params = cred.parse_query(hs.query)
-        except cred.CredentialError as exc:
-            raise refuse(BAD_REQUEST, f"query: {exc.reason}", "bad_query")
+        if hs.peer is None:
+            try:
+                params = cred.parse_query(hs.query)
+            except cred.CredentialError as exc:
+                raise refuse(BAD_REQUEST, f"query: {exc.reason}", "bad_query")
+        else:
+            params = dict(hs.peer.fields)
         user = params.get("user") or ""
         token = params.get("token") or ""
         pub = params.get("pub") or ""
         sign = params.get("sign") or ""
         date = params.get("date") or ""
         try:
-            listen = cred.decode_listen(params.get("db") or None)
+            if hs.peer is None:
+                listen = cred.decode_listen(params.get("db") or None)
+            else:
+                listen = cred.check_channels(hs.peer.listen or [], "listen")
         except cred.CredentialError as exc:
-            raise refuse(BAD_REQUEST, f"db: {exc.reason}", "bad_channels")
+            raise refuse(BAD_REQUEST, f"channels: {exc.reason}", "bad_channels")
         if user and len(user.encode()) > 63:
             raise refuse(INVALID_LOGIN, "user name longer than 63 bytes", "bad_user")
         if user:
@@ -225,7 +248,11 @@ class Authenticator:
             if conn_pub is None:
                 raise refuse(INVALID_LOGIN, f"key login: no key stored for {user!r}",
                              "no_key")
-            message = cred.signed_message(hs.ip, hs.cookie, hs.user_agent, date)
+            if hs.peer is None:
+                message = cred.signed_message(hs.ip, hs.cookie, hs.user_agent, date)
+            else:
+                message = cred.p2p_signed_message(hs.peer.server_peer, hs.peer.client_peer,
+                                                  date)
             key = yield self.signatures.verifying_key(conn_pub, message, sign)
             if key is None:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 
@@ -54,9 +54,32 @@ def _clientinfo(args: argparse.Namespace, url: str) -> str:
     return f"{scheme}://{parts.hostname}:{port}/clientinfo"
 
 
+class _MainLoop(Protocol):
+    """The global reactor as :func:`run_reactor` drives it: Twisted types it by its zope
+    interfaces, whose methods plain mypy reads as if their first parameter were ``self``
+    (and whose ``run`` has no ``installSignalHandlers``)."""
+
+    running: bool
+
+    def run(self, installSignalHandlers: bool = True) -> None:  # noqa: N803
+        ...
+
+    def stop(self) -> None:
+        ...
+
+    def callWhenRunning(self, callable: Callable[..., Any],  # noqa: N802
+                        *args: Any, **kwargs: Any) -> Any:
+        ...
+
+    def addSystemEventTrigger(self, phase: str, eventType: str,  # noqa: N802, N803
+                              callable: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        ...
+
+
 def run_reactor(work: Callable[[Any], Any]) -> int:
     """Run ``work(reactor)`` (a coroutine function) to completion; its int is the status."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+    reactor = cast(_MainLoop, global_reactor)
     outcome: dict[str, Any] = {}
 
     def start() -> None:
@@ -90,6 +113,9 @@ def run_reactor(work: Callable[[Any], Any]) -> int:
 def _connect_with_key(reactor: Any, args: argparse.Namespace, listen: list[str]) -> Any:
     from wyseman.client.connection import connect
     site = keys.load_key_file(args.key, _passphrase(args))[0]
+    if args.p2p:
+        from wyseman.client.p2p import connect_p2p
+        return connect_p2p(args.p2p, site.user, key=site.key, listen=listen, reactor=reactor)
     url = _site_url(site, args)
     return connect(url, site.user, key=site.key, listen=listen, reactor=reactor,
                    clientinfo_url=_clientinfo(args, url),
@@ -122,9 +148,15 @@ def login(args: argparse.Namespace) -> int:
     async def work(reactor: Any) -> int:
         from wyseman.client.connection import connect
         private = keys.generate_private_jwk()
-        url = args.url or f"{'wss' if args.tls else 'ws'}://{host}:{port}"
-        conn = await connect(url, user, token=ticket.token, new_key=private, reactor=reactor,
-                             tls_options=_tls_options(args, host))
+        if args.p2p:
+            from wyseman.client.p2p import connect_p2p
+            url = args.p2p
+            conn = await connect_p2p(url, user, token=ticket.token, new_key=private,
+                                     reactor=reactor)
+        else:
+            url = args.url or f"{'wss' if args.tls else 'ws'}://{host}:{port}"
+            conn = await connect(url, user, token=ticket.token, new_key=private,
+                                 reactor=reactor, tls_options=_tls_options(args, host))
         keys.save_key_file(args.key_out, [keys.Site(host, port, user, private)], passphrase)
         await conn.close()
         print(f"logged in as {user} at {url}; key saved to {args.key_out}")
@@ -174,6 +206,10 @@ def listen(args: argparse.Namespace) -> int:
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL (default: ws://HOST:PORT of the key file)")
+    parser.add_argument("--p2p", metavar="MULTIADDR",
+                        help="connect over libp2p instead, to MULTIADDR "
+                             "(/ip4/…/tcp/…/p2p/PEER, see `wyseman p2p id`; needs the "
+                             "wyseman[p2p] extra)")
     parser.add_argument("--tls", action="store_true", help="use wss:// with HOST:PORT")
     parser.add_argument("--ca", metavar="PEM", help="CA certificate to verify the server with")
     parser.add_argument("--http-port", type=int, metavar="PORT",

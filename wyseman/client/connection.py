@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, Protocol, cast
+from urllib.parse import SplitResult, quote, urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -56,13 +57,16 @@ class ConnectionClosed(Exception):
 
 
 class _ClientProtocol(WebSocketClientProtocol):
-    factory: _ClientFactory
+    # (``factory`` is not declared a _ClientFactory: Twisted's Factory is invariant in
+    # its protocol, so this class would no longer be a protocol such a factory builds)
     wyseman_connection: WysemanConnection | None = None
 
     def connection(self) -> WysemanConnection:
         """The connection object this protocol serves (fixed when it was built)."""
         if self.wyseman_connection is None:
-            self.wyseman_connection = self.factory.connection
+            factory: _ClientFactory = self.factory
+            self.wyseman_connection = factory.connection
+        assert self.wyseman_connection is not None   # (set before a connection is made)
         return self.wyseman_connection
 
     def onOpen(self) -> None:  # noqa: N802
@@ -89,7 +93,8 @@ class _ClientProtocol(WebSocketClientProtocol):
 
 class _ClientFactory(WebSocketClientFactory):
     protocol = _ClientProtocol
-    connection: WysemanConnection
+    #: the connection the next protocol serves (a session sets one per attempt)
+    connection: WysemanConnection | None = None
 
 
 class WysemanConnection:
@@ -121,7 +126,9 @@ class WysemanConnection:
         if not isinstance(message, dict):
             return
         if message.get("action") == "notify" and "id" not in message:
-            for observer in self._observers.get(message.get("channel"), []):
+            channel = message.get("channel")
+            observers = self._observers.get(channel, []) if isinstance(channel, str) else []
+            for observer in observers:
                 observer(message.get("data"))
             return
         entry = self._pending.pop(str(message.get("id")), None)
@@ -220,6 +227,27 @@ class _FixedTLSPolicy:
         return self.options
 
 
+class _Endpoint(Protocol):
+    """A client endpoint as we connect it: Twisted's IStreamClientEndpoint, whose
+    ``connect`` plain mypy reads as if its first parameter were ``self``."""
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:  # noqa: N803
+        ...
+
+
+def _transport_endpoint(reactor: Any, parts: SplitResult, tls_options: Any) -> _Endpoint:
+    """TCP to the URL's host (port 80 or 443 unless it names one), in TLS for ``wss``
+    (``tls_options``, or the system's trust for that host)."""
+    host = parts.hostname or "127.0.0.1"
+    if parts.scheme == "wss":
+        from twisted.internet.ssl import optionsForClientTLS
+        options = tls_options or optionsForClientTLS(host)
+        tcp = endpoints.TCP4ClientEndpoint(reactor, host, parts.port or 443)
+        # (the casts: plain mypy cannot see zope interfaces)
+        return cast(_Endpoint, endpoints.wrapClientTLS(options, cast(IStreamClientEndpoint, tcp)))
+    return endpoints.TCP4ClientEndpoint(reactor, host, parts.port or 80)
+
+
 def _clientinfo_url(ws_url: str, http_port: int | None) -> str:
     parts = urlsplit(ws_url)
     scheme = "https" if parts.scheme == "wss" else "http"
@@ -268,16 +296,8 @@ def connect(url: str, user: str, *, token: str | None = None, key: Mapping[str, 
     factory.connection = connection
     factory._batched_timer = ClockTimer(reactor)
     factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
-    host = parts.hostname or "127.0.0.1"
-    if parts.scheme == "wss":
-        from twisted.internet.ssl import optionsForClientTLS
-        options = tls_options or optionsForClientTLS(host)
-        endpoint = endpoints.wrapClientTLS(
-            options, endpoints.TCP4ClientEndpoint(reactor, host, parts.port or 443))
-    else:
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, host, parts.port or 80)
     try:
-        yield endpoint.connect(factory)
+        yield _transport_endpoint(reactor, parts, tls_options).connect(factory)
     except Exception as exc:
         raise ClientError(f"cannot connect to {parts.netloc}: {exc}") from None
     yield connection._open

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote, urlsplit
 
 from cryptography.exceptions import InvalidTag
@@ -39,6 +39,8 @@ from wyseman.auth.credentials import (
     CredentialError,
     b64decode_lenient,
     b64url,
+    js_date,
+    p2p_signed_message,
     public_key_from_jwk,
     signed_message,
 )
@@ -47,8 +49,8 @@ __all__ = [
     "KeyFileError", "Site", "Ticket", "decrypt_json", "encrypt_json", "export_private_jwk",
     "export_public_jwk", "generate_key_pair", "generate_private_jwk", "import_private_jwk",
     "import_public_jwk", "is_encrypted", "listen_param", "load_key_file", "parse_key_file",
-    "parse_ticket", "private_key", "pub_param", "public_jwk", "save_key_file", "sign",
-    "signed_message",
+    "p2p_login", "parse_ticket", "private_key", "pub_param", "public_jwk", "save_key_file",
+    "sign", "signed_message",
 ]
 
 PBKDF2_ITERATIONS = 10000
@@ -169,6 +171,18 @@ def sign(private: Mapping[str, Any] | ec.EllipticCurvePrivateKey, message: bytes
                   + s.to_bytes(P521_COORDINATE_BYTES, "big"))
 
 
+def p2p_login(private: Mapping[str, Any] | ec.EllipticCurvePrivateKey, user: str,
+              server_peer: str, client_peer: str, moment: Any,
+              listen: Iterable[str] = ()) -> dict[str, Any]:
+    """The first message of a key login on a libp2p stream (docs/protocol.md, 15.3):
+    ``date`` is ``moment`` (a datetime: the client's clock, within the server's date
+    window) as ``Date#toJSON`` writes it, ``sign`` the signature of the message binding
+    both peer ids and that date."""
+    date = js_date(moment)
+    return {"user": user, "date": date, "listen": list(listen),
+            "sign": sign(private, p2p_signed_message(server_peer, client_peer, date))}
+
+
 def _compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -199,7 +213,7 @@ def encrypt_json(value: Any, passphrase: str) -> dict[str, str]:
     return {"s": salt.hex(), "i": iv.hex(), "d": base64.b64encode(data).decode("ascii")}
 
 
-def is_encrypted(blob: Any) -> bool:
+def is_encrypted(blob: Any) -> TypeGuard[Mapping[str, Any]]:
     """wylib's test: an object with all of ``s``, ``i`` and ``d``."""
     return isinstance(blob, Mapping) and all(k in blob for k in ("s", "i", "d"))
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from twisted.application.internet import ClientService
-from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from zope.interface import implementer
 
 from wyseman.client import keys
@@ -26,6 +26,9 @@ from wyseman.client.connection import (
     WysemanConnection,
     _ClientFactory,
     _clientinfo_url,
+    _ClientProtocol,
+    _Endpoint,
+    _transport_endpoint,
     fetch_clientinfo,
 )
 from wyseman.timers import ClockTimer
@@ -55,6 +58,22 @@ class _SigningEndpoint:
         return protocol
 
 
+class _SessionFactory(_ClientFactory):
+    """Gives the protocol of each attempt a fresh connection with the session's observers."""
+
+    def __init__(self, session: ReconnectingSession, url: str) -> None:
+        super().__init__(url, useragent=USER_AGENT)
+        self.session = session
+
+    def buildProtocol(self, addr: Any) -> _ClientProtocol:  # noqa: N802
+        connection = self.session._new_connection()
+        self.connection = connection
+        protocol = super().buildProtocol(addr)
+        assert isinstance(protocol, _ClientProtocol)   # (our protocol class)
+        protocol.wyseman_connection = connection
+        return protocol
+
+
 class ReconnectingSession:
     def __init__(self, url: str, user: str, key: Mapping[str, Any], *,
                  listen: Iterable[str] = (), clientinfo_url: str | None = None,
@@ -73,34 +92,25 @@ class ReconnectingSession:
         self._observers: dict[str, list[Callable[[Any], Any]]] = {}
         self.connection: WysemanConnection | None = None
         self.connects = 0
-        factory = _ClientFactory(url, useragent=USER_AGENT)
+        factory = _SessionFactory(self, url)
         factory._batched_timer = ClockTimer(reactor)
         factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
-        factory.connection = None  # set per attempt by _prepare
         self._factory = factory
-        self._service = ClientService(_SigningEndpoint(self), factory, clock=reactor,
+        # (the casts: plain mypy cannot see zope interfaces)
+        self._service = ClientService(cast(IStreamClientEndpoint, _SigningEndpoint(self)),
+                                      cast(IProtocolFactory, factory), clock=reactor,
                                       prepareConnection=self._prepare)
-        original_build = factory.buildProtocol
 
-        def build(addr: Any) -> Any:
-            connection = WysemanConnection(reactor, timeout)
-            for channel, observers in self._observers.items():
-                for observer in observers:
-                    connection.on_notify(channel, observer)
-            factory.connection = connection
-            protocol = original_build(addr)
-            protocol.wyseman_connection = connection
-            return protocol
-        factory.buildProtocol = build
+    def _new_connection(self) -> WysemanConnection:
+        """The connection of the next attempt, with the observers registered so far."""
+        connection = WysemanConnection(self.reactor, self.timeout)
+        for channel, observers in self._observers.items():
+            for observer in observers:
+                connection.on_notify(channel, observer)
+        return connection
 
-    def transport_endpoint(self) -> Any:
-        host = self.parts.hostname or "127.0.0.1"
-        if self.parts.scheme == "wss":
-            from twisted.internet.ssl import optionsForClientTLS
-            return endpoints.wrapClientTLS(
-                self.tls_options or optionsForClientTLS(host),
-                endpoints.TCP4ClientEndpoint(self.reactor, host, self.parts.port or 443))
-        return endpoints.TCP4ClientEndpoint(self.reactor, host, self.parts.port or 80)
+    def transport_endpoint(self) -> _Endpoint:
+        return _transport_endpoint(self.reactor, self.parts, self.tls_options)
 
     def _prepare(self, protocol: Any) -> defer.Deferred:
         """ClientService counts the connection as made once the WebSocket is open."""
@@ -130,5 +140,6 @@ class ReconnectingSession:
             if self.connection is None or not self.connection.connected \
             else defer.succeed(None)
         connection = protocol.wyseman_connection if protocol is not None else self.connection
+        assert connection is not None   # (connected, or the protocol just built for it)
         data = yield connection.request(message, timeout)
         return data

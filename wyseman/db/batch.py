@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from wyseman.db.pg import Connection, Result, is_connection_error
 from wyseman.db.pool import PoolBusy, RolePool
+from wyseman.db.seams import Timer
 from wyseman.sql import batch as batch_sql
 
 log = Logger(namespace="wyseman.db")
@@ -51,6 +52,13 @@ FAST_SECONDS = 0.1
 _COST_LIMIT = 4096
 #: batch texts remembered as seen (a text is prepared the second time it is seen)
 _SEEN_LIMIT = 1024
+
+#: a read's rows: one JSON text each
+Rows = list[str]
+#: what a read's continuation gets: its rows, or why there are none
+Outcome = Rows | Failure
+
+_T = TypeVar("_T")
 
 
 class Read:
@@ -63,24 +71,24 @@ class Read:
     __slots__ = ("sql", "values", "plain", "_then")
 
     def __init__(self, sql: str, values: tuple[Any, ...], plain: tuple[str, dict[str, Any]],
-                 then: Callable[[Any], None]) -> None:
+                 then: Callable[[Outcome], None]) -> None:
         self.sql = sql
         self.values = values
         self.plain = plain   #: the same for psycopg2 (``%(pn)s`` placeholders)
-        self._then: Callable[[Any], None] | None = then
+        self._then: Callable[[Outcome], None] | None = then
 
     @property
     def settled(self) -> bool:
         return self._then is None
 
-    def settle(self, outcome: Any) -> None:
+    def settle(self, outcome: Outcome) -> None:
         """Hand over the outcome (the first time only)."""
         then, self._then = self._then, None
         if then is not None:
             _settle(outcome, then)
 
 
-def _settle(outcome: Any, then: Callable[[Any], None]) -> None:
+def _settle(outcome: Outcome, then: Callable[[Outcome], None]) -> None:
     """``then(outcome)``; an exception there is a bug of the caller's, logged, and must
     not keep the other reads of a batch from their answers."""
     try:
@@ -89,13 +97,17 @@ def _settle(outcome: Any, then: Callable[[Any], None]) -> None:
         log.failure("a read's continuation failed")
 
 
-def _deferred_settle(d: defer.Deferred) -> Callable[[Any], None]:
-    def settle(outcome: Any) -> None:
+def _deferred_settle(d: defer.Deferred[Rows]) -> Callable[[Outcome], None]:
+    def settle(outcome: Outcome) -> None:
         if isinstance(outcome, Failure):
             d.errback(outcome)
         else:
             d.callback(outcome)
     return settle
+
+
+#: what a connection is handed to run: one read alone, or a batch of them
+_Work = TypeVar("_Work", Read, list[Read])
 
 
 @dataclass
@@ -120,20 +132,20 @@ class ReadBatcher:
         #: statement → seconds of its last answer (alone, or the batch it was in)
         self._cost: dict[str, float] = {}
         self._seen: set[str] = set()
-        self._flush_call: Any = None
+        self._flush_call: Timer | None = None
         #: the last turn of the event loop brought one read: the role's reads come one
         #: at a time (one socket, one request at a time), so don't wait for company
         self._lonely = True
 
     def read(self, sql: str, values: Sequence[Any],
-             plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+             plain: tuple[str, dict[str, Any]]) -> defer.Deferred[Rows]:
         """Deferred firing with the read's rows (a list of JSON texts)."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[Rows] = defer.Deferred()
         self.read_then(sql, values, plain, _deferred_settle(d))
         return d
 
     def read_then(self, sql: str, values: Sequence[Any], plain: tuple[str, dict[str, Any]],
-                  then: Callable[[Any], None]) -> None:
+                  then: Callable[[Outcome], None]) -> None:
         """Run the read; ``then`` gets its rows (a list of JSON texts) or a
         :class:`Failure`, once, maybe before this returns."""
         if self.limit < 2 or not self._is_fast(sql) or (
@@ -171,11 +183,11 @@ class ReadBatcher:
 
     # -- running alone ---------------------------------------------------------
     def _alone(self, sql: str, values: Sequence[Any],
-               plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+               plain: tuple[str, dict[str, Any]]) -> defer.Deferred[Rows]:
         return self.pool.run(lambda conn: self._run_alone(conn, sql, values, plain))
 
     def _run_alone(self, conn: Connection, sql: str, values: Sequence[Any],
-                   plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+                   plain: tuple[str, dict[str, Any]]) -> defer.Deferred[Rows]:
         started = self.pool.clock.seconds()
         if self.prepare:
             d = conn.execute_prepared(sql, values, plain)
@@ -183,7 +195,7 @@ class ReadBatcher:
             d = conn.execute(*plain)
         return d.addCallback(self._rows_alone, sql, started)
 
-    def _rows_alone(self, result: Result, sql: str, started: float) -> list[str]:
+    def _rows_alone(self, result: Result, sql: str, started: float) -> Rows:
         self._note_cost(sql, self.pool.clock.seconds() - started)
         return result.first_column()
 
@@ -243,14 +255,15 @@ class ReadBatcher:
             spent += cost
         return reads
 
-    def _hand_over(self, conn: Connection, work: Any, run: Any) -> None:
+    def _hand_over(self, conn: Connection, work: _Work,
+                   run: Callable[[Connection, _Work], defer.Deferred[Any]]) -> None:
         """Run ``run(conn, work)``, give the connection back, then fire the Deferreds."""
         try:
             d = run(conn, work)
         except Exception:
             d = defer.fail()
 
-        def release(result: Any) -> Any:
+        def release(result: _T) -> _T:
             broken = isinstance(result, Failure) and is_connection_error(result)
             self.pool.release(conn, broken=broken or conn.closed)
             return result
@@ -262,12 +275,12 @@ class ReadBatcher:
                            errbackArgs=(work,))
 
     @staticmethod
-    def _deliver(answers: list[list[str]], reads: list[Read]) -> None:
+    def _deliver(answers: list[Rows], reads: list[Read]) -> None:
         for read, rows in zip(reads, answers, strict=True):
             read.settle(rows)
 
     # -- a batch -------------------------------------------------------------------
-    def _run_batch(self, conn: Connection, reads: list[Read]) -> defer.Deferred:
+    def _run_batch(self, conn: Connection, reads: list[Read]) -> defer.Deferred[list[Rows]]:
         batch = batch_sql.compose([(read.sql, read.values) for read in reads])
         clock = self.pool.clock
         started = clock.seconds()
@@ -276,7 +289,7 @@ class ReadBatcher:
         else:
             d = conn.execute(*batch.pyformat())
 
-        def answers(result: Result) -> list[list[str]]:
+        def answers(result: Result) -> list[Rows]:
             elapsed = clock.seconds() - started
             # too slow to batch: run alone until fast again; else each read's share
             cost = elapsed if elapsed > self.fast else elapsed / len(reads)

@@ -9,18 +9,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.db import pg, types
-from wyseman.db.batch import BatchStats, ReadBatcher
+from wyseman.db.batch import BatchStats, Outcome, ReadBatcher, Rows
 from wyseman.db.listener import Listener
-from wyseman.db.pool import PoolSet
+from wyseman.db.pool import PoolSet, RolePool
+from wyseman.db.seams import Reactor
 from wyseman.sql.compiler import pyformat_sql
+
+_T = TypeVar("_T")
+_K = TypeVar("_K", bound=Hashable)
+#: a row of wm.table_meta or wm.table_lang, by column name
+MetaRow = dict[str, Any]
 
 log = Logger(namespace="wyseman.db")
 
@@ -48,7 +54,7 @@ _LANG_SQL = ("select title,help,columns,messages from wm.table_lang "
              "where obj = %(v)s and language = %(l)s")
 
 
-def _parse_conn_pub(rows: list[str | None]) -> Any:
+def _parse_conn_pub(rows: Sequence[str | None]) -> Any:
     """The rows of the conn_pub lookup (JSON texts) → the key material, or None."""
     if not rows or rows[0] is None:
         return None
@@ -62,12 +68,12 @@ class Database:
     """Owns the pools and the LISTEN connection of one server process."""
 
     def __init__(self, *, admin_dsn: str, session_dsn: str = "", session_mode: str = "login",
-                 reactor: Any, pool_size: int = 4, pool_total: int = 200,
+                 reactor: Reactor, pool_size: int = 4, pool_total: int = 200,
                  pool_queue: int = 1000, idle_timeout: float = 300.0,
                  max_lifetime: float = 3600.0, connect_timeout: float = 10.0,
                  statement_timeout: float = 30.0, admin_pool_size: int = 4,
                  prepared_statements: bool = True, read_batch: int = 16,
-                 on_listener_reconnect: Callable[[], Any] | None = None) -> None:
+                 on_listener_reconnect: Callable[[], object] | None = None) -> None:
         self.reactor = reactor
         #: run reads as prepared statements of their session connection
         self.prepared_statements = prepared_statements
@@ -93,12 +99,13 @@ class Database:
         self.listener = Listener(self._connect_listener, reactor,
                                  on_reconnect=on_listener_reconnect)
         self._columns: dict[str, Mapping[str, str] | None] = {}
-        self._meta: dict[str, Any] = {}
-        self._lang: dict[tuple[str, str], Any] = {}
+        self._meta: dict[str, MetaRow] = {}
+        self._lang: dict[tuple[str, str], MetaRow] = {}
 
     # -- connections ---------------------------------------------------------
     @defer.inlineCallbacks
-    def _open(self, dsn: str, extra_setup: tuple[str, ...] = ()) -> Any:
+    def _open(self, dsn: str, extra_setup: tuple[str, ...] = ()
+              ) -> Generator[defer.Deferred[Any], object, pg.Connection]:
         conn = pg.Connection(self.reactor)
         yield conn.connect(dsn, connect_timeout=self.connect_timeout)
         types.register(conn.raw)
@@ -106,21 +113,21 @@ class Database:
             yield conn.execute(statement)
         return conn
 
-    def _connect_admin(self, role: str) -> defer.Deferred:
+    def _connect_admin(self, role: str) -> defer.Deferred[pg.Connection]:
         return self._open(self.admin_dsn)
 
-    def _connect_user(self, role: str) -> defer.Deferred:
+    def _connect_user(self, role: str) -> defer.Deferred[pg.Connection]:
         if self.session_mode == "authorization":
             return self._open(self.admin_dsn,
                               (f"set session authorization {pg.quote_ident(role)}",))
         return self._open(pg.dsn_with(self.session_dsn, user=role))
 
-    def _connect_listener(self) -> defer.Deferred:
+    def _connect_listener(self) -> defer.Deferred[pg.Connection]:
         return pg.connect(self.admin_dsn, self.reactor, connect_timeout=self.connect_timeout)
 
     # -- life cycle -----------------------------------------------------------
     @defer.inlineCallbacks
-    def start(self) -> Any:
+    def start(self) -> Generator[defer.Deferred[Any], object, None]:
         """Check the admin connection works and open the LISTEN connection: a client must
         not log in before it, or notifications sent meanwhile to its channels are lost."""
         yield self.ping()
@@ -129,37 +136,40 @@ class Database:
         log.info("database ready (admin role {role}, session mode {mode})",
                  role=self.admin_role or "(default)", mode=self.session_mode)
 
-    def ping(self) -> defer.Deferred:
+    def ping(self) -> defer.Deferred[pg.Result]:
         """Fires once the admin connection answered ``select 1`` (fails if it cannot)."""
         return self.run_admin(lambda conn: conn.execute("select 1"))
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[list[tuple[bool, Any]]]:
         """Close everything; fires once connects that were under way are closed too."""
-        return defer.DeferredList([self.listener.stop(), self.users.close(),
-                                   self.admin.close()])
+        closing: list[defer.Deferred[Any]] = [self.listener.stop(), self.users.close(),
+                                              self.admin.close()]
+        return defer.DeferredList(closing)
 
     # -- running ---------------------------------------------------------------
-    def run_admin(self, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:
+    def run_admin(self, work: Callable[[pg.Connection], defer.Deferred[_T]]
+                  ) -> defer.Deferred[_T]:
         return self.admin.run("admin", work)
 
-    def run_as(self, role: str, work: Callable[[pg.Connection], defer.Deferred]) -> defer.Deferred:
+    def run_as(self, role: str, work: Callable[[pg.Connection], defer.Deferred[_T]]
+               ) -> defer.Deferred[_T]:
         return self.users.run(role, work)
 
-    def read_as(self, role: str, sql: str, values: tuple,
-                plain: tuple[str, dict[str, Any]]) -> defer.Deferred:
+    def read_as(self, role: str, sql: str, values: tuple[Any, ...],
+                plain: tuple[str, dict[str, Any]]) -> defer.Deferred[Rows]:
         """Run a read (``sql`` renders each row as one JSON text) as ``role`` → Deferred of
         the row texts. Reads of the role that arrive in the same reactor iteration, or
         wait for its busy pool, run together (:mod:`wyseman.db.batch`)."""
         return self._batcher(self.users.pool(role), self.batch_stats).read(sql, values, plain)
 
-    def read_as_then(self, role: str, sql: str, values: tuple,
-                     plain: tuple[str, dict[str, Any]], then: Callable[[Any], None]) -> None:
+    def read_as_then(self, role: str, sql: str, values: tuple[Any, ...],
+                     plain: tuple[str, dict[str, Any]], then: Callable[[Outcome], None]) -> None:
         """:meth:`read_as` with a plain callback: ``then`` gets the row texts or a
         :class:`~twisted.python.failure.Failure` (no Deferred: this runs per request)."""
         self._batcher(self.users.pool(role), self.batch_stats).read_then(sql, values, plain,
                                                                          then)
 
-    def _batcher(self, pool: Any, stats: BatchStats) -> ReadBatcher:
+    def _batcher(self, pool: RolePool, stats: BatchStats) -> ReadBatcher:
         """The read batcher of ``pool``, made on first use (it goes with the pool)."""
         if pool.batcher is None:
             pool.batcher = ReadBatcher(pool, limit=self.read_batch,
@@ -172,43 +182,43 @@ class Database:
         return sum(pool.batcher.waiting for pool in self.users.pools.values() if pool.batcher)
 
     # -- authentication lookups -------------------------------------------------
-    def token_valid(self, user: str, token: str, pub_json: str) -> defer.Deferred:
+    def token_valid(self, user: str, token: str, pub_json: str) -> defer.Deferred[bool]:
         """``base.token_valid`` on the admin connection → Deferred[bool]."""
         d = self.run_admin(lambda c: c.execute(_TOKEN_VALID_SQL, {"u": user, "t": token,
                                                                   "p": pub_json}))
         return d.addCallback(lambda r: bool(r.rows and r.rows[0][0] is True))
 
-    def conn_pub(self, user: str) -> defer.Deferred:
+    def conn_pub(self, user: str) -> defer.Deferred[Any]:
         """The stored key material of ``user`` (parsed JSON), or None."""
         batcher = self._batcher(self.admin.pool("admin"), self.lookup_stats)
         d = batcher.read(_CONN_PUB_SQL, (user,), (_CONN_PUB_PLAIN, {"p1": user}))
         return d.addCallback(_parse_conn_pub)
 
-    def user_exists(self, user: str) -> defer.Deferred:
+    def user_exists(self, user: str) -> defer.Deferred[bool]:
         d = self.run_admin(lambda c: c.execute(_USER_EXISTS_SQL, {"u": user}))
         return d.addCallback(lambda r: bool(r.rows))
 
     # -- metadata (process-wide caches, filled on the admin connection) ---------
-    def column_types(self, relation: str) -> defer.Deferred:
+    def column_types(self, relation: str) -> defer.Deferred[Mapping[str, str] | None]:
         """Column → type name of ``schema.name`` (quoted form), None if not a relation."""
         if relation in self._columns:
             return defer.succeed(self._columns[relation])
         d = self.run_admin(lambda c: c.execute(_COLUMNS_SQL, {"rel": relation}))
 
         def store(result: pg.Result) -> Mapping[str, str] | None:
-            columns = dict(result.rows) if result.rows else None
+            columns: dict[str, str] | None = dict(result.rows) if result.rows else None
             self._columns[relation] = columns
             return columns
         return d.addCallback(store)
 
-    def meta(self, view: str) -> defer.Deferred:
+    def meta(self, view: str) -> defer.Deferred[MetaRow | list[MetaRow]]:
         """``wm.table_meta`` row of ``view`` as a dict, or None."""
         if view in self._meta:
             return defer.succeed(self._meta[view])
         d = self.run_admin(lambda c: c.execute(_META_SQL, {"v": view}))
         return d.addCallback(self._store_row, self._meta, view)
 
-    def lang(self, view: str, language: str) -> defer.Deferred:
+    def lang(self, view: str, language: str) -> defer.Deferred[MetaRow | list[MetaRow]]:
         key = (view, language)
         if key in self._lang:
             return defer.succeed(self._lang[key])
@@ -216,12 +226,14 @@ class Database:
         return d.addCallback(self._store_row, self._lang, key)
 
     @staticmethod
-    def _store_row(result: pg.Result, cache: dict, key: Any) -> Any:
+    def _store_row(result: pg.Result, cache: dict[_K, MetaRow],
+                   key: _K) -> MetaRow | list[MetaRow]:
+        """The row (cached), or the rows when there is not exactly one (not cached)."""
         rows = result.dicts()
-        value = rows if len(rows) != 1 else rows[0]
         if len(rows) == 1:
-            cache[key] = value
-        return value
+            cache[key] = rows[0]
+            return rows[0]
+        return rows
 
     #: bumped whenever the metadata caches are cleared (callers key their own caches on it)
     generation = 0

@@ -8,27 +8,29 @@ server silently loses them, D10).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wyseman.db.pg import Connection, Notification
+from wyseman.db.seams import Clock, Timer
 
 log = Logger(namespace="wyseman.listener")
 
-Subscriber = Callable[[Notification], Any]
+Subscriber = Callable[[Notification], object]
+
+_T = TypeVar("_T")
 
 
 class Listener:
     """Ref-counted LISTEN subscriptions on one reconnecting connection."""
 
-    def __init__(self, connector: Callable[[], defer.Deferred], clock: IReactorTime, *,
+    def __init__(self, connector: Callable[[], defer.Deferred[Connection]], clock: Clock, *,
                  initial_delay: float = 0.2, max_delay: float = 30.0,
-                 on_reconnect: Callable[[], Any] | None = None) -> None:
+                 on_reconnect: Callable[[], object] | None = None) -> None:
         self._connector = connector
         self._clock = clock
         self._initial_delay = initial_delay
@@ -36,22 +38,23 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._listening: set[str] = set()
-        self._in_flight: dict[str, list[defer.Deferred]] = {}
+        self._in_flight: dict[str, list[defer.Deferred[None]]] = {}
         self._conn: Connection | None = None
-        self._retry: Any = None
+        self._retry: Timer | None = None
         self._delay = initial_delay
         self._running = False
-        self._connecting: defer.Deferred | None = None
+        self._connecting: defer.Deferred[Connection] | None = None
         self.reconnects = 0
-        self.ready: defer.Deferred = defer.Deferred()
+        #: fires once the first connection is up, its channels listened
+        self.ready: defer.Deferred[None] = defer.Deferred()
 
     # -- life cycle --------------------------------------------------------
-    def start(self) -> defer.Deferred:
+    def start(self) -> defer.Deferred[None]:
         """Connect; the Deferred fires when the first connection is up (or fails)."""
         self._running = True
         return self._connect(first=True)
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[None]:
         """Close the connection; the Deferred fires once a connect still under way has
         finished (and been closed) too."""
         self._running = False
@@ -64,9 +67,9 @@ class Listener:
         self._listening.clear()
         if self._connecting is None:
             return defer.succeed(None)
-        settled: defer.Deferred = defer.Deferred()
+        settled: defer.Deferred[None] = defer.Deferred()
 
-        def settle(result: Any) -> Any:
+        def settle(result: _T) -> _T:
             settled.callback(None)
             return result
         self._connecting.addBoth(settle)
@@ -76,13 +79,13 @@ class Listener:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
-    def _connect(self, first: bool = False) -> defer.Deferred:
+    def _connect(self, first: bool = False) -> defer.Deferred[None]:
         self._retry = None
         d = defer.maybeDeferred(self._connector)
         self._connecting = d
 
         @defer.inlineCallbacks
-        def opened(conn: Connection) -> Any:
+        def opened(conn: Connection) -> Generator[defer.Deferred[None], object, None]:
             self._connecting = None
             if not self._running:
                 conn.close()
@@ -128,20 +131,20 @@ class Listener:
         self._schedule_retry()
 
     # -- subscriptions -------------------------------------------------------
-    def subscribe(self, channel: str, subscriber: Subscriber) -> defer.Deferred:
+    def subscribe(self, channel: str, subscriber: Subscriber) -> defer.Deferred[None]:
         """Add a subscriber; LISTEN when it is the channel's first. Fires when active
         (or at once while PostgreSQL is away: the channel is LISTENed on reconnect)."""
         subscribers = self._subscribers.setdefault(channel, set())
         subscribers.add(subscriber)
         if channel in self._in_flight:  # LISTEN sent, not yet confirmed
-            waiter: defer.Deferred = defer.Deferred()
+            waiter: defer.Deferred[None] = defer.Deferred()
             self._in_flight[channel].append(waiter)
             return waiter
         if channel in self._listening or not self.connected:
             return defer.succeed(None)
         return self._listen(channel)
 
-    def unsubscribe(self, channel: str, subscriber: Subscriber) -> defer.Deferred:
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> defer.Deferred[None]:
         subscribers = self._subscribers.get(channel)
         if subscribers is None:
             return defer.succeed(None)
@@ -156,7 +159,7 @@ class Listener:
         self._listening.discard(channel)
         return defer.succeed(None)
 
-    def _listen(self, channel: str) -> defer.Deferred:
+    def _listen(self, channel: str) -> defer.Deferred[None]:
         if self._conn is None:
             return defer.succeed(None)  # LISTENed again on reconnect
         self._listening.add(channel)

@@ -11,20 +11,30 @@ psycopg2 interpolates parameters on the client (``%(name)s`` placeholders);
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
+from wyseman.db.seams import FDReactor
+
 log = Logger(namespace="wyseman.db")
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+#: a statement's parameters: by name (``%(name)s``) or by position (``%s``)
+Params = Mapping[str, Any] | Sequence[Any] | None
+Row = tuple[Any, ...]
 
 #: psycopg2's exception base, re-exported so callers need not import psycopg2.
 DatabaseError = psycopg2.Error
@@ -40,8 +50,8 @@ class Result:
 
     __slots__ = ("_description", "_columns", "rows", "rowcount")
 
-    def __init__(self, description: Sequence[Any] | None, rows: list[tuple],
-                 rowcount: int) -> None:
+    def __init__(self, description: Sequence[psycopg2.extensions.Column] | None,
+                 rows: list[Row], rowcount: int) -> None:
         self._description = description
         self._columns: tuple[str, ...] | None = None
         self.rows = rows
@@ -76,16 +86,67 @@ def quote_ident(name: str) -> str:
 
 def dsn_with(dsn: str, **overrides: Any) -> str:
     """A libpq connection string with some keywords replaced (e.g. ``user``)."""
-    params = psycopg2.extensions.parse_dsn(dsn) if dsn else {}
+    params = dsn_params(dsn)
     params.update({k: v for k, v in overrides.items() if v is not None})
     return psycopg2.extensions.make_dsn(**params)
 
 
 def dsn_params(dsn: str) -> dict[str, str]:
-    return psycopg2.extensions.parse_dsn(dsn) if dsn else {}
+    params: dict[str, str] = psycopg2.extensions.parse_dsn(dsn) if dsn else {}
+    return params
 
 
-class _PromptCursor(txpostgres.Cursor):
+if TYPE_CHECKING:
+    # txpostgres has no annotations: the parts of it this module uses (internals
+    # included, which tests/test_compat.py checks are there), declared for the checker
+    class _TxCursor:
+        reactor: FDReactor
+        _connection: _LossAwareConnection
+        #: fires with the cursor once its statement's poll cycle ends
+        _pollingD: defer.Deferred[_TxCursor] | None
+        description: Sequence[psycopg2.extensions.Column] | None
+        rowcount: int
+
+        def pollable(self) -> psycopg2.extensions.connection: ...
+        def execute(self, query: str | pgsql.Composable,
+                    params: Params = None) -> defer.Deferred[_TxCursor]: ...
+        def fetchall(self) -> list[Row]: ...
+        def continuePolling(self, swallowErrors: bool = False) -> None: ...  # noqa: N802, N803
+
+    class _TxConnection:
+        reactor: FDReactor
+        #: None until connect: declared as always there, since only the connect and
+        #: close paths can come before it, and they check
+        _connection: psycopg2.extensions.connection
+        _cursors: set[_TxCursor]
+        cooperator: task.Cooperator
+
+        def __init__(self, reactor: FDReactor | None = None) -> None: ...
+        def connect(self, dsn: str) -> defer.Deferred[None]: ...
+        def runOperation(self, operation: str) -> defer.Deferred[None]: ...  # noqa: N802
+        def cursor(self) -> _PromptCursor: ...
+        def cancel(self, d: defer.Deferred[Any]) -> None: ...
+        def close(self) -> None: ...
+        def fileno(self) -> int: ...
+        def cursorRunning(self, cursor: _TxCursor) -> None: ...  # noqa: N802
+        def cursorFinished(self, cursor: _TxCursor) -> None: ...  # noqa: N802
+        def checkForNotifies(self) -> None: ...  # noqa: N802
+        #: (a reason to disconnect, as Twisted's IReadDescriptor may return)
+        def doRead(self) -> BaseException | None: ...  # noqa: N802
+        def doWrite(self) -> None: ...  # noqa: N802
+        def connectionLost(self, reason: Failure) -> None: ...  # noqa: N802
+        def addNotifyObserver(  # noqa: N802
+                self, observer: Callable[[psycopg2.extensions.Notify], object]) -> None: ...
+        def removeNotifyObserver(  # noqa: N802
+                self, observer: Callable[[psycopg2.extensions.Notify], object]) -> None: ...
+        def getNotifyObservers(  # noqa: N802
+                self) -> list[Callable[[psycopg2.extensions.Notify], object]]: ...
+else:
+    _TxCursor = txpostgres.Cursor
+    _TxConnection = txpostgres.Connection
+
+
+class _PromptCursor(_TxCursor):
     """A txpostgres cursor that hands its result over as soon as the poll cycle ends,
     and leaves the socket's reactor registration to its connection.
 
@@ -131,7 +192,7 @@ class _PromptCursor(txpostgres.Cursor):
             raise txpostgres.UnexpectedPollResult()
 
 
-class _LossAwareConnection(txpostgres.Connection):
+class _LossAwareConnection(_TxConnection):
     """txpostgres connection that reports an unexpected loss to its owner and, once
     ``steady`` (connected), stays registered as its socket's reader for good, handing
     read and write events to the cursor whose statement is running (if any)."""
@@ -141,7 +202,7 @@ class _LossAwareConnection(txpostgres.Connection):
     lost_callback: Callable[[Failure], None] | None = None
     closing = False
     steady = False
-    _running: Any = None
+    _running: _TxCursor | None = None
     _fd = -1
 
     def go_steady(self) -> None:
@@ -169,27 +230,62 @@ class _LossAwareConnection(txpostgres.Connection):
         finally:
             self._release_fd()
 
-    def cursorRunning(self, cursor: Any) -> None:  # noqa: N802 (txpostgres name)
+    _notify_queue: deque[Any] | None = None
+
+    def checkForNotifies(self) -> None:  # noqa: N802 (txpostgres name)
+        """Hand the NOTIFYs received to the observers in the order PostgreSQL sent them.
+
+        txpostgres gives each batch it finds to the global Cooperator as a task of its
+        own; when a second batch arrives before the first is done (a fan-out to
+        thousands of sockets outlasts the Cooperator's time slice), the two tasks take
+        turns and a notification overtakes an earlier one. Here every batch joins one
+        queue, worked off by one cooperative task at a time: in order, and still
+        yielding to the reactor between notifications."""
+        received = self._connection.notifies
+        if not received:
+            return
+        if self._notify_queue is None:
+            self._notify_queue = deque()
+        fresh = not self._notify_queue
+        self._notify_queue.extend(received)
+        del received[:]
+        if fresh:
+            self.cooperator.cooperate(self._dispatch_notifies())
+
+    def _dispatch_notifies(self) -> Iterator[defer.Deferred[Any]]:
+        queue = self._notify_queue
+        assert queue is not None
+        while queue:
+            notify = queue[0]
+            for observer in self.getNotifyObservers():
+                yield defer.maybeDeferred(observer, notify).addErrback(
+                    lambda failure: log.failure("a NOTIFY observer failed", failure))
+            queue.popleft()          # (last: a batch arriving meanwhile joins this task)
+
+    def cursorRunning(self, cursor: _TxCursor) -> None:  # noqa: N802 (txpostgres name)
         if not self.steady:
-            return super().cursorRunning(cursor)
+            super().cursorRunning(cursor)
+            return
         self._cursors.add(cursor)
         self._running = cursor
 
-    def cursorFinished(self, cursor: Any) -> None:  # noqa: N802 (txpostgres name)
+    def cursorFinished(self, cursor: _TxCursor) -> None:  # noqa: N802 (txpostgres name)
         if not self.steady:
-            return super().cursorFinished(cursor)
+            super().cursorFinished(cursor)
+            return
         self._cursors.discard(cursor)
         if self._running is cursor:
             self._running = None
         if not self._connection.closed:
             self.checkForNotifies()
 
-    def doRead(self) -> Any:  # noqa: N802 (Twisted name)
+    def doRead(self) -> ConnectionLost | None:  # noqa: N802 (Twisted name)
         """An idle connection whose server went away raises from psycopg2's poll; hand
         the reactor a reason instead, so it disconnects us without logging an error."""
         if not self.steady:
             try:
-                return super().doRead()
+                super().doRead()
+                return None
             except psycopg2.Error as exc:
                 return _lost_reason(exc)
             except ValueError:
@@ -214,9 +310,10 @@ class _LossAwareConnection(txpostgres.Connection):
         self.checkForNotifies()
         return None
 
-    def doWrite(self) -> Any:  # noqa: N802 (Twisted name)
+    def doWrite(self) -> None:  # noqa: N802 (Twisted name)
         if not self.steady:
-            return super().doWrite()
+            super().doWrite()
+            return None
         self.reactor.removeWriter(self)
         cursor = self._running
         if cursor is not None and not self._connection.closed:
@@ -242,13 +339,14 @@ def _lost_reason(exc: psycopg2.Error) -> ConnectionLost:
 class Connection:
     """One PostgreSQL connection driven by the reactor."""
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: FDReactor | None = None) -> None:
         self._conn = _LossAwareConnection(reactor=reactor)
         self._on_lost: list[Callable[[Failure], None]] = []
-        self._observers: dict[Callable[[Notification], Any], Callable[[Any], Any]] = {}
+        self._observers: dict[Callable[[Notification], object],
+                              Callable[[psycopg2.extensions.Notify], object]] = {}
         self.dsn = ""
         self.lost = False
-        self._cursor: Any = None
+        self._cursor: _PromptCursor | None = None
         #: statement text → (name, EXECUTE text) of its prepared statement; None: the
         #: text cannot be prepared
         self._prepared: dict[str, tuple[str, str] | None] = {}
@@ -257,7 +355,7 @@ class Connection:
     # -- life cycle ------------------------------------------------------
     @defer.inlineCallbacks
     def connect(self, dsn: str, connect_timeout: float | None = None,
-                setup: Sequence[str] = ()) -> Any:
+                setup: Sequence[str] = ()) -> Generator[defer.Deferred[Any], object, Connection]:
         """Open the connection; ``setup`` statements run once after it opens."""
         self.dsn = dsn
         if connect_timeout:
@@ -319,7 +417,7 @@ class Connection:
 
     # -- statements ------------------------------------------------------
     def execute(self, statement: str | pgsql.Composable,
-                params: Mapping[str, Any] | Sequence[Any] | None = None) -> defer.Deferred:
+                params: Params = None) -> defer.Deferred[Result]:
         """Run one statement and fetch its rows (if any) → Deferred of :class:`Result`.
 
         One cursor per connection, reused: a connection runs one statement at a time
@@ -331,7 +429,7 @@ class Connection:
         return cursor.execute(statement, params).addCallback(_result)
 
     def execute_prepared(self, sql: str, values: Sequence[Any],
-                         plain: tuple[str, Mapping[str, Any]]) -> defer.Deferred:
+                         plain: tuple[str, Mapping[str, Any]]) -> defer.Deferred[Result]:
         """Run ``sql`` (``$n`` placeholders, ``values`` in order) as a prepared statement
         of this connection → Deferred of :class:`Result`; ``plain`` is the same statement
         for :meth:`execute` (``%(pn)s`` placeholders and their values).
@@ -350,8 +448,9 @@ class Connection:
         known = self._prepared.get(sql, False)
         if known is None:                           # cannot be prepared
             return self.execute(*plain)
-        if known:
+        if isinstance(known, tuple):
             return self._execute_named(sql, known, values, plain)
+        d: defer.Deferred[Any]
         if len(self._prepared) >= PREPARED_LIMIT:
             self._prepared.clear()
             d = self.execute("deallocate all")
@@ -362,11 +461,11 @@ class Connection:
         text = f"execute {name}(" + ", ".join(["%s"] * len(values)) + ")" if values \
             else f"execute {name}"
 
-        def prepared(_: Any) -> defer.Deferred:
+        def prepared(_: object) -> defer.Deferred[Result]:
             self._prepared[sql] = (name, text)
             return self._execute_named(sql, (name, text), values, plain)
 
-        def not_preparable(failure: Failure) -> Any:
+        def not_preparable(failure: Failure) -> Failure | defer.Deferred[Result]:
             if is_connection_error(failure):
                 return failure
             if getattr(failure.value, "pgcode", None) in _PARAMETER_TYPE_ERRORS:
@@ -377,22 +476,25 @@ class Connection:
         return d.addCallbacks(prepared, not_preparable)
 
     def _execute_named(self, sql: str, known: tuple[str, str], values: Sequence[Any],
-                       plain: tuple[str, Mapping[str, Any]]) -> defer.Deferred:
+                       plain: tuple[str, Mapping[str, Any]]) -> defer.Deferred[Result]:
         name, text = known
-        return self.execute(text, values).addErrback(self._stale_prepared, sql, name, plain)
+        d = self.execute(text, values).addErrback(self._stale_prepared, sql, name, plain)
+        return _results(d)
 
     def _stale_prepared(self, failure: Failure, sql: str, name: str,
-                        plain: tuple[str, Mapping[str, Any]]) -> Any:
+                        plain: tuple[str, Mapping[str, Any]]) -> Failure | defer.Deferred[Result]:
         code = getattr(failure.value, "pgcode", None)
         if code not in ("0A000", "26000"):
             return failure
         known = self._prepared.get(sql)
         if known and known[0] == name:
             del self._prepared[sql]
-        d = self.execute(f"deallocate {name}") if code == "0A000" else defer.succeed(None)
+        d: defer.Deferred[Any] = (self.execute(f"deallocate {name}") if code == "0A000"
+                                  else defer.succeed(None))
         return d.addBoth(lambda _: self.execute(*plain))
 
-    def transaction(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+    def transaction(self, work: Callable[Concatenate[Transaction, _P], defer.Deferred[_T]],
+                    *args: _P.args, **kwargs: _P.kwargs) -> defer.Deferred[_T]:
         """Run ``work(tx, *args)`` inside BEGIN/COMMIT; an error rolls back.
 
         ``tx.execute(statement, params)`` returns a Deferred of :class:`Result`. A
@@ -401,13 +503,16 @@ class Connection:
         failure before COMMIT, and logs a lost connection's failed ROLLBACK as an error.)
         """
         cursor = self._conn.cursor()
-        committing = []
+        committing: list[bool] = []
 
-        def commit(result: Any) -> defer.Deferred:
+        def run(_: object) -> defer.Deferred[_T]:
+            return work(Transaction(cursor), *args, **kwargs)
+
+        def commit(result: _T) -> defer.Deferred[_T]:
             committing.append(True)
             return cursor.execute("commit").addCallback(lambda _: result)
 
-        def failed(failure: Failure) -> Any:
+        def failed(failure: Failure) -> Failure | defer.Deferred[Failure]:
             if committing:
                 if is_connection_error(failure):
                     raise CommitUnknown(failure.getErrorMessage()) from failure.value
@@ -422,41 +527,40 @@ class Connection:
                 self.close()
             return rollback.addErrback(stuck).addCallback(lambda _: failure)
 
-        d = cursor.execute("begin")
-        d.addCallback(lambda _: work(_Transaction(cursor), *args, **kwargs))
-        return d.addCallback(commit).addErrback(failed)
+        d = cursor.execute("begin").addCallback(run).addCallback(commit).addErrback(failed)
+        return cast("defer.Deferred[_T]", d)   # (see _results)
 
-    def cancel(self, d: defer.Deferred) -> None:
+    def cancel(self, d: defer.Deferred[Any]) -> None:
         self._conn.cancel(d)
 
     # -- notifications ---------------------------------------------------
-    def listen(self, channel: str) -> defer.Deferred:
+    def listen(self, channel: str) -> defer.Deferred[None]:
         return self._conn.runOperation("listen " + quote_ident(channel))
 
-    def unlisten(self, channel: str) -> defer.Deferred:
+    def unlisten(self, channel: str) -> defer.Deferred[None]:
         return self._conn.runOperation("unlisten " + quote_ident(channel))
 
-    def add_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
-        def adapt(notify: Any) -> Any:
+    def add_notify_observer(self, observer: Callable[[Notification], object]) -> None:
+        def adapt(notify: psycopg2.extensions.Notify) -> object:
             return observer(Notification(notify.channel, notify.payload, notify.pid))
         self._observers[observer] = adapt
         self._conn.addNotifyObserver(adapt)
 
-    def remove_notify_observer(self, observer: Callable[[Notification], Any]) -> None:
+    def remove_notify_observer(self, observer: Callable[[Notification], object]) -> None:
         adapt = self._observers.pop(observer, None)
         if adapt is not None:
             self._conn.removeNotifyObserver(adapt)
 
 
-class _Transaction:
+class Transaction:
     """What :meth:`Connection.transaction` hands to its work function."""
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: _TxCursor) -> None:
         self._cursor = cursor
 
     @defer.inlineCallbacks
     def execute(self, statement: str | pgsql.Composable,
-                params: Mapping[str, Any] | Sequence[Any] | None = None) -> Any:
+                params: Params = None) -> Generator[defer.Deferred[Any], object, Result]:
         yield self._cursor.execute(statement, params)
         return _result(self._cursor)
 
@@ -468,15 +572,22 @@ PREPARED_LIMIT = 256
 _PARAMETER_TYPE_ERRORS = frozenset({"42P18", "42P08", "42725", "42804"})
 
 
-def _result(cursor: Any) -> Result:
+def _results(d: defer.Deferred[Result | Failure | defer.Deferred[Result]]
+             ) -> defer.Deferred[Result]:
+    """``d`` as it fires: an errback's Failure fails the chain and its Deferred is waited
+    for, which Twisted's annotations do not say (they give the errback's return type)."""
+    return cast("defer.Deferred[Result]", d)
+
+
+def _result(cursor: _TxCursor) -> Result:
     description = cursor.description
     if description is None:
         return Result(None, [], cursor.rowcount)
     return Result(description, cursor.fetchall(), cursor.rowcount)
 
 
-def connect(dsn: str, reactor: Any = None, connect_timeout: float | None = None,
-            setup: Sequence[str] = ()) -> defer.Deferred:
+def connect(dsn: str, reactor: FDReactor | None = None, connect_timeout: float | None = None,
+            setup: Sequence[str] = ()) -> defer.Deferred[Connection]:
     """Open a :class:`Connection` → Deferred firing with it."""
     return Connection(reactor).connect(dsn, connect_timeout=connect_timeout, setup=setup)
 
@@ -492,6 +603,6 @@ def is_connection_error(failure: Failure | BaseException) -> bool:
     if isinstance(exc, CommitUnknown):
         return True
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        return getattr(exc, "pgcode", None) is None or exc.pgcode.startswith("08") or \
-            exc.pgcode in ("57P01", "57P02", "57P03")
+        code = exc.pgcode
+        return code is None or code.startswith("08") or code in ("57P01", "57P02", "57P03")
     return isinstance(exc, (ConnectionDone, ConnectionLost))

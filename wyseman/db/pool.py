@@ -26,14 +26,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wyseman.db.pg import Connection, is_connection_error
+from wyseman.db.seams import Clock, Timer
+
+if TYPE_CHECKING:
+    from wyseman.db.batch import ReadBatcher
+
+_T = TypeVar("_T")
 
 log = Logger(namespace="wyseman.pool")
 
@@ -50,7 +55,7 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached (or refused this role's login)."""
 
 
-Connector = Callable[[str], defer.Deferred]  # role -> Deferred[Connection]
+Connector = Callable[[str], defer.Deferred[Connection]]  # role -> a connection as that role
 
 
 @dataclass(eq=False)
@@ -74,7 +79,7 @@ class PoolStats:
 class RolePool:
     role: str
     connector: Connector
-    clock: IReactorTime
+    clock: Clock
     owner: PoolSet
     size: int = 4
     queue_limit: int = 1000
@@ -82,22 +87,22 @@ class RolePool:
     max_lifetime: float = 3600.0
     stats: PoolStats = field(default_factory=PoolStats)
     #: the read batcher in front of this pool (:mod:`wyseman.db.batch`), made on first use
-    batcher: Any = field(default=None, repr=False)
+    batcher: ReadBatcher | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._idle: deque[_Slot] = deque()
         self._busy: dict[int, _Slot] = {}
-        self._waiters: deque[defer.Deferred] = deque()
+        self._waiters: deque[defer.Deferred[Connection]] = deque()
         self._connecting = 0
-        self._pending_connects: set[defer.Deferred] = set()
+        self._pending_connects: set[defer.Deferred[None]] = set()
         self._closed = False
         #: connections released to waiters, not yet given to them (see the module's
         #: docstring: hand-offs run one after another, never one inside another)
-        self._handoffs: deque[tuple[defer.Deferred, Connection]] = deque()
+        self._handoffs: deque[tuple[defer.Deferred[Connection], Connection]] = deque()
         self._handing = False
         #: one timer per pool closes idle connections (not one per release: a timer
         #: made and cancelled per request costs more than the pool's own bookkeeping)
-        self._sweep: Any = None
+        self._sweep: Timer | None = None
 
     # -- accounting --------------------------------------------------------
     @property
@@ -110,7 +115,7 @@ class RolePool:
         self.stats.waiting = len(self._waiters)
 
     # -- acquire / release -------------------------------------------------
-    def acquire(self, count_wait: bool = True) -> defer.Deferred:
+    def acquire(self, count_wait: bool = True) -> defer.Deferred[Connection]:
         """A Deferred firing with a :class:`Connection` reserved for the caller.
         ``count_wait=False``: a wait is not counted in ``stats.waits_total`` (the caller
         counts its own)."""
@@ -123,7 +128,7 @@ class RolePool:
             return self._open()
         if len(self._waiters) >= self.queue_limit:
             return defer.fail(PoolBusy(self.role))
-        waiter: defer.Deferred = defer.Deferred(self._cancel_waiter)
+        waiter: defer.Deferred[Connection] = defer.Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
         self.owner.waiting.add(self)
         self.stats.waits_total += count_wait
@@ -151,15 +156,15 @@ class RolePool:
             return slot.conn
         return None
 
-    def _cancel_waiter(self, waiter: defer.Deferred) -> None:
+    def _cancel_waiter(self, waiter: defer.Deferred[Connection]) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
             pass
 
-    def _open(self) -> defer.Deferred:
+    def _open(self) -> defer.Deferred[Connection]:
         self._connecting += 1
-        settled: defer.Deferred = defer.Deferred()
+        settled: defer.Deferred[None] = defer.Deferred()
         self._pending_connects.add(settled)
         self.stats.connects_total += 1
         d = defer.maybeDeferred(self.connector, self.role)
@@ -171,7 +176,7 @@ class RolePool:
                 self.owner.release_capacity()
                 raise PoolClosed(self.role)
             slot = _Slot(conn, self.clock.seconds())
-            conn.on_lost(lambda reason, slot=slot: self._lost(slot))
+            conn.on_lost(lambda reason: self._lost(slot))
             self._busy[id(conn)] = slot
             self._update_stats()
             return conn
@@ -187,7 +192,7 @@ class RolePool:
                 self._waiters.popleft().errback(error)
             return Failure(error)
 
-        def settle(result: Any) -> Any:
+        def settle(result: _T) -> _T:
             self._pending_connects.discard(settled)
             settled.callback(None)
             return result
@@ -305,7 +310,7 @@ class RolePool:
         self._discard(self._idle.popleft())
         return True
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[list[tuple[bool, None]]]:
         """Close every connection; the Deferred fires once connects still under way have
         finished too (each is closed as it completes), so nothing outlives the pool."""
         self._closed = True
@@ -321,7 +326,7 @@ class RolePool:
         return defer.DeferredList(list(self._pending_connects))
 
     # -- running work --------------------------------------------------------
-    def run(self, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
+    def run(self, work: Callable[[Connection], defer.Deferred[_T]]) -> defer.Deferred[_T]:
         """Acquire, run ``work(conn)``, release (discarding the connection if it broke).
         With an idle connection at hand, ``work`` runs at once (no Deferred to wait on)."""
         conn = None if self._closed else self._take_idle()
@@ -329,16 +334,19 @@ class RolePool:
             return self.acquire().addCallback(self._run_on, work)
         return self._run_on(conn, work)
 
-    def _run_on(self, conn: Connection, work: Callable[[Connection], Any]) -> defer.Deferred:
+    def _run_on(self, conn: Connection,
+                work: Callable[[Connection], defer.Deferred[_T]]) -> defer.Deferred[_T]:
+        inner: object
         try:
             inner = work(conn)
         except Exception:
             inner = defer.fail()
-        if not isinstance(inner, defer.Deferred):
-            inner = defer.succeed(inner)
-        return inner.addBoth(self._done, conn)
+        # (work that answers at once, not with a Deferred, is taken as it is)
+        d: defer.Deferred[_T] = inner if isinstance(inner, defer.Deferred) \
+            else defer.succeed(inner)
+        return d.addBoth(self._done, conn)
 
-    def _done(self, result: Any, conn: Connection) -> Any:
+    def _done(self, result: _T, conn: Connection) -> _T:
         try:
             broken = isinstance(result, Failure) and is_connection_error(result)
             self.release(conn, broken=broken or conn.closed)
@@ -351,13 +359,13 @@ class RolePool:
 
 def _describe(failure: Failure) -> str:
     text = str(failure.value).strip().splitlines()
-    return text[0] if text else failure.type.__name__
+    return text[0] if text else type(failure.value).__name__
 
 
 class PoolSet:
     """The role pools of one server, with a cap on their total connections."""
 
-    def __init__(self, connector: Connector, clock: IReactorTime, *, size: int = 4,
+    def __init__(self, connector: Connector, clock: Clock, *, size: int = 4,
                  total: int = 200, queue_limit: int = 1000, idle_timeout: float = 300.0,
                  max_lifetime: float = 3600.0) -> None:
         self.connector = connector
@@ -383,7 +391,8 @@ class PoolSet:
                 max_lifetime=self.max_lifetime)
         return pool
 
-    def run(self, role: str, work: Callable[[Connection], defer.Deferred]) -> defer.Deferred:
+    def run(self, role: str,
+            work: Callable[[Connection], defer.Deferred[_T]]) -> defer.Deferred[_T]:
         return self.pool(role).run(work)
 
     def retire(self, pool: RolePool) -> None:
@@ -434,5 +443,5 @@ class PoolSet:
             else:
                 pool._serve_waiters()
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[list[tuple[bool, list[tuple[bool, None]]]]]:
         return defer.DeferredList([pool.close() for pool in self.pools.values()])

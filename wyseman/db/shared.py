@@ -15,7 +15,7 @@ from twisted.internet import defer
 
 from wyseman.db.database import Database
 
-#: the objects the shared state needs (a database `wyseman db init` made before version 3,
+#: the objects the shared state needs (a database `wyseman db init` made before version 4,
 #: or a wyselib database, has none of them)
 SCHEMA_CHECK_SQL = """
 select to_regclass('wyseman_shared.replay') is not null
@@ -55,7 +55,7 @@ SCHEMA_MISSING = ("[cluster] shared_state = \"postgres\" needs the wyseman_share
 
 
 class SharedSchemaMissing(Exception):
-    """The database has no ``wyseman_shared`` schema of version 3 or later."""
+    """The database has no ``wyseman_shared`` schema of version 4 or later."""
 
 
 class SharedTables:
@@ -64,12 +64,12 @@ class SharedTables:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _one(self, sql: str, params: Mapping[str, Any]) -> defer.Deferred:
+    def _one(self, sql: str, params: Mapping[str, Any]) -> defer.Deferred[Any]:
         """The first value of the first row (None without one)."""
         d = self.db.run_admin(lambda conn: conn.execute(sql, params))
         return d.addCallback(lambda result: result.rows[0][0] if result.rows else None)
 
-    def check_schema(self) -> defer.Deferred:
+    def check_schema(self) -> defer.Deferred[Any]:
         """Fires once the objects are found; fails with :class:`SharedSchemaMissing`."""
         def check(found: Any) -> None:
             if not found:
@@ -77,29 +77,29 @@ class SharedTables:
         return self._one(SCHEMA_CHECK_SQL, {}).addCallback(check)
 
     def record_signature(self, user: str, sign_hash: bytes, now: float,
-                         expires: float) -> defer.Deferred:
+                         expires: float) -> defer.Deferred[Any]:
         """Deferred of True: not seen before (now recorded until ``expires``, seconds
         since the epoch); False: a replay."""
         d = self._one(_REPLAY_SQL, {"u": user, "h": sign_hash, "e": expires, "n": now})
         return d.addCallback(lambda row: row is not None)
 
-    def replay_rows(self, most: int) -> defer.Deferred:
+    def replay_rows(self, most: int) -> defer.Deferred[Any]:
         """Deferred of the number of replay rows, at most ``most``."""
         return self._one(_REPLAY_ROWS_SQL, {"m": most})
 
-    def reserve(self, host: str, user: str, most: int) -> defer.Deferred:
+    def reserve(self, host: str, user: str, most: int) -> defer.Deferred[Any]:
         """Deferred of True if ``user`` had fewer than ``most`` connections on the live
         hosts (one more now counted on ``host``)."""
         return self._one(_RESERVE_SQL, {"h": host, "u": user, "m": most}).addCallback(bool)
 
-    def release(self, host: str, user: str) -> defer.Deferred:
+    def release(self, host: str, user: str) -> defer.Deferred[Any]:
         return self._one(_RELEASE_SQL, {"h": host, "u": user})
 
-    def renew(self, host: str, lease: float) -> defer.Deferred:
+    def renew(self, host: str, lease: float) -> defer.Deferred[Any]:
         """Deferred of whether ``host``'s previous lease was still alive."""
         return self._one(_RENEW_SQL, {"h": host, "l": lease}).addCallback(bool)
 
-    def sync(self, host: str, lease: float, counts: Mapping[str, int]) -> defer.Deferred:
+    def sync(self, host: str, lease: float, counts: Mapping[str, int]) -> defer.Deferred[Any]:
         """Replace ``host``'s counts by ``counts`` and renew its lease; Deferred of whether
         the previous lease was alive."""
         users = list(counts)
@@ -107,15 +107,15 @@ class SharedTables:
                                   "c": [counts[u] for u in users]})
         return d.addCallback(bool)
 
-    def leave(self, host: str) -> defer.Deferred:
+    def leave(self, host: str) -> defer.Deferred[Any]:
         """``host`` and its counts deleted: its places are free at once."""
         return self._one(_LEAVE_SQL, {"h": host})
 
-    def cleanup(self, now: float) -> defer.Deferred:
+    def cleanup(self, now: float) -> defer.Deferred[Any]:
         """Deferred of (replay rows expired by ``now``, hosts whose lease ended): deleted."""
         d = self.db.run_admin(lambda conn: conn.execute(_CLEANUP_SQL, {"n": now}))
         return d.addCallback(lambda result: tuple(result.rows[0]))
 
-    def user_count(self, user: str) -> defer.Deferred:
+    def user_count(self, user: str) -> defer.Deferred[Any]:
         """Deferred of ``user``'s connections over the live hosts."""
         return self._one(_USER_COUNT_SQL, {"u": user})

@@ -14,10 +14,12 @@ predictable.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import orjson
+import psycopg2
 import psycopg2.extensions as ext
 
 #: statements run on every gateway connection, before any request
@@ -28,12 +30,23 @@ SESSION_SETUP = (
     "set extra_float_digits = 1",
 )
 
+#: what psycopg2 hands a value's reader: the value's text (or None for NULL) and the cursor
+Cursor = ext.cursor | None
+
+
+class Buffer(TypedDict):
+    """A bytea value as node-pg gives it to JSON (``Buffer#toJSON``)."""
+
+    type: str
+    data: list[int]
+
+
 _TS = re.compile(
     r"^(?P<date>\d{4,}-\d\d-\d\d)[ T](?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?"
     r"(?P<zone>[+-]\d\d(?::?\d\d(?::?\d\d)?)?)?(?P<bc> BC)?$")
 
 
-def _timestamp(value: str | None, cursor: Any) -> str | None:
+def _timestamp(value: str | None, cursor: Cursor) -> str | None:
     """JS ``Date#toJSON``: UTC, exactly three fraction digits (truncated), ``Z``;
     years outside 0–9999 as ±six digits (44 BC → ``-000043``, JS counts 1 BC as 0).
 
@@ -76,7 +89,7 @@ def _normal_zone(zone: str) -> str:
     return f"{sign}{digits[:2]}:{digits[2:4]}"
 
 
-def _text(value: str | None, cursor: Any) -> str | None:
+def _text(value: str | None, cursor: Cursor) -> str | None:
     return value
 
 
@@ -89,15 +102,16 @@ class RawJSON(str):
         return orjson.loads(str(self))
 
 
-def _json(value: str | None, cursor: Any) -> Any:
+def _json(value: str | None, cursor: Cursor) -> RawJSON | None:
     return None if value is None else RawJSON(value)
 
 
-def _default(value: Any) -> Any:
+def _default(value: object) -> object:
     if isinstance(value, RawJSON):
         return orjson.Fragment(str(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"type": "Buffer", "data": list(bytes(value))}
+        buffer: Buffer = {"type": "Buffer", "data": list(bytes(value))}
+        return buffer
     if isinstance(value, str):  # any other str subclass
         return str(value)
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
@@ -108,13 +122,13 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
-def _bytea(value: str | None, cursor: Any) -> dict | None:
+def _bytea(value: str | None, cursor: Cursor) -> Buffer | None:
     if value is None:
         return None
     if value.startswith("\\x"):
         data = bytes.fromhex(value[2:])
     else:  # 'escape' bytea_output
-        data = ext.BINARY(value, cursor)
+        data = bytes(psycopg2.BINARY(value, cursor))
     return {"type": "Buffer", "data": list(data)}
 
 
@@ -123,12 +137,12 @@ _INTERVAL_TIME = re.compile(r"(-)?(\d+):(\d\d):(\d\d)(?:\.(\d+))?")
 _UNIT = {"year": "years", "mon": "months", "day": "days"}
 
 
-def _interval(value: str | None, cursor: Any) -> dict | None:
+def _interval(value: str | None, cursor: Cursor) -> dict[str, int | float] | None:
     """``1 day 02:03:04.5`` → ``{"days":1,"hours":2,"minutes":3,"seconds":4,
     "milliseconds":500}`` (zero parts omitted, as node-pg's postgres-interval does)."""
     if value is None:
         return None
-    out: dict[str, Any] = {}
+    out: dict[str, int | float] = {}
     for number, unit in _INTERVAL_PART.findall(value):
         if int(number):
             out[_UNIT[unit]] = int(number)
@@ -145,12 +159,54 @@ def _interval(value: str | None, cursor: Any) -> dict | None:
     return out
 
 
-def _float(value: str | None, cursor: Any) -> float | None:
+def _float(value: str | None, cursor: Cursor) -> float | None:
     return None if value is None else float(value)
 
 
+#: a value's reader (psycopg2 calls it a typecaster)
+Caster = Callable[[str | None, Cursor], object]
+
+def _date_timestamp(value: str | None, cursor: Cursor) -> str | None:
+    """A date inside an array as node-pg gives it: a Date at midnight (the session and
+    the Node server in UTC), so ``2024-02-29`` → ``2024-02-29T00:00:00.000Z``. (A date
+    column itself stays text: npm wyseman sets that parser, not the array's.)"""
+    if value is None:
+        return None
+    day, bc, _ = value.partition(" BC")
+    return _timestamp(f"{day} 00:00:00{' BC' if bc else ''}", cursor)
+
+
+def _js_number(text: str) -> float | int:
+    """A number as JavaScript's JSON writes it (integral values without ``.0``)."""
+    number = float(text)
+    return int(number) if number.is_integer() and abs(number) < 2 ** 53 else number
+
+
+_POINT = re.compile(r"^\(([^,()]+),([^,()]+)\)$")
+_CIRCLE = re.compile(r"^<\(([^,()]+),([^,()]+)\),([^,()<>]+)>$")
+
+
+def _point(value: str | None, cursor: Cursor) -> dict[str, float | int] | str | None:
+    """``(1,2)`` → ``{"x": 1, "y": 2}``, as node-pg's point parser."""
+    if value is None:
+        return None
+    match = _POINT.match(value)
+    return value if match is None else {"x": _js_number(match[1]), "y": _js_number(match[2])}
+
+
+def _circle(value: str | None, cursor: Cursor) -> dict[str, float | int] | str | None:
+    """``<(1,2),3>`` → ``{"x": 1, "y": 2, "radius": 3}``, as node-pg's circle parser."""
+    if value is None:
+        return None
+    match = _CIRCLE.match(value)
+    if match is None:
+        return value
+    return {"x": _js_number(match[1]), "y": _js_number(match[2]),
+            "radius": _js_number(match[3])}
+
+
 # OIDs are fixed for built-in types.
-_SCALARS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+_SCALARS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_NUMERIC", (1700,), _text),
     ("WYSEMAN_DATE", (1082,), _text),
     ("WYSEMAN_TIME", (1083, 1266), _text),
@@ -160,27 +216,47 @@ _SCALARS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
     ("WYSEMAN_INTERVAL", (1186,), _interval),
     ("WYSEMAN_UUID", (2950,), _text),
     ("WYSEMAN_MONEY", (790,), _text),
+    ("WYSEMAN_POINT", (600,), _point),
+    ("WYSEMAN_CIRCLE", (718,), _circle),
+    # arrays node-pg has no parser for reach Node clients as their text ("{release}"),
+    # where psycopg2 would parse them: "char"[], name[], int2vector[], cstring[]
+    ("WYSEMAN_RAW_ARRAY", (1002, 1003, 1006, 1263), _text),
+    # and ranges, which psycopg2 would make Range objects of: their text, as for node-pg
+    # (int4range, int8range, numrange, daterange, tsrange, tstzrange; their arrays but
+    # numrange[], which node-pg reads as a list of strings)
+    ("WYSEMAN_RANGE", (3904, 3926, 3906, 3912, 3908, 3910), _text),
+    ("WYSEMAN_RAW_RANGE_ARRAY", (3905, 3927, 3913, 3909, 3911), _text),
 )
 
 # array oid, element caster: node-pg's choices (int8[] → strings, numeric[] → numbers).
-_ARRAYS: tuple[tuple[str, tuple[int, ...], Any], ...] = (
+_ARRAYS: tuple[tuple[str, tuple[int, ...], Caster], ...] = (
     ("WYSEMAN_INT8_ARRAY", (1016,), _text),
     ("WYSEMAN_NUMERIC_ARRAY", (1231,), _float),
-    ("WYSEMAN_DATE_ARRAY", (1182,), _text),
+    ("WYSEMAN_DATE_ARRAY", (1182,), _date_timestamp),
     ("WYSEMAN_TIME_ARRAY", (1183, 1270), _text),
     ("WYSEMAN_TIMESTAMP_ARRAY", (1115, 1185), _timestamp),
     ("WYSEMAN_JSON_ARRAY", (199, 3807), _json),
     ("WYSEMAN_BYTEA_ARRAY", (1001,), _bytea),
     ("WYSEMAN_INTERVAL_ARRAY", (1187,), _interval),
     ("WYSEMAN_UUID_ARRAY", (2951,), _text),
+    # arrays node-pg parses into lists of strings, which psycopg2 leaves as text:
+    # cidr[], macaddr[], inet[], regproc[], numrange[], money[]
+    ("WYSEMAN_STRING_ARRAY", (651, 1040, 1041, 1008, 3907, 791), _text),
+    ("WYSEMAN_POINT_ARRAY", (1017,), _point),
 )
 
-_TYPES: list[Any] = []
-for _name, _oids, _caster in _SCALARS:
-    _TYPES.append(ext.new_type(_oids, _name, _caster))
-for _name, _oids, _caster in _ARRAYS:
-    _element = ext.new_type((0,), _name + "_ELEMENT", _caster)
-    _TYPES.append(ext.new_array_type(_oids, _name, _element))
+
+
+def _driver_caster(caster: Caster) -> Callable[[str | bytes | None, ext.cursor], Any]:
+    """``caster`` as psycopg2's stubs want it: they allow bytes, which psycopg2 never
+    passes a caster (it decodes the text with the connection's encoding first)."""
+    return cast("Callable[[str | bytes | None, ext.cursor], Any]", caster)
+
+
+_TYPES = [ext.new_type(oids, name, _driver_caster(caster)) for name, oids, caster in _SCALARS]
+_TYPES += [ext.new_array_type(oids, name,
+                              ext.new_type((0,), name + "_ELEMENT", _driver_caster(caster)))
+           for name, oids, caster in _ARRAYS]
 
 
 def register(connection: ext.connection) -> None:

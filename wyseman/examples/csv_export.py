@@ -7,7 +7,9 @@ Register it for a view in the config::
 
 and send ``{"id": 1, "action": "action", "view": "base.ent_v", "name": "csv",
 "data": {"fields": ["id", "std_name"], "where": {...}, "order": [...]}}``.
-The reply's ``data`` is ``{"csv": "<text>", "rows": N}``.
+The reply's ``data`` is ``{"csv": "<text>", "rows": N}``; with ``"download": true`` in
+``data`` the CSV is published instead (a file the browser downloads, readable by this
+session's client only) and the reply is ``{"url": "/_wyseman/resources/…", "rows": N}``.
 """
 
 from __future__ import annotations
@@ -40,4 +42,8 @@ def export(ctx: Any) -> Any:
     writer.writerow(result.columns)
     for row in result.rows:
         writer.writerow(["" if value is None else value for value in row])
+    if options.get("download"):
+        name = ctx.request["view"].replace('"', "").replace("/", "_") + ".csv"
+        url = ctx.publish(out.getvalue(), "text/csv; charset=utf-8", filename=name)
+        return {"url": url, "rows": len(result.rows)}
     return {"csv": out.getvalue(), "rows": len(result.rows)}

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet import defer
 
 from wyseman.config import Config, ConfigError
+from wyseman.errors import ProtocolError
 
 if TYPE_CHECKING:
     from wyseman.gateway.dispatch import Session
+    from wyseman.gateway.resources import ResourceStore
     from wyseman.gateway.seams import StatementRunner
 
 Handler = Callable[["ActionContext"], Any]
@@ -37,6 +39,8 @@ class ActionContext:
     session: Session        # .user, .listen, .peer
     request: Mapping[str, Any]
     db: StatementRunner
+    #: where :meth:`publish` keeps what it is given (None: this server publishes nothing)
+    resources: ResourceStore | None = None
 
     @property
     def user(self) -> str:
@@ -46,6 +50,16 @@ class ActionContext:
         """Run one statement (psycopg2 ``%(name)s`` placeholders) as the user
         → Deferred of ``wyseman.db.pg.Result``."""
         return self.db.run_as(self.session.user, lambda conn: conn.execute(sql, params))
+
+    def publish(self, body: bytes | str, content_type: str, filename: str | None = None,
+                ttl: float | None = None) -> str:
+        """Serve ``body`` to this session's client (a report, an export) → the URL path
+        to put in the reply. It is readable from the session's client address only, while
+        the session lives, for ``ttl`` seconds at most (``[actions] resource_ttl``);
+        ``filename``: offered as a download under that name."""
+        if self.resources is None:
+            raise ProtocolError("badAction", "this server publishes no resources")
+        return self.resources.publish(self.session, body, content_type, filename, ttl)
 
 
 class ActionRegistry:
@@ -64,8 +78,10 @@ class ActionRegistry:
         if handler is None:
             return None
 
-        def call(session: Any, request: Mapping[str, Any], db: Any) -> defer.Deferred[Any]:
-            return defer.maybeDeferred(handler, ActionContext(session, request, db))
+        def call(session: Any, request: Mapping[str, Any], db: Any,
+                 resources: ResourceStore | None = None) -> defer.Deferred[Any]:
+            return defer.maybeDeferred(handler, ActionContext(session, request, db,
+                                                              resources))
         return call
 
     @classmethod

@@ -29,6 +29,7 @@ from wyseman.errors import ProtocolError
 from wyseman.sql import compiler
 
 if TYPE_CHECKING:
+    from wyseman.gateway.resources import ResourceStore
     from wyseman.gateway.seams import StatementRunner
 
 #: a decoded request: the JSON object a client sent
@@ -82,6 +83,8 @@ class Dispatcher:
         self.db = db
         self.policy = policy
         self.actions = actions
+        #: what custom actions publish (wyseman.gateway.resources), if anything
+        self.resources: ResourceStore | None = None
         self.clock = clock
         self.observe = observe
         # Compiled statements by request (minus its id): apps repeat the same requests.
@@ -209,7 +212,8 @@ class Dispatcher:
             handler = self.actions.find(view, request) if self.actions else None
             if handler is None:
                 raise errors.bad_action(action)
-            return defer.maybeDeferred(handler, session, request, self.db).addCallback(
+            return defer.maybeDeferred(handler, session, request, self.db,
+                                       self.resources).addCallback(
                 lambda data: _reply(request, data))
         if action == "meta":
             return self.db.meta(view).addCallback(lambda row: _one_row_reply(request, row))

@@ -30,6 +30,7 @@ from wyseman.db.types import dumps
 from wyseman.gateway.dispatch import Dispatcher
 from wyseman.gateway.health import HealthCheck
 from wyseman.gateway.metrics import Metrics
+from wyseman.gateway.resources import ResourceStore
 from wyseman.gateway.seams import Broadcaster, Connection, UserSlots
 from wyseman.gateway.userslots import LocalSlots
 from wyseman.sql import compiler
@@ -116,6 +117,11 @@ class Gateway:
                                  max_bytes=limits.max_reply_bytes)
         self.dispatcher = Dispatcher(db, policy, actions, clock=clock,
                                      observe=self.metrics.request)
+        #: what custom actions publish for their sessions' clients (served by transports)
+        self.resources = ResourceStore(clock, max_bytes=config.actions.resource_max_bytes,
+                                       max_total=config.actions.resource_total_bytes,
+                                       ttl=config.actions.resource_ttl)
+        self.dispatcher.resources = self.resources
         self._by_user: dict[str, set[Connection]] = {}
         #: ``wyseman_auth`` notifications, for the logins being checked meanwhile
         self.key_changes = KeyChanges()
@@ -184,6 +190,7 @@ class Gateway:
             if not closing and not done.called:
                 done.callback(None)
         session = protocol.session
+        self.resources.session_ended(session)
         self.connection_count -= 1
         self.metrics.connections.dec()
         users = self._by_user.get(session.user)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from wyseman.config import Config
     from wyseman.gateway.dispatch import Dispatcher, Session
     from wyseman.gateway.metrics import Metrics
+    from wyseman.gateway.resources import ResourceStore
 
 
 class Connection(Protocol):
@@ -85,16 +86,29 @@ class TransportHub(Protocol):
     decision, the dispatcher, the registry of open connections, the limits and the
     metrics. A transport sees nothing else of it."""
 
-    config: Config
-    clock: Any
-    admission: Admission
-    dispatcher: Dispatcher
-    metrics: Metrics
-    trusted_proxies: Sequence[Any]
-    ip_style: str
-    log_connections: bool
-    max_in_flight: int
-    max_outbound_bytes: int
+    # (read-only: a transport only reads them, and so a hub may hold narrower types)
+    @property
+    def config(self) -> Config: ...
+    @property
+    def clock(self) -> Any: ...
+    @property
+    def admission(self) -> Admission: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def trusted_proxies(self) -> Sequence[Any]: ...
+    @property
+    def ip_style(self) -> str: ...
+    @property
+    def log_connections(self) -> bool: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def max_outbound_bytes(self) -> int: ...
+    @property
+    def resources(self) -> ResourceStore: ...
 
     def register(self, connection: Connection) -> defer.Deferred[Any]:
         """An opened connection, its channels subscribed."""

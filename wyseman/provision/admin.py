@@ -20,7 +20,13 @@ from psycopg2 import sql as pgsql
 
 from wyseman.config import Config
 from wyseman.db.pg import dsn_with
-from wyseman.provision.bootstrap import SchemaKind, connect_sync, ensure_database_sync, schema_state
+from wyseman.provision.bootstrap import (
+    SchemaKind,
+    connect_sync,
+    ensure_database_sync,
+    fetch_one,
+    schema_state,
+)
 
 #: Group role of every login user created here (made by the bootstrap schema).
 USER_GROUP = "wyseman_user"
@@ -123,7 +129,7 @@ def add_user(dsn: str, username: str, *, ent_name: str | None = None,
                         role, pgsql.Identifier(USER_GROUP)))
             cur.execute("insert into base.ent (ent_name, ent_type, username) "
                         "values (%s, 'p', %s) returning id", (name, username))
-            entity = cur.fetchone()[0]
+            entity = fetch_one(cur)[0]
         conn.commit()
     return entity
 
@@ -145,7 +151,7 @@ def remove_user(dsn: str, username: str, *, drop_role: bool = True) -> str:
                 raise AdminError(f"no user {username!r}")
             cur.execute("delete from base.ent where id = %s", (entity,))
             cur.execute("select session_user")
-            me = cur.fetchone()[0]
+            me = fetch_one(cur)[0]
             if (kind is SchemaKind.WYSEMAN and drop_role and username != me
                     and _role_exists(cur, username)):
                 try:
@@ -197,19 +203,19 @@ def issue_ticket(dsn: str, username: str, host: str | None = None,
         with conn.cursor() as cur:
             _schema_kind(cur)
             cur.execute("select base.user_id(%s), session_user", (username,))
-            entity, issuer = cur.fetchone()
+            entity, issuer = fetch_one(cur)
             if entity is None:
                 raise AdminError(f"no user {username!r}")
             cur.execute("select count(*) from pg_catalog.pg_attribute "
                         "where attrelid = 'base.token_v_ticket'::regclass "
                         "and attname in ('addr', 'boot') and not attisdropped")
-            p2p = cur.fetchone()[0] == 2
+            p2p = fetch_one(cur)[0] == 2
             # expires::timestamptz: wyselib stores a zone-less timestamp made in this
             # session's time zone, which the cast reads back correctly.
             cur.execute("select token, expires::timestamptz, host, port"
                         + (", addr, boot" if p2p else ", null, null")
                         + " from base.ticket_login(%s)", (entity,))
-            token, expires, db_host, db_port, addr, boot = cur.fetchone()
+            token, expires, db_host, db_port, addr, boot = fetch_one(cur)
         conn.commit()
     return Ticket(token=token, expires=expires,
                   host=next((h for h in (host, db_host, fallback_host) if h is not None), None),
@@ -238,14 +244,17 @@ TICKET_FORMATS = ("json", "link", "web")
 
 
 def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
-                  http_port: int = 4000, spa_name: str = "wyatt") -> str:
+                  http_port: int = 4000, spa_name: str = "wyatt", page: str | None = None,
+                  scheme: str = "https", extra: str = "") -> str:
     """Render a ticket as wyclif ``bin/ticket`` does (web connection type).
 
     * ``json``: ``{"ticket":{"token","expires","host","port"[,"user"]}}``, compact;
       ``user`` only when the ticket's user is not ``admin_user``; null/empty host and
       null port dropped.
     * ``link``: ``https://H/connect?token=T&user=U&host=H&port=P``.
-    * ``web``: ``https://H:S/SPA.html?token=T&user=U&host=H&port=P``.
+    * ``web``: ``SCHEME://H:S/PAGE?token=T&user=U&host=H&port=P`` where PAGE is
+      ``page`` (a path such as ``wysegi.html`` or ``console/``), else ``SPA.html``;
+      ``extra`` (``&name=value…``) is appended to the query.
 
     Links fall back to host ``localhost`` and port 54320. Unlike wyclif, query values
     that are not plain (letters, digits, ``._~-``) are %-encoded; wylib decodes them.
@@ -265,5 +274,6 @@ def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
     if fmt == "link":
         return f"https://{host}/connect?{query}"
     if fmt == "web":
-        return f"https://{host}:{http_port}/{spa_name}.html?{query}"
+        path = (page if page is not None else f"{spa_name}.html").lstrip("/")
+        return f"{scheme}://{host}:{http_port}/{path}?{query}{extra}"
     raise ValueError(f"unknown ticket format {fmt!r} (expected one of {', '.join(TICKET_FORMATS)})")

@@ -17,15 +17,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
+
+def fetch_one(cursor: psycopg2.extensions.cursor) -> tuple[Any, ...]:
+    """The one row a statement that always answers one returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a statement that answers one row answered none")
+    return row
+
+
 #: Version written to ``wm.wyseman_schema`` by the SQL files (the last that writes one:
 #: 008_shared_state.sql). A database of an earlier version gets the whole schema again.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Text of the comment our ``base.token_valid`` carries (003_base_token.sql).
 TOKEN_VALID_MARKER = "wyseman-python bootstrap"
@@ -116,7 +126,7 @@ def schema_state(cursor: psycopg2.extensions.cursor) -> SchemaState:
     ``base.token_valid`` that lacks our marker comment.
     """
     cursor.execute(_STATE_SQL, {"marker": TOKEN_VALID_MARKER + "%"})
-    ours, has_ent, releases, objects, foreign_token_valid = cursor.fetchone()
+    ours, has_ent, releases, objects, foreign_token_valid = fetch_one(cursor)
     reasons = []
     if releases:
         reasons.append("wm.releases exists")
@@ -130,7 +140,7 @@ def schema_state(cursor: psycopg2.extensions.cursor) -> SchemaState:
         return SchemaState(SchemaKind.WYSELIB, reason="; ".join(reasons))
     if ours:
         cursor.execute("select max(version) from wm.wyseman_schema")
-        return SchemaState(SchemaKind.WYSEMAN, version=cursor.fetchone()[0])
+        return SchemaState(SchemaKind.WYSEMAN, version=fetch_one(cursor)[0])
     return SchemaState(SchemaKind.NONE)
 
 

@@ -28,7 +28,7 @@ class EmbeddedPostgresService(Service):
     that need the database wait on it.
     """
 
-    name = "embedded-postgres"
+    name = "embedded-postgres"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
 
     def __init__(self, data_dir: Path, database: str, admin_user: str = "",
                  keep_off: Iterable[int] = ()) -> None:

@@ -31,7 +31,7 @@ def shift_placeholders(sql: str, offset: int) -> str:
     if not offset:
         return sql
 
-    def shifted(match: re.Match) -> str:
+    def shifted(match: re.Match[str]) -> str:
         number = match.group(1)
         return f"${int(number) + offset}" if number else match.group(0)
     return _TOKEN.sub(shifted, sql)

@@ -63,8 +63,8 @@ class ViewName:
 _PYFORMAT_TOKEN = re.compile(r'"(?:[^"]|"")*"|\$(\d+)|%')
 
 
-def _pyformat_token(match: re.Match) -> str:
-    text = match.group(0)
+def _pyformat_token(match: re.Match[str]) -> str:
+    text: str = match.group(0)
     if match.group(1):
         return f"%(p{match.group(1)})s"
     return text.replace("%", "%%")
@@ -155,7 +155,7 @@ def _split_types(text: str) -> list[str]:
     return parts
 
 
-def called_view(name: ViewName, request: dict) -> ViewName:
+def called_view(name: ViewName, request: Mapping[str, Any]) -> ViewName:
     """``name`` as the request uses it: a view named without a type list but given
     ``params`` (a list) is a function called with those values uncast
     (``base.user_id`` with ``params ["alice"]`` → ``select base.user_id($1)``), as the
@@ -213,7 +213,7 @@ def _parse_view(view: str, policy: Policy) -> ViewName:
 # -- the statement ----------------------------------------------------------------------
 
 class _Compiler:
-    def __init__(self, request: dict, meta_columns: Mapping[str, str] | None,
+    def __init__(self, request: Mapping[str, Any], meta_columns: Mapping[str, str] | None,
                  policy: Policy, view: ViewName | None) -> None:
         self.request = request
         self.columns = meta_columns
@@ -321,7 +321,7 @@ class _Compiler:
             raise errors.bad_view(f"cannot {self.request['action']} a function view")
         return self.view.sql()
 
-    def _field_values(self, empty: errors.ProtocolError) -> dict:
+    def _field_values(self, empty: errors.ProtocolError) -> dict[str, Any]:
         fields = self.request.get("fields")
         if fields is None or not isinstance(fields, dict):
             raise errors.bad_message("'fields' must be an object of column: value")
@@ -387,7 +387,7 @@ def _count(value: Any, word: str) -> int | None:
     return value or None
 
 
-def compile_request(request: dict, meta_columns: Mapping[str, str] | None,
+def compile_request(request: dict[str, Any], meta_columns: Mapping[str, str] | None,
                     policy: Policy = DEFAULT_POLICY, view: ViewName | None = None) -> Statement:
     """One request → one statement, or :class:`~wyseman.errors.ProtocolError`.
 
@@ -402,6 +402,10 @@ def compile_request(request: dict, meta_columns: Mapping[str, str] | None,
         compiler = _Compiler(request, meta_columns, policy, view)
         if action in ("select", "tuple"):
             return compiler.select(action)
-        return getattr(compiler, action)()
+        if action == "insert":
+            return compiler.insert()
+        if action == "update":
+            return compiler.update()
+        return compiler.delete()
     except RecursionError:
         raise errors.bad_message("request nested too deeply") from None

@@ -21,8 +21,9 @@ from wyseman.sql.where import quote_ident
 AS_IS = frozenset({
     "int2", "int4", "int8", "oid", "bool", "text", "varchar", "bpchar", "name", "citext",
     "uuid", "date", "json", "jsonb", "anyenum",
-    "_int2", "_int4", "_bool", "_text", "_varchar", "_bpchar", "_name", "_uuid", "_date",
-    "_json", "_jsonb",
+    "_int2", "_int4", "_bool", "_text", "_varchar", "_bpchar", "_uuid", "_json", "_jsonb",
+    # node-pg reads these arrays as lists of their elements' text
+    "_inet", "_cidr", "_macaddr", "_regproc", "_numrange", "_money",
 })
 
 _ISO_MILLIS = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'"
@@ -57,6 +58,9 @@ EXPRESSIONS: Mapping[str, str] = {
     "timestamp": _js_date("{c}"),
     # node-pg reads int8[] as strings (but int8 as a number: wyseman sets that parser)
     "_int8": "{c}::text[]",
+    # arrays node-pg has no parser for: their text, as it reaches Node clients
+    "_name": "{c}::text",
+    "_char": "{c}::text",
 }
 
 

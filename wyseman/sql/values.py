@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -60,7 +61,7 @@ def _array_element(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def array_literal(values: list) -> str:
+def array_literal(values: Sequence[Any]) -> str:
     """``[1, "a b", None, [2, 3]]`` → ``{"1","a b",NULL,{"2","3"}}``."""
     return "{" + ",".join(_array_element(v) for v in values) + "}"
 
@@ -93,7 +94,7 @@ def is_binary(value: Any) -> bool:
     return isinstance(value, dict) and value.get("_type_") == "binary"
 
 
-def decode_binary(value: dict) -> bytes:
+def decode_binary(value: Mapping[str, Any]) -> bytes:
     data = value.get("_data_")
     if not isinstance(data, str):
         raise errors.bad_message("binary field without base64 _data_")

@@ -132,9 +132,9 @@ class WhereCompiler:
             return f"{column} = any({self.column(right)})"
         raise errors.bad_right()
 
-    def _in_values(self, entry: Any) -> list:
+    def _in_values(self, entry: Any) -> list[str | None]:
         if isinstance(entry, str):
-            values: list = [v for v in _IN_SPLIT.split(entry) if v]
+            values: list[Any] = [v for v in _IN_SPLIT.split(entry) if v]
         elif isinstance(entry, list):
             values = ["~".join(scalar_text(x) for x in v) if isinstance(v, list) else v
                       for v in entry]

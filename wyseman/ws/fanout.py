@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from wyseman.tuning.affinity import auto_threads, release_helper_thread
-from wyseman.ws.autobahn_fast import prepare_frame
+from wyseman.ws.autobahn_fast import FastServerProtocol, prepare_frame
 from wyseman.ws.twisted_io import send_some
 
 #: below this many sockets a fan-out is not worth handing to threads
@@ -87,9 +87,21 @@ class FanOut:
         return sent
 
     def broadcast(self, protocols: Sequence[Any], payload: bytes) -> int:
-        """Frame ``payload`` (an encoded text message) once and send it to every protocol
-        (:class:`wyseman.gateway.seams.Broadcaster`); → how many took it."""
-        return self.send(protocols, prepare_frame(payload))
+        """Frame ``payload`` (an encoded text message) once and send it to every
+        WebSocket (:class:`wyseman.gateway.seams.Broadcaster`); → how many took it.
+
+        The hub's subscribers are the connections of every transport: one that is not
+        a WebSocket (a libp2p stream) frames the message itself, through its
+        session's ``send``."""
+        sockets = protocols
+        others = [p for p in protocols if not isinstance(p, FastServerProtocol)]
+        if others:
+            sockets = [p for p in protocols if isinstance(p, FastServerProtocol)]
+        sent = self.send(sockets, prepare_frame(payload)) if sockets else 0
+        for connection in others:
+            if connection.session.send(payload):
+                sent += 1
+        return sent
 
     def close(self) -> None:
         """Stop the helper threads; a notification that still comes (the service is

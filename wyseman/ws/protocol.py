@@ -31,6 +31,7 @@ from wyseman.ws.autobahn_fast import (
 )
 from wyseman.ws.cors import ClientInfoCors
 from wyseman.ws.httpbounds import GatewaySite, Upgrade
+from wyseman.ws.published import PublishedResources
 from wyseman.ws.twisted_io import send_some
 from wyseman.ws.webroot import WebRoot
 
@@ -429,6 +430,7 @@ class _Root(resource.Resource):
                  web: resource.Resource | None = None) -> None:
         super().__init__()
         self.clientinfo = ClientInfo(gateway)
+        self.published = PublishedResources(gateway)
         self.websocket = websocket
         self.web = web
 
@@ -436,6 +438,8 @@ class _Root(resource.Resource):
         request.setHeader(b"server", b"wyseman")   # not twisted.web's name and version
         if path == b"clientinfo":
             return self.clientinfo
+        if path == b"_wyseman" and not wants_websocket(request):
+            return self.published       # (a leaf: it reads the rest of the path)
         if self.web is not None and not wants_websocket(request):
             return self.web      # (a leaf: it reads the whole path itself)
         if self.websocket is None:

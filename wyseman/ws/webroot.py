@@ -34,6 +34,9 @@ from twisted.web import http, resource, server, static
 
 log = Logger(namespace="wyseman.http")
 
+#: the server's own web console (``[web] console``), shipped with the package
+CONSOLE_DIRECTORY = str(Path(__file__).resolve().parent.parent / "webconsole")
+
 #: content types that must be right for a browser to use the file at all (a module
 #: script with another type is refused), whatever the system's mime.types says
 _TYPES = {
@@ -157,10 +160,12 @@ class WebRoot(resource.Resource):
     def from_config(cls, config: Any) -> WebRoot | None:
         """The ``[web]`` section's resource, or None when it serves nothing."""
         web = config.web
-        if not web.root and not web.mounts:
+        if not web.root and not web.mounts and not web.console:
             return None
-        return cls(str(config.resolve_path(web.root)) if web.root else None,
-                   {prefix: str(config.resolve_path(d)) for prefix, d in web.mounts.items()},
+        mounts = {prefix: str(config.resolve_path(d)) for prefix, d in web.mounts.items()}
+        if web.console:
+            mounts[web.console] = CONSOLE_DIRECTORY
+        return cls(str(config.resolve_path(web.root)) if web.root else None, mounts,
                    web.index, web.spa_fallback, web.cache_max_age)
 
     def render(self, request: server.Request) -> Any:

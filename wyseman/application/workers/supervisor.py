@@ -24,8 +24,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
@@ -77,6 +77,26 @@ def _user(hex_name: bytes) -> str | None:
         return None
 
 
+class _Process(Protocol):
+    """A worker's process as the supervisor drives it: Twisted's IProcessTransport, whose
+    methods plain mypy reads as if their first parameter were ``self``."""
+
+    pid: int | None
+
+    def write(self, data: bytes) -> None:
+        """To the worker's stdin."""
+        ...
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+        ...
+
+    def closeStdin(self) -> None:  # noqa: N802
+        ...
+
+    def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
+        ...
+
+
 class _WorkerProtocol(protocol.ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
@@ -84,6 +104,12 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.buffers: dict[int, bytes] = {1: b"", 2: b"", 3: b""}
         self.ready = False
         self.ended: defer.Deferred = defer.Deferred()
+
+    @property
+    def process(self) -> _Process:
+        """The worker's process (``spawnProcess`` connects it before anything here runs)."""
+        assert self.transport is not None
+        return cast(_Process, self.transport)
 
     def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
         buffer = self.buffers.get(fd, b"") + data
@@ -108,7 +134,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             user = _user(parts[2])
             if user is not None:
                 ok = self.supervisor.user_slots.reserve(user, holder=self)
-                self.transport.writeToChild(4, parts[1] + (b" ok\n" if ok else b" full\n"))
+                self.process.writeToChild(4, parts[1] + (b" ok\n" if ok else b" full\n"))
                 return
         if len(parts) == 2 and parts[0] == b"free":
             user = _user(parts[1])
@@ -122,7 +148,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
                 key = None
             if key:
                 outcome = self.supervisor.replay.check_key(key, self.supervisor.reactor.seconds())
-                self.transport.writeToChild(4, parts[1] + b" " + outcome.encode() + b"\n")
+                self.process.writeToChild(4, parts[1] + b" " + outcome.encode() + b"\n")
                 return
         log.warn("worker {worker}: unexpected control line {line!r}", worker=self.index,
                  line=line[:100])
@@ -135,7 +161,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         else:
             level, text = LogLevel.info, line
         log.emit(level, "worker {worker}: {line}", worker=self.index, line=text,
-                 pid=self.transport.pid if self.transport else None)
+                 pid=self.process.pid if self.transport else None)
 
     def processEnded(self, reason: Any) -> None:  # noqa: N802
         for fd in (1, 2):
@@ -149,7 +175,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 class WorkerSupervisor(StartingService):
     """Starts, watches and stops ``config.server.workers`` gateway processes."""
 
-    name = "gateway"
+    name = "gateway"  # type: ignore[assignment]  # (Twisted: unannotated `name = None`)
     failure_message = "wyseman workers could not start"
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
@@ -190,7 +216,7 @@ class WorkerSupervisor(StartingService):
         server = raw.setdefault("server", {})
         self.listen = [self._reserve(text) for text in self.config.server.listen]
         server["listen"] = self.listen
-        clientinfo = self.config.server.clientinfo_listen
+        clientinfo: Sequence[str] | None = self.config.server.clientinfo_listen
         if clientinfo is None:
             clientinfo = [d for d in (derived_clientinfo(parse_listen(t))
                                       for t in self.config.server.listen) if d]
@@ -256,8 +282,8 @@ class WorkerSupervisor(StartingService):
                                   [self.executable, "-m", "wyseman.application.workers.worker"],
                                   env=env,
                                   childFDs={0: "w", 1: "r", 2: "r", 3: "r", 4: "w"})
-        worker.transport.write(self._worker_payload(index))
-        log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.transport.pid)
+        worker.process.write(self._worker_payload(index))
+        log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.process.pid)
 
     def when_ready(self, index: int) -> defer.Deferred:
         """Fires when worker ``index`` (the current or its next incarnation) is ready;
@@ -271,7 +297,7 @@ class WorkerSupervisor(StartingService):
         waiters, self._ready_waiters = self._ready_waiters, []
         for index, d in waiters:
             if index == worker.index:
-                d.callback(worker.transport.pid)
+                d.callback(worker.process.pid)
             else:
                 self._ready_waiters.append((index, d))
 
@@ -321,7 +347,7 @@ class WorkerSupervisor(StartingService):
         for worker in self.workers:
             if worker is not None:
                 try:
-                    worker.transport.signalProcess(name)
+                    worker.process.signalProcess(name)
                 except error.ProcessExitedAlready:
                     pass
 
@@ -336,9 +362,9 @@ class WorkerSupervisor(StartingService):
             if worker is None or worker.ended.called:
                 continue
             ending.append(worker.ended)
-            worker.transport.closeStdin()   # the lifeline: a worker stops when it closes
+            worker.process.closeStdin()   # the lifeline: a worker stops when it closes
             try:
-                worker.transport.signalProcess("TERM")
+                worker.process.signalProcess("TERM")
             except error.ProcessExitedAlready:
                 continue
             kill = self.reactor.callLater(STOP_GRACE, self._kill, worker)
@@ -352,7 +378,7 @@ class WorkerSupervisor(StartingService):
     def _kill(worker: _WorkerProtocol) -> None:
         log.warn("worker {worker} did not stop in time: killing it", worker=worker.index)
         try:
-            worker.transport.signalProcess("KILL")
+            worker.process.signalProcess("KILL")
         except error.ProcessExitedAlready:
             pass
 

@@ -14,11 +14,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, protocol, stdio
-from twisted.logger import Logger, formatEvent, globalLogBeginner
+from twisted.logger import ILogObserver, Logger, formatEvent, globalLogBeginner
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 log = Logger(namespace="wyseman.worker")
 
@@ -29,7 +30,7 @@ class _Lifeline(protocol.Protocol):
     def __init__(self, on_lost: Any) -> None:
         self.on_lost = on_lost
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
         self.on_lost()
 
 
@@ -74,7 +75,7 @@ class SupervisorChannel(LineOnlyReceiver):
         if d is not None:
             d.callback(outcome.decode("ascii", "replace"))
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(RuntimeError("supervisor gone: cannot check the replay cache or "
@@ -100,18 +101,22 @@ def main() -> int:
     if not isinstance(payload, dict):
         print("error wyseman.application.workers.worker: no configuration on stdin", flush=True)
         return 2
-    globalLogBeginner.beginLoggingTo([_line_observer], redirectStandardIO=False)
+    # (a function of the event is an ILogObserver; plain mypy cannot see zope interfaces)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, _line_observer)],
+                                     redirectStandardIO=False)
 
-    from twisted.internet import reactor
-
+    from wyseman.application.mainloop import global_reactor
     from wyseman.application.service import GatewayService
     from wyseman.application.workers.routing import Router
     from wyseman.config import ConfigError, from_dict
     from wyseman.gateway.actions import ActionRegistry
     from wyseman.gateway.cluster import host_id_for
 
+    reactor = global_reactor()
     channel = SupervisorChannel()
-    stdio.StandardIO(channel, stdin=4, stdout=3)
+    # (the ignores: Twisted's stdio picks the class by platform; mypy sees the Windows one,
+    # which takes no stdin/stdout)
+    stdio.StandardIO(channel, stdin=4, stdout=3)  # type: ignore[call-arg]
     try:
         config = from_dict(payload["config"], payload["source"], Path(payload["base_dir"]))
         route = payload.get("route")
@@ -138,7 +143,8 @@ def main() -> int:
     def lost() -> None:
         if reactor.running:
             reactor.stop()
-    stdio.StandardIO(_Lifeline(lost), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
+    stdio.StandardIO(_Lifeline(lost), stdin=0,  # type: ignore[call-arg]
+                     stdout=os.open(os.devnull, os.O_WRONLY))
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -60,6 +60,10 @@ values
   ('wm', 'lang', 'replyTooLarge', 'eng', 'Answer Too Large',
    'The answer would be larger than the server sends at once; ask for fewer rows or '
    'fields'),
+  ('wm', 'lang', 'resourceTooLarge', 'eng', 'Report Too Large',
+   'The report or export is larger than the server keeps for a download; ask for less'),
+  ('wm', 'lang', 'resourcesFull', 'eng', 'Server Busy',
+   'The server holds as many reports and exports as it may; try again in a few minutes'),
   ('wm', 'lang', 'undefined', 'eng', 'Database Error',
    'The database refused the request without naming a reason code'),
   ('wm', 'lang', 'internal', 'eng', 'Internal Error',

@@ -165,7 +165,7 @@ revoke execute on all functions in schema wyseman_shared from public;
 do $$
 begin
     if to_regclass('wm.wyseman_schema') is not null then
-        insert into wm.wyseman_schema (version) values (3) on conflict (version) do nothing;
+        insert into wm.wyseman_schema (version) values (4) on conflict (version) do nothing;
     end if;
 end;
 $$;

@@ -1,0 +1,465 @@
+"""The libp2p transport (docs/protocol.md, 15) against a real gateway and PostgreSQL: the
+Python client dials ``/wyseman/1.0.0``, logs in by ticket and by key, sends requests and
+receives notifications; refusals carry the WebSocket's status and reason; hostile input
+closes only its own stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.harness import add_user, start_gateway
+from tests.pgtest import fresh_database
+from wyseman import config as cfg
+from wyseman.client import keys
+from wyseman.client.connection import connect
+from wyseman.p2p.wire import MAX_VARINT_BYTES, FrameError, FrameReader, encode_varint, frame
+from wyseman.provision import admin
+
+try:
+    from wyseman.client.p2p import LoginRefused, connect_p2p, send_raw_p2p
+    from wyseman.p2p import node
+except ImportError as exc:     # the wyseman[p2p] extra is not installed
+    MISSING = f"the wyseman[p2p] extra (py-libp2p) is not installed: {exc}"
+else:
+    MISSING = None
+
+
+class FramingTests(SynchronousTestCase):
+    """The length prefix: bounded before anything is buffered for it."""
+
+    def test_messages_cut_at_their_lengths_whatever_the_chunks(self):
+        data = frame(b"{}") + frame(b"x" * 300) + frame(b"")
+        for size in (1, 2, 7, len(data)):
+            reader = FrameReader(1000)
+            out = []
+            for i in range(0, len(data), size):
+                out += reader.feed(data[i:i + size])
+            self.assertEqual(out, [b"{}", b"x" * 300, b""])
+            self.assertEqual(reader.buffered, 0)
+
+    def test_varint_encoding(self):
+        self.assertEqual(encode_varint(0), b"\x00")
+        self.assertEqual(encode_varint(300), b"\xac\x02")
+        self.assertEqual(encode_varint(2 ** 63), b"\x80" * 9 + b"\x01")
+
+    def test_length_over_the_limit_refused_before_the_body(self):
+        reader = FrameReader(1024)
+        with self.assertRaises(FrameError) as caught:
+            reader.feed(encode_varint(1025))
+        self.assertIn("over the limit", str(caught.exception))
+
+    def test_an_unfinished_prefix_already_too_large_is_refused(self):
+        with self.assertRaises(FrameError):
+            FrameReader(1024).feed(b"\xff\xff\xff")
+
+    def test_a_prefix_over_ten_bytes_is_refused(self):
+        reader = FrameReader(2 ** 70)
+        with self.assertRaises(FrameError) as caught:
+            reader.feed(b"\x80" * MAX_VARINT_BYTES + b"\x01")
+        self.assertIn("longer than 10 bytes", str(caught.exception))
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_p2p_section_defaults_off(self):
+        config = cfg.from_dict({"database": {"dsn": "dbname=x"}})
+        self.assertEqual(config.p2p.listen, ())
+        self.assertEqual(config.p2p.key_file, "p2p.key")
+        self.assertFalse(config.p2p.mdns)
+
+    def test_listen_must_be_tcp_multiaddrs(self):
+        with self.assertRaises(cfg.ConfigError) as caught:
+            cfg.from_dict({"database": {"dsn": "dbname=x"},
+                           "p2p": {"listen": ["tcp:4001"]}})
+        self.assertIn("[p2p] listen", str(caught.exception))
+
+    def test_not_with_workers(self):
+        with self.assertRaises(cfg.ConfigError) as caught:
+            cfg.from_dict({"database": {"dsn": "dbname=x"}, "server": {"workers": 2},
+                           "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"]}})
+        self.assertIn("workers", str(caught.exception))
+
+    def test_without_the_extra_one_clear_line(self):
+        import builtins
+
+        from wyseman.application.service import check_p2p
+        config = cfg.from_dict({"database": {"dsn": "dbname=x"},
+                                "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"]}})
+        real_import = builtins.__import__
+
+        def no_libp2p(name, *args, **kwargs):
+            if name in ("wyseman.p2p.node", "libp2p") or (
+                    name == "wyseman.p2p" and "node" in (args[2] or ())):
+                raise ImportError("No module named 'libp2p'")
+            return real_import(name, *args, **kwargs)
+        self.patch(builtins, "__import__", no_libp2p)
+        with self.assertRaises(cfg.ConfigError) as caught:
+            check_p2p(config)
+        text = str(caught.exception)
+        self.assertIn("[p2p] listen: needs the wyseman[p2p] extra", text)
+        self.assertNotIn("\n", text)
+
+
+class KeyFileTests(SynchronousTestCase):
+    def setUp(self):
+        if MISSING:
+            raise self.skipTest(MISSING)
+
+    def test_created_0600_and_kept(self):
+        path = self.mktemp()
+        from pathlib import Path
+        key, created = node.load_or_create_key(Path(path))
+        self.assertTrue(created)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        again, created = node.load_or_create_key(Path(path))
+        self.assertFalse(created)
+        self.assertEqual(again, key)
+        self.assertEqual(node.peer_id_of(key), node.peer_id_of(again))
+        self.assertTrue(node.peer_id_of(key).startswith("12D3KooW"))   # Ed25519
+
+    def test_readable_by_others_refused(self):
+        from pathlib import Path
+        path = Path(self.mktemp())
+        node.load_or_create_key(path)
+        path.chmod(0o644)
+        with self.assertRaises(node.P2PKeyError) as caught:
+            node.load_or_create_key(path)
+        self.assertIn("chmod 600", str(caught.exception))
+
+
+class P2PGatewayTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        if MISSING:
+            raise self.skipTest(MISSING)
+        self.db = fresh_database(self)
+        self.user = add_user(self.db, "pp")
+        self.bystander = add_user(self.db, "by")
+        self.key_file = os.path.abspath(self.mktemp())
+        self.server = yield self.start(limits={"max_message_size": 4096, "max_frame_size": 4096})
+        self.address = self.server.p2p.addresses[0]
+
+    def start(self, **sections):
+        sections.setdefault("p2p", {"listen": ["/ip4/127.0.0.1/tcp/0"],
+                                    "key_file": self.key_file})
+        return start_gateway(self, self.db, **sections)
+
+    @defer.inlineCallbacks
+    def ticket(self, listen=(), user=None):
+        """A ticket login (it stores a new key: the user's key sessions are closed)."""
+        user = user or self.user
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        conn = yield connect_p2p(self.address, user, token=token, new_key=private,
+                                 listen=listen)
+        self.addCleanup(conn.close)
+        return private, conn
+
+    @defer.inlineCallbacks
+    def key_login(self, private, listen=(), **options):
+        conn = yield connect_p2p(self.address, self.user, key=private, listen=listen,
+                                 **options)
+        self.addCleanup(conn.close)
+        return conn
+
+    @defer.inlineCallbacks
+    def refused(self, **options):
+        try:
+            conn = yield connect_p2p(self.address, **options)
+        except LoginRefused as exc:
+            return exc
+        yield conn.close()
+        self.fail("the login was accepted")
+
+    # -- logins, requests, notifications ------------------------------------------------
+    @defer.inlineCallbacks
+    def test_ticket_login_then_select(self):
+        _, conn = yield self.ticket()
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        expected = self.db.run("select id from base.ent where username = %s", (self.user,))
+        self.assertEqual(row["curr_eid"], expected[0][0])
+        self.db.run("create table public.p2p_t (n int, t text); "
+                    "insert into public.p2p_t values (1, 'one'), (2, 'two'); "
+                    "grant select on public.p2p_t to wyseman_user")
+        rows = yield conn.request({"action": "select", "view": "public.p2p_t",
+                                   "where": {"t": "two"}})
+        self.assertEqual(rows, [{"n": 2, "t": "two"}])
+
+
+    @defer.inlineCallbacks
+    def test_key_login_and_notification(self):
+        private, first = yield self.ticket()
+        yield first.close()
+        conn = yield self.key_login(private, listen=["app_p2p"])
+        got = defer.Deferred()
+        conn.on_notify("app_p2p", got.callback)
+        self.db.run("""select pg_notify('app_p2p', '{"n": 1}')""")
+        data = yield got
+        self.assertEqual(data, {"n": 1})
+        self.assertEqual(self.server.gateway.metrics.handshakes.labels(
+            "accepted", "key")._value.get(), 1)
+
+    @defer.inlineCallbacks
+    def test_same_notification_on_a_websocket_and_a_libp2p_stream(self):
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        stream = yield self.key_login(private, listen=["app_both"])
+        socket = yield connect(self.server.url, self.user, key=private, listen=["app_both"],
+                               clientinfo_url=self.server.clientinfo_url)
+        self.addCleanup(socket.close)
+        received = [defer.Deferred(), defer.Deferred()]
+        stream.on_notify("app_both", received[0].callback)
+        socket.on_notify("app_both", received[1].callback)
+        self.db.run("""select pg_notify('app_both', '{"to": "both"}')""")
+        data = yield defer.gatherResults(received)
+        self.assertEqual(data, [{"to": "both"}, {"to": "both"}])
+
+    @defer.inlineCallbacks
+    def test_key_removed_closes_the_session_with_4001(self):
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        conn = yield self.key_login(private)
+        # a new ticket login stores another key: the stream's key is gone
+        yield self.ticket()
+        code, reason = yield conn.closed
+        self.assertEqual((code, reason), (4001, "credentials changed"))
+
+    # -- refusals ---------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def test_replayed_key_login_refused(self):
+        """The same signed login again from the same client identity (its peer id, so
+        the signature verifies): the replay cache refuses it. From another identity it
+        does not even verify."""
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        identity = node.new_key()
+        sent = []
+        original = keys.p2p_login
+
+        def recorded(*args, **kwargs):
+            sent.append(original(*args, **kwargs))
+            return sent[-1]
+        self.patch(keys, "p2p_login", recorded)
+        conn = yield self.key_login(private, identity=identity)
+        yield conn.close()
+        self.patch(keys, "p2p_login", lambda *args, **kwargs: sent[0])
+        refusal = yield self.refused(user=self.user, key=private, identity=identity)
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (403, "Invalid Login", "replay"))
+        refusal = yield self.refused(user=self.user, key=private)
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (403, "Invalid Login", "bad_signature"))
+
+    @defer.inlineCallbacks
+    def test_login_signed_for_another_peer_refused(self):
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        original = keys.p2p_login
+
+        def for_another(private_key, user, server_peer, client_peer, *rest):
+            return original(private_key, user, server_peer, "12D3KooWsomeoneElse", *rest)
+        self.patch(keys, "p2p_login", for_another)
+        refusal = yield self.refused(user=self.user, key=private)
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (403, "Invalid Login", "bad_signature"))
+
+    @defer.inlineCallbacks
+    def test_stale_date_refused(self):
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        refusal = yield self.refused(user=self.user, key=private,
+                                     now=datetime.now(UTC) - timedelta(minutes=5))
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (400, "Invalid Date Stamp", "stale_date"))
+
+    @defer.inlineCallbacks
+    def test_unknown_user_refused(self):
+        refusal = yield self.refused(user="nobody_here", key=keys.generate_private_jwk())
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (403, "Invalid Login", "no_key"))
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        refusal = yield self.refused(user="nobody_here", token=token,
+                                     new_key=keys.generate_private_jwk())
+        self.assertEqual((refusal.status, refusal.kind), (403, "bad_token"))
+
+    @defer.inlineCallbacks
+    def test_channel_not_allowed_refused(self):
+        private, ticketed = yield self.ticket()
+        yield ticketed.close()
+        refusal = yield self.refused(user=self.user, key=private, listen=["secret"])
+        self.assertEqual((refusal.status, refusal.reason, refusal.kind),
+                         (403, "Channel not allowed", "channel"))
+
+    @defer.inlineCallbacks
+    def test_per_user_cap_counts_websockets_and_streams_together(self):
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"max_connections_per_user": 1})
+        self.address = self.server.p2p.addresses[0]
+        private, stream = yield self.ticket()
+        refused = None
+        try:
+            socket = yield connect(self.server.url, self.user, key=private,
+                                   clientinfo_url=self.server.clientinfo_url)
+        except Exception as exc:
+            refused = exc
+        else:
+            socket.close()
+        self.assertIn("503", str(refused))
+        refusal = yield self.refused(user=self.user, key=private)
+        self.assertEqual((refusal.status, refusal.kind), (503, "user_capacity"))
+        self.assertTrue(stream.connected)
+
+    # -- hostile input ----------------------------------------------------------------
+    @defer.inlineCallbacks
+    def raw_stream(self):
+        """A stream that has sent nothing yet, and what it receives."""
+        received = []
+        ended = defer.Deferred()
+
+        class Raw:
+            def __init__(self, stream):
+                self.stream = stream
+
+            def data_received(self, data):
+                received.append(data)
+
+            def connection_lost(self, reason):
+                if not ended.called:
+                    ended.callback(b"".join(received))
+        dialled = yield node.dial(reactor, self.address, "/wyseman/1.0.0", Raw)
+        self.addCleanup(dialled.close)
+        return dialled.stream, ended
+
+    def messages(self, data):
+        reader = FrameReader(1 << 20)
+        return [json.loads(m) for m in reader.feed(data)]
+
+    @defer.inlineCallbacks
+    def assert_others_unaffected(self, conn):
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        late = yield self.ticket(user=self.bystander)
+        row = yield late[1].request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_garbage_before_login(self):
+        _, other = yield self.ticket(user=self.bystander)
+        stream, ended = yield self.raw_stream()
+        stream.write(frame(b"\x00\xffnot json at all"))
+        data = yield ended
+        self.assertEqual(self.messages(data), [{"login": "refused", "status": 400,
+                                                "reason": "Bad Request",
+                                                "kind": "bad_login"}])
+        yield self.assert_others_unaffected(other)
+
+    @defer.inlineCallbacks
+    def test_frame_over_the_size_limit_after_login(self):
+        _, conn = yield self.ticket()
+        _, other = yield self.ticket(user=self.bystander)
+        send_raw_p2p(conn, encode_varint(4097) + b"x" * 100)
+        code, reason = yield conn.closed
+        self.assertEqual(code, 1009)
+        self.assertIn("over the limit of 4096", reason)
+        yield self.assert_others_unaffected(other)
+
+    @defer.inlineCallbacks
+    def test_huge_varint_before_login(self):
+        _, other = yield self.ticket(user=self.bystander)
+        stream, ended = yield self.raw_stream()
+        stream.write(b"\xff" * 64)
+        data = yield ended
+        [closing] = self.messages(data)
+        self.assertEqual(closing["action"], "close")
+        self.assertIn(closing["code"], (1002, 1009))
+        yield self.assert_others_unaffected(other)
+
+    @defer.inlineCallbacks
+    def test_no_login_within_the_handshake_timeout(self):
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"open_handshake_timeout": 0.2})
+        self.address = self.server.p2p.addresses[0]
+        stream, ended = yield self.raw_stream()
+        data = yield ended
+        self.assertEqual(self.messages(data)[0]["kind"], "login_timeout")
+
+    @defer.inlineCallbacks
+    def test_stopping_the_service_ends_sessions_and_the_trio_run(self):
+        _, conn = yield self.ticket()
+        loop = node.TrioLoop._current
+        self.assertIsNotNone(loop)
+        stopping = self.server.stopService()
+        code, reason = yield conn.closed
+        self.assertEqual((code, reason), (1001, "server shutting down"))
+        yield stopping
+        yield loop.done if loop.users == 0 else defer.succeed(None)
+        self.assertEqual(self.server.gateway.connection_count, 0)
+
+    @defer.inlineCallbacks
+    def test_the_peer_id_is_kept_across_restarts(self):
+        first = self.address.rsplit("/p2p/", 1)[1]
+        yield self.server.stopService()
+        self.server = yield self.start()
+        self.assertEqual(self.server.p2p.addresses[0].rsplit("/p2p/", 1)[1], first)
+
+
+class P2PCommandTests(TestCase):
+    """``wyseman p2p id`` and the client commands with ``--p2p``, as separate processes."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_id_login_query(self):
+        if MISSING:
+            raise self.skipTest(MISSING)
+        from pathlib import Path
+
+        from tests.test_client_cli import wyseman_cli
+        db = fresh_database(self)
+        user = add_user(db, "cli")
+        db.run("create table public.p2p_note (body text); "
+               "grant all on public.p2p_note to wyseman_user; "
+               "insert into public.p2p_note values ('over libp2p')")
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        server = yield start_gateway(self, db, p2p={
+            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
+        address = server.p2p.addresses[0]
+        port = address.split("/tcp/")[1].split("/")[0]
+        config = workdir / "wyseman.toml"
+        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
+                          f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nkey_file = "server.key"\n')
+        out, err, code = yield wyseman_cli("p2p", "id", "--config", str(config))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines()[1], address)
+
+        ticket = admin.issue_ticket(db.dsn, user)
+        ticket_file = workdir / "ticket.json"
+        ticket_file.write_text(admin.format_ticket(ticket, "json", admin_user="postgres"))
+        key_file = workdir / "me.key.json"
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file), "--p2p", address)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"logged in as {user} at {address}".encode(), out)
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), "--p2p", address,
+            '{"action": "select", "view": "public.p2p_note"}')
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), [{"body": "over libp2p"}])
+        self.assertEqual(server.gateway.metrics.handshakes.labels(
+            "accepted", "key")._value.get(), 1)
+        # a refused login: one line saying why
+        db.run("update base.ent set conn_pub = null where username = %s", (user,))
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), "--p2p", address,
+            '{"action": "tuple", "view": "x"}')
+        self.assertEqual(code, 1)
+        self.assertIn(b"the server refused: 403 Invalid Login (no_key)", err)
+        self.assertEqual(err.count(b"\n"), 1, err)
