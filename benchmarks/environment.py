@@ -168,6 +168,7 @@ class Environment:
             "channels": {"allow": ["bench_*"]},
             "auth": {"max_failures": 1_000_000, "verify_threads": self.args.verify_threads},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
+            "cluster": {"shared_state": "postgres" if self.args.shared_state else "off"},
         }
         if self.tls_on:
             assert self.tls is not None

@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None, description: str | None = None
     parser.add_argument("--no-connection-log", action="store_true",
                         help="our server's [server] log_connections = false (no line per "
                              "login and disconnect)")
+    parser.add_argument("--shared-state", action="store_true",
+                        help="our server's [cluster] shared_state = \"postgres\" (the replay "
+                             "cache and per-user counts in the database)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")

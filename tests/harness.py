@@ -145,10 +145,12 @@ def raw_upgrade(port: int, query: str, headers: dict[str, str] | None = None) ->
 
 
 @defer.inlineCallbacks
-def http_get(port: int, path: str, source: str | None = None) -> Any:
+def http_get(port: int, path: str, source: str | None = None,
+             headers: dict[str, str] | None = None) -> Any:
     """One GET (the server closes the connection after it) → (status, headers, body);
     ``source``: the local address to send it from (another loopback address)."""
-    raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    raw = _RawHTTP((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
                     "Connection: close\r\n\r\n").encode())
     bind = (source, 0) if source else None
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind),

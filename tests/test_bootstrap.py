@@ -191,6 +191,23 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(db.run("select max(version) from wm.wyseman_schema"),
                          [(bootstrap.SCHEMA_VERSION,)])
 
+    def test_upgrade_from_version_3_adds_the_shared_state(self) -> None:
+        """A database made before the shared-state tables (version 3) gets them, and keeps
+        its users and their keys."""
+        db = fresh_database(self)
+        add_entity(db, "keeper")
+        db.run("drop schema wyseman_shared cascade; "
+               "update wm.wyseman_schema set version = 3")
+        result = bootstrap.init_database_sync(db.dsn)
+        self.assertEqual(result.status, InitStatus.UPGRADED)
+        self.assertIn("from version 3 to 4", result.message)
+        self.assertEqual(db.run("select to_regclass('wyseman_shared.replay') is not null, "
+                                "to_regclass('wyseman_shared.user_slot') is not null, "
+                                "(select count(*) from base.ent where username = 'keeper')"),
+                         [(True, True, 1)])
+        self.assertEqual(db.run("select relpersistence from pg_class where oid = "
+                                "'wyseman_shared.replay'::regclass"), [("u",)])
+
     def test_ensure_database(self) -> None:
         db = fresh_database(self, "empty")
         name = db.name + "_x"
@@ -222,6 +239,19 @@ class WyselibDetectionTests(SynchronousTestCase):
         db = fresh_database(self, "empty")
         db.run("create schema base; create function base.token_valid(text, text, jsonb) "
                "returns boolean language sql as 'select false'")
+        self.assertEqual(bootstrap.init_database_sync(db.dsn).status,
+                         InitStatus.WYSELIB_DETECTED)
+
+    def test_the_shared_state_file_applies_by_hand_to_a_wyselib_database(self) -> None:
+        """docs/operations.md, "Several hosts": `db init` leaves a wyselib database alone,
+        the operator applies 008_shared_state.sql; it needs nothing of ours."""
+        from importlib import resources
+        db = fresh_database(self, "empty")
+        db.run(FIXTURE.read_text())
+        sql = (resources.files("wyseman.provision") / "schema" / "008_shared_state.sql")
+        db.run(sql.read_text(encoding="utf-8"))
+        self.assertEqual(db.run("select to_regclass('wyseman_shared.user_slot') is not null, "
+                                "to_regclass('wm.wyseman_schema')"), [(True, None)])
         self.assertEqual(bootstrap.init_database_sync(db.dsn).status,
                          InitStatus.WYSELIB_DETECTED)
 

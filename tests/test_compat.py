@@ -18,8 +18,8 @@ AUTOBAHN_PROTOCOL = (
 #: txpostgres members used or overridden by wyseman.db.pg
 TXPOSTGRES_CONNECTION = ("cursorRunning", "cursorFinished", "doRead", "doWrite",
                          "connectionLost", "checkForNotifies", "runInteraction", "cursor",
-                         "addNotifyObserver", "removeNotifyObserver", "cancel",
-                         "runOperation")
+                         "addNotifyObserver", "removeNotifyObserver", "getNotifyObservers",
+                         "cancel", "runOperation")
 TXPOSTGRES_CURSOR = ("continuePolling", "execute")
 
 
@@ -43,6 +43,9 @@ class LibraryInternalsTests(SynchronousTestCase):
         self.assert_has(txpostgres.Connection, TXPOSTGRES_CONNECTION)
         self.assert_has(txpostgres.Cursor, TXPOSTGRES_CURSOR)
         self.assertTrue(hasattr(txpostgres, "UnexpectedPollResult"))
+        # (an instance attribute: the Cooperator NOTIFYs are handed out by)
+        import inspect
+        self.assertIn("self.cooperator = ", inspect.getsource(txpostgres.Connection.__init__))
 
     def test_twisted(self) -> None:
         """What wyseman.ws.twisted_io reads of a TCP transport."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from wyseman.db import pg
 
@@ -28,3 +28,48 @@ class StartupHangupTests(TestCase):
             with self.assertRaises(pg.OperationalError):
                 yield pg.connect(dsn, connect_timeout=5)
         # (trial fails the test if anything was logged as an unhandled error)
+
+
+class NotifyOrderTests(SynchronousTestCase):
+    """NOTIFYs reach the observers in the order PostgreSQL sent them, even when a second
+    batch arrives while the first is still being handed out (a long fan-out)."""
+
+    def test_a_later_batch_never_overtakes_an_earlier_one(self) -> None:
+        from collections import namedtuple
+
+        from twisted.internet import task
+
+        clock = task.Clock()
+        cooperator = task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        connection = pg._LossAwareConnection(reactor=clock, cooperator=cooperator)
+        notify = namedtuple("notify", "channel payload pid")
+
+        class Driver:
+            notifies: list = []
+            closed = False
+        connection._connection = Driver()
+        seen: list[str] = []
+        working: list[defer.Deferred] = []
+
+        def observer(n: notify) -> defer.Deferred:
+            """Its work on a notification ends when the test says (a long fan-out)."""
+            seen.append(n.payload)
+            working.append(defer.Deferred())
+            return working[-1]
+        connection.addNotifyObserver(observer)
+
+        def arrive(*payloads: str) -> None:
+            connection._connection.notifies.extend(notify("c", p, 1) for p in payloads)
+            connection.checkForNotifies()
+            clock.advance(0)
+
+        arrive("n1", "n2", "n3")
+        self.assertEqual(seen, ["n1"])                # its observer is at work on it
+        arrive("n4", "n5")                            # meanwhile, another batch
+        while working:
+            working.pop(0).callback(None)
+            clock.advance(0)
+        self.assertEqual(seen, ["n1", "n2", "n3", "n4", "n5"])
+        arrive("n6")                                  # after the queue ran dry
+        working.pop(0).callback(None)
+        self.assertEqual(seen[-1], "n6")

@@ -232,10 +232,55 @@ class WorkerProcessTests(TestCase):
         self.addCleanup(conn.close)
 
     @defer.inlineCallbacks
+    def test_with_shared_state_in_postgres_the_workers_count_there(self):
+        """shared_state = "postgres": each worker is a host of the shared tables (not the
+        supervisor's count); the bound holds across them, and a worker killed with its
+        connections is replaced by one of the same name, which clears their places."""
+        supervisor = yield self.start(workers=2, auth={"insecure": True},
+                                      limits={"max_connections_per_user": 2},
+                                      cluster={"shared_state": "postgres", "host_id": "wk"})
+        self.assertEqual(self.db.run("select host_id from wyseman_shared.host order by 1"),
+                         [("wk/0",), ("wk/1",)])
+        user = add_user(self.db)
+        opened, refused = [], []
+        for _ in range(6):
+            try:
+                conn = yield connect(supervisor.url, user)
+            except ClientError as exc:
+                refused.append(str(exc))
+                continue
+            self.addCleanup(conn.close)
+            opened.append(conn)
+        self.assertEqual((len(opened), len(refused)), (2, 4))
+        self.assertTrue(all("503" in reason for reason in refused), refused)
+        self.assertEqual(supervisor.user_slots.count(user), 0)     # not the supervisor's
+        rows = dict(self.db.run("select host_id, count from wyseman_shared.user_slot "
+                                "where username = %s", (user,)))
+        self.assertEqual(sum(rows.values()), 2)
+        busy = int(max(rows, key=rows.get).split("/")[1])
+        replaced = supervisor.when_ready(busy)
+        os.kill(supervisor.workers[busy].transport.pid, signal.SIGKILL)
+        yield replaced
+        self.assertEqual(dict(self.db.run("select host_id, count from wyseman_shared.user_slot "
+                                          "where username = %s", (user,))),
+                         {k: v for k, v in rows.items() if k != f"wk/{busy}"})
+        conn = yield connect(supervisor.url, user)   # room again
+        self.addCleanup(conn.close)
+
     def test_a_signed_login_url_is_accepted_once_by_all_workers(self):
         """The replay cache is the supervisor's: replaying a URL that one worker accepted
         is refused by the other worker too. Replays go on until both workers have refused
         one (the kernel picks the worker), so each has seen the other's acceptance."""
+        return self.replayed_on_both_workers()
+
+    @defer.inlineCallbacks
+    def test_with_shared_state_the_replay_cache_is_the_databases(self):
+        """The same with shared_state = "postgres": the workers check the table."""
+        yield self.replayed_on_both_workers(cluster={"shared_state": "postgres"})
+        self.assertEqual(self.db.run("select count(*) from wyseman_shared.replay"), [(1,)])
+
+    @defer.inlineCallbacks
+    def replayed_on_both_workers(self, **sections):
         from datetime import UTC, datetime
 
         from tests.harness import js_date, raw_upgrade
@@ -243,7 +288,7 @@ class WorkerProcessTests(TestCase):
         from wyseman.client import keys
         from wyseman.provision import admin
 
-        supervisor = yield self.start(workers=2)
+        supervisor = yield self.start(workers=2, **sections)
         port = int(supervisor.listen[0].split(":")[1])
         from wyseman.client.connection import connect
         user = add_user(self.db)

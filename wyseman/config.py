@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 Checker = Callable[[Any], Any]
 
-_ENDPOINT_PREFIXES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd")
+_ENDPOINT_PREFIXES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd", "haproxy")
 
 
 def _bool(value: Any) -> bool:
@@ -78,6 +78,12 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected endpoint string (e.g. 'tcp:54320:interface=127.0.0.1')")
     prefix = value.split(":", 1)[0]
+    if prefix == "haproxy":
+        inner = value.split(":", 1)[1] if ":" in value else ""
+        if inner.split(":", 1)[0] not in ("tcp", "tcp6", "tls"):
+            raise ValueError("expected 'haproxy:' before a 'tcp:', 'tcp6:' or 'tls:' endpoint "
+                             "(the PROXY protocol header comes before TLS)")
+        return value
     if prefix not in _ENDPOINT_PREFIXES and not prefix.isdigit():
         raise ValueError(
             "expected endpoint string starting with one of "
@@ -124,6 +130,22 @@ def _path(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a file path")
     return value
+
+
+_HOST_ID = re.compile(r"^[A-Za-z0-9._:@/+-]{1,63}$")
+
+
+def _host_id(value: Any) -> str:
+    if not isinstance(value, str) or (value and not _HOST_ID.match(value)):
+        raise ValueError("expected up to 63 letters, digits or ._:@/+- (empty: derived)")
+    return value
+
+
+def _lease(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 1 <= seconds <= 3600:
+        raise ValueError("expected a number of seconds between 1 and 3600")
+    return seconds
 
 
 def _url_prefix(value: Any) -> str:
@@ -203,7 +225,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("server", "listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
        ("tcp:54320:interface=127.0.0.1",),
        "Endpoints the WebSocket server (and its `/clientinfo`) listens on: a Twisted endpoint "
-       "string or a list of them. `tls:PORT[:interface=…]` uses the `[tls]` certificate."),
+       "string or a list of them. `tls:PORT[:interface=…]` uses the `[tls]` certificate. "
+       "`haproxy:` before a `tcp:`, `tcp6:` or `tls:` endpoint: each connection starts with "
+       "a PROXY protocol header (v1 or v2, HAProxy's `send-proxy`) naming the client, only "
+       "from `trusted_proxies` (docs/operations.md#several-hosts)."),
     _o("server", "clientinfo_listen", _list_of(_endpoint, "endpoint strings", allow_single=True),
        None,
        "Extra endpoints serving only `GET /clientinfo` (the JS client fetches it from the "
@@ -261,7 +286,8 @@ OPTIONS: tuple[Option, ...] = (
        "Requests without `Origin` (non-browser clients) are not affected."),
     _o("server", "trusted_proxies", _list_of(_network, "IP networks"), (),
        "Reverse proxies (addresses or networks) whose `X-Forwarded-For` header names the "
-       "client. From any other peer that header is ignored."),
+       "client. From any other peer that header is ignored. The only peers a `haproxy:` "
+       "endpoint accepts."),
     _o("server", "listen_backlog", _int_range(1, 65535), 1024,
        "Length of each listening socket's queue of connections not yet accepted (the "
        "`listen()` backlog; the kernel caps it at `net.core.somaxconn`). Twisted's "
@@ -401,7 +427,8 @@ OPTIONS: tuple[Option, ...] = (
        "from the moment its login is accepted (logins checked at the same time cannot all "
        "pass). With `[server] workers` = N, the supervisor keeps the one count of all the "
        "workers (the bound is the user's, not each worker's; a worker that dies frees its "
-       "connections' places)."),
+       "connections' places). With `[cluster] shared_state = \"postgres\"`, the bound holds "
+       "over every gateway host sharing the database."),
     _o("limits", "max_in_flight", _int_range(1), 32,
        "Requests of one connection being processed at once; reading from that socket pauses "
        "while the cap is reached."),
@@ -492,6 +519,28 @@ OPTIONS: tuple[Option, ...] = (
     _o("metrics", "listen", _string, "",
        "Endpoint of the Prometheus metrics page `/metrics` and of the health check "
        "`/healthz` (e.g. `tcp:9100:interface=127.0.0.1`); empty turns both off."),
+
+    # [cluster]
+    _o("cluster", "shared_state", _choice("off", "postgres"), "off",
+       "Where the replay cache (accepted key-login signatures) and each user's connection "
+       "count (`[limits] max_connections_per_user`) are kept. `off`: in this process (with "
+       "`[server] workers`, in the supervisor): right for one host. `postgres`: in tables "
+       "of the database (schema `wyseman_shared`, made by `wyseman db init`), so that "
+       "several gateway hosts behind one balancer refuse a signed login URL already used "
+       "on another and count a user's connections over all of them. Costs one statement "
+       "on the admin connection per key login, two per connection (open and close), and "
+       "a lease renewal every `lease` ÷ 3 seconds. See docs/operations.md#several-hosts."),
+    _o("cluster", "host_id", _host_id, "",
+       "This gateway's name in the shared tables; unique among the live gateways (each "
+       "clears the rows of its own name when it starts). Empty: the host name and process "
+       "id. With `[server] workers` = N, worker i is `host_id/i`."),
+    _o("cluster", "lease", _lease, 15.0,
+       "Seconds a host's connection counts stay valid without a renewal (renewed every "
+       "`lease` ÷ 3 seconds): a host that dies without a word frees its users' places "
+       "this long after its last renewal."),
+    _o("cluster", "cleanup_interval", _lease, 30.0,
+       "Seconds between two deletions of expired replay rows and of the counts of hosts "
+       "whose lease ended."),
 
 )
 
@@ -632,12 +681,21 @@ class MetricsSection:
     listen: str
 
 
+@dataclass(frozen=True)
+class ClusterSection:
+    """``[cluster]``: state shared by several gateway hosts on one database."""
+    shared_state: str
+    host_id: str
+    lease: float
+    cleanup_interval: float
+
+
 #: the typed class of each section; its fields are exactly the section's OPTIONS
 SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "database": DatabaseSection,
     "auth": AuthSection, "channels": ChannelsSection, "limits": LimitsSection,
     "views": ViewsSection, "actions": ActionsSection, "web": WebSection,
-    "p2p": P2PSection, "metrics": MetricsSection,
+    "p2p": P2PSection, "metrics": MetricsSection, "cluster": ClusterSection,
 }
 
 
@@ -671,6 +729,7 @@ class Config:
     web: WebSection
     p2p: P2PSection
     metrics: MetricsSection
+    cluster: ClusterSection
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
     #: the document it was built from (worker processes rebuild the config from it)
@@ -805,6 +864,12 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"{src}: [tls]: a 'tls:' endpoint needs 'cert' and 'key'")
     if bool(tls.cert) != bool(tls.key):
         raise ConfigError(f"{src}: [tls]: 'cert' and 'key' go together")
+    proxied = [e for e in (*config.server.listen, *(config.server.clientinfo_listen or ()))
+               if e.startswith("haproxy:")]
+    if proxied and not config.server.trusted_proxies:
+        raise ConfigError(f"{src}: [server] trusted_proxies: a 'haproxy:' endpoint "
+                          f"({proxied[0]!r}) takes connections only from the balancers "
+                          "listed there (anyone else could claim any client address)")
     auth = config.auth
     if auth.insecure_on_public_interfaces and not auth.insecure:
         raise ConfigError(
@@ -833,7 +898,7 @@ def _check_workers(config: Config) -> None:
                           "lacks (use workers = 1 and several instances behind a balancer)")
     endpoints = list(config.server.listen) + list(config.server.clientinfo_listen or ())
     for text in endpoints:
-        kind = text.split(":", 1)[0]
+        kind = text.removeprefix("haproxy:").split(":", 1)[0]
         if kind not in ("tcp", "tls") and not kind.isdigit():
             raise ConfigError(f"{src}: [server] workers: endpoint {text!r}: worker processes "
                               "share only 'tcp:' and 'tls:' endpoints")

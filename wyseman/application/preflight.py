@@ -82,10 +82,24 @@ def try_connect(config: Config) -> str:
         return "embedded: started with the server"
     dsn = admin_dsn_sync(config)
     import psycopg2
+    shared = config.cluster.shared_state == "postgres"
     try:
         timeout = max(1, round(config.database.connect_timeout or 10))
-        psycopg2.connect(dsn, connect_timeout=timeout).close()
+        conn = psycopg2.connect(dsn, connect_timeout=timeout)
+        try:
+            if shared:
+                from wyseman.db.shared import SCHEMA_CHECK_SQL
+                with conn.cursor() as cur:
+                    cur.execute(SCHEMA_CHECK_SQL)
+                    row = cur.fetchone()
+                    found = bool(row and row[0])
+        finally:
+            conn.close()
     except psycopg2.Error as exc:
         raise ConfigError(f"{config.source}: [database] dsn: cannot connect "
                           f"({describe_dsn(dsn)}): {one_line(str(exc))}") from None
-    return f"database reached ({describe_dsn(dsn)})"
+    if shared and not found:
+        from wyseman.db.shared import SCHEMA_MISSING
+        raise ConfigError(f"{config.source}: {SCHEMA_MISSING}")
+    return (f"database reached ({describe_dsn(dsn)})"
+            + ("; shared state tables found" if shared else ""))

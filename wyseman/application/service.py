@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
@@ -35,6 +35,8 @@ from wyseman.application.tls import ReloadableContextFactory, TLSConfigError
 from wyseman.auth.login import is_loopback
 from wyseman.config import Config, ConfigError
 from wyseman.db.database import Database
+from wyseman.db.shared import SharedSchemaMissing
+from wyseman.gateway.cluster import ClusterState, host_id_for
 from wyseman.gateway.hub import Gateway
 from wyseman.gateway.seams import TransportHub
 from wyseman.tuning import affinity
@@ -43,9 +45,6 @@ from wyseman.tuning.gcpause import freeze_startup_objects, set_young_threshold
 from wyseman.ws import webroot
 from wyseman.ws.fanout import FanOut
 from wyseman.ws.protocol import build_site
-
-if TYPE_CHECKING:
-    from twisted.protocols.tls import TLSMemoryBIOFactory
 
 log = Logger(namespace="wyseman.service")
 
@@ -63,6 +62,13 @@ class ListenSpec:
     kind: str            # 'tcp', 'tls', 'ssl', 'unix', ...
     port: int | None
     interface: str
+    #: ``haproxy:…``: each connection starts with a PROXY protocol header
+    proxy: bool = False
+
+    @property
+    def inner(self) -> str:
+        """The endpoint string without its ``haproxy:`` prefix."""
+        return self.text.removeprefix("haproxy:") if self.proxy else self.text
 
     @property
     def secure(self) -> bool:
@@ -92,7 +98,8 @@ def _split_endpoint(text: str) -> list[str]:
 
 
 def parse_listen(text: str) -> ListenSpec:
-    parts = _split_endpoint(text)
+    proxy = text.startswith("haproxy:")
+    parts = _split_endpoint(text.removeprefix("haproxy:"))
     kind = parts[0] if not parts[0].isdigit() else "tcp"
     if parts[0].isdigit():
         parts = ["tcp", *parts]
@@ -106,7 +113,7 @@ def parse_listen(text: str) -> ListenSpec:
             port = int(value)
         elif key == "interface":
             interface = value
-    return ListenSpec(text, kind, port, interface)
+    return ListenSpec(text, kind, port, interface, proxy)
 
 
 def derived_clientinfo(spec: ListenSpec) -> str | None:
@@ -115,7 +122,7 @@ def derived_clientinfo(spec: ListenSpec) -> str | None:
     if spec.kind not in ("tcp", "tls") or not spec.port or spec.port <= 1:
         return None
     iface = f":interface={spec.interface.replace(':', chr(92) + ':')}" if spec.interface else ""
-    return f"{spec.kind}:{spec.port - 1}{iface}"
+    return f"{'haproxy:' if spec.proxy else ''}{spec.kind}:{spec.port - 1}{iface}"
 
 
 def reuse_port_socket(spec: ListenSpec) -> socket.socket:
@@ -151,12 +158,16 @@ def _tls_factory(config: Config) -> ReloadableContextFactory | None:
 def _endpoint(reactor: Any, spec: ListenSpec, tls: ReloadableContextFactory | None,
               backlog: int = 1024) -> Any:
     """The server endpoint of ``spec``, with ``[server] listen_backlog`` unless its
-    string names a ``backlog`` of its own."""
+    string names a ``backlog`` of its own. A ``haproxy:tls:`` endpoint is a TCP one (its
+    TLS is the factory's, after the PROXY header: :meth:`GatewayService._factory`)."""
     if spec.kind == "tls":
         assert tls is not None and spec.port is not None
+        if spec.proxy:
+            return endpoints.TCP4ServerEndpoint(reactor, spec.port, backlog=backlog,
+                                                interface=spec.interface or "")
         return endpoints.SSL4ServerEndpoint(reactor, spec.port, tls, backlog=backlog,
                                             interface=spec.interface or "")
-    text = spec.text if not spec.text[:1].isdigit() else "tcp:" + spec.text
+    text = spec.inner if not spec.inner[:1].isdigit() else "tcp:" + spec.inner
     if spec.kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in text:
         text += f":backlog={backlog}"
     try:
@@ -265,7 +276,8 @@ class GatewayService(StartingService):
 
     def __init__(self, config: Config, admin_dsn: Callable[[], defer.Deferred],
                  reactor: Any = None, actions: Any = None, *, reuse_port: bool = False,
-                 replay: Any = None, user_slots: Any = None, router: Any = None) -> None:
+                 replay: Any = None, user_slots: Any = None, router: Any = None,
+                 host_id: str | None = None) -> None:
         """``reuse_port``: bind the ``tcp:``/``tls:`` ports with SO_REUSEPORT, so that
         several processes serve one port (a worker of
         :mod:`wyseman.application.workers.supervisor`);
@@ -273,7 +285,11 @@ class GatewayService(StartingService):
         count of such a worker (see Authenticator, wyseman.gateway.userslots);
         ``router``: such a worker's :class:`~wyseman.application.workers.routing.Router` (``[server]
         route_by_user``), which passes upgrades on its ``tcp:`` ports to their users'
-        workers."""
+        workers. With ``[cluster] shared_state = "postgres"`` the replay cache and the
+        per-user count are the database's instead (:mod:`wyseman.gateway.cluster`, for
+        every host and worker alike), ``replay`` and ``user_slots`` are not used, and
+        ``host_id`` names this process in the shared tables (default:
+        :func:`~wyseman.gateway.cluster.host_id_for`)."""
         super().__init__(config, admin_dsn, reactor)
         reactor = self.reactor
         self._actions = actions
@@ -281,6 +297,10 @@ class GatewayService(StartingService):
         self._replay = replay
         self._user_slots = user_slots
         self.router = router
+        self._host_id = host_id
+        #: this host's part in the shared state (``[cluster] shared_state = "postgres"``)
+        self.cluster: ClusterState | None = None
+        self._cluster_started = False
         self.tls = _tls_factory(config)
         self.specs = [parse_listen(text) for text in config.server.listen]
         self.clientinfo_specs = [parse_listen(t) for t in self._clientinfo_endpoints()]
@@ -304,8 +324,9 @@ class GatewayService(StartingService):
 
     def _insecure_allowed(self, spec: ListenSpec) -> bool:
         auth = self.config.auth
+        # (behind a PROXY protocol port the clients are the balancer's: not loopback)
         return auth.insecure and not spec.secure and (
-            spec.loopback or auth.insecure_on_public_interfaces)
+            (spec.loopback and not spec.proxy) or auth.insecure_on_public_interfaces)
 
     def _warn_insecure(self) -> None:
         for spec in self.specs:
@@ -335,14 +356,28 @@ class GatewayService(StartingService):
             on_listener_reconnect=self._listener_reconnected)
         server = self.config.server
         broadcaster = FanOut(server.fanout_threads or auto_threads(server.workers))
-        self.gateway = Gateway(self.config, db, self.reactor, self._actions, self._replay,
-                               self._user_slots, broadcaster=broadcaster)
+        replay, user_slots = self._replay, self._user_slots
+        if self.config.cluster.shared_state == "postgres":
+            self.cluster = ClusterState(db, self.config, self.reactor,
+                                        self._host_id or host_id_for(self.config))
+            replay, user_slots = self.cluster.replay, self.cluster.slots
+        self.gateway = Gateway(self.config, db, self.reactor, self._actions, replay,
+                               user_slots, broadcaster=broadcaster)
         yield self.gateway.start()
+        if self.cluster is not None:
+            try:
+                yield self.cluster.start()    # before the ports: logins need it
+            except SharedSchemaMissing as exc:
+                raise startfail.StartError(str(exc)) from None
+            self._cluster_started = True
+            cluster, shared = self.cluster, self.gateway.metrics.shared_state
+            shared.labels("lease_ok").set_function(lambda: float(cluster.lease_ok))
+            shared.labels("replay_full").set_function(lambda: float(cluster.replay.full))
         hub: TransportHub = self.gateway
         for spec in self.specs:
             site = build_site(hub, secure=spec.secure,
                               insecure_allowed=self._insecure_allowed(spec))
-            if self.router is not None and spec.kind == "tcp":
+            if self.router is not None and spec.kind == "tcp" and not spec.proxy:
                 self.router.add_site(site)
             yield self._listen(spec, site)
         if self.router is not None:
@@ -403,27 +438,40 @@ class GatewayService(StartingService):
             port = self._listen_shared(spec, site)
         else:
             port = yield _endpoint(self.reactor, spec, self.tls,
-                                   self.config.server.listen_backlog).listen(site)
+                                   self.config.server.listen_backlog).listen(
+                                       self._factory(spec, site, tls_here=spec.proxy))
         self.ports.append(port)
         log.info("listening on {endpoint}", endpoint=spec.text)
         return port
 
     def _listen_shared(self, spec: ListenSpec, site: server.Site) -> Any:
         """Listen on a socket bound with SO_REUSEPORT (Twisted's endpoints cannot set it)."""
-        factory: server.Site | TLSMemoryBIOFactory = site
-        if spec.kind == "tls":
-            from twisted.protocols.tls import TLSMemoryBIOFactory
-            assert self.tls is not None   # (checked when the service was made)
-            # (the casts: plain mypy cannot see zope interfaces; a Site is an
-            # IProtocolFactory, a context factory (getContext) an IOpenSSLContextFactory)
-            factory = TLSMemoryBIOFactory(cast(IOpenSSLContextFactory, self.tls), False,
-                                          cast(IProtocolFactory, site))
+        factory = self._factory(spec, site, tls_here=True)
         sock = reuse_port_socket(spec)
         try:
             sock.listen(self.config.server.listen_backlog)
             return self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
         finally:
             sock.close()   # the reactor holds its own duplicate
+
+    def _factory(self, spec: ListenSpec, site: server.Site, tls_here: bool) -> Any:
+        """What serves ``spec``'s connections: ``site``, inside TLS when ``tls_here`` (the
+        endpoint is plain TCP), inside the PROXY protocol for a ``haproxy:`` endpoint
+        (its header comes first, in the clear)."""
+        factory: Any = site
+        if spec.kind == "tls" and tls_here:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            assert self.tls is not None   # (checked when the service was made)
+            # (the casts: plain mypy cannot see zope interfaces; a Site is an
+            # IProtocolFactory, a context factory (getContext) an IOpenSSLContextFactory)
+            factory = TLSMemoryBIOFactory(cast(IOpenSSLContextFactory, self.tls), False,
+                                          cast(IProtocolFactory, site))
+        if spec.proxy:
+            from wyseman.ws.proxyproto import ProxyProtocolFactory
+            factory = ProxyProtocolFactory(
+                factory, trusted=self.config.server.trusted_proxies,
+                timeout=self.config.limits.open_handshake_timeout, reactor=self.reactor)
+        return factory
 
     def _metrics_site(self) -> server.Site:
         from prometheus_client.twisted import MetricsResource
@@ -458,6 +506,9 @@ class GatewayService(StartingService):
                                          CLOSE_GRACE_SECONDS)
         if p2p is not None:
             yield p2p.stop()      # the host, and the trio run with it
+        if self.cluster is not None and self._cluster_started:
+            self._cluster_started = False
+            yield self.cluster.stop()     # its sockets and streams are closed: places freed
         if self.gateway is not None:
             yield self.gateway.stop()
         if self._pinned:

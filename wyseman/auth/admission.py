@@ -111,7 +111,12 @@ class Admission:
         login = yield self.authenticator.authenticate(handshake)
         if gone():
             raise ClientLeft(handshake.ip)
-        granted = yield defer.maybeDeferred(self.user_slots.reserve, login.user)
+        try:
+            granted = yield defer.maybeDeferred(self.user_slots.reserve, login.user)
+        except Exception as exc:
+            # (the count is kept elsewhere: the supervisor, or PostgreSQL for every host)
+            raise Refusal(503, "Login check failed", f"could not count the connections of "
+                          f"{login.user!r}: {exc}", "unavailable") from exc
         if not granted:
             raise Refusal(503, "Too many connections of this user (max_connections_per_user)",
                           f"max_connections_per_user for {login.user!r}", "user_capacity")

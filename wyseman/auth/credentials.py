@@ -37,8 +37,8 @@ __all__ = [
     "CredentialError", "ReplayCache", "b64decode_lenient", "b64url", "candidate_keys",
     "check_channels", "check_date_window", "clientinfo_body", "decode_listen",
     "decode_public_jwk", "js_date", "p2p_signed_message", "parse_client_date",
-    "parse_query", "public_key_from_jwk", "render_peer_ip", "signed_message", "verify_any",
-    "verify_signature", "verifying_key",
+    "parse_query", "public_key_from_jwk", "render_peer_ip", "replay_ttl",
+    "signature_digest", "signed_message", "verify_any", "verify_signature", "verifying_key",
 ]
 
 
@@ -386,6 +386,30 @@ def render_peer_ip(host: str, family_is_ipv6: bool, style: str = "node") -> str:
 NEW, SEEN, FULL = "new", "seen", "full"
 
 
+def _signature_identity(sign: str) -> bytes:
+    """What identifies an ECDSA signature: its ``r`` half. Another base64 spelling of the
+    same bytes, or the malleable twin ``(r, n − s)`` that verifies too, is the same
+    signature (the same replay)."""
+    try:
+        return b64decode_lenient(sign)[:P521_COORDINATE_BYTES]
+    except CredentialError:
+        return sign.encode("utf-8", "surrogatepass")
+
+
+def replay_ttl(max_delta_seconds: float, unbounded_ttl: float = 3600.0) -> float:
+    """How long an accepted signature is remembered for a date window of
+    ``max_delta_seconds``: twice the window (a date at one edge still passes at the
+    other); with the window disabled (0) signatures never go stale and no finite memory
+    stops every replay: ``unbounded_ttl``."""
+    return 2 * max_delta_seconds if max_delta_seconds > 0 else unbounded_ttl
+
+
+def signature_digest(sign: str) -> bytes:
+    """SHA-256 of the signature's identity (:func:`_signature_identity`): what the shared
+    replay table stores (32 bytes a row, whatever the client sent)."""
+    return hashlib.sha256(_signature_identity(sign)).digest()
+
+
 class ReplayCache:
     """Accepted key-login signatures, remembered for ``ttl`` seconds (D2).
 
@@ -414,20 +438,13 @@ class ReplayCache:
         """A cache for a date window of ``max_delta_seconds``: ttl = 2 × window. With the
         window disabled (0) signatures never go stale and no finite cache can stop every
         replay; ``unbounded_ttl`` then says how long they are remembered."""
-        ttl = 2 * max_delta_seconds if max_delta_seconds > 0 else unbounded_ttl
-        return cls(ttl, max_entries)
+        return cls(replay_ttl(max_delta_seconds, unbounded_ttl), max_entries)
 
     @staticmethod
     def _key(user: str, sign: str) -> bytes:
-        """16-byte digest of the user and the signature's ``r`` half.
-
-        ``r`` alone identifies an ECDSA signature: another base64 spelling of the same
-        bytes, or the malleable twin ``(r, n − s)`` that verifies too, is the same replay.
-        """
-        try:
-            part = b64decode_lenient(sign)[:P521_COORDINATE_BYTES]
-        except CredentialError:
-            part = sign.encode("utf-8", "surrogatepass")
+        """16-byte digest of the user and the signature's ``r`` half
+        (:func:`_signature_identity`)."""
+        part = _signature_identity(sign)
         digest = hashlib.blake2b(digest_size=16)
         digest.update(user.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")

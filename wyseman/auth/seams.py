@@ -1,6 +1,7 @@
 """What the login decision needs from outside, as typed seams: this process's own
 implementations by default, a worker's shared ones (asked over its supervisor's pipe)
-when there are several processes."""
+when there are several processes, or every host's (tables in PostgreSQL:
+wyseman.gateway.cluster) with ``[cluster] shared_state = "postgres"``."""
 
 from __future__ import annotations
 

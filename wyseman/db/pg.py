@@ -11,14 +11,15 @@ psycopg2 interpolates parameters on the client (``%(name)s`` placeholders);
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -118,6 +119,7 @@ if TYPE_CHECKING:
         #: close paths can come before it, and they check
         _connection: psycopg2.extensions.connection
         _cursors: set[_TxCursor]
+        cooperator: task.Cooperator
 
         def __init__(self, reactor: FDReactor | None = None) -> None: ...
         def connect(self, dsn: str) -> defer.Deferred[None]: ...
@@ -137,6 +139,8 @@ if TYPE_CHECKING:
                 self, observer: Callable[[psycopg2.extensions.Notify], object]) -> None: ...
         def removeNotifyObserver(  # noqa: N802
                 self, observer: Callable[[psycopg2.extensions.Notify], object]) -> None: ...
+        def getNotifyObservers(  # noqa: N802
+                self) -> list[Callable[[psycopg2.extensions.Notify], object]]: ...
 else:
     _TxCursor = txpostgres.Cursor
     _TxConnection = txpostgres.Connection
@@ -225,6 +229,38 @@ class _LossAwareConnection(_TxConnection):
             super().close()
         finally:
             self._release_fd()
+
+    _notify_queue: deque[Any] | None = None
+
+    def checkForNotifies(self) -> None:  # noqa: N802 (txpostgres name)
+        """Hand the NOTIFYs received to the observers in the order PostgreSQL sent them.
+
+        txpostgres gives each batch it finds to the global Cooperator as a task of its
+        own; when a second batch arrives before the first is done (a fan-out to
+        thousands of sockets outlasts the Cooperator's time slice), the two tasks take
+        turns and a notification overtakes an earlier one. Here every batch joins one
+        queue, worked off by one cooperative task at a time: in order, and still
+        yielding to the reactor between notifications."""
+        received = self._connection.notifies
+        if not received:
+            return
+        if self._notify_queue is None:
+            self._notify_queue = deque()
+        fresh = not self._notify_queue
+        self._notify_queue.extend(received)
+        del received[:]
+        if fresh:
+            self.cooperator.cooperate(self._dispatch_notifies())
+
+    def _dispatch_notifies(self) -> Iterator[defer.Deferred[Any]]:
+        queue = self._notify_queue
+        assert queue is not None
+        while queue:
+            notify = queue[0]
+            for observer in self.getNotifyObservers():
+                yield defer.maybeDeferred(observer, notify).addErrback(
+                    lambda failure: log.failure("a NOTIFY observer failed", failure))
+            queue.popleft()          # (last: a batch arriving meanwhile joins this task)
 
     def cursorRunning(self, cursor: _TxCursor) -> None:  # noqa: N802 (txpostgres name)
         if not self.steady:

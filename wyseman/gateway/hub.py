@@ -74,8 +74,9 @@ class Gateway:
     def __init__(self, config: Config, db: Database, clock: Any, actions: Any = None,
                  replay: ReplayGuard | None = None, user_slots: UserSlots | None = None, *,
                  broadcaster: Broadcaster) -> None:
-        """``replay``, ``user_slots``: a worker's shared replay cache and per-user
-        connection count (its supervisor's); this process's own by default.
+        """``replay``, ``user_slots``: a shared replay cache and per-user connection count
+        (a worker's supervisor's, or every host's in PostgreSQL:
+        wyseman.gateway.cluster); this process's own by default.
         ``broadcaster``: writes notifications to the subscribed sockets (the transport's
         fan-out)."""
         self.config = config

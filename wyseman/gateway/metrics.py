@@ -53,6 +53,12 @@ class Metrics:
                             "Upgrades passed to their user's worker, taken from another "
                             "worker, or kept because the owner could not take them, in all",
                             ["outcome"], registry=r)
+        #: ``[cluster] shared_state = "postgres"`` (set by the service when it shares)
+        self.shared_state = Gauge("wyseman_shared_state",
+                                  "Shared state in PostgreSQL: lease_ok 1 while this host's "
+                                  "lease renewals succeed; replay_full 1 while key logins "
+                                  "are refused because the shared replay table is full",
+                                  ["state"], registry=r)
 
     def handshake(self, outcome: str, reason: str) -> None:
         self.handshakes.labels(outcome, reason).inc()

@@ -37,6 +37,9 @@ def _unformatted(object: object, *args: Any, **kwargs: Any) -> str:  # noqa: A00
 _HANDSHAKE_LISTS = ("websocket_extensions", "websocket_extensions_in_use",
                     "websocket_protocols", "_valid_events")
 
+#: Autobahn's per-connection texts of the opening handshake, read only while it runs
+_HANDSHAKE_TEXTS = ("http_request_data", "http_response_data", "http_status_line", "_wskey")
+
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """A client frame's payload XOR its 4-byte masking key (RFC 6455 §5.3)."""
@@ -101,7 +104,8 @@ class FastServerProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._send_paused = False
-        self._outbound: deque[bytes | PreparedMessage] = deque()
+        #: (made when first needed: an empty deque is 760 bytes, on every idle socket)
+        self._outbound: deque[bytes | PreparedMessage] | None = None
         self._socket_send: Any = None
 
     def _connectionMade(self) -> None:
@@ -176,6 +180,12 @@ class FastServerProtocol(WebSocketServerProtocol):
             if type(value) is list:
                 setattr(self, name, tuple(value))
         self.http_request_params = {}
+        # and the request's and the answer's text, only read while they were exchanged
+        # (about 1.3 KiB a socket)
+        for name in _HANDSHAKE_TEXTS:
+            if name in self.__dict__:
+                setattr(self, name, None)
+        self.http_headers = {}
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted name)
         """Autobahn's, without the debug-log arguments it formats for every read."""

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from wyseman.ws.seams import ConnectionRouter
 from wyseman.ws.sniff import Sniffer
 
 log = Logger(namespace="wyseman.http")
@@ -133,7 +134,8 @@ class GatewaySite(server.Site):
     def __init__(self, root: resource.Resource, *, max_pending: int, per_address: int = 0,
                  exempt: Sequence[Any] = (), on_refused: Any = None,
                  deadline: float | None = None, websocket: Any = None,
-                 clientinfo: Any = None, router: Any = None, **kwargs: Any) -> None:
+                 clientinfo: Any = None, router: ConnectionRouter | None = None,
+                 **kwargs: Any) -> None:
         """``deadline``: the most seconds a connection may speak HTTP in all (the idle
         ``timeout`` alone lets a client that sends a byte now and then stay for ever).
         ``on_refused(reason)`` is called for each refused connection, with ``pending``
@@ -150,9 +152,8 @@ class GatewaySite(server.Site):
         self.deadline = deadline
         self.websocket = websocket
         self.clientinfo = clientinfo
-        #: a :class:`~wyseman.application.workers.routing.Router` (``[server]
-        #: route_by_user``), or None
-        self.router = router
+        #: who serves a user's upgrades (``[server] route_by_user``), or None
+        self.router: ConnectionRouter | None = router
         self._on_refused = on_refused
         #: connections closed to make room since max_pending was reached, and refusals
         #: by address since its bound was reached

@@ -68,7 +68,8 @@ class GatewayProtocol(FastServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._in_flight = 0
-        self._waiting: deque[bytes] = deque()  # read before the pause took effect
+        #: frames read before the pause took effect (made when first needed)
+        self._waiting: deque[bytes] | None = None
         self._reading_paused = False
         self._draining = False   # _request_done is dispatching the waiting frames
         #: the latest ping not answered while the peer did not drain, and what the pongs
@@ -165,6 +166,8 @@ class GatewayProtocol(FastServerProtocol):
         if self.session is None:
             return
         if self._in_flight >= self.factory.gateway.max_in_flight:
+            if self._waiting is None:
+                self._waiting = deque()
             self._waiting.append(payload)
             self._pause_reading()
             return
@@ -202,7 +205,7 @@ class GatewayProtocol(FastServerProtocol):
         if isinstance(result, Failure):
             log.failure("sending a reply failed", result)
         if self.state != self.STATE_OPEN:
-            self._waiting.clear()
+            self._waiting = None
             return None
         if self._draining:
             return None              # the loop below, further up the stack, goes on
@@ -213,9 +216,10 @@ class GatewayProtocol(FastServerProtocol):
                 self._dispatch(self._waiting.popleft())
         finally:
             self._draining = False
-        if self.state != self.STATE_OPEN:
-            self._waiting.clear()
-        elif not self._waiting and self._reading_paused and self._in_flight < limit:
+        if self.state != self.STATE_OPEN or not self._waiting:
+            self._waiting = None
+        if self.state == self.STATE_OPEN and not self._waiting and self._reading_paused \
+                and self._in_flight < limit:
             self._reading_paused = False
             if self.transport is not None:
                 self.transport.resumeProducing()
@@ -230,6 +234,8 @@ class GatewayProtocol(FastServerProtocol):
         if not self._send_paused and not self._outbound:
             self._send_now(frame)
             return True
+        if self._outbound is None:
+            self._outbound = deque()
         self._outbound.append(frame)
         self._outbound_bytes += _size(frame)
         return not self._cut_if_over_budget()
@@ -244,7 +250,7 @@ class GatewayProtocol(FastServerProtocol):
                  user=self.session.user if self.session else "?",
                  ip=getattr(self, "client_address", "?"), size=owed)
         self.factory.gateway.metrics.slow_consumer()
-        self._outbound.clear()
+        self._outbound = None
         self._outbound_bytes = self._owed_control_bytes = 0
         self._owed_pong = None
         # No close frame: the peer is not reading; cut the TCP connection.
@@ -284,6 +290,8 @@ class GatewayProtocol(FastServerProtocol):
             frame = self._outbound.popleft()
             self._outbound_bytes -= _size(frame)
             self._send_now(frame)
+        if not self._outbound:
+            self._outbound = None          # (drained: give its memory back)
         if self._owed_pong is not None and not self._outbound and not self._send_paused \
                 and self.state == self.STATE_OPEN:
             payload, self._owed_pong = self._owed_pong, None
@@ -317,7 +325,7 @@ class GatewayProtocol(FastServerProtocol):
                          user=self.session.user if self.session else "?",
                          ip=getattr(self, "client_address", "?"), code=code,
                          reason=reason or ("clean" if wasClean else "unclean"))
-        self._outbound.clear()
+        self._outbound = None
 
 
 class GatewayFactory(WebSocketServerFactory):

@@ -59,7 +59,8 @@ _LEVELS = frozenset({"debug", "info", "warn", "error", "critical"})
 def _with_port(text: str, port: int) -> str:
     spec = parse_listen(text)
     interface = spec.interface.replace(":", "\\:")
-    return f"{spec.kind}:{port}" + (f":interface={interface}" if interface else "")
+    return (("haproxy:" if spec.proxy else "") + f"{spec.kind}:{port}"
+            + (f":interface={interface}" if interface else ""))
 
 
 def _cancel_if_active(result: Any, call: Any) -> Any:

@@ -110,6 +110,7 @@ def main() -> int:
     from wyseman.application.workers.routing import Router
     from wyseman.config import ConfigError, from_dict
     from wyseman.gateway.actions import ActionRegistry
+    from wyseman.gateway.cluster import host_id_for
 
     reactor = global_reactor()
     channel = SupervisorChannel()
@@ -121,9 +122,14 @@ def main() -> int:
         route = payload.get("route")
         router = (Router(reactor, route["dir"], payload["worker"], route["workers"])
                   if route else None)
+        # the supervisor keeps one replay cache and per-user count for its workers, unless
+        # the database keeps them for every host (then each worker is a host of its own)
+        shared = config.cluster.shared_state == "postgres"
         service = GatewayService(config, lambda: defer.succeed(payload["admin_dsn"]), reactor,
                                  ActionRegistry.from_config(config), reuse_port=True,
-                                 replay=channel, user_slots=channel, router=router)
+                                 replay=None if shared else channel,
+                                 user_slots=None if shared else channel, router=router,
+                                 host_id=host_id_for(config, payload["worker"]))
     except ConfigError as exc:
         log.error("{error}", error=str(exc))
         return 2

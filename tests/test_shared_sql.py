@@ -1,0 +1,162 @@
+"""The ``wyseman_shared`` schema (provision/schema/008_shared_state.sql) on its own, in
+SQL: the replay record-and-check, the per-user count over live hosts, leases, cleanup,
+privileges, and that two hosts cannot both grant a user's last place."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.pgtest import connect_sync, fresh_database
+from wyseman.db import shared
+
+H = hashlib.sha256(b"r").digest()
+
+
+class SharedSQLTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db = fresh_database(self)
+
+    def one(self, sql: str, params: Any = None) -> Any:
+        return self.db.run(sql, params)[0][0]
+
+    def record(self, user: str, digest: bytes, now: float, expires: float) -> bool:
+        rows = self.db.run(shared._REPLAY_SQL, {"u": user, "h": digest, "e": expires, "n": now})
+        return bool(rows)
+
+    def reserve(self, host: str, user: str, most: int = 2) -> bool:
+        return self.one(shared._RESERVE_SQL, {"h": host, "u": user, "m": most})
+
+    def lease(self, host: str, seconds: float = 30) -> bool:
+        return self.one(shared._RENEW_SQL, {"h": host, "l": seconds})
+
+    def expire(self, host: str) -> None:
+        self.db.run("update wyseman_shared.host set lease_until = clock_timestamp() "
+                    "- interval '1 second' where host_id = %s", (host,))
+
+    def count(self, user: str) -> int:
+        return self.one(shared._USER_COUNT_SQL, {"u": user})
+
+    def test_replay_insert_is_the_record_and_the_check(self) -> None:
+        self.assertTrue(self.record("alice", H, 1000.0, 1120.0))
+        self.assertFalse(self.record("alice", H, 1001.0, 1121.0))        # a replay
+        self.assertTrue(self.record("bob", H, 1001.0, 1121.0))           # another user
+        self.assertFalse(self.record("alice", H, 1120.0, 1240.0))        # the edge: kept
+        # expired but not yet deleted: not a replay, and the row is taken over
+        self.assertTrue(self.record("alice", H, 1120.5, 1240.5))
+        self.assertEqual(self.db.run("select extract(epoch from expires)::float8 from "
+                                     "wyseman_shared.replay where username = 'alice'"),
+                         [(1240.5,)])
+        with self.assertRaises(psycopg2.Error):     # only digests are stored
+            self.record("carol", b"x" * 200, 1000.0, 1120.0)
+
+    def test_cleanup_deletes_expired_replays_and_dead_hosts(self) -> None:
+        self.record("alice", H, 1000.0, 1120.0)
+        self.record("bob", H, 1000.0, 1200.0)
+        self.lease("a")
+        self.lease("b")
+        self.assertTrue(self.reserve("a", "alice"))
+        self.assertTrue(self.reserve("b", "alice"))
+        self.expire("b")
+        rows = self.db.run(shared._CLEANUP_SQL, {"n": 1150.0})
+        self.assertEqual(rows, [(1, 1)])
+        self.assertEqual(self.db.run("select username from wyseman_shared.replay"), [("bob",)])
+        self.assertEqual(self.db.run("select host_id, username, count from "
+                                     "wyseman_shared.user_slot"), [("a", "alice", 1)])
+        self.assertEqual(self.db.run("select host_id from wyseman_shared.host"), [("a",)])
+        self.assertEqual(self.one(shared._REPLAY_ROWS_SQL, {"m": 10}), 1)
+        self.assertEqual(self.one(shared._REPLAY_ROWS_SQL, {"m": 0}), 0)
+
+    def test_a_users_places_count_over_the_live_hosts(self) -> None:
+        self.lease("a")
+        self.lease("b")
+        self.assertTrue(self.reserve("a", "alice"))
+        self.assertTrue(self.reserve("b", "alice"))
+        self.assertFalse(self.reserve("a", "alice"))       # 2 of 2, wherever they are
+        self.assertFalse(self.reserve("b", "alice"))
+        self.assertTrue(self.reserve("a", "bob"))          # each user their own bound
+        self.assertEqual(self.count("alice"), 2)
+        self.db.run(shared._RELEASE_SQL, {"h": "b", "u": "alice"})
+        self.assertEqual(self.count("alice"), 1)
+        self.db.run(shared._RELEASE_SQL, {"h": "b", "u": "alice"})   # nothing held: no-op
+        self.assertTrue(self.reserve("a", "alice"))
+        self.assertEqual(self.db.run("select host_id, count from wyseman_shared.user_slot "
+                                     "where username = 'alice'"), [("a", 2)])
+        # a host whose lease ended counts no more, before any cleanup
+        self.expire("a")
+        self.assertEqual(self.count("alice"), 0)
+        self.assertTrue(self.reserve("b", "alice"))
+        self.assertFalse(self.lease("a"))       # it comes back: told its lease had ended
+        self.assertTrue(self.lease("a"))
+        self.assertEqual(self.count("alice"), 3)   # (its rows count again: it rewrites them)
+
+    def test_sync_replaces_a_hosts_rows_and_leave_deletes_them(self) -> None:
+        self.lease("a")
+        self.reserve("a", "alice")
+        self.reserve("a", "bob")
+        alive = self.one(shared._SYNC_SQL, {"h": "a", "l": 30.0, "u": ["carol", "dave"],
+                                            "c": [2, 0]})
+        self.assertTrue(alive)
+        self.assertEqual(self.db.run("select username, count from wyseman_shared.user_slot"),
+                         [("carol", 2)])
+        self.assertFalse(self.one(shared._SYNC_SQL, {"h": "new", "l": 30.0, "u": [], "c": []}))
+        self.db.run(shared._LEAVE_SQL, {"h": "a"})
+        self.assertEqual(self.db.run("select host_id from wyseman_shared.host"), [("new",)])
+        self.assertEqual(self.db.run("select count(*) from wyseman_shared.user_slot"), [(0,)])
+
+    def test_user_sessions_cannot_reach_the_shared_tables(self) -> None:
+        from wyseman.provision import admin
+        user = self.db.role_name("s")
+        admin.add_user(self.db.dsn, user)
+        conn = connect_sync(self.db.user_dsn(user))
+        self.addCleanup(conn.close)
+        for statement in ("select * from wyseman_shared.replay",
+                          "select wyseman_shared.slot_reserve('x', 'y', 100)",
+                          "delete from wyseman_shared.user_slot"):
+            with conn.cursor() as cur, self.assertRaises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement)
+
+    def test_two_hosts_cannot_both_grant_the_last_place(self) -> None:
+        """Host a's reservation is not committed yet when host b asks: b waits for a's
+        lock on the user, then sees a's place taken. (Without the lock b's count would not
+        see a's uncommitted row and both would pass.)"""
+        self.lease("a")
+        self.lease("b")
+        first = psycopg2.connect(self.db.dsn)
+        self.addCleanup(first.close)
+        with first.cursor() as cur:        # (psycopg2 opens a transaction: held open)
+            cur.execute(shared._RESERVE_SQL, {"h": "a", "u": "alice", "m": 1})
+            self.assertTrue(cur.fetchone()[0])
+        second = connect_sync(self.db.dsn)
+        self.addCleanup(second.close)
+        with second.cursor() as cur:
+            cur.execute("select pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        answer: list[Any] = []
+
+        def ask() -> None:
+            with second.cursor() as cur:
+                cur.execute(shared._RESERVE_SQL, {"h": "b", "u": "alice", "m": 1})
+                answer.append(cur.fetchone()[0])
+        thread = threading.Thread(target=ask)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        # b is another process: poll (with a deadline) until it waits for the lock
+        deadline = time.monotonic() + 10
+        while self.one("select wait_event_type is not distinct from 'Lock' from "
+                       "pg_stat_activity where pid = %s", (pid,)) is not True:
+            if answer:
+                break       # b answered without waiting: fails below
+            self.assertLess(time.monotonic(), deadline, "b never waited for a's lock")
+            time.sleep(0.01)
+        self.assertEqual(answer, [])
+        first.commit()
+        thread.join(10)
+        self.assertEqual(answer, [False])
+        self.assertEqual(self.count("alice"), 1)

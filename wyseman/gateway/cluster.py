@@ -1,0 +1,344 @@
+"""``[cluster] shared_state = "postgres"``: several gateway hosts behind one balancer,
+coordinated through their database rather than a protocol of their own.
+
+What one host keeps for itself would otherwise let a client around the limits by going
+through another host: a signed login URL accepted by host A could be used once more on
+host B (the replay cache), and a user could hold ``max_connections_per_user`` sockets on
+each host (the per-user count). Both move to tables of the database all the hosts
+already share (``wyseman_shared``, :mod:`wyseman.db.shared`), each check one statement on
+the admin connection:
+
+- :class:`SharedReplay` (the :class:`~wyseman.auth.seams.ReplayGuard` seam): an insert
+  that is both the record and the check;
+- :class:`SharedSlots` (the :class:`~wyseman.auth.seams.UserSlots` seam): one row per
+  (host, user) with a count; a reservation counts the user's rows over the hosts whose
+  lease is alive, under a lock on the user, so two hosts cannot grant one last place;
+- :class:`ClusterState`: this host's lease, renewed every ``lease`` ÷ 3 seconds (a host
+  that dies without a word frees its places when its lease ends), and the periodic
+  cleanup of expired rows; started before the ports open, stopped after the sockets
+  closed (the host leaves: its places are free at once).
+
+There is no peer protocol to secure, configure or partition: a host that cannot reach
+the database cannot check logins anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wyseman.auth import credentials as cred
+from wyseman.config import Config
+from wyseman.db.database import Database
+from wyseman.db.shared import SharedTables
+
+log = Logger(namespace="wyseman.cluster")
+
+#: shared replay rows past which key logins are refused (``FULL``) until a cleanup finds
+#: fewer: only verified signatures are recorded and each is deleted after 2 × the date
+#: window, so reaching it takes real keys logging in over 8,000 times a second
+SHARED_REPLAY_MAX_ROWS = 1_000_000
+
+
+def host_id_for(config: Config, worker: int | None = None) -> str:
+    """This process's name in the shared tables: ``[cluster] host_id``, or the host name
+    and process id (the supervisor's for a worker: a restarted worker takes its
+    predecessor's name and so clears its rows at once); ``/N`` for worker N."""
+    base = config.cluster.host_id
+    if not base:
+        pid = os.getppid() if worker is not None else os.getpid()
+        base = f"{socket.gethostname()[:40]}-{pid}"
+    return base if worker is None else f"{base}/{worker}"
+
+
+class SharedReplay:
+    """The replay cache of every host: :meth:`check` records the signature and says
+    whether it was new, in one statement."""
+
+    def __init__(self, tables: SharedTables, ttl: float,
+                 max_rows: int = SHARED_REPLAY_MAX_ROWS) -> None:
+        self.tables = tables
+        self.ttl = ttl
+        self.max_rows = max_rows
+        #: set by the cleanup while the table holds ``max_rows`` rows or more
+        self.full = False
+        self.full_refusals = 0
+
+    def check(self, user: str, sign: str, now: float) -> defer.Deferred[str]:
+        """Deferred of ``NEW`` (recorded until ``now`` + ttl), ``SEEN`` or ``FULL``."""
+        if self.full:
+            self.full_refusals += 1
+            return defer.succeed(cred.FULL)
+        d = self.tables.record_signature(user, cred.signature_digest(sign), now, now + self.ttl)
+        d.addCallback(lambda new: cred.NEW if new else cred.SEEN)
+        return d
+
+    def measure(self) -> defer.Deferred[None]:
+        """Count the rows (up to the bound) and set :attr:`full` (logged when it changes)."""
+        def counted(rows: int) -> None:
+            full = rows >= self.max_rows
+            if full and not self.full:
+                log.warn("the shared replay table holds {rows} rows or more: key logins "
+                         "are refused until expired ones are deleted", rows=self.max_rows)
+            elif self.full and not full:
+                log.info("the shared replay table has room again: key logins accepted")
+            self.full = full
+        return self.tables.replay_rows(self.max_rows).addCallback(counted)
+
+
+class SharedSlots:
+    """Each user's connections over every live host (``[limits]
+    max_connections_per_user``), and this host's own in memory: what it writes again if
+    its rows were lost (a lapsed lease, a release that failed)."""
+
+    def __init__(self, tables: SharedTables, host_id: str, limit: int) -> None:
+        self.tables = tables
+        self.host_id = host_id
+        self.limit = limit
+        #: this host's connections per user (granted places)
+        self._counts: dict[str, int] = {}
+        #: reservations and releases sent and not yet answered
+        self._in_flight = 0
+        #: while this host's rows are rewritten: the reservations and releases waiting
+        self._gate: list[defer.Deferred[None]] | None = None
+        #: the rows in the database may differ from :attr:`_counts`: rewrite them
+        self.resync_wanted = False
+        self._quiet_waiters: list[defer.Deferred[None]] = []
+        #: a rewrite asked for: its lease and who waits for its answer
+        self._sync: tuple[float, list[defer.Deferred[bool]]] | None = None
+        self._sync_running = False
+
+    def count(self, user: str) -> int:
+        """``user``'s connections on this host."""
+        return self._counts.get(user, 0)
+
+    def held(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def _opened(self) -> defer.Deferred[None]:
+        """Fires once no rewrite of this host's rows is under way."""
+        if self._gate is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._gate.append(waiter)
+        return waiter
+
+    def reserve(self, user: str) -> defer.Deferred[bool]:
+        """Deferred of whether ``user`` may have one more connection (counted if so)."""
+        return self._opened().addCallback(lambda _: self._reserve(user))
+
+    def _reserve(self, user: str) -> defer.Deferred[bool]:
+        self._in_flight += 1
+        d = self.tables.reserve(self.host_id, user, self.limit)
+
+        def answered(granted: bool) -> bool:
+            if granted:
+                self._counts[user] = self._counts.get(user, 0) + 1
+            return granted
+        d.addCallback(answered)
+        d.addBoth(self._settled)
+        return d
+
+    def release(self, user: str) -> None:
+        """One connection of ``user`` closed (one that this host reserved)."""
+        count = self._counts.get(user, 0)
+        if count <= 0:
+            return
+        if count == 1:
+            del self._counts[user]
+        else:
+            self._counts[user] = count - 1
+        self._opened().addCallback(lambda _: self._release(user))
+
+    def _release(self, user: str) -> None:
+        self._in_flight += 1
+        d = self.tables.release(self.host_id, user)
+
+        def failed(failure: Failure) -> None:
+            # the row keeps the place until the rows are written again (next renewal)
+            self.resync_wanted = True
+            log.warn("could not free a place of {user} in the shared count: {why} (written "
+                     "again at the next lease renewal)", user=user,
+                     why=failure.getErrorMessage())
+        d.addErrback(failed)
+        d.addBoth(self._settled)
+
+    def _settled(self, result: Any) -> Any:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._sync is not None and not self._sync_running:
+            self._start_sync()
+        self._maybe_quiet()
+        return result
+
+    def _maybe_quiet(self) -> None:
+        if self._in_flight == 0 and self._gate is None and self._quiet_waiters:
+            waiters, self._quiet_waiters = self._quiet_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def quiet(self) -> defer.Deferred[None]:
+        """Fires once no reservation, release or rewrite is under way (a stop leaves after
+        them; tests wait for a closed socket's place to be freed)."""
+        if self._in_flight == 0 and self._gate is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._quiet_waiters.append(waiter)
+        return waiter
+
+    @property
+    def idle(self) -> bool:
+        return self._in_flight == 0 and self._gate is None
+
+    def resync(self, lease: float) -> defer.Deferred[bool]:
+        """Write this host's rows again from its own counts (and renew the lease for
+        ``lease`` seconds). New reservations and releases wait meanwhile, and the rewrite
+        waits for those under way (an answer not yet counted would be lost). Deferred of
+        whether the previous lease was alive."""
+        done: defer.Deferred[bool] = defer.Deferred()
+        if self._sync is not None:          # one is coming: this is the same
+            self._sync[1].append(done)
+            return done
+        self._sync = (lease, [done])
+        if self._gate is None:
+            self._gate = []
+        if self._in_flight == 0:
+            self._start_sync()
+        return done
+
+    def _start_sync(self) -> None:
+        assert self._sync is not None
+        lease, waiting = self._sync
+        self._sync_running = True
+        d = self.tables.sync(self.host_id, lease, self._counts)
+
+        def finished(result: Any) -> None:
+            if not isinstance(result, Failure):
+                self.resync_wanted = False
+            self._sync, self._sync_running = None, False
+            gate, self._gate = self._gate or [], None
+            for waiter in gate:
+                waiter.callback(None)
+            for answer in waiting:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+            self._maybe_quiet()
+        d.addBoth(finished)
+
+
+class ClusterState:
+    """This host's part in the shared state: the two seams, its lease and the cleanup.
+
+    Two :class:`~twisted.internet.task.LoopingCall` timers, owned here and stopped by
+    :meth:`stop`: the lease renewal (``lease`` ÷ 3: two renewals may fail before the lease
+    ends) and the cleanup (``cleanup_interval``)."""
+
+    def __init__(self, db: Database, config: Config, clock: Any, host_id: str) -> None:
+        cluster = config.cluster
+        self.host_id = host_id
+        self.lease = cluster.lease
+        self.cleanup_interval = cluster.cleanup_interval
+        self.clock = clock
+        self.tables = SharedTables(db)
+        self.replay = SharedReplay(self.tables, cred.replay_ttl(config.auth.date_window))
+        self.slots = SharedSlots(self.tables, host_id, config.limits.max_connections_per_user)
+        self._renewal = self._timer(self.renew)
+        self._cleaning = self._timer(self.cleanup)
+        self._renew_failing = False
+        self._cleanup_failing = False
+
+    def _timer(self, work: Callable[[], defer.Deferred[Any]]) -> task.LoopingCall:
+        timer = task.LoopingCall(work)
+        timer.clock = self.clock
+        return timer
+
+    @property
+    def lease_ok(self) -> bool:
+        """Whether the last renewal of this host's lease succeeded."""
+        return not self._renew_failing
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Check the schema, replace this host's rows by none (a predecessor of this name
+        is gone with its sockets), take the lease, start the timers."""
+        yield self.tables.check_schema()
+        alive = yield self.tables.sync(self.host_id, self.lease, {})
+        if alive:
+            log.warn("[cluster] host_id {host} had a live lease: the counts of an earlier "
+                     "gateway of this name were dropped (if another gateway runs with this "
+                     "name, give each its own host_id)", host=self.host_id)
+        self._renewal.start(self.lease / 3, now=False)
+        self._cleaning.start(self.cleanup_interval, now=True)
+        log.info("shared state in PostgreSQL as host {host} (lease {lease:g} s)",
+                 host=self.host_id, lease=self.lease)
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop the timers and leave (this host's places free at once); a failure is
+        logged: the lease then ends on its own."""
+        for timer in (self._renewal, self._cleaning):
+            if timer.running:
+                timer.stop()
+        try:
+            yield self.slots.quiet()      # (a release landing after the leave is lost)
+            yield self.tables.leave(self.host_id)
+        except Exception as exc:
+            log.warn("could not leave the shared state ({why}): this host's places are "
+                     "free when its lease ends", why=str(exc))
+
+    def renew(self) -> defer.Deferred[None]:
+        """Renew the lease, or write this host's rows again if they may be wrong; never
+        fails (a failure is logged once until a renewal works again)."""
+        slots = self.slots
+        if slots.resync_wanted:
+            return slots.resync(self.lease).addCallbacks(self._renewed, self._renew_failed)
+
+        def renewed(alive: bool) -> Any:
+            self._renewed(alive)
+            if alive:
+                return None
+            log.warn("shared state: the lease of {host} had ended (renewals late or "
+                     "failed): its counts are written again", host=self.host_id)
+            slots.resync_wanted = True
+            return slots.resync(self.lease).addCallbacks(self._renewed, self._renew_failed)
+        d = self.tables.renew(self.host_id, self.lease)
+        return d.addCallbacks(renewed, self._renew_failed)
+
+    def _renewed(self, alive: bool) -> None:
+        if self._renew_failing:
+            self._renew_failing = False
+            log.info("shared state: lease of {host} renewed again", host=self.host_id)
+
+    def _renew_failed(self, failure: Failure) -> None:
+        if not self._renew_failing:
+            self._renew_failing = True
+            log.warn("shared state: could not renew the lease of {host}: {why}",
+                     host=self.host_id, why=failure.getErrorMessage())
+
+    def cleanup(self) -> defer.Deferred[None]:
+        """Delete expired replay rows and the hosts whose lease ended, then measure the
+        replay table; never fails (a failure is logged once until one works)."""
+        d = self.tables.cleanup(self.clock.seconds())
+
+        def done(deleted: tuple[int, int]) -> defer.Deferred[None]:
+            replays, hosts = deleted
+            self._cleanup_failing = False
+            if hosts:
+                log.info("shared state: {hosts} host(s) whose lease ended removed, with "
+                         "their connection counts", hosts=hosts)
+            if replays:
+                log.debug("shared state: {rows} expired replay rows deleted", rows=replays)
+            return self.replay.measure()
+
+        def failed(failure: Failure) -> None:
+            if not self._cleanup_failing:
+                self._cleanup_failing = True
+                log.warn("shared state: cleanup failed: {why}", why=failure.getErrorMessage())
+        return d.addCallback(done).addErrback(failed)
