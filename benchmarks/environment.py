@@ -150,8 +150,13 @@ class Environment:
 
     def start_server(self, deadline: Deadline, profile: bool = False,
                      workers: int | None = None, metrics: bool = False,
-                     route_by_user: bool | None = None, p2p: bool = False) -> Server:
+                     route_by_user: bool | None = None, p2p: bool = False,
+                     shared_state: bool | None = None) -> Server:
+        """Start our server (``workers``, ``route_by_user``, ``shared_state``: None for
+        what the command line says) and wait for its port."""
         workers = workers or self.args.server_workers
+        if shared_state is None:
+            shared_state = self.args.shared_state
         if route_by_user is None:
             route_by_user = self.args.route_by_user
         metrics_ports = []
@@ -168,7 +173,7 @@ class Environment:
             "channels": {"allow": ["bench_*"]},
             "auth": {"max_failures": 1_000_000, "verify_threads": self.args.verify_threads},
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
-            "cluster": {"shared_state": "postgres" if self.args.shared_state else "off"},
+            "cluster": {"shared_state": "postgres" if shared_state else "off"},
         }
         if self.tls_on:
             assert self.tls is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 from wyseman.tuning.affinity import describe
 
-SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling", "p2p")
+SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling", "p2p", "shared")
 TRANSPORTS = ("ws", "wss")
 #: scenarios that run over one transport only: ``tls:`` ports are not routed by user
 #: between server workers, so the worker scaling is measured over ws
@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None, description: str | None = None
     parser.add_argument("--scaling-runs", type=int,
                         help="scaling: this many rounds of every worker count; the targets "
                              "use the median round's ratios (default 3; quick 1)")
+    parser.add_argument("--shared-runs", type=int,
+                        help="shared: rounds of parallel logins against our server with "
+                             "[cluster] shared_state off and on, the order swapped each "
+                             "round; the rows use the median round's ratios (default 3; "
+                             "quick 1)")
     parser.add_argument("--users", type=int, default=10, help="login users (default 10)")
     parser.add_argument("--pool-size", type=int, default=4, help="[database] pool_size")
     parser.add_argument("--read-batch", type=int, default=16,
@@ -109,7 +114,8 @@ def parse_args(argv: list[str] | None, description: str | None = None
                              "login and disconnect)")
     parser.add_argument("--shared-state", action="store_true",
                         help="our server's [cluster] shared_state = \"postgres\" (the replay "
-                             "cache and per-user counts in the database)")
+                             "cache and per-user counts in the database; the shared "
+                             "scenario runs it both ways whatever this says)")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")
@@ -135,6 +141,7 @@ def parse_args(argv: list[str] | None, description: str | None = None
     args.handshake_runs = max(1, args.handshake_runs or (1 if quick else 3))
     args.notify_runs = max(1, args.notify_runs or (1 if quick else 3))
     args.scaling_runs = max(1, args.scaling_runs or (1 if quick else 3))
+    args.shared_runs = max(1, args.shared_runs or (1 if quick else 3))
     args.subscribers = args.subscribers or (1000 if quick else 10000)
     args.idle = args.idle or (2000 if quick else 10000)
     args.notify_wait = 30.0 if quick else 60.0
@@ -159,6 +166,7 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         + node * (60 + args.handshake_runs * (run + 40)),
         "memory": 60 + args.idle / 100,
         "p2p": 60 + sum(2 * run + 60 + c / 5 for c in (1, 10, 100)),
+        "shared": 120 + args.shared_runs * 2 * (run + 40),
         "scaling": args.scaling_runs * (60 + max(2, os.cpu_count() or 1) * (5 * run + 90)),
     }
     return {name: limit * (1 if name in WS_ONLY else over) for name, limit in once.items()}

@@ -137,6 +137,7 @@ def judge(rows: Iterable[Any]) -> list[Verdict]:
                + _machine(rows, "handshakes, server workers", r, "login"),
                "needs --scenario scaling"),
         *_transport_targets(rows),
+        *_shared_state_targets(rows),
     ]
 
 
@@ -179,6 +180,32 @@ def _transport_targets(rows: Sequence[Any]) -> list[Verdict]:
                  f"needs --scenario memory over {transport}")
           for transport, bound in (("ws", 10), ("wss", 40))),
     ]
+
+
+#: how much dearer ``[cluster] shared_state = "postgres"`` may make a key login: its
+#: logins/s at least 1 ÷ this of those without, its server CPU a login at most this times
+SHARED_STATE_COST = 1.10
+
+
+def _shared_state_targets(rows: Sequence[Any]) -> list[Verdict]:
+    """A key login with the shared state on against off (the ``shared`` scenario's
+    rows, both servers measured in the same run), over each transport."""
+    verdicts = []
+    for transport in ("ws", "wss"):
+        logins = _find(rows, "handshake, shared state", lambda r: r.ratio, transport)
+        cpu = _find(rows, "server CPU a login, shared state", lambda r: r.ratio, transport)
+        target = f"shared state: a key login ≤ 10 % dearer over {transport}"
+        if logins is None or cpu is None:
+            verdicts.append(Verdict(target, NOT_MEASURED,
+                                    f"needs --scenario shared over {transport}"))
+            continue
+        passed = logins.ratio * SHARED_STATE_COST >= 1.0 and cpu.ratio <= SHARED_STATE_COST
+        verdicts.append(Verdict(
+            target, MET if passed else NOT_MET,
+            f"logins/s {logins.ratio:.3f}× off ({logins.value:,.0f} vs "
+            f"{logins.baseline:,.0f}), server CPU a login {cpu.ratio:.3f}× off "
+            f"({cpu.value:,.0f} vs {cpu.baseline:,.0f} µs)"))
+    return verdicts
 
 
 def _cpu(row: Any) -> dict[str, float] | None:

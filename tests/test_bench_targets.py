@@ -101,7 +101,7 @@ class JudgeTests(SynchronousTestCase):
         rows = [Row("tuple bench.item by id", "C=100 D=1", 20_000.0, "req/s")]  # no pgbench
         verdicts = self.verdicts(rows)
         self.assertEqual(set(verdicts.values()), {NOT_MEASURED})
-        self.assertEqual(len(verdicts), 16)
+        self.assertEqual(len(verdicts), 18)
 
     def test_report_lines(self) -> None:
         text = report(full_run())
@@ -267,3 +267,54 @@ class TransportTargetsTests(SynchronousTestCase):
         rows = [Row("notify latency p99", "S=10000 K=10 paced every 2 s", 40.0, "ms")]
         self.assertEqual(self.verdicts(rows)["10,000 subscribers, 1 NOTIFY/s: p99 < 50 ms "
                                              "over ws"], NOT_MEASURED)
+
+
+class SharedStateTests(SynchronousTestCase):
+    """The shared scenario: rounds of logins against a server with the shared state off
+    and one with it on, as two rows of the median rounds, and their verdict."""
+
+    @staticmethod
+    def login_run(rate: float, cpu_us: float, pg_pct: float = 50.0) -> dict:
+        return {"rate": rate, "notes": f"{rate:.0f}/s",
+                "extra": {"server_cpu_us": cpu_us, "cpu": {"pg_pct": pg_pct}}}
+
+    def rounds(self, *figures: tuple[float, float, float, float]) -> list[dict]:
+        """(off rate, off CPU µs, on rate, on CPU µs) per round."""
+        return [{False: self.login_run(off, off_cpu), True: self.login_run(on, on_cpu)}
+                for off, off_cpu, on, on_cpu in figures]
+
+    def test_each_row_is_the_round_with_the_median_ratio(self) -> None:
+        from benchmarks.scenarios.shared import CPU, LOGINS, shared_rows
+        rounds = self.rounds((1000.0, 900.0, 800.0, 990.0),    # 0.80, 1.10
+                             (900.0, 1000.0, 891.0, 1200.0),   # 0.99, 1.20
+                             (1000.0, 1000.0, 950.0, 1000.0))  # 0.95, 1.00
+        logins, cpu = shared_rows("parallel, 2x16 workers", rounds)
+        self.assertEqual((logins.scenario, cpu.scenario), (LOGINS, CPU))
+        self.assertEqual(logins.params, "parallel, 2x16 workers, median of 3 rounds")
+        self.assertEqual((logins.value, logins.baseline), (950.0, 1000.0))   # round 3
+        self.assertEqual((cpu.value, cpu.baseline), (990.0, 900.0))          # round 1
+        self.assertIn("on ÷ off in round order: 0.800, 0.990, 0.950;", logins.notes)
+        self.assertIn("on ÷ off in round order: 1.100, 1.200, 1.000;", cpu.notes)
+        self.assertIn("PostgreSQL CPU a login on 526 µs, off 500 µs", logins.notes)
+        self.assertEqual(shared_rows("x", []), [])
+
+    def rows(self, logins: float, cpu: float, transport: str = "ws") -> list[Row]:
+        return [Row("handshake, shared state", "parallel", 1000.0 * logins, "logins/s",
+                    1000.0, transport=transport),
+                Row("server CPU a login, shared state", "parallel", 800.0 * cpu, "µs",
+                    800.0, transport=transport)]
+
+    def verdicts(self, rows: list[Row]) -> dict[str, str]:
+        return {v.target: v.verdict for v in judge(rows)
+                if v.target.startswith("shared state")}
+
+    def test_ten_percent_dearer_at_most(self) -> None:
+        ws, wss = ("shared state: a key login ≤ 10 % dearer over ws",
+                   "shared state: a key login ≤ 10 % dearer over wss")
+        self.assertEqual(self.verdicts(self.rows(0.91, 1.10)), {ws: MET, wss: NOT_MEASURED})
+        self.assertEqual(self.verdicts(self.rows(0.90, 1.0))[ws], NOT_MET)   # 1.11× the time
+        self.assertEqual(self.verdicts(self.rows(1.0, 1.11))[ws], NOT_MET)
+        self.assertEqual(self.verdicts(self.rows(0.95, 1.05, "wss"))[wss], MET)
+        line = next(v for v in judge(self.rows(0.95, 1.05)) if v.target == ws).line()
+        self.assertIn("logins/s 0.950× off (950 vs 1,000), server CPU a login 1.050× off "
+                      "(840 vs 800 µs)", line)

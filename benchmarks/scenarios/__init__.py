@@ -13,9 +13,10 @@ from benchmarks.scenarios.notify import notify_scenario
 from benchmarks.scenarios.p2p import p2p_scenario
 from benchmarks.scenarios.requests import select_scenario, tuple_scenario
 from benchmarks.scenarios.scaling import scaling_scenario
+from benchmarks.scenarios.shared import shared_scenario
 
 BODIES: dict[str, Callable[[Bench, Deadline], None]] = {
     "tuple": tuple_scenario, "select": select_scenario, "notify": notify_scenario,
     "handshake": handshake_scenario, "memory": memory_scenario, "scaling": scaling_scenario,
-    "p2p": p2p_scenario,
+    "p2p": p2p_scenario, "shared": shared_scenario,
 }
