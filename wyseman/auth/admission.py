@@ -7,7 +7,9 @@ the credentials (:class:`~wyseman.auth.login.Authenticator`); then the races a l
 can lose while it is checked, which only the decision as a whole can see:
 
 - the user's connection bound (:class:`UserSlots`): counted when the credentials check
-  out, not when the socket opens, so logins checked at the same time cannot all pass;
+  out, not when the socket opens, so logins checked at the same time cannot all pass
+  (with the shared state a key login's place is reserved by the credential check
+  itself, with its signature: :attr:`~wyseman.auth.login.Login.place`);
 - the client left meanwhile (a signature checked on a helper thread, a database
   lookup): its reserved place is given back, and nothing is opened for nobody;
 - the user's key removed meanwhile (:class:`KeyChanges`): the removal closed the user's
@@ -109,19 +111,23 @@ class Admission:
     def _admit(self, handshake: Handshake, gone: Callable[[], bool]) -> Any:
         seen = self.key_changes.count          # (see the key check at the end)
         login = yield self.authenticator.authenticate(handshake)
-        if gone():
-            raise ClientLeft(handshake.ip)
-        try:
-            granted = yield defer.maybeDeferred(self.user_slots.reserve, login.user)
-        except Exception as exc:
-            # (the count is kept elsewhere: the supervisor, or PostgreSQL for every host)
-            raise Refusal(503, "Login check failed", f"could not count the connections of "
-                          f"{login.user!r}: {exc}", "unavailable") from exc
+        granted = login.place     # (a key login with the shared state: asked already)
+        if granted is None:
+            if gone():
+                raise ClientLeft(handshake.ip)
+            try:
+                granted = yield defer.maybeDeferred(self.user_slots.reserve, login.user)
+            except Exception as exc:
+                # (the count is kept elsewhere: the supervisor, or PostgreSQL for every host)
+                raise Refusal(503, "Login check failed", f"could not count the connections "
+                              f"of {login.user!r}: {exc}", "unavailable") from exc
         if not granted:
             raise Refusal(503, "Too many connections of this user (max_connections_per_user)",
                           f"max_connections_per_user for {login.user!r}", "user_capacity")
         admitted = Admitted(login, self.user_slots)
         try:
+            if gone():
+                raise ClientLeft(handshake.ip)
             if self.prepare is not None:
                 yield defer.maybeDeferred(self.prepare, login)
             if gone():

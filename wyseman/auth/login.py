@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wyseman.auth import credentials as cred
-from wyseman.auth.seams import ReplayGuard, SignatureVerifier
+from wyseman.auth.seams import PlacingReplayGuard, ReplayGuard, SignatureVerifier
 from wyseman.auth.signatures import SignatureChecker
 from wyseman.db import pg
 from wyseman.db.pool import DatabaseUnavailable, PoolBusy, PoolClosed
@@ -90,6 +90,10 @@ class Login:
     listen: tuple[str, ...]
     method: str                # 'ticket', 'key' or 'insecure'
     key_x: str | None = None   # the public key used (its x), to close sockets when it goes
+    #: the user's connection place, when the credential check reserved it already
+    #: (:class:`~wyseman.auth.seams.PlacingReplayGuard`): True held (to be released by
+    #: whoever takes this login), False refused; None: not asked
+    place: bool | None = None
 
 
 #: Channel on which the schema's trigger announces changed or removed credentials: the
@@ -164,6 +168,9 @@ class Authenticator:
         self.limiter = FailureLimiter(max_failures, failure_window)
         # Accepted signatures are refused again for 2× the window (D2).
         self.replay = replay if replay is not None else cred.ReplayCache.for_window(date_window)
+        #: a replay guard that reserves the user's place in the same step: the login
+        #: then carries its place (:attr:`Login.place`)
+        self.placing = self.replay if isinstance(self.replay, PlacingReplayGuard) else None
         self.signatures = signatures if signatures is not None else SignatureChecker(1, None)
 
     def authenticate(self, handshake: Handshake) -> defer.Deferred[Login]:
@@ -257,14 +264,18 @@ class Authenticator:
             if key is None:
                 raise refuse(INVALID_LOGIN, f"key login: bad signature for {user!r}",
                              "bad_signature")
-            outcome = yield defer.maybeDeferred(self.replay.check, user, sign, now)
+            place = None
+            if self.placing is not None:
+                outcome, place = yield self.placing.check_placing(user, sign, now)
+            else:
+                outcome = yield defer.maybeDeferred(self.replay.check, user, sign, now)
             if outcome == cred.FULL:
                 raise refuse(INVALID_LOGIN, "key login: replay cache full, login refused",
                              "replay_cache_full")
             if outcome != cred.NEW:
                 raise refuse(INVALID_LOGIN, f"key login: replayed signature for {user!r}",
                              "replay")
-            return Login(user, listen, "key", key.get("x"))
+            return Login(user, listen, "key", key.get("x"), place)
 
         if user and not hs.secure and hs.insecure_allowed:             # step 3: insecure
             exists = yield self.db.user_exists(user)

@@ -5,7 +5,7 @@ wyseman.gateway.cluster) with ``[cluster] shared_state = "postgres"``."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet import defer
 
@@ -16,6 +16,20 @@ class ReplayGuard(Protocol):
     def check(self, user: str, sign: str, now: float) -> Any:
         """``NEW`` (now remembered), ``SEEN`` or ``FULL`` (wyseman.auth.credentials), or
         a Deferred of one."""
+        ...
+
+
+@runtime_checkable
+class PlacingReplayGuard(ReplayGuard, Protocol):
+    """A replay guard that can also reserve the user's connection place (counted by the
+    :class:`UserSlots` the login decision holds places in) in the same step: where both
+    are kept in the database, a key login then asks it once, not twice."""
+
+    def check_placing(self, user: str, sign: str,
+                      now: float) -> defer.Deferred[tuple[str, bool]]:
+        """Deferred of (the outcome of :meth:`check`, whether one more connection of
+        ``user`` is now counted): a place only with ``NEW``; whoever takes the login
+        must release it."""
         ...
 
 

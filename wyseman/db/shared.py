@@ -1,6 +1,6 @@
-"""The statements on the ``wyseman_shared`` tables (provision/schema/008_shared_state.sql):
-what several gateway hosts on one database share (``[cluster] shared_state =
-"postgres"``), each one statement on the admin connection.
+"""The statements on the ``wyseman_shared`` tables (provision/schema/008_shared_state.sql
+and 009_shared_login.sql): what several gateway hosts on one database share
+(``[cluster] shared_state = "postgres"``), each one statement on the admin connection.
 
 The policy (what to do with an answer, when to renew, what to log) is the gateway's
 (:mod:`wyseman.gateway.cluster`); this module only says it in SQL.
@@ -15,13 +15,15 @@ from twisted.internet import defer
 
 from wyseman.db.database import Database
 
-#: the objects the shared state needs (a database `wyseman db init` made before version 4,
-#: or a wyselib database, has none of them)
+#: the objects the shared state needs (a database `wyseman db init` made before version 5,
+#: or a wyselib database, lacks some or all of them)
 SCHEMA_CHECK_SQL = """
 select to_regclass('wyseman_shared.replay') is not null
    and to_regclass('wyseman_shared.user_slot') is not null
    and to_regprocedure('wyseman_shared.host_sync(text, double precision, text[], integer[])')
-       is not null"""
+       is not null
+   and to_regprocedure('wyseman_shared.key_login(text, text, bytea, timestamptz, '
+                       'timestamptz, integer)') is not null"""
 
 # The record and the check at once: a row inserted (or an expired one taken over) is a
 # signature not seen before; no row back is a replay. (An expired row is not yet deleted
@@ -36,6 +38,12 @@ on conflict (username, sign_hash) do update set expires = excluded.expires
 # How many replay rows there are, counting no further than the bound (a cheap check).
 _REPLAY_ROWS_SQL = "select count(*) from (select 1 from wyseman_shared.replay limit %(m)s) r"
 
+# A key login's two checks in one round trip: the replay record-and-check above, and if
+# the signature was new, the reservation below (009_shared_login.sql).
+_KEY_LOGIN_SQL = """
+select new, granted from wyseman_shared.key_login(
+    %(h)s, %(u)s, %(s)s, to_timestamp(%(e)s), to_timestamp(%(n)s), %(m)s)"""
+
 _RESERVE_SQL = "select wyseman_shared.slot_reserve(%(h)s, %(u)s, %(m)s)"
 _RELEASE_SQL = "select wyseman_shared.slot_release(%(h)s, %(u)s)"
 _RENEW_SQL = "select wyseman_shared.host_renew(%(h)s, %(l)s)"
@@ -49,13 +57,14 @@ select coalesce(sum(s.count), 0)::int
 
 
 #: what to do about it
-SCHEMA_MISSING = ("[cluster] shared_state = \"postgres\" needs the wyseman_shared schema: "
-                  "run `wyseman db init` (or, on a wyselib database, apply "
-                  "wyseman/provision/schema/008_shared_state.sql as the admin role)")
+SCHEMA_MISSING = ("[cluster] shared_state = \"postgres\" needs the wyseman_shared schema of "
+                  "version 5: run `wyseman db init` (or, on a wyselib database, apply "
+                  "wyseman/provision/schema/008_shared_state.sql and 009_shared_login.sql "
+                  "as the admin role)")
 
 
 class SharedSchemaMissing(Exception):
-    """The database has no ``wyseman_shared`` schema of version 4 or later."""
+    """The database has no ``wyseman_shared`` schema of version 5 or later."""
 
 
 class SharedTables:
@@ -82,6 +91,16 @@ class SharedTables:
         since the epoch); False: a replay."""
         d = self._one(_REPLAY_SQL, {"u": user, "h": sign_hash, "e": expires, "n": now})
         return d.addCallback(lambda row: row is not None)
+
+    def key_login(self, host: str, user: str, sign_hash: bytes, now: float, expires: float,
+                  most: int) -> defer.Deferred[Any]:
+        """:meth:`record_signature` and, if the signature was new, :meth:`reserve`, in one
+        statement: Deferred of (new, granted)."""
+        d = self.db.run_admin(lambda conn: conn.execute(
+            _KEY_LOGIN_SQL, {"h": host, "u": user, "s": sign_hash, "e": expires, "n": now,
+                             "m": most}))
+        return d.addCallback(lambda result: (bool(result.rows[0][0]),
+                                             bool(result.rows[0][1])))
 
     def replay_rows(self, most: int) -> defer.Deferred[Any]:
         """Deferred of the number of replay rows, at most ``most``."""

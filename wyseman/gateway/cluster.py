@@ -13,6 +13,10 @@ the admin connection:
 - :class:`SharedSlots` (the :class:`~wyseman.auth.seams.UserSlots` seam): one row per
   (host, user) with a count; a reservation counts the user's rows over the hosts whose
   lease is alive, under a lock on the user, so two hosts cannot grant one last place;
+- a key login does both in one call (:meth:`SharedReplay.check_placing`, the
+  :class:`~wyseman.auth.seams.PlacingReplayGuard` seam): the signature recorded and, if
+  it was new, the user's place reserved, so that the shared state costs it one round
+  trip to the database rather than two;
 - :class:`ClusterState`: this host's lease, renewed every ``lease`` ÷ 3 seconds (a host
   that dies without a word frees its places when its lease ends), and the periodic
   cleanup of expired rows; started before the ports open, stopped after the sockets
@@ -27,7 +31,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -39,6 +43,8 @@ from wyseman.db.database import Database
 from wyseman.db.shared import SharedTables
 
 log = Logger(namespace="wyseman.cluster")
+
+_A = TypeVar("_A")
 
 #: shared replay rows past which key logins are refused (``FULL``) until a cleanup finds
 #: fewer: only verified signatures are recorded and each is deleted after 2 × the date
@@ -59,12 +65,14 @@ def host_id_for(config: Config, worker: int | None = None) -> str:
 
 class SharedReplay:
     """The replay cache of every host: :meth:`check` records the signature and says
-    whether it was new, in one statement."""
+    whether it was new, in one statement; :meth:`check_placing` also reserves the user's
+    place in ``slots`` in that statement."""
 
-    def __init__(self, tables: SharedTables, ttl: float,
+    def __init__(self, tables: SharedTables, ttl: float, slots: SharedSlots,
                  max_rows: int = SHARED_REPLAY_MAX_ROWS) -> None:
         self.tables = tables
         self.ttl = ttl
+        self.slots = slots
         self.max_rows = max_rows
         #: set by the cleanup while the table holds ``max_rows`` rows or more
         self.full = False
@@ -78,6 +86,17 @@ class SharedReplay:
         d = self.tables.record_signature(user, cred.signature_digest(sign), now, now + self.ttl)
         d.addCallback(lambda new: cred.NEW if new else cred.SEEN)
         return d
+
+    def check_placing(self, user: str, sign: str,
+                      now: float) -> defer.Deferred[tuple[str, bool]]:
+        """Deferred of (the outcome of :meth:`check`, whether ``user``'s place is now
+        held in :attr:`slots`): a place only for a ``NEW`` signature. (A full table
+        asks nothing: the login is refused.)"""
+        if self.full:
+            self.full_refusals += 1
+            return defer.succeed((cred.FULL, False))
+        d = self.slots.reserve_signed(user, cred.signature_digest(sign), now, now + self.ttl)
+        return d.addCallback(lambda answer: (cred.NEW if answer[0] else cred.SEEN, answer[1]))
 
     def measure(self) -> defer.Deferred[None]:
         """Count the rows (up to the bound) and set :attr:`full` (logged when it changes)."""
@@ -131,16 +150,32 @@ class SharedSlots:
 
     def reserve(self, user: str) -> defer.Deferred[bool]:
         """Deferred of whether ``user`` may have one more connection (counted if so)."""
-        return self._opened().addCallback(lambda _: self._reserve(user))
+        def ask() -> defer.Deferred[bool]:
+            return self.tables.reserve(self.host_id, user, self.limit)
+        return self._opened().addCallback(lambda _: self._reserve(user, ask, bool))
 
-    def _reserve(self, user: str) -> defer.Deferred[bool]:
+    def reserve_signed(self, user: str, sign_hash: bytes, now: float,
+                       expires: float) -> defer.Deferred[tuple[bool, bool]]:
+        """A key login's signature recorded (as :meth:`SharedTables.record_signature`)
+        and, if it was new, :meth:`reserve` in the same statement: Deferred of (new,
+        granted). It waits for a rewrite of this host's rows like a reservation: its
+        place must be in the counts written."""
+        def ask() -> defer.Deferred[tuple[bool, bool]]:
+            return self.tables.key_login(self.host_id, user, sign_hash, now, expires,
+                                         self.limit)
+        return self._opened().addCallback(
+            lambda _: self._reserve(user, ask, lambda answer: answer[1]))
+
+    def _reserve(self, user: str, ask: Callable[[], defer.Deferred[_A]],
+                 granted: Callable[[_A], bool]) -> defer.Deferred[_A]:
+        """``ask()`` the database for a place of ``user``; counted if ``granted(answer)``."""
         self._in_flight += 1
-        d = self.tables.reserve(self.host_id, user, self.limit)
+        d = ask()
 
-        def answered(granted: bool) -> bool:
-            if granted:
+        def answered(answer: _A) -> _A:
+            if granted(answer):
                 self._counts[user] = self._counts.get(user, 0) + 1
-            return granted
+            return answer
         d.addCallback(answered)
         d.addBoth(self._settled)
         return d
@@ -247,8 +282,9 @@ class ClusterState:
         self.cleanup_interval = cluster.cleanup_interval
         self.clock = clock
         self.tables = SharedTables(db)
-        self.replay = SharedReplay(self.tables, cred.replay_ttl(config.auth.date_window))
         self.slots = SharedSlots(self.tables, host_id, config.limits.max_connections_per_user)
+        self.replay = SharedReplay(self.tables, cred.replay_ttl(config.auth.date_window),
+                                   self.slots)
         self._renewal = self._timer(self.renew)
         self._cleaning = self._timer(self.cleanup)
         self._renew_failing = False

@@ -161,11 +161,4 @@ $$;
 revoke all on all tables in schema wyseman_shared from public;
 revoke execute on all functions in schema wyseman_shared from public;
 
--- (a wyselib database, where this file is applied by hand, has no version table)
-do $$
-begin
-    if to_regclass('wm.wyseman_schema') is not null then
-        insert into wm.wyseman_schema (version) values (4) on conflict (version) do nothing;
-    end if;
-end;
-$$;
+-- (the schema's version is written by the last file, 009_shared_login.sql)

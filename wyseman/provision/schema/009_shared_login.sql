@@ -1,0 +1,51 @@
+-- wyseman for Python: bootstrap schema, part 9: a key login's shared-state checks in one
+-- call (`[cluster] shared_state = "postgres"`, docs/operations.md "Several hosts").
+--
+-- Decisions:
+-- * A key login recorded its signature (the replay check) and then reserved the user's
+--   connection place: two statements, two transactions and two round trips to the
+--   database on every key login. key_login does both in one call, with the same rules
+--   and on the same tables as the two statements (008_shared_state.sql), so that hosts
+--   of either kind can run side by side on one database while they are upgraded.
+-- * A replayed signature reserves nothing. A new signature stays recorded even when the
+--   user has no place left, as with the two statements: the URL of a login refused for
+--   the user's bound cannot be used again once a place is free.
+-- * The place is taken by slot_reserve itself, under its lock on the user's name: the
+--   bound over the hosts holds whichever function granted the places.
+-- Applied after 008_shared_state.sql (it needs its tables and slot_reserve); idempotent,
+-- like the rest of the schema.
+
+-- Record `signed` (a signature's digest) for `uname` until `keep`, unless it is already
+-- recorded and not expired at `moment` (the calling host's clock); if it was new, one more
+-- connection of `uname` on host `hid` if the user's connections on the live hosts are
+-- fewer than `most`. → new: not seen before (now recorded); granted: the place is held.
+create or replace function wyseman_shared.key_login(hid text, uname text, signed bytea,
+                                                    keep timestamptz, moment timestamptz,
+                                                    most integer,
+                                                    out new boolean, out granted boolean)
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into wyseman_shared.replay as r (username, sign_hash, expires)
+         values (uname, signed, keep)
+    on conflict (username, sign_hash) do update set expires = excluded.expires
+          where r.expires < moment;
+    new := found;
+    granted := false;
+    if new then
+        granted := wyseman_shared.slot_reserve(hid, uname, most);
+    end if;
+end;
+$$;
+
+revoke execute on all functions in schema wyseman_shared from public;
+
+-- (a wyselib database, where this file is applied by hand, has no version table)
+do $$
+begin
+    if to_regclass('wm.wyseman_schema') is not null then
+        insert into wm.wyseman_schema (version) values (5) on conflict (version) do nothing;
+    end if;
+end;
+$$;
