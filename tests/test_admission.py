@@ -29,11 +29,11 @@ class HeldAuthenticator:
         self.pending.append(d)
         return d
 
-    def accept(self, key_x: str | None = "k1") -> None:
-        self.pending.pop(0).callback(Login("alice", ("chan",), "key", key_x))
+    def accept(self, key_x: str | None = "k1", place: bool | None = None) -> None:
+        self.pending.pop(0).callback(Login("alice", ("chan",), "key", key_x, place))
 
 
-class AdmissionTests(SynchronousTestCase):
+class AdmissionCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.auth = HeldAuthenticator()
         self.slots = LocalSlots(1)
@@ -53,6 +53,8 @@ class AdmissionTests(SynchronousTestCase):
     def refusal(self, d: defer.Deferred) -> Refusal:
         return self.failureResultOf(d, Refusal).value
 
+
+class AdmissionTests(AdmissionCase):
     def test_the_checks_without_credentials_come_first(self) -> None:
         self.assertEqual(self.refusal(self.admit(repeated_headers=("Cookie",))).kind,
                          "bad_headers")
@@ -117,4 +119,61 @@ class AdmissionTests(SynchronousTestCase):
         d = self.admit()
         self.auth.accept()
         self.failureResultOf(d, RuntimeError)
+        self.assertEqual(self.slots.count("alice"), 0)
+
+
+class CountingSlots(LocalSlots):
+    """LocalSlots that count the reservations asked of them."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.asked = 0
+
+    def reserve(self, user: str) -> defer.Deferred:
+        self.asked += 1
+        return super().reserve(user)
+
+
+class PlaceHeldTests(AdmissionCase):
+    """A login whose credential check reserved its place already (a key login with the
+    shared state): nothing more is asked, and the place is given back as any other."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.slots = self.admission.user_slots = CountingSlots(1)
+
+    def held(self, key_x: str | None = "k1") -> None:
+        """The check's answer with the place it reserved (counted, as the shared
+        slots count theirs)."""
+        self.slots.slots.reserve("alice")
+        self.auth.accept(key_x, place=True)
+
+    def test_a_held_place_is_not_asked_again(self) -> None:
+        d = self.admit()
+        self.held()
+        admitted = self.successResultOf(d)
+        self.assertEqual((self.slots.asked, self.slots.count("alice")), (0, 1))
+        admitted.release()
+        self.assertEqual(self.slots.count("alice"), 0)
+
+    def test_a_refused_place_refuses_the_login(self) -> None:
+        d = self.admit()
+        self.auth.accept(place=False)
+        refused = self.refusal(d)
+        self.assertEqual((refused.status, refused.kind), (503, "user_capacity"))
+        self.assertEqual((self.slots.asked, self.prepared), (0, []))
+
+    def test_a_client_that_left_gives_the_held_place_back(self) -> None:
+        left = [False]
+        d = self.admit(gone=lambda: left[0])
+        left[0] = True
+        self.held()
+        self.failureResultOf(d, ClientLeft)
+        self.assertEqual((self.slots.count("alice"), self.prepared), (0, []))
+
+    def test_a_key_removed_meanwhile_gives_the_held_place_back(self) -> None:
+        d = self.admit()
+        self.changes.record("alice", frozenset({"k2"}))
+        self.held("k1")
+        self.assertEqual(self.refusal(d).kind, "key_removed")
         self.assertEqual(self.slots.count("alice"), 0)

@@ -200,13 +200,34 @@ class CreateTests(SynchronousTestCase):
                "update wm.wyseman_schema set version = 3")
         result = bootstrap.init_database_sync(db.dsn)
         self.assertEqual(result.status, InitStatus.UPGRADED)
-        self.assertIn("from version 3 to 4", result.message)
+        self.assertIn(f"from version 3 to {bootstrap.SCHEMA_VERSION}", result.message)
         self.assertEqual(db.run("select to_regclass('wyseman_shared.replay') is not null, "
                                 "to_regclass('wyseman_shared.user_slot') is not null, "
                                 "(select count(*) from base.ent where username = 'keeper')"),
                          [(True, True, 1)])
         self.assertEqual(db.run("select relpersistence from pg_class where oid = "
                                 "'wyseman_shared.replay'::regclass"), [("u",)])
+
+    def test_upgrade_from_version_4_adds_the_key_login_call(self) -> None:
+        """A version-4 database (the shared tables without key_login, counts above 0
+        only) gets the call and takes counts of 0; the rows it held stay."""
+        db = fresh_database(self)
+        db.run("drop function wyseman_shared.key_login(text, text, bytea, timestamptz, "
+               "timestamptz, integer); "
+               "alter table wyseman_shared.user_slot drop constraint user_slot_count_check, "
+               "add constraint user_slot_count_check check (count > 0); "
+               "insert into wyseman_shared.user_slot values ('h', 'alice', 2); "
+               "update wm.wyseman_schema set version = 4")
+        result = bootstrap.init_database_sync(db.dsn)
+        self.assertEqual(result.status, InitStatus.UPGRADED)
+        self.assertIn(f"from version 4 to {bootstrap.SCHEMA_VERSION}", result.message)
+        self.assertEqual(db.run("select pg_get_constraintdef(oid) from pg_constraint "
+                                "where conname = 'user_slot_count_check'"),
+                         [("CHECK ((count >= 0))",)])
+        self.assertEqual(db.run("select to_regprocedure('wyseman_shared.key_login(text, "
+                                "text, bytea, timestamptz, timestamptz, integer)') is not "
+                                "null, (select count from wyseman_shared.user_slot)"),
+                         [(True, 2)])
 
     def test_ensure_database(self) -> None:
         db = fresh_database(self, "empty")
@@ -244,14 +265,19 @@ class WyselibDetectionTests(SynchronousTestCase):
 
     def test_the_shared_state_file_applies_by_hand_to_a_wyselib_database(self) -> None:
         """docs/operations.md, "Several hosts": `db init` leaves a wyselib database alone,
-        the operator applies 008_shared_state.sql; it needs nothing of ours."""
+        the operator applies 008_shared_state.sql and 009_shared_login.sql; they need
+        nothing of ours."""
         from importlib import resources
+
+        from wyseman.db.shared import SCHEMA_CHECK_SQL
         db = fresh_database(self, "empty")
         db.run(FIXTURE.read_text())
-        sql = (resources.files("wyseman.provision") / "schema" / "008_shared_state.sql")
-        db.run(sql.read_text(encoding="utf-8"))
+        for name in ("008_shared_state.sql", "009_shared_login.sql"):
+            sql = (resources.files("wyseman.provision") / "schema" / name)
+            db.run(sql.read_text(encoding="utf-8"))
         self.assertEqual(db.run("select to_regclass('wyseman_shared.user_slot') is not null, "
                                 "to_regclass('wm.wyseman_schema')"), [(True, None)])
+        self.assertEqual(db.run(SCHEMA_CHECK_SQL), [(True,)])
         self.assertEqual(bootstrap.init_database_sync(db.dsn).status,
                          InitStatus.WYSELIB_DETECTED)
 

@@ -45,8 +45,9 @@ class TwoHostTests(TestCase):
         return a, b
 
     def slots(self, user: str) -> list[tuple[str, int]]:
+        """``user``'s places per host (a count fallen to 0 holds none)."""
         return self.db.run("select host_id, count from wyseman_shared.user_slot "
-                           "where username = %s order by host_id", (user,))
+                           "where username = %s and count > 0 order by host_id", (user,))
 
     @defer.inlineCallbacks
     def signed_query(self, server: Any, user: str) -> Any:
@@ -130,6 +131,55 @@ class TwoHostTests(TestCase):
         again = yield connect(a.url, user)                 # the place is free again
         self.addCleanup(again.close)
         self.assertEqual(self.slots(user), [("host-a", 2)])
+
+    def spy(self, server: Any) -> list[str]:
+        """The names of the shared-table calls ``server`` makes from now on."""
+        calls: list[str] = []
+        tables = server.cluster.tables
+
+        def spied(name: str) -> Any:
+            method = getattr(tables, name)
+
+            def called(*args: Any) -> Any:
+                calls.append(name)
+                return method(*args)
+            return called
+        for name in ("record_signature", "reserve", "key_login"):
+            setattr(tables, name, spied(name))
+        return calls
+
+    @defer.inlineCallbacks
+    def test_a_key_login_asks_the_database_once(self) -> None:
+        """Its signature recorded and its place reserved by one call, with the rules of
+        the two statements: at the user's bound it is refused with 503 and its URL is
+        spent; a new one is admitted, and its place given back when it closes."""
+        a, b = yield self.hosts(limits={"max_connections_per_user": 1},
+                                auth={"insecure": True})
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        conn = yield connect(a.url, user, token=token, new_key=private)
+        yield conn.close()
+        yield a.cluster.slots.quiet()
+        held = yield connect(b.url, user)                    # the user's one place
+        calls = self.spy(a)
+        date = js_date(datetime.now(UTC))
+        sign = keys.sign(private, signed_message("::ffff:127.0.0.1", None, None, date))
+        query = f"user={user}&sign={sign}&date={date}"
+        self.assertEqual((yield raw_upgrade(a.port, query))[0], 503)
+        self.assertEqual(calls, ["key_login"])
+        yield held.close()
+        yield b.cluster.slots.quiet()
+        self.assertEqual((yield raw_upgrade(a.port, query))[0], 403)   # spent
+        self.assertEqual(self.slots(user), [])
+        conn = yield connect(a.url, user, key=private,
+                             clientinfo_url=f"http://127.0.0.1:{a.port}/clientinfo")
+        self.assertEqual(self.slots(user), [("host-a", 1)])
+        self.assertEqual(a.cluster.slots.count(user), 1)
+        self.assertEqual(calls, ["key_login"] * 3)
+        yield conn.close()
+        yield a.cluster.slots.quiet()
+        self.assertEqual((self.slots(user), a.cluster.slots.count(user)), ([], 0))
 
     @defer.inlineCallbacks
     def test_a_host_whose_lease_ends_frees_its_places(self) -> None:
@@ -279,6 +329,10 @@ class _Tables:
     def release(self, host: str, user: str) -> defer.Deferred:
         return self._call("release", user)
 
+    def key_login(self, host: str, user: str, sign_hash: bytes, now: float, expires: float,
+                  most: int) -> defer.Deferred:
+        return self._call("key_login", user, sign_hash)
+
     def sync(self, host: str, lease: float, counts: dict) -> defer.Deferred:
         return self._call("sync", dict(counts))
 
@@ -339,6 +393,29 @@ class SharedSlotsTests(TestCase):
         self.assertEqual(self.tables.calls[-1], ("reserve", ("v",)))   # let through
         self.tables.answer(False)
         self.assertFalse(self.successResultOf(later))
+        self.assertTrue(self.slots.idle)
+
+    def test_a_key_login_counts_its_place_only_when_granted(self) -> None:
+        """reserve_signed: (new, granted) from one call, counted like a reservation and
+        held back like one while the rows are rewritten."""
+        first = self.slots.reserve_signed("u", b"h1", 1.0, 121.0)
+        self.assertEqual(self.tables.calls, [("key_login", ("u", b"h1"))])
+        self.tables.answer((True, True))
+        self.assertEqual(self.successResultOf(first), (True, True))
+        for answer in ((False, False), (True, False)):      # a replay; no place left
+            d = self.slots.reserve_signed("u", b"h2", 1.0, 121.0)
+            self.tables.answer(answer)
+            self.assertEqual(self.successResultOf(d), answer)
+        self.assertEqual(self.slots.count("u"), 1)
+        synced = self.slots.resync(15.0)
+        later = self.slots.reserve_signed("v", b"h3", 1.0, 121.0)
+        self.assertEqual(self.tables.calls[-1], ("sync", ({"u": 1},)))
+        self.tables.answer(True)
+        self.successResultOf(synced)
+        self.assertEqual(self.tables.calls[-1], ("key_login", ("v", b"h3")))
+        self.tables.answer((True, True))
+        self.successResultOf(later)
+        self.assertEqual(self.slots.held(), {"u": 1, "v": 1})
         self.assertTrue(self.slots.idle)
 
     def test_a_release_without_a_reservation_is_ignored(self) -> None:

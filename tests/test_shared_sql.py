@@ -1,6 +1,7 @@
-"""The ``wyseman_shared`` schema (provision/schema/008_shared_state.sql) on its own, in
-SQL: the replay record-and-check, the per-user count over live hosts, leases, cleanup,
-privileges, and that two hosts cannot both grant a user's last place."""
+"""The ``wyseman_shared`` schema (provision/schema/008_shared_state.sql and
+009_shared_login.sql) on its own, in SQL: the replay record-and-check, the per-user count
+over live hosts, a key login's two in one call, leases, cleanup, privileges, and that two
+hosts cannot both grant a user's last place."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class SharedSQLTests(SynchronousTestCase):
         self.db.run(shared._RELEASE_SQL, {"h": "b", "u": "alice"})   # nothing held: no-op
         self.assertTrue(self.reserve("a", "alice"))
         self.assertEqual(self.db.run("select host_id, count from wyseman_shared.user_slot "
-                                     "where username = 'alice'"), [("a", 2)])
+                                     "where username = 'alice' order by 1"),
+                         [("a", 2), ("b", 0)])   # (b's row kept at 0 until a cleanup)
         # a host whose lease ended counts no more, before any cleanup
         self.expire("a")
         self.assertEqual(self.count("alice"), 0)
@@ -95,6 +97,56 @@ class SharedSQLTests(SynchronousTestCase):
         self.assertFalse(self.lease("a"))       # it comes back: told its lease had ended
         self.assertTrue(self.lease("a"))
         self.assertEqual(self.count("alice"), 3)   # (its rows count again: it rewrites them)
+
+    def test_a_count_at_0_keeps_its_row_until_the_cleanup(self) -> None:
+        """A user's last connection closed: the row stays (a login that follows updates
+        it in place), counts nothing, never goes below 0, and the cleanup deletes it."""
+        self.lease("a")
+        self.assertTrue(self.reserve("a", "alice", most=1))
+        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})
+        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})   # nothing held
+        self.assertEqual(self.db.run("select count from wyseman_shared.user_slot"), [(0,)])
+        self.assertEqual(self.count("alice"), 0)
+        self.assertTrue(self.reserve("a", "alice", most=1))
+        self.assertFalse(self.reserve("a", "alice", most=1))
+        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})
+        self.lease("b")
+        self.assertTrue(self.reserve("b", "bob"))
+        self.assertEqual(self.db.run(shared._CLEANUP_SQL, {"n": 0.0}), [(0, 0)])
+        self.assertEqual(self.db.run("select host_id, username, count from "
+                                     "wyseman_shared.user_slot"), [("b", "bob", 1)])
+
+    def key_login(self, host: str, user: str, digest: bytes, now: float = 1000.0,
+                  most: int = 1) -> tuple[bool, bool]:
+        rows = self.db.run(shared._KEY_LOGIN_SQL, {"h": host, "u": user, "s": digest,
+                                                   "e": now + 120.0, "n": now, "m": most})
+        self.assertEqual(len(rows), 1)
+        return rows[0]
+
+    def test_a_key_login_records_the_signature_and_reserves_in_one_call(self) -> None:
+        self.lease("a")
+        self.lease("b")
+        self.assertEqual(self.key_login("a", "alice", H), (True, True))
+        self.assertEqual(self.count("alice"), 1)
+        # a replay, on either host: refused, and no place taken
+        self.assertEqual(self.key_login("b", "alice", H, 1001.0), (False, False))
+        self.assertEqual(self.key_login("a", "alice", H, 1001.0, most=5), (False, False))
+        self.assertEqual(self.count("alice"), 1)
+        # a new signature at the user's bound: recorded all the same, no place
+        other = hashlib.sha256(b"s").digest()
+        self.assertEqual(self.key_login("b", "alice", other), (True, False))
+        self.assertFalse(self.record("alice", other, 1002.0, 1122.0))    # burnt
+        self.assertEqual(self.db.run("select host_id, count from wyseman_shared.user_slot"),
+                         [("a", 1)])
+        # the same rules as the two statements: an expired row is taken over, the places
+        # are counted over the live hosts
+        self.assertEqual(self.key_login("b", "alice", H, 1121.0, most=2), (True, True))
+        self.expire("a")
+        self.assertEqual(self.key_login("b", "alice", hashlib.sha256(b"t").digest(),
+                                        most=2), (True, True))
+        self.assertEqual(self.count("alice"), 2)
+        with self.assertRaises(psycopg2.Error):     # only digests are stored
+            self.key_login("a", "carol", b"x" * 200)
 
     def test_sync_replaces_a_hosts_rows_and_leave_deletes_them(self) -> None:
         self.lease("a")
@@ -118,6 +170,7 @@ class SharedSQLTests(SynchronousTestCase):
         self.addCleanup(conn.close)
         for statement in ("select * from wyseman_shared.replay",
                           "select wyseman_shared.slot_reserve('x', 'y', 100)",
+                          "select wyseman_shared.key_login('x', 'y', '', now(), now(), 1)",
                           "delete from wyseman_shared.user_slot"):
             with conn.cursor() as cur, self.assertRaises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(statement)
@@ -126,6 +179,22 @@ class SharedSQLTests(SynchronousTestCase):
         """Host a's reservation is not committed yet when host b asks: b waits for a's
         lock on the user, then sees a's place taken. (Without the lock b's count would not
         see a's uncommitted row and both would pass.)"""
+        answer = self.race(shared._RESERVE_SQL, {"h": "b", "u": "alice", "m": 1})
+        self.assertEqual(answer, [False])
+        self.assertEqual(self.count("alice"), 1)
+
+    def test_a_key_login_waits_for_the_same_lock(self) -> None:
+        """The same race with b's key login (its call takes the lock of slot_reserve):
+        its signature is recorded, its place refused."""
+        answer = self.race(shared._KEY_LOGIN_SQL, {"h": "b", "u": "alice", "s": H,
+                                                   "e": 1120.0, "n": 1000.0, "m": 1})
+        self.assertEqual(answer, [(True, False)])
+        self.assertEqual(self.count("alice"), 1)
+        self.assertFalse(self.record("alice", H, 1001.0, 1121.0))
+
+    def race(self, second_sql: str, params: dict[str, Any]) -> list[Any]:
+        """Host a's reservation of alice's one place held open; ``second_sql`` on
+        another connection meanwhile; → its answer (a row) once a's committed."""
         self.lease("a")
         self.lease("b")
         first = psycopg2.connect(self.db.dsn)
@@ -142,8 +211,9 @@ class SharedSQLTests(SynchronousTestCase):
 
         def ask() -> None:
             with second.cursor() as cur:
-                cur.execute(shared._RESERVE_SQL, {"h": "b", "u": "alice", "m": 1})
-                answer.append(cur.fetchone()[0])
+                cur.execute(second_sql, params)
+                row = cur.fetchone()
+                answer.append(row[0] if len(row) == 1 else tuple(row))
         thread = threading.Thread(target=ask)
         thread.start()
         self.addCleanup(thread.join, 10)
@@ -158,5 +228,4 @@ class SharedSQLTests(SynchronousTestCase):
         self.assertEqual(answer, [])
         first.commit()
         thread.join(10)
-        self.assertEqual(answer, [False])
-        self.assertEqual(self.count("alice"), 1)
+        return answer

@@ -18,6 +18,11 @@
 --   that the live host renews. Counts of hosts whose lease ended are ignored at once
 --   and deleted by the next cleanup, so a host that dies without a word frees its
 --   users' places one lease after its last renewal.
+-- * A count that falls to 0 keeps its row until the next cleanup: a user whose last
+--   connection closes and who logs in again (every login of an app that reconnects)
+--   then updates one row in place. Deleting the row and inserting it again left dead
+--   index entries behind at every login, which each reservation of the user had to
+--   step over until a vacuum.
 -- * slot_reserve serializes one user's reservations over every host with a transaction
 --   advisory lock on the user's name: the count it reads (a statement after the lock,
 --   so a snapshot taken after every earlier reservation committed) includes every
@@ -46,9 +51,21 @@ create unlogged table if not exists wyseman_shared.host (
 create unlogged table if not exists wyseman_shared.user_slot (
     host_id  text    not null,
     username text    not null,
-    count    integer not null check (count > 0),
+    count    integer not null check (count >= 0),
     primary key (host_id, username)
 );
+-- (a table made by version 4 refused a count of 0)
+do $$
+begin
+    if exists (select 1 from pg_constraint
+                where conrelid = 'wyseman_shared.user_slot'::regclass
+                  and conname = 'user_slot_count_check'
+                  and pg_get_constraintdef(oid) = 'CHECK ((count > 0))') then
+        alter table wyseman_shared.user_slot drop constraint user_slot_count_check,
+            add constraint user_slot_count_check check (count >= 0);
+    end if;
+end;
+$$;
 create index if not exists user_slot_username on wyseman_shared.user_slot (username);
 
 -- One more connection of `uname` on host `hid`, if the user's connections on every host
@@ -79,16 +96,11 @@ $$;
 -- One connection of `uname` on host `hid` closed (none counted: nothing happens).
 create or replace function wyseman_shared.slot_release(hid text, uname text)
     returns void
-    language plpgsql
+    language sql
     set search_path = pg_catalog, pg_temp
 as $$
-begin
     update wyseman_shared.user_slot set count = count - 1
-     where host_id = hid and username = uname and count > 1;
-    if not found then
-        delete from wyseman_shared.user_slot where host_id = hid and username = uname;
-    end if;
-end;
+     where host_id = hid and username = uname and count > 0;
 $$;
 
 -- Renew host `hid`'s lease for `lease` seconds; whether the previous one was still alive
@@ -140,8 +152,9 @@ as $$
     delete from wyseman_shared.host where host_id = hid;
 $$;
 
--- Delete replay rows expired by `moment` (the calling host's clock) and the hosts whose
--- lease ended with their counts; → (replay rows deleted, hosts deleted).
+-- Delete replay rows expired by `moment` (the calling host's clock), the hosts whose
+-- lease ended with their counts, and the counts fallen to 0; → (replay rows deleted,
+-- hosts deleted).
 create or replace function wyseman_shared.cleanup(moment timestamptz,
                                                   out replays bigint, out hosts bigint)
     language plpgsql
@@ -151,7 +164,8 @@ begin
     delete from wyseman_shared.replay where expires < moment;
     get diagnostics replays = row_count;
     delete from wyseman_shared.user_slot s
-     where not exists (select 1 from wyseman_shared.host h
+     where s.count = 0
+        or not exists (select 1 from wyseman_shared.host h
                         where h.host_id = s.host_id and h.lease_until > clock_timestamp());
     delete from wyseman_shared.host where lease_until <= clock_timestamp();
     get diagnostics hosts = row_count;
