@@ -326,8 +326,8 @@ class _Tables:
     def reserve(self, host: str, user: str, most: int) -> defer.Deferred:
         return self._call("reserve", user)
 
-    def release(self, host: str, user: str) -> defer.Deferred:
-        return self._call("release", user)
+    def release(self, host: str, closed: dict) -> defer.Deferred:
+        return self._call("release", dict(closed))
 
     def key_login(self, host: str, user: str, sign_hash: bytes, now: float, expires: float,
                   most: int) -> defer.Deferred:
@@ -416,6 +416,47 @@ class SharedSlotsTests(TestCase):
         self.tables.answer((True, True))
         self.successResultOf(later)
         self.assertEqual(self.slots.held(), {"u": 1, "v": 1})
+        self.assertTrue(self.slots.idle)
+
+    def held(self, *users: str) -> None:
+        for user in users:
+            self.slots.reserve(user)
+            self.tables.answer(True)
+
+    def test_releases_wait_for_the_one_under_way_and_go_together(self) -> None:
+        self.slots = SharedSlots(self.tables, "h", 5)   # type: ignore[arg-type]
+        self.held("u", "u", "u", "v")
+        self.slots.release("u")
+        self.assertEqual(self.tables.calls[-1], ("release", ({"u": 1},)))
+        self.slots.release("u")
+        self.slots.release("v")
+        self.slots.release("u")
+        self.assertEqual(len(self.tables.pending), 1)      # the first one's answer first
+        quiet = self.slots.quiet()
+        self.tables.answer(None)
+        self.assertEqual(self.tables.calls[-1], ("release", ({"u": 2, "v": 1},)))
+        self.assertNoResult(quiet)
+        self.tables.answer(None)
+        self.successResultOf(quiet)
+        self.assertEqual(self.slots.held(), {})
+
+    def test_a_rewrite_makes_the_releases_not_sent_moot(self) -> None:
+        """Counts written without the places of connections closed meanwhile: their
+        releases are not sent after (they would free those places twice); releases of
+        connections that close during the rewrite are."""
+        self.held("u", "v")
+        first = self.slots.reserve("w")                  # under way: the rewrite waits
+        synced = self.slots.resync(15.0)
+        self.slots.release("u")
+        self.tables.answer(True)
+        self.successResultOf(first)
+        self.assertEqual(self.tables.calls[-1], ("sync", ({"v": 1, "w": 1},)))
+        self.slots.release("v")                          # during the rewrite
+        self.tables.answer(True)
+        self.successResultOf(synced)
+        self.assertEqual(self.tables.calls[-1], ("release", ({"v": 1},)))
+        self.tables.answer(None)
+        self.assertEqual([name for name, _ in self.tables.calls].count("release"), 1)
         self.assertTrue(self.slots.idle)
 
     def test_a_release_without_a_reservation_is_ignored(self) -> None:

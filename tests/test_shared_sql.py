@@ -34,6 +34,10 @@ class SharedSQLTests(SynchronousTestCase):
     def reserve(self, host: str, user: str, most: int = 2) -> bool:
         return self.one(shared._RESERVE_SQL, {"h": host, "u": user, "m": most})
 
+    def release(self, host: str, *users: str) -> None:
+        """One connection of each of ``users`` closed (a user named twice: two)."""
+        self.db.run(shared._RELEASE_SQL, {"h": host, "u": list(users), "c": [1] * len(users)})
+
     def lease(self, host: str, seconds: float = 30) -> bool:
         return self.one(shared._RENEW_SQL, {"h": host, "l": seconds})
 
@@ -83,9 +87,9 @@ class SharedSQLTests(SynchronousTestCase):
         self.assertFalse(self.reserve("b", "alice"))
         self.assertTrue(self.reserve("a", "bob"))          # each user their own bound
         self.assertEqual(self.count("alice"), 2)
-        self.db.run(shared._RELEASE_SQL, {"h": "b", "u": "alice"})
+        self.release("b", "alice")
         self.assertEqual(self.count("alice"), 1)
-        self.db.run(shared._RELEASE_SQL, {"h": "b", "u": "alice"})   # nothing held: no-op
+        self.release("b", "alice")   # nothing held: no-op
         self.assertTrue(self.reserve("a", "alice"))
         self.assertEqual(self.db.run("select host_id, count from wyseman_shared.user_slot "
                                      "where username = 'alice' order by 1"),
@@ -103,18 +107,39 @@ class SharedSQLTests(SynchronousTestCase):
         it in place), counts nothing, never goes below 0, and the cleanup deletes it."""
         self.lease("a")
         self.assertTrue(self.reserve("a", "alice", most=1))
-        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})
-        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})   # nothing held
+        self.release("a", "alice")
+        self.release("a", "alice")   # nothing held
         self.assertEqual(self.db.run("select count from wyseman_shared.user_slot"), [(0,)])
         self.assertEqual(self.count("alice"), 0)
         self.assertTrue(self.reserve("a", "alice", most=1))
         self.assertFalse(self.reserve("a", "alice", most=1))
-        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": "alice"})
+        self.release("a", "alice")
         self.lease("b")
         self.assertTrue(self.reserve("b", "bob"))
         self.assertEqual(self.db.run(shared._CLEANUP_SQL, {"n": 0.0}), [(0, 0)])
         self.assertEqual(self.db.run("select host_id, username, count from "
                                      "wyseman_shared.user_slot"), [("b", "bob", 1)])
+
+    def test_many_releases_in_one_call(self) -> None:
+        """A host's releases in one call, one user's named as often as they closed (or
+        with their number); never below 0, never another host's row. (slot_release,
+        which hosts of version 4 call, keeps to the same rows.)"""
+        self.lease("a")
+        self.lease("b")
+        for user, places in (("alice", 3), ("bob", 2), ("carol", 1)):
+            for _ in range(places):
+                self.assertTrue(self.reserve("a", user, most=5))
+        self.assertTrue(self.reserve("b", "alice", most=5))
+        self.release("a", "alice", "bob", "alice", "dave")
+        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": ["carol"], "c": [4]})
+        self.assertEqual(self.db.run("select host_id, username, count from "
+                                     "wyseman_shared.user_slot order by 1, 2"),
+                         [("a", "alice", 1), ("a", "bob", 1), ("a", "carol", 0),
+                          ("b", "alice", 1)])
+        self.db.run("select wyseman_shared.slot_release('a', 'bob')")
+        self.assertEqual(self.count("bob"), 0)
+        self.release("a")                                  # nothing: a no-op
+        self.assertEqual(self.count("alice"), 2)
 
     def key_login(self, host: str, user: str, digest: bytes, now: float = 1000.0,
                   most: int = 1) -> tuple[bool, bool]:
@@ -171,6 +196,7 @@ class SharedSQLTests(SynchronousTestCase):
         for statement in ("select * from wyseman_shared.replay",
                           "select wyseman_shared.slot_reserve('x', 'y', 100)",
                           "select wyseman_shared.key_login('x', 'y', '', now(), now(), 1)",
+                          "select wyseman_shared.slot_release_many('x', '{y}', '{1}')",
                           "delete from wyseman_shared.user_slot"):
             with conn.cursor() as cur, self.assertRaises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(statement)

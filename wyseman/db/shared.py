@@ -23,7 +23,9 @@ select to_regclass('wyseman_shared.replay') is not null
    and to_regprocedure('wyseman_shared.host_sync(text, double precision, text[], integer[])')
        is not null
    and to_regprocedure('wyseman_shared.key_login(text, text, bytea, timestamptz, '
-                       'timestamptz, integer)') is not null"""
+                       'timestamptz, integer)') is not null
+   and to_regprocedure('wyseman_shared.slot_release_many(text, text[], integer[])')
+       is not null"""
 
 # The record and the check at once: a row inserted (or an expired one taken over) is a
 # signature not seen before; no row back is a replay. (An expired row is not yet deleted
@@ -45,7 +47,8 @@ select new, granted from wyseman_shared.key_login(
     %(h)s, %(u)s, %(s)s, to_timestamp(%(e)s), to_timestamp(%(n)s), %(m)s)"""
 
 _RESERVE_SQL = "select wyseman_shared.slot_reserve(%(h)s, %(u)s, %(m)s)"
-_RELEASE_SQL = "select wyseman_shared.slot_release(%(h)s, %(u)s)"
+_RELEASE_SQL = """
+select wyseman_shared.slot_release_many(%(h)s, %(u)s::text[], %(c)s::integer[])"""
 _RENEW_SQL = "select wyseman_shared.host_renew(%(h)s, %(l)s)"
 _SYNC_SQL = "select wyseman_shared.host_sync(%(h)s, %(l)s, %(u)s::text[], %(c)s::integer[])"
 _LEAVE_SQL = "select wyseman_shared.host_leave(%(h)s)"
@@ -111,8 +114,11 @@ class SharedTables:
         hosts (one more now counted on ``host``)."""
         return self._one(_RESERVE_SQL, {"h": host, "u": user, "m": most}).addCallback(bool)
 
-    def release(self, host: str, user: str) -> defer.Deferred[Any]:
-        return self._one(_RELEASE_SQL, {"h": host, "u": user})
+    def release(self, host: str, closed: Mapping[str, int]) -> defer.Deferred[Any]:
+        """``closed[user]`` connections of each user closed on ``host``."""
+        users = sorted(closed)
+        return self._one(_RELEASE_SQL, {"h": host, "u": users,
+                                        "c": [closed[u] for u in users]})
 
     def renew(self, host: str, lease: float) -> defer.Deferred[Any]:
         """Deferred of whether ``host``'s previous lease was still alive."""

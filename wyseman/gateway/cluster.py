@@ -114,7 +114,12 @@ class SharedReplay:
 class SharedSlots:
     """Each user's connections over every live host (``[limits]
     max_connections_per_user``), and this host's own in memory: what it writes again if
-    its rows were lost (a lapsed lease, a release that failed)."""
+    its rows were lost (a lapsed lease, a release that failed).
+
+    Releases go one call at a time: those of the connections that close while one is
+    under way wait and go together in the next, so that a host whose clients come and go
+    by the hundred a second does not pay a statement for each. A rewrite of the rows
+    makes those not yet sent moot (it writes the counts without them)."""
 
     def __init__(self, tables: SharedTables, host_id: str, limit: int) -> None:
         self.tables = tables
@@ -124,6 +129,10 @@ class SharedSlots:
         self._counts: dict[str, int] = {}
         #: reservations and releases sent and not yet answered
         self._in_flight = 0
+        #: connections closed whose release is not sent yet, per user
+        self._unsent: dict[str, int] = {}
+        #: a release is under way (the next ones wait for it)
+        self._releasing = False
         #: while this host's rows are rewritten: the reservations and releases waiting
         self._gate: list[defer.Deferred[None]] | None = None
         #: the rows in the database may differ from :attr:`_counts`: rewrite them
@@ -189,19 +198,31 @@ class SharedSlots:
             del self._counts[user]
         else:
             self._counts[user] = count - 1
-        self._opened().addCallback(lambda _: self._release(user))
+        self._unsent[user] = self._unsent.get(user, 0) + 1
+        self._send_releases()
 
-    def _release(self, user: str) -> None:
+    def _send_releases(self) -> None:
+        """Send the releases waiting, unless one is under way (its answer sends them) or
+        a rewrite is coming (it makes them moot; those after it are sent once it ends)."""
+        if self._releasing or not self._unsent or self._gate is not None:
+            return
+        closed, self._unsent = self._unsent, {}
+        self._releasing = True
         self._in_flight += 1
-        d = self.tables.release(self.host_id, user)
+        d = self.tables.release(self.host_id, closed)
 
         def failed(failure: Failure) -> None:
-            # the row keeps the place until the rows are written again (next renewal)
+            # the rows keep the places until they are written again (next renewal)
             self.resync_wanted = True
-            log.warn("could not free a place of {user} in the shared count: {why} (written "
-                     "again at the next lease renewal)", user=user,
-                     why=failure.getErrorMessage())
+            log.warn("could not free places of {users} in the shared count: {why} "
+                     "(written again at the next lease renewal)",
+                     users=", ".join(sorted(closed)), why=failure.getErrorMessage())
+
+        def sent(_: Any) -> None:
+            self._releasing = False
+            self._send_releases()        # (before this one is settled: quiet waits)
         d.addErrback(failed)
+        d.addBoth(sent)
         d.addBoth(self._settled)
 
     def _settled(self, result: Any) -> Any:
@@ -250,6 +271,7 @@ class SharedSlots:
         assert self._sync is not None
         lease, waiting = self._sync
         self._sync_running = True
+        self._unsent.clear()             # (the counts written are without them)
         d = self.tables.sync(self.host_id, lease, self._counts)
 
         def finished(result: Any) -> None:
@@ -259,6 +281,7 @@ class SharedSlots:
             gate, self._gate = self._gate or [], None
             for waiter in gate:
                 waiter.callback(None)
+            self._send_releases()        # (connections closed during the rewrite)
             for answer in waiting:
                 if isinstance(result, Failure):
                     answer.errback(result)

@@ -1,5 +1,6 @@
 -- wyseman for Python: bootstrap schema, part 9: a key login's shared-state checks in one
--- call (`[cluster] shared_state = "postgres"`, docs/operations.md "Several hosts").
+-- call, and the releases of many connections in one (`[cluster] shared_state =
+-- "postgres"`, docs/operations.md "Several hosts").
 --
 -- Decisions:
 -- * A key login recorded its signature (the replay check) and then reserved the user's
@@ -37,6 +38,25 @@ begin
         granted := wyseman_shared.slot_reserve(hid, uname, most);
     end if;
 end;
+$$;
+
+-- Connections of host `hid` closed: users[i] closed counts[i] of them (a count does not
+-- fall below 0). A host sends the releases of all the connections that closed while its
+-- previous release was under way in one call, so that a host whose clients come and go
+-- by the hundred a second writes a few times a second, not once per connection.
+-- (The rows are locked in the users' order; another host touches none of them but to
+-- delete those at 0, which this never locks.)
+create or replace function wyseman_shared.slot_release_many(hid text, users text[],
+                                                            counts integer[])
+    returns void
+    language sql
+    set search_path = pg_catalog, pg_temp
+as $$
+    update wyseman_shared.user_slot s set count = greatest(s.count - u.closed, 0)
+      from (select name, sum(closed)::integer as closed
+              from unnest(users, counts) as x(name, closed)
+             group by name order by name) u
+     where s.host_id = hid and s.username = u.name and s.count > 0;
 $$;
 
 revoke execute on all functions in schema wyseman_shared from public;
