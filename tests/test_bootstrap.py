@@ -208,12 +208,16 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(db.run("select relpersistence from pg_class where oid = "
                                 "'wyseman_shared.replay'::regclass"), [("u",)])
 
-    def test_upgrade_from_version_4_adds_the_key_login_call(self) -> None:
-        """A version-4 database (the shared tables without key_login, counts above 0
-        only) gets the call and takes counts of 0; the rows it held stay."""
+    def test_upgrade_from_version_4_adds_the_key_login_calls(self) -> None:
+        """A version-4 database (the shared tables without the calls of version 5, counts
+        above 0 only) gets them and takes counts of 0; the rows it held stay."""
+        from wyseman.db.shared import SCHEMA_CHECK_SQL
         db = fresh_database(self)
-        db.run("drop function wyseman_shared.key_login(text, text, bytea, timestamptz, "
+        db.run("drop function wyseman_shared.key_logins(text, text[], bytea[], "
+               "double precision[], double precision[], integer); "
+               "drop function wyseman_shared.key_login(text, text, bytea, timestamptz, "
                "timestamptz, integer); "
+               "drop function wyseman_shared.slot_release_many(text, text[], integer[]); "
                "alter table wyseman_shared.user_slot drop constraint user_slot_count_check, "
                "add constraint user_slot_count_check check (count > 0); "
                "insert into wyseman_shared.user_slot values ('h', 'alice', 2); "
@@ -224,10 +228,8 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(db.run("select pg_get_constraintdef(oid) from pg_constraint "
                                 "where conname = 'user_slot_count_check'"),
                          [("CHECK ((count >= 0))",)])
-        self.assertEqual(db.run("select to_regprocedure('wyseman_shared.key_login(text, "
-                                "text, bytea, timestamptz, timestamptz, integer)') is not "
-                                "null, (select count from wyseman_shared.user_slot)"),
-                         [(True, 2)])
+        self.assertEqual(db.run(SCHEMA_CHECK_SQL + ", (select count from "
+                                "wyseman_shared.user_slot)"), [(True, 2)])
 
     def test_ensure_database(self) -> None:
         db = fresh_database(self, "empty")

@@ -144,7 +144,7 @@ class TwoHostTests(TestCase):
                 calls.append(name)
                 return method(*args)
             return called
-        for name in ("record_signature", "reserve", "key_login"):
+        for name in ("record_signature", "reserve", "key_logins"):
             setattr(tables, name, spied(name))
         return calls
 
@@ -167,7 +167,7 @@ class TwoHostTests(TestCase):
         sign = keys.sign(private, signed_message("::ffff:127.0.0.1", None, None, date))
         query = f"user={user}&sign={sign}&date={date}"
         self.assertEqual((yield raw_upgrade(a.port, query))[0], 503)
-        self.assertEqual(calls, ["key_login"])
+        self.assertEqual(calls, ["key_logins"])
         yield held.close()
         yield b.cluster.slots.quiet()
         self.assertEqual((yield raw_upgrade(a.port, query))[0], 403)   # spent
@@ -176,7 +176,7 @@ class TwoHostTests(TestCase):
                              clientinfo_url=f"http://127.0.0.1:{a.port}/clientinfo")
         self.assertEqual(self.slots(user), [("host-a", 1)])
         self.assertEqual(a.cluster.slots.count(user), 1)
-        self.assertEqual(calls, ["key_login"] * 3)
+        self.assertEqual(calls, ["key_logins"] * 3)
         yield conn.close()
         yield a.cluster.slots.quiet()
         self.assertEqual((self.slots(user), a.cluster.slots.count(user)), ([], 0))
@@ -329,9 +329,8 @@ class _Tables:
     def release(self, host: str, closed: dict) -> defer.Deferred:
         return self._call("release", dict(closed))
 
-    def key_login(self, host: str, user: str, sign_hash: bytes, now: float, expires: float,
-                  most: int) -> defer.Deferred:
-        return self._call("key_login", user, sign_hash)
+    def key_logins(self, host: str, logins: list, most: int) -> defer.Deferred:
+        return self._call("key_logins", *[(user, digest) for user, digest, *_ in logins])
 
     def sync(self, host: str, lease: float, counts: dict) -> defer.Deferred:
         return self._call("sync", dict(counts))
@@ -395,27 +394,38 @@ class SharedSlotsTests(TestCase):
         self.assertFalse(self.successResultOf(later))
         self.assertTrue(self.slots.idle)
 
-    def test_a_key_login_counts_its_place_only_when_granted(self) -> None:
-        """reserve_signed: (new, granted) from one call, counted like a reservation and
-        held back like one while the rows are rewritten."""
+    def test_key_logins_wait_for_the_call_under_way_and_go_together(self) -> None:
+        """reserve_signed: (new, granted) each, from one call for the logins that arrived
+        while the previous one was under way; a place counted only when granted."""
         first = self.slots.reserve_signed("u", b"h1", 1.0, 121.0)
-        self.assertEqual(self.tables.calls, [("key_login", ("u", b"h1"))])
-        self.tables.answer((True, True))
+        self.assertEqual(self.tables.calls, [("key_logins", (("u", b"h1"),))])
+        later = [self.slots.reserve_signed(user, digest, 2.0, 122.0)
+                 for user, digest in (("u", b"h1"), ("v", b"h2"), ("u", b"h3"))]
+        self.assertEqual(len(self.tables.calls), 1)
+        quiet = self.slots.quiet()
+        self.tables.answer([(True, True)])
         self.assertEqual(self.successResultOf(first), (True, True))
-        for answer in ((False, False), (True, False)):      # a replay; no place left
-            d = self.slots.reserve_signed("u", b"h2", 1.0, 121.0)
-            self.tables.answer(answer)
-            self.assertEqual(self.successResultOf(d), answer)
-        self.assertEqual(self.slots.count("u"), 1)
+        self.assertEqual(self.tables.calls[-1],
+                         ("key_logins", (("u", b"h1"), ("v", b"h2"), ("u", b"h3"))))
+        answers = [(False, False), (True, True), (True, False)]  # a replay; no place left
+        self.tables.answer(answers)
+        self.assertEqual([self.successResultOf(d) for d in later], answers)
+        self.successResultOf(quiet)
+        self.assertEqual(self.slots.held(), {"u": 1, "v": 1})
+
+    def test_key_logins_wait_for_a_rewrite_and_fail_together(self) -> None:
+        self.held("u")
         synced = self.slots.resync(15.0)
-        later = self.slots.reserve_signed("v", b"h3", 1.0, 121.0)
+        later = [self.slots.reserve_signed("v", b"h", 1.0, 121.0),
+                 self.slots.reserve_signed("w", b"h", 1.0, 121.0)]
         self.assertEqual(self.tables.calls[-1], ("sync", ({"u": 1},)))
         self.tables.answer(True)
         self.successResultOf(synced)
-        self.assertEqual(self.tables.calls[-1], ("key_login", ("v", b"h3")))
-        self.tables.answer((True, True))
-        self.successResultOf(later)
-        self.assertEqual(self.slots.held(), {"u": 1, "v": 1})
+        self.assertEqual(self.tables.calls[-1], ("key_logins", (("v", b"h"), ("w", b"h"))))
+        self.tables.pending.pop(0).errback(RuntimeError("connection lost"))
+        for d in later:
+            self.failureResultOf(d, RuntimeError)
+        self.assertEqual(self.slots.held(), {"u": 1})
         self.assertTrue(self.slots.idle)
 
     def held(self, *users: str) -> None:

@@ -141,12 +141,35 @@ class SharedSQLTests(SynchronousTestCase):
         self.release("a")                                  # nothing: a no-op
         self.assertEqual(self.count("alice"), 2)
 
+    def key_logins(self, host: str, logins: list[tuple[str, bytes, float]],
+                   most: int = 1) -> list[tuple[bool, bool]]:
+        """(user, digest, now) each, kept for 120 s → (new, granted) each."""
+        return self.db.run(shared._KEY_LOGINS_SQL, {
+            "h": host, "u": [user for user, _, _ in logins],
+            "s": [digest for _, digest, _ in logins], "n": [now for _, _, now in logins],
+            "e": [now + 120.0 for _, _, now in logins], "m": most})
+
     def key_login(self, host: str, user: str, digest: bytes, now: float = 1000.0,
                   most: int = 1) -> tuple[bool, bool]:
-        rows = self.db.run(shared._KEY_LOGIN_SQL, {"h": host, "u": user, "s": digest,
-                                                   "e": now + 120.0, "n": now, "m": most})
+        rows = self.key_logins(host, [(user, digest, now)], most)
         self.assertEqual(len(rows), 1)
         return rows[0]
+
+    def test_several_key_logins_in_one_call(self) -> None:
+        """Each login's answer in the order given, as if they had come one by one in
+        the order of the users' names (one user's in the order given)."""
+        self.lease("a")
+        digests = [hashlib.sha256(bytes([n])).digest() for n in range(4)]
+        answers = self.key_logins("a", [("carol", digests[0], 1000.0),
+                                        ("alice", digests[1], 1000.0),
+                                        ("carol", digests[0], 1001.0),   # a replay
+                                        ("carol", digests[2], 1001.0),
+                                        ("bob", digests[3], 1000.0)], most=1)
+        self.assertEqual(answers, [(True, True), (True, True), (False, False),
+                                   (True, False), (True, True)])
+        self.assertEqual(self.db.run("select username, count from wyseman_shared.user_slot "
+                                     "order by 1"), [("alice", 1), ("bob", 1), ("carol", 1)])
+        self.assertEqual(self.db.run("select count(*) from wyseman_shared.replay"), [(4,)])
 
     def test_a_key_login_records_the_signature_and_reserves_in_one_call(self) -> None:
         self.lease("a")
@@ -196,6 +219,7 @@ class SharedSQLTests(SynchronousTestCase):
         for statement in ("select * from wyseman_shared.replay",
                           "select wyseman_shared.slot_reserve('x', 'y', 100)",
                           "select wyseman_shared.key_login('x', 'y', '', now(), now(), 1)",
+                          "select wyseman_shared.key_logins('x', '{y}', '{}', '{1}', '{1}', 1)",
                           "select wyseman_shared.slot_release_many('x', '{y}', '{1}')",
                           "delete from wyseman_shared.user_slot"):
             with conn.cursor() as cur, self.assertRaises(psycopg2.errors.InsufficientPrivilege):
@@ -212,8 +236,8 @@ class SharedSQLTests(SynchronousTestCase):
     def test_a_key_login_waits_for_the_same_lock(self) -> None:
         """The same race with b's key login (its call takes the lock of slot_reserve):
         its signature is recorded, its place refused."""
-        answer = self.race(shared._KEY_LOGIN_SQL, {"h": "b", "u": "alice", "s": H,
-                                                   "e": 1120.0, "n": 1000.0, "m": 1})
+        answer = self.race(shared._KEY_LOGINS_SQL, {"h": "b", "u": ["alice"], "s": [H],
+                                                    "e": [1120.0], "n": [1000.0], "m": 1})
         self.assertEqual(answer, [(True, False)])
         self.assertEqual(self.count("alice"), 1)
         self.assertFalse(self.record("alice", H, 1001.0, 1121.0))

@@ -8,7 +8,7 @@ The policy (what to do with an answer, when to renew, what to log) is the gatewa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -22,8 +22,8 @@ select to_regclass('wyseman_shared.replay') is not null
    and to_regclass('wyseman_shared.user_slot') is not null
    and to_regprocedure('wyseman_shared.host_sync(text, double precision, text[], integer[])')
        is not null
-   and to_regprocedure('wyseman_shared.key_login(text, text, bytea, timestamptz, '
-                       'timestamptz, integer)') is not null
+   and to_regprocedure('wyseman_shared.key_logins(text, text[], bytea[], '
+                       'double precision[], double precision[], integer)') is not null
    and to_regprocedure('wyseman_shared.slot_release_many(text, text[], integer[])')
        is not null"""
 
@@ -41,10 +41,11 @@ on conflict (username, sign_hash) do update set expires = excluded.expires
 _REPLAY_ROWS_SQL = "select count(*) from (select 1 from wyseman_shared.replay limit %(m)s) r"
 
 # A key login's two checks in one round trip: the replay record-and-check above, and if
-# the signature was new, the reservation below (009_shared_login.sql).
-_KEY_LOGIN_SQL = """
-select new, granted from wyseman_shared.key_login(
-    %(h)s, %(u)s, %(s)s, to_timestamp(%(e)s), to_timestamp(%(n)s), %(m)s)"""
+# the signature was new, the reservation below; for several logins at once, a row each
+# in their order (009_shared_login.sql).
+_KEY_LOGINS_SQL = """
+select new, granted from wyseman_shared.key_logins(
+    %(h)s, %(u)s::text[], %(s)s::bytea[], %(n)s::float8[], %(e)s::float8[], %(m)s)"""
 
 _RESERVE_SQL = "select wyseman_shared.slot_reserve(%(h)s, %(u)s, %(m)s)"
 _RELEASE_SQL = """
@@ -95,15 +96,17 @@ class SharedTables:
         d = self._one(_REPLAY_SQL, {"u": user, "h": sign_hash, "e": expires, "n": now})
         return d.addCallback(lambda row: row is not None)
 
-    def key_login(self, host: str, user: str, sign_hash: bytes, now: float, expires: float,
-                  most: int) -> defer.Deferred[Any]:
-        """:meth:`record_signature` and, if the signature was new, :meth:`reserve`, in one
-        statement: Deferred of (new, granted)."""
-        d = self.db.run_admin(lambda conn: conn.execute(
-            _KEY_LOGIN_SQL, {"h": host, "u": user, "s": sign_hash, "e": expires, "n": now,
-                             "m": most}))
-        return d.addCallback(lambda result: (bool(result.rows[0][0]),
-                                             bool(result.rows[0][1])))
+    def key_logins(self, host: str, logins: Sequence[tuple[str, bytes, float, float]],
+                   most: int) -> defer.Deferred[Any]:
+        """For each login (user, signature digest, now, expires): :meth:`record_signature`
+        and, if the signature was new, :meth:`reserve`, all in one statement: Deferred of
+        a list of (new, granted), in the order of ``logins``."""
+        params = {"h": host, "u": [login[0] for login in logins],
+                  "s": [login[1] for login in logins], "n": [login[2] for login in logins],
+                  "e": [login[3] for login in logins], "m": most}
+        d = self.db.run_admin(lambda conn: conn.execute(_KEY_LOGINS_SQL, params))
+        return d.addCallback(lambda result: [(bool(new), bool(granted))
+                                             for new, granted in result.rows])
 
     def replay_rows(self, most: int) -> defer.Deferred[Any]:
         """Deferred of the number of replay rows, at most ``most``."""

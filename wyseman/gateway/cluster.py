@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -43,8 +43,6 @@ from wyseman.db.database import Database
 from wyseman.db.shared import SharedTables
 
 log = Logger(namespace="wyseman.cluster")
-
-_A = TypeVar("_A")
 
 #: shared replay rows past which key logins are refused (``FULL``) until a cleanup finds
 #: fewer: only verified signatures are recorded and each is deleted after 2 × the date
@@ -133,6 +131,11 @@ class SharedSlots:
         self._unsent: dict[str, int] = {}
         #: a release is under way (the next ones wait for it)
         self._releasing = False
+        #: key logins not sent yet: (user, signature digest, now, expires, their answer)
+        self._logins: list[tuple[str, bytes, float, float,
+                                 defer.Deferred[tuple[bool, bool]]]] = []
+        #: a call of key logins is under way (the next ones wait for it)
+        self._logging_in = False
         #: while this host's rows are rewritten: the reservations and releases waiting
         self._gate: list[defer.Deferred[None]] | None = None
         #: the rows in the database may differ from :attr:`_counts`: rewrite them
@@ -159,32 +162,55 @@ class SharedSlots:
 
     def reserve(self, user: str) -> defer.Deferred[bool]:
         """Deferred of whether ``user`` may have one more connection (counted if so)."""
-        def ask() -> defer.Deferred[bool]:
-            return self.tables.reserve(self.host_id, user, self.limit)
-        return self._opened().addCallback(lambda _: self._reserve(user, ask, bool))
+        return self._opened().addCallback(lambda _: self._reserve(user))
 
     def reserve_signed(self, user: str, sign_hash: bytes, now: float,
                        expires: float) -> defer.Deferred[tuple[bool, bool]]:
         """A key login's signature recorded (as :meth:`SharedTables.record_signature`)
         and, if it was new, :meth:`reserve` in the same statement: Deferred of (new,
-        granted). It waits for a rewrite of this host's rows like a reservation: its
-        place must be in the counts written."""
-        def ask() -> defer.Deferred[tuple[bool, bool]]:
-            return self.tables.key_login(self.host_id, user, sign_hash, now, expires,
-                                         self.limit)
-        return self._opened().addCallback(
-            lambda _: self._reserve(user, ask, lambda answer: answer[1]))
+        granted). Key logins go one call at a time, those that arrive while one is under
+        way together in the next (one transaction, one round trip for all of them); they
+        wait for a rewrite of this host's rows like reservations: their places must be
+        in the counts written."""
+        answer: defer.Deferred[tuple[bool, bool]] = defer.Deferred()
+        self._logins.append((user, sign_hash, now, expires, answer))
+        self._send_logins()
+        return answer
 
-    def _reserve(self, user: str, ask: Callable[[], defer.Deferred[_A]],
-                 granted: Callable[[_A], bool]) -> defer.Deferred[_A]:
-        """``ask()`` the database for a place of ``user``; counted if ``granted(answer)``."""
+    def _send_logins(self) -> None:
+        """Send the key logins waiting, unless a call is under way (its answer sends
+        them) or a rewrite is coming (they go once it ends)."""
+        if self._logging_in or not self._logins or self._gate is not None:
+            return
+        batch, self._logins = self._logins, []
+        self._logging_in = True
         self._in_flight += 1
-        d = ask()
+        d = self.tables.key_logins(self.host_id, [login[:4] for login in batch], self.limit)
 
-        def answered(answer: _A) -> _A:
-            if granted(answer):
+        def answered(result: Any) -> None:
+            if not isinstance(result, Failure):
+                for (user, *_), (_, granted) in zip(batch, result, strict=True):
+                    if granted:
+                        self._counts[user] = self._counts.get(user, 0) + 1
+            self._logging_in = False
+            self._send_logins()          # (before this one is settled: quiet waits)
+            if isinstance(result, Failure):
+                for *_, waiter in batch:
+                    waiter.errback(result)
+            else:
+                for (*_, waiter), answer in zip(batch, result, strict=True):
+                    waiter.callback(answer)
+        d.addBoth(answered)
+        d.addBoth(self._settled)
+
+    def _reserve(self, user: str) -> defer.Deferred[bool]:
+        self._in_flight += 1
+        d = self.tables.reserve(self.host_id, user, self.limit)
+
+        def answered(granted: bool) -> bool:
+            if granted:
                 self._counts[user] = self._counts.get(user, 0) + 1
-            return answer
+            return granted
         d.addCallback(answered)
         d.addBoth(self._settled)
         return d
@@ -281,6 +307,7 @@ class SharedSlots:
             gate, self._gate = self._gate or [], None
             for waiter in gate:
                 waiter.callback(None)
+            self._send_logins()
             self._send_releases()        # (connections closed during the rewrite)
             for answer in waiting:
                 if isinstance(result, Failure):

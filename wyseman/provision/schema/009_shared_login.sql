@@ -1,5 +1,5 @@
 -- wyseman for Python: bootstrap schema, part 9: a key login's shared-state checks in one
--- call, and the releases of many connections in one (`[cluster] shared_state =
+-- call, several key logins in one, and the releases of many connections in one (`[cluster] shared_state =
 -- "postgres"`, docs/operations.md "Several hosts").
 --
 -- Decisions:
@@ -37,6 +37,42 @@ begin
     if new then
         granted := wyseman_shared.slot_reserve(hid, uname, most);
     end if;
+end;
+$$;
+
+-- key_login for several logins of host `hid` in one call (one transaction): those that
+-- a host received while its previous call was under way. users[i] signed signeds[i] at
+-- moments[i] (seconds since the epoch, the host's clock), to be kept until keeps[i];
+-- → one row (new, granted) per login, in the order given. The logins are taken in the
+-- order of the users' names (the same name in the order given), so their locks are
+-- taken in one order on every host: two calls cannot each hold a lock the other waits
+-- for. (The locks last until the call ends: another host's login of a user in a call
+-- waits for all of it.)
+create or replace function wyseman_shared.key_logins(hid text, users text[],
+                                                     signeds bytea[],
+                                                     moments double precision[],
+                                                     keeps double precision[],
+                                                     most integer)
+    returns table (new boolean, granted boolean)
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+as $$
+declare
+    i integer;
+    news boolean[];
+    grants boolean[];
+    answer record;
+begin
+    for i in select u.o from unnest(users) with ordinality as u(name, o)
+              order by u.name, u.o loop
+        select * into answer
+          from wyseman_shared.key_login(hid, users[i], signeds[i], to_timestamp(keeps[i]),
+                                        to_timestamp(moments[i]), most);
+        news[i] := answer.new;
+        grants[i] := answer.granted;
+    end loop;
+    return query select news[o], grants[o]
+                   from generate_subscripts(users, 1) as o order by o;
 end;
 $$;
 
