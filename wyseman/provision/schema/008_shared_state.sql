@@ -96,11 +96,13 @@ $$;
 -- One connection of `uname` on host `hid` closed (none counted: nothing happens).
 create or replace function wyseman_shared.slot_release(hid text, uname text)
     returns void
-    language sql
+    language plpgsql
     set search_path = pg_catalog, pg_temp
 as $$
+begin
     update wyseman_shared.user_slot set count = count - 1
      where host_id = hid and username = uname and count > 0;
+end;
 $$;
 
 -- Renew host `hid`'s lease for `lease` seconds; whether the previous one was still alive

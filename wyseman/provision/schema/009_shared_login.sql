@@ -80,19 +80,26 @@ $$;
 -- fall below 0). A host sends the releases of all the connections that closed while its
 -- previous release was under way in one call, so that a host whose clients come and go
 -- by the hundred a second writes a few times a second, not once per connection.
--- (The rows are locked in the users' order; another host touches none of them but to
--- delete those at 0, which this never locks.)
+-- The rows are updated one by one in the order of the users' names, as key_logins and
+-- slot_reserve lock them: a release cannot hold one row while waiting for another that
+-- a login holds while it waits for a lock the release's row stands in the way of.
+-- (plpgsql, as every function here that runs at each login: its plans are kept for the
+-- connection; a `language sql` function plans its statements at every call.)
 create or replace function wyseman_shared.slot_release_many(hid text, users text[],
                                                             counts integer[])
     returns void
-    language sql
+    language plpgsql
     set search_path = pg_catalog, pg_temp
 as $$
-    update wyseman_shared.user_slot s set count = greatest(s.count - u.closed, 0)
-      from (select name, sum(closed)::integer as closed
-              from unnest(users, counts) as x(name, closed)
-             group by name order by name) u
-     where s.host_id = hid and s.username = u.name and s.count > 0;
+declare
+    i integer;
+begin
+    for i in select u.o from unnest(users) with ordinality as u(name, o)
+              order by u.name, u.o loop
+        update wyseman_shared.user_slot s set count = greatest(s.count - counts[i], 0)
+         where s.host_id = hid and s.username = users[i] and s.count > 0;
+    end loop;
+end;
 $$;
 
 revoke execute on all functions in schema wyseman_shared from public;
