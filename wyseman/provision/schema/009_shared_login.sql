@@ -1,6 +1,6 @@
 -- wyseman for Python: bootstrap schema, part 9: a key login's shared-state checks in one
--- call, several key logins in one, and the releases of many connections in one (`[cluster] shared_state =
--- "postgres"`, docs/operations.md "Several hosts").
+-- call, several key logins in one, and the releases of many connections in one
+-- (`[cluster] shared_state = "postgres"`, docs/operations.md "Several hosts").
 --
 -- Decisions:
 -- * A key login recorded its signature (the replay check) and then reserved the user's
@@ -40,9 +40,10 @@ begin
 end;
 $$;
 
--- key_login for several logins of host `hid` in one call (one transaction): those that
--- a host received while its previous call was under way. users[i] signed signeds[i] at
--- moments[i] (seconds since the epoch, the host's clock), to be kept until keeps[i];
+-- What key_login does, for several logins of host `hid` in one call (one transaction):
+-- those that a host received while its previous call was under way. users[i] signed
+-- signeds[i] at moments[i] (seconds since the epoch, the host's clock), to be kept until
+-- keeps[i];
 -- → one row (new, granted) per login, in the order given. The logins are taken in the
 -- order of the users' names (the same name in the order given), so their locks are
 -- taken in one order on every host: two calls cannot each hold a lock the other waits
@@ -59,17 +60,36 @@ create or replace function wyseman_shared.key_logins(hid text, users text[],
 as $$
 declare
     i integer;
+    uname text;
+    held bigint;
     news boolean[];
     grants boolean[];
-    answer record;
 begin
     for i in select u.o from unnest(users) with ordinality as u(name, o)
               order by u.name, u.o loop
-        select * into answer
-          from wyseman_shared.key_login(hid, users[i], signeds[i], to_timestamp(keeps[i]),
-                                        to_timestamp(moments[i]), most);
-        news[i] := answer.new;
-        grants[i] := answer.granted;
+        uname := users[i];
+        -- (key_login and slot_reserve written out: a nested call per login costs as
+        -- much as the statements themselves)
+        insert into wyseman_shared.replay as r (username, sign_hash, expires)
+             values (uname, signeds[i], to_timestamp(keeps[i]))
+        on conflict (username, sign_hash) do update set expires = excluded.expires
+              where r.expires < to_timestamp(moments[i]);
+        news[i] := found;
+        grants[i] := false;
+        if found then
+            perform pg_advisory_xact_lock(hashtext('wyseman_shared.user_slot'),
+                                          hashtext(uname));
+            select coalesce(sum(s.count), 0) into held
+              from wyseman_shared.user_slot s
+              join wyseman_shared.host h on h.host_id = s.host_id
+             where s.username = uname and h.lease_until > clock_timestamp();
+            if held < most then
+                insert into wyseman_shared.user_slot as s (host_id, username, count)
+                    values (hid, uname, 1)
+                    on conflict (host_id, username) do update set count = s.count + 1;
+                grants[i] := true;
+            end if;
+        end if;
     end loop;
     return query select news[o], grants[o]
                    from generate_subscripts(users, 1) as o order by o;
