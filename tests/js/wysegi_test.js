@@ -282,17 +282,28 @@ function report (result) {
   const frames = result.frames
   result.sockets = frames.all.filter(f => f.kind === 'open' || f.kind === 'close')
     .map(f => ({ kind: f.kind, load: f.load, url: f.url, code: f.code }))
-  result.exchanges = frames.exchanges()
+  // the replies in brief: what answered, and the error if any (their data is large)
+  result.exchanges = frames.exchanges().map(e => ({
+    load: e.load,
+    request: e.request,
+    reply: e.reply && {
+      action: e.reply.action,
+      view: e.reply.view,
+      error: e.reply.error,
+      hasData: 'data' in e.reply,
+      rows: Array.isArray(e.reply.data) ? e.reply.data.length : null
+    }
+  }))
   delete result.frames
   return result
 }
 
 run(JSON.parse(process.argv[2]))
   .then(result => {
-    process.stdout.write(JSON.stringify(report(result)) + '\n')
-    process.exit(result.ok ? 0 : 1)
+    process.stdout.write(JSON.stringify(report(result)) + '\n',
+      () => process.exit(result.ok ? 0 : 1))
   })
   .catch(err => {
-    process.stdout.write(JSON.stringify({ ok: false, error: String(err && err.stack || err) }) + '\n')
-    process.exit(1)
+    process.stdout.write(JSON.stringify({ ok: false, error: String(err && err.stack || err) }) + '\n',
+      () => process.exit(1))
   })

@@ -1,0 +1,274 @@
+"""wyclif's prebuilt ``wysegi`` (npm ``wyclif``: a database browser built on wylib) against
+this server on a real wyselib database, in a real browser (Debian's chromium driven by
+playwright-core from tests/js, tests/js/wysegi_test.js).
+
+The database is built the way wyselib's own tests build theirs: the wyseman schema tool
+(npm ``wyseman``, ``bin/wyseman.js objects text defs init``) on wyselib's sources, with a
+``Wyseman.conf`` listing them. wyselib's prebuilt ``schema/dist/schema.sql`` is not used:
+it no longer loads on PostgreSQL 12 and later. The tool needs PL/Tcl (``pltclu``) in the
+server, tcllib (wyselib's sources ``package require csv``) and its native addons ``tcl``
+and ``pg-native`` (optional dependencies in tests/js: they build only where Tcl's and
+libpq's headers are installed). The ``pgserver`` wheel's PostgreSQL has no PL/Tcl, so
+this test runs a cluster of its own from the system's binaries (Debian's
+``/usr/lib/postgresql/N``), on loopback, removed in cleanup.
+
+The server serves wyclif's ``pub/`` under ``/wysegi`` ([web.mounts]) over https; the
+ticket comes from ``wyseman ticket`` and is imported through the app's connection
+dialog. The page then lists ``wm.table_pub`` and ``base.ent_v`` with their column titles
+from the database's language tables, edits a record, saves the app's state
+(``wylib.set_data``), and after a reload reconnects by the key it kept. Every frame the
+page's WebSocket sends is recorded, and every request must have had a reply without an
+error.
+
+Skipped, saying exactly what is missing, when a prerequisite is not installed
+(scripts/test.sh installs the system packages when it runs as root with apt-get).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.browser import chromium
+from tests.harness import ProcessOutput, start_gateway
+from tests.jsinterop import JS_DIR, NODE_MODULES, node
+from tests.pgtest import free_port, run_sync, start_on_a_free_port
+from tests.tlsutil import TestCA
+from wyseman.provision import admin
+from wyseman.provision.cluster import LocalCluster
+
+#: seconds the browser run may take in all (a cold chromium start is a few seconds)
+RUN_TIMEOUT = 120
+#: seconds the schema tool may take to build the database (about ten here)
+BUILD_TIMEOUT = 180
+#: the role wyselib's database is built and administered by (its entity r1)
+ADMIN = "admin"
+#: Debian's PostgreSQL installations, newest first
+SYSTEM_PG = Path("/usr/lib/postgresql")
+
+
+def system_postgresql() -> Path:
+    """The bin directory of a system PostgreSQL that has PL/Tcl (``WYSEMAN_PLTCL_BINDIR``,
+    else the newest ``/usr/lib/postgresql/N`` with ``lib/pltcl.so``). Raises SkipTest
+    naming the package to install."""
+    env = os.environ.get("WYSEMAN_PLTCL_BINDIR")
+    if env:
+        return Path(env)
+    versions = sorted((p for p in SYSTEM_PG.glob("*") if (p / "bin" / "pg_ctl").exists()),
+                      key=lambda p: int(p.name) if p.name.isdigit() else 0, reverse=True)
+    for home in versions:
+        if (home / "lib" / "pltcl.so").exists():
+            return home / "bin"
+    if versions:
+        raise SkipTest(f"PL/Tcl is not installed for PostgreSQL {versions[0].name}: the "
+                       f"wysegi test is skipped (apt-get install postgresql-pltcl-"
+                       f"{versions[0].name} tcllib; or set WYSEMAN_PLTCL_BINDIR)")
+    raise SkipTest(f"no system PostgreSQL under {SYSTEM_PG}: the wysegi test is skipped "
+                   "(apt-get install postgresql postgresql-pltcl-15 tcllib; or set "
+                   "WYSEMAN_PLTCL_BINDIR)")
+
+
+def schema_tool_ready(executable: str) -> None:
+    """The wyseman schema tool's native addons load and Tcl finds tcllib; else SkipTest
+    saying which is missing."""
+    probe = ("const missing = [];"
+             "let tcl = null;"
+             "try { tcl = new (require('tcl').Tcl)() } catch (e) {"
+             " missing.push('the npm addon tcl (needs tcl-dev, build-essential, python3; "
+             "then npm ci in tests/js)') }"
+             "try { require('pg-native') } catch (e) {"
+             " missing.push('the npm addon pg-native (needs libpq-dev, build-essential, "
+             "python3; then npm ci in tests/js)') }"
+             "if (tcl) try { tcl.cmdSync('package require csv') } catch (e) {"
+             " missing.push('tcllib (apt-get install tcllib)') }"
+             "process.stdout.write(JSON.stringify(missing))")
+    result = subprocess.run([executable, "-e", probe], cwd=JS_DIR, capture_output=True,
+                            text=True, timeout=60)
+    missing = json.loads(result.stdout or "[]") if result.returncode == 0 else [
+        f"a working node ({result.stderr.strip()[-200:]})"]
+    if missing:
+        raise SkipTest("the wysegi test is skipped: missing " + "; ".join(missing))
+
+
+def write_wyseman_conf(directory: Path, dbname: str, port: int) -> None:
+    """wyselib's test/Wyseman.conf, with the file lists spelled out: its objects, text,
+    definitions and initial data under schema/ and schema/base/."""
+    schema = NODE_MODULES / "wyselib" / "schema"
+
+    def files(*pattern: str) -> list[str]:
+        return sorted(str(p) for p in schema.glob(os.path.join(*pattern)))
+    conf = {
+        "dbname": dbname, "host": "localhost", "user": ADMIN, "port": port,
+        "dir": str(directory), "module": "wltest",
+        "objects": files("*.wms") + files("base", "*.wms"),
+        "text": files("*.wmt") + files("base", "*.wmt"),
+        "defs": files("*.wmd") + files("base", "*.wmd"),
+        "init": files("base", "*.wmi"),
+    }
+    (directory / "Wyseman.conf").write_text(
+        "module.exports = " + json.dumps(conf, indent=1) + "\n")
+
+
+class _Database:
+    """What :func:`tests.harness.start_gateway` needs of a database: its DSN."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+
+class WysegiTests(TestCase):
+    timeout = BUILD_TIMEOUT + RUN_TIMEOUT + 60
+
+    def wyselib_database(self, base: Path, executable: str) -> str:
+        """A cluster of the system's PostgreSQL with a wyselib database built by the
+        wyseman schema tool; → the admin DSN. Stopped and removed in cleanup."""
+        bindir = system_postgresql()
+        # (a short path: a Unix socket's is limited to about 107 bytes)
+        root = Path(tempfile.mkdtemp(prefix="wyseman-wysegi-"))
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        os.chmod(root, 0o755)
+        cluster = LocalCluster(root / "data", bindir=bindir, port=free_port(),
+                               listen_tcp=True, socket_dir=root / "sock")
+        cluster.init()
+        self.addCleanup(cluster.remove)
+        start_on_a_free_port(cluster)
+        run_sync(cluster.dsn("postgres"), f'create role "{ADMIN}" superuser login')
+        conf_dir = base / "schema"
+        conf_dir.mkdir()
+        write_wyseman_conf(conf_dir, "wyselib", cluster.port)
+        tool = NODE_MODULES / "wyseman" / "bin" / "wyseman.js"
+        build = subprocess.run([executable, str(tool), "objects", "text", "defs", "init"],
+                               cwd=conf_dir, capture_output=True, text=True,
+                               timeout=BUILD_TIMEOUT)
+        self.assertEqual(build.returncode, 0, build.stderr[-3000:] or build.stdout[-3000:])
+        return cluster.dsn("wyselib", ADMIN)
+
+    @defer.inlineCallbacks
+    def test_wysegi_browses_and_edits_a_wyselib_database(self):
+        browser = chromium()
+        executable = node()      # (installs tests/js/node_modules from the lock file)
+        schema_tool_ready(executable)
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        dsn = self.wyselib_database(base, executable)
+        self.assertEqual(run_sync(dsn, "select username from base.ent where id = 'r1'"),
+                         [(ADMIN,)])
+
+        pub = NODE_MODULES / "wyclif" / "pub"
+        self.assertTrue((pub / "wysegi.html").is_file(), pub)
+        ca = TestCA.create()
+        cert, key, _ = ca.issue(base, "server")
+        server = yield start_gateway(
+            self, _Database(dsn), server={"listen": "tls:0:interface=127.0.0.1"},
+            tls={"cert": str(cert), "key": str(key)}, web={"mounts": {"/wysegi": str(pub)}})
+
+        user = "wysegi_user"
+        entity = admin.add_user(dsn, user)     # wyselib's trigger creates the role
+        # wyselib's privilege levels are separate roles: ent_1 may read base.ent_v,
+        # ent_2 insert and update it
+        run_sync(dsn, f'grant ent_1, ent_2 to "{user}"')
+        config_file = base / "wyseman.toml"
+        config_file.write_text(f"[database]\ndsn = {json.dumps(dsn)}\n")
+        ticket_file = base / "ticket.json"
+        issued = subprocess.run(
+            [sys.executable, "-m", "wyseman", "--config", str(config_file), "ticket", user,
+             "--host", "localhost", "--port", str(server.port), "-o", str(ticket_file)],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(issued.returncode, 0, issued.stderr)
+        ticket = json.loads(ticket_file.read_text())["ticket"]
+        self.assertEqual((ticket["host"], ticket["port"], ticket["user"]),
+                         ("localhost", server.port, user))
+
+        comment = "edited in wysegi"
+        state_name = "wysegi test state"
+        shots = os.environ.get("WYSEMAN_WYSEGI_SCREENSHOTS")
+        config = {
+            "url": f"https://localhost:{server.port}/wysegi/wysegi.html",
+            "ticket_file": str(ticket_file), "user": user, "comment": comment,
+            "state_name": state_name, "chromium": browser, "timeout": 30000,
+            "screenshots": shots,
+        }
+        output = ProcessOutput()
+        process = reactor.spawnProcess(
+            output, executable, [executable, str(JS_DIR / "wysegi_test.js"),
+                                 json.dumps(config)],
+            env=dict(os.environ), path=str(JS_DIR))
+        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
+        self.addCleanup(lambda: killer.active() and killer.cancel())
+        code = yield output.ended
+        lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
+                 if line.startswith("{")]
+        self.assertTrue(lines, output.out.decode("utf-8", "replace")[-3000:])
+        result = json.loads(lines[-1])
+        self.assertEqual(code, 0, {k: result.get(k) for k in ("error", "pageErrors")})
+        self.assertTrue(result["ok"], result.get("error"))
+        self.assertEqual(result["pageErrors"], [])
+        self.check_exchanges(result["exchanges"])
+        self.check_grids(dsn, result)
+
+        # the ticket login, then (after the reload) a login signed with the kept key
+        opened = [s for s in result["sockets"] if s["kind"] == "open"]
+        self.assertEqual([s["load"] for s in opened], [0, 1], opened)
+        self.assertIn(f"wss://localhost:{server.port}/?user={user}&token={ticket['token']}",
+                      opened[0]["url"])
+        self.assertIn("&pub=", opened[0]["url"])
+        self.assertIn("&sign=", opened[1]["url"])
+        self.assertNotIn("token=", opened[1]["url"])
+
+        # the edit and the saved state are in the database
+        self.assertEqual(result["update"]["fields"], {"ent_cmt": comment})
+        self.assertEqual(run_sync(dsn, "select ent_cmt from base.ent where id = %s",
+                                  (entity,)), [(comment,)])
+        rows = run_sync(dsn, "select component, owner, data->>'curTab' from wylib.data "
+                             "where name = %s", (state_name,))
+        self.assertEqual(rows, [("wylib_wysegi", entity, "ent")])
+
+    def check_exchanges(self, exchanges: list[dict[str, Any]]) -> None:
+        """Every request the app sent had its reply, none an error; and the app used
+        what it is built on: language and metadata, selects, tuples and an update."""
+        self.assertGreater(len(exchanges), 20)
+        unanswered = [e["request"] for e in exchanges if e["reply"] is None]
+        self.assertEqual(unanswered, [])
+        failed = [(e["request"], e["reply"]["error"]) for e in exchanges
+                  if e["reply"].get("error")]
+        self.assertEqual(failed, [])
+        for exchange in exchanges:
+            request, reply = exchange["request"], exchange["reply"]
+            self.assertEqual((reply.get("action"), reply.get("view")),
+                             (request.get("action"), request.get("view")), request)
+            self.assertTrue(reply["hasData"], request)
+        seen = {(e["request"]["action"], e["request"]["view"]) for e in exchanges}
+        for wanted in [("lang", "wm.table_pub"), ("meta", "wm.table_pub"),
+                       ("select", "wm.table_pub"), ("lang", "base.ent_v"),
+                       ("meta", "base.ent_v"), ("select", "base.ent_v"),
+                       ("tuple", "base.ent_v"), ("update", "base.ent_v"),
+                       ("select", "wylib.data_v"),
+                       ("tuple", "wylib.set_data(text, text, text, text, jsonb)")]:
+            self.assertIn(wanted, seen)
+
+    def check_grids(self, dsn: str, result: dict[str, Any]) -> None:
+        """The grids showed every row of their views, under the column titles the
+        database's language tables give."""
+        tables = run_sync(dsn, "select count(*) from wm.table_pub")[0][0]
+        self.assertGreater(tables, 200)
+        self.assertEqual(result["tables"]["rows"], tables)
+        users = run_sync(dsn, "select count(*) from base.ent_v")[0][0]
+        self.assertEqual(result["users"]["rows"], users)
+        for name, view in (("tables", "wm.table_pub"), ("users", "base.ent_v")):
+            schema, table = view.split(".")
+            titles = dict(run_sync(
+                dsn, "select col, title from wm.column_lang where sch = %s and tab = %s "
+                     "and language = 'eng'", (schema, table)))
+            shown = {c["field"]: c["title"] for c in result[name]["columns"]}
+            self.assertEqual(set(shown), set(titles), view)
+            self.assertEqual(shown, titles, view)
+
