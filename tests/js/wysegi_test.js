@@ -121,16 +121,21 @@ class Frames {
   }
 }
 
-// The column titles of the grid that is on screen: [{field, title}]
-async function visibleColumns (page) {
-  return page.evaluate(() => {
+// The column titles of the grid that is on screen, [{field, title}], once the titles of
+// the view's language reply are in place (until then a grid heads its columns with
+// their field names; none of the views here has a title equal to its field name)
+async function visibleColumns (page, timeout) {
+  const read = () => {
     const columns = [...document.querySelectorAll('.wylib-dbp .slick-header-column')]
       .filter(el => el.offsetParent !== null)
-    return columns.map(el => ({
+    const shown = columns.map(el => ({
       field: (el.getAttribute('title') || '').split('\n')[0],
       title: (el.querySelector('.slick-column-name') || el).textContent.trim()
     }))
-  })
+    return shown.length > 0 && shown.every(c => c.title !== c.field) && shown
+  }
+  const handle = await page.waitForFunction(read, null, { timeout })
+  return handle.jsonValue()
 }
 
 // wylib's record editor in this build hands its fields' listeners to Vue 3 as an
@@ -205,10 +210,10 @@ async function run (config) {
     await snap('first-run')
     await yes.click()
     await yes.waitFor({ state: 'detached' })
-    await page.locator('.wylib-dbp .slick-header-column').first().waitFor()
+    await frames.reply('the wm.table_pub titles', isView('wm.table_pub', 'lang'), timeout)
     result.tables = {
       rows: tables.reply.data && tables.reply.data.length,
-      columns: await visibleColumns(page)
+      columns: await visibleColumns(page, timeout)
     }
     await snap('tables')
 
@@ -219,9 +224,10 @@ async function run (config) {
     const row = page.locator('.wylib-dbp .slick-row', { hasText: config.user })
       .filter({ visible: true })
     await row.first().waitFor()
+    await frames.reply('the base.ent_v titles', isView('base.ent_v', 'lang'), timeout)
     result.users = {
       rows: users.reply.data && users.reply.data.length,
-      columns: await visibleColumns(page)
+      columns: await visibleColumns(page, timeout)
     }
     await snap('users')
 
