@@ -124,7 +124,7 @@ class Frames {
 // The column titles of the grid that is on screen, [{field, title}], once the titles of
 // the view's language reply are in place (until then a grid heads its columns with
 // their field names; none of the views here has a title equal to its field name)
-async function visibleColumns (page, timeout) {
+async function visibleColumns (page, frames, view, timeout) {
   const read = () => {
     const columns = [...document.querySelectorAll('.wylib-dbp .slick-header-column')]
       .filter(el => el.offsetParent !== null)
@@ -134,8 +134,17 @@ async function visibleColumns (page, timeout) {
     }))
     return shown.length > 0 && shown.every(c => c.title !== c.field) && shown
   }
-  const handle = await page.waitForFunction(read, null, { timeout })
-  return handle.jsonValue()
+  try {
+    const handle = await page.waitForFunction(read, null, { timeout })
+    return handle.jsonValue()
+  } catch (err) {
+    // wylib links a view's titles to its metadata when the metadata arrives: if the
+    // lang reply comes after the meta reply, the titles are never applied
+    const order = frames.all.filter(f => f.kind === 'in' && f.msg && f.msg.view === view &&
+      (f.msg.action === 'lang' || f.msg.action === 'meta')).map(f => f.msg.action)
+    throw new Error(`${view}: the column titles were not applied (replies: ` +
+      `${order.join(', ')}): ${err.message}`)
+  }
 }
 
 // wylib's record editor in this build hands its fields' listeners to Vue 3 as an
@@ -213,7 +222,7 @@ async function run (config) {
     await frames.reply('the wm.table_pub titles', isView('wm.table_pub', 'lang'), timeout)
     result.tables = {
       rows: tables.reply.data && tables.reply.data.length,
-      columns: await visibleColumns(page, timeout)
+      columns: await visibleColumns(page, frames, 'wm.table_pub', timeout)
     }
     await snap('tables')
 
@@ -227,7 +236,7 @@ async function run (config) {
     await frames.reply('the base.ent_v titles', isView('base.ent_v', 'lang'), timeout)
     result.users = {
       rows: users.reply.data && users.reply.data.length,
-      columns: await visibleColumns(page, timeout)
+      columns: await visibleColumns(page, frames, 'base.ent_v', timeout)
     }
     await snap('users')
 
