@@ -39,6 +39,8 @@ class Server:
     pid: int
     profile_file: str | None
     metrics_ports: list[int] = field(default_factory=list)
+    #: the libp2p multiaddr (with /p2p/PEER), when started with ``p2p=True``
+    p2p_address: str | None = None
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Environment:
 
     def start_server(self, deadline: Deadline, profile: bool = False,
                      workers: int | None = None, metrics: bool = False,
-                     route_by_user: bool | None = None) -> Server:
+                     route_by_user: bool | None = None, p2p: bool = False) -> Server:
         workers = workers or self.args.server_workers
         if route_by_user is None:
             route_by_user = self.args.route_by_user
@@ -175,16 +177,23 @@ class Environment:
             first = free_ports(workers)
             config["metrics"] = {"listen": f"tcp:{first}:interface=127.0.0.1"}
             metrics_ports = list(range(first, first + workers))
+        if p2p:   # (one process: libp2p is not served with workers)
+            config["server"]["workers"] = 1
+            config["p2p"] = {"listen": ["/ip4/127.0.0.1/tcp/0"],
+                             "key_file": str(self.workdir / "p2p.key")}
         spec = {"config": config, "log_file": str(self.workdir / f"server-{self.counter}.log")}
         if profile:
             spec["profile_file"] = str(self.workdir / "server.prof")
         self.place_cluster(serving=True)
         child = self.spawn("server", "benchmarks.server_proc", spec)
+        p2p_address = None
         while True:
             line = child.readline(deadline, 60).decode(errors="replace").split()
+            if line and line[0] == "P2P" and len(line) > 1:
+                p2p_address = line[1]
             if line and line[0] == "READY":
                 return Server(child, int(line[1]), int(line[2]), spec.get("profile_file"),
-                              metrics_ports)
+                              metrics_ports, p2p_address)
             if line and line[0] == "FAILED":
                 raise BenchError(f"server did not start: {' '.join(line[1:])}; "
                                  f"log: {spec['log_file']}")

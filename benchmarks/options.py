@@ -10,11 +10,12 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 from wyseman.tuning.affinity import describe
 
-SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling")
+SCENARIOS = ("tuple", "select", "notify", "handshake", "memory", "scaling", "p2p")
 TRANSPORTS = ("ws", "wss")
 #: scenarios that run over one transport only: ``tls:`` ports are not routed by user
 #: between server workers, so the worker scaling is measured over ws
-WS_ONLY = frozenset({"scaling"})
+#: (p2p: libp2p next to ws, each run once)
+WS_ONLY = frozenset({"scaling", "p2p"})
 
 
 def parse_transports(text: str) -> list[str]:
@@ -157,6 +158,7 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         "handshake": 60 + (4 if args.profile else 3) * (run + 40)
         + node * (60 + args.handshake_runs * (run + 40)),
         "memory": 60 + args.idle / 100,
+        "p2p": 60 + sum(2 * run + 60 + c / 5 for c in (1, 10, 100)),
         "scaling": args.scaling_runs * (60 + max(2, os.cpu_count() or 1) * (5 * run + 90)),
     }
     return {name: limit * (1 if name in WS_ONLY else over) for name, limit in once.items()}

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             port = int(service.listen[0].split(":")[1])
         else:
             port = service.ports[0].getHost().port
+            p2p = getattr(service, "p2p", None)
+            for address in (p2p.addresses if p2p is not None else ()):
+                print(f"P2P {address}", flush=True)
         print(f"READY {port} {os.getpid()}", flush=True)
 
     def failed(failure: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from datetime import UTC, datetime, timedelta
 
@@ -17,12 +18,13 @@ from tests.harness import add_user, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
 from wyseman.client import keys
-from wyseman.client.connection import connect
+from wyseman.client.connection import ClientError, connect
 from wyseman.p2p.wire import MAX_VARINT_BYTES, FrameError, FrameReader, encode_varint, frame
 from wyseman.provision import admin
 
 try:
-    from wyseman.client.p2p import LoginRefused, connect_p2p, send_raw_p2p
+    from wyseman.client import p2p as client_p2p
+    from wyseman.client.p2p import LoginRefused, connect_best, connect_p2p, send_raw_p2p
     from wyseman.p2p import node
 except ImportError as exc:     # the wyseman[p2p] extra is not installed
     MISSING = f"the wyseman[p2p] extra (py-libp2p) is not installed: {exc}"
@@ -103,6 +105,51 @@ class ConfigTests(SynchronousTestCase):
         text = str(caught.exception)
         self.assertIn("[p2p] listen: needs the wyseman[p2p] extra", text)
         self.assertNotIn("\n", text)
+
+
+def dead_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class TicketMultiaddrTests(SynchronousTestCase):
+    """The ``p2p`` member of tickets and key files (docs/protocol.md, 16.1, 16.2)."""
+
+    ADDRESS = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWexample"
+
+    def ticket(self, **members):
+        body = {"token": "T", "host": "h", "port": 1, "user": "u", **members}
+        return json.dumps({"ticket": body})
+
+    def test_written_and_read_back(self):
+        issued = admin.Ticket("T", datetime.now(UTC), "h", 1, "u", p2p=(self.ADDRESS,))
+        text = admin.format_ticket(issued, admin_user="postgres")
+        self.assertEqual(json.loads(text)["ticket"]["p2p"], [self.ADDRESS])
+        self.assertEqual(keys.parse_ticket(text).p2p, (self.ADDRESS,))
+        plain = admin.format_ticket(admin.Ticket("T", datetime.now(UTC), "h", 1, "u"),
+                                    admin_user="postgres")
+        self.assertNotIn("p2p", json.loads(plain)["ticket"])
+        self.assertEqual(keys.parse_ticket(plain).p2p, ())
+
+    def test_bounded_and_checked(self):
+        for bad in ("/ip4/1.2.3.4/tcp/1", [1], ["no-slash/p2p/x"],
+                    ["/ip4/1.2.3.4/tcp/1"], ["/" + "x" * 600 + "/p2p/P"],
+                    [self.ADDRESS] * 17):
+            with self.assertRaises(keys.KeyFileError, msg=repr(bad)[:60]):
+                keys.parse_ticket(self.ticket(p2p=bad))
+
+    def test_kept_in_key_files(self):
+        path = self.mktemp()
+        site = keys.Site("h", 1, "u", keys.generate_private_jwk(), (self.ADDRESS,))
+        keys.save_key_file(path, [site])
+        with open(path) as handle:
+            self.assertEqual(json.load(handle)["login"]["p2p"], [self.ADDRESS])
+        self.assertEqual(keys.load_key_file(path)[0].p2p, (self.ADDRESS,))
+        keys.save_key_file(path, [keys.Site("h", 1, "u", site.key)])
+        with open(path) as handle:
+            self.assertNotIn("p2p", json.load(handle)["login"])
 
 
 class KeyFileTests(SynchronousTestCase):
@@ -316,6 +363,72 @@ class P2PGatewayTests(TestCase):
         self.assertEqual((refusal.status, refusal.kind), (503, "user_capacity"))
         self.assertTrue(stream.connected)
 
+    # -- libp2p first, the WebSocket as the fallback (15.6) ----------------------------------
+    def warnings(self):
+        """The client's log warnings from now on (the fallback says why it moved on)."""
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+        seen = []
+
+        def observer(event):
+            if event.get("log_namespace") == "wyseman.client" and \
+                    event.get("log_level") == LogLevel.warn:
+                seen.append(formatEvent(event))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return seen
+
+    @defer.inlineCallbacks
+    def test_libp2p_first_when_it_works(self):
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        conn = yield connect_best(self.user, p2p=[self.address], url=self.server.url,
+                                  token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.via, self.address)
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_dead_or_wrong_multiaddrs_fall_back_to_the_websocket(self):
+        """Nothing listening at one address, another peer at the other: both given up on
+        with the reason logged, then the WebSocket, where the ticket (not spent by the
+        failed dials) logs in."""
+        warned = self.warnings()
+        peer = self.address.rsplit("/p2p/", 1)[1]
+        dead = f"/ip4/127.0.0.1/tcp/{dead_port()}/p2p/{peer}"
+        other = node.peer_id_of(node.new_key())
+        wrong = self.address.rsplit("/p2p/", 1)[0] + f"/p2p/{other}"
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        conn = yield connect_best(self.user, p2p=[dead, wrong], url=self.server.url,
+                                  token=token, new_key=keys.generate_private_jwk())
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.via, self.server.url)
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertEqual(len(warned), 2, warned)
+        self.assertIn(f"libp2p {dead} not usable", warned[0])
+        self.assertIn("trying the next multiaddr", warned[0])
+        self.assertIn(f"libp2p {wrong} not usable", warned[1])
+        self.assertIn(f"trying the WebSocket {self.server.url}", warned[1])
+
+    @defer.inlineCallbacks
+    def test_nothing_usable_names_every_failure(self):
+        dead = f"/ip4/127.0.0.1/tcp/{dead_port()}/p2p/{self.address.rsplit('/p2p/', 1)[1]}"
+        self.warnings()
+        with self.assertRaises(ClientError) as caught:
+            yield connect_best(self.user, p2p=[dead], key=keys.generate_private_jwk())
+        self.assertIn(dead, str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_a_refused_login_is_not_retried_over_the_websocket(self):
+        tried = []
+        self.patch(client_p2p, "connect", lambda *args, **kwargs: tried.append(args))
+        warned = self.warnings()
+        with self.assertRaises(LoginRefused) as caught:
+            yield connect_best(self.user, p2p=[self.address], url=self.server.url,
+                               key=keys.generate_private_jwk())
+        self.assertEqual((caught.exception.status, caught.exception.kind), (403, "no_key"))
+        self.assertEqual((tried, warned), ([], []))
+
     # -- hostile input ----------------------------------------------------------------
     @defer.inlineCallbacks
     def raw_stream(self):
@@ -348,6 +461,99 @@ class P2PGatewayTests(TestCase):
         late = yield self.ticket(user=self.bystander)
         row = yield late[1].request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
+    def test_slow_reader_cut_at_max_outbound_bytes(self):
+        """A client that logs in on a channel and stops reading while notifications
+        pour in: once more than max_outbound_bytes wait for it, its stream is reset
+        (counted as a slow consumer); another session goes on: its requests are
+        answered and its own channel's notifications arrive."""
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"max_outbound_bytes": 64 * 1024})
+        self.address = self.server.p2p.addresses[0]
+        _, reader = yield self.ticket(user=self.bystander, listen=["app_calm"])
+        calm = defer.Deferred()
+        reader.on_notify("app_calm", calm.callback)
+        received, accepted, lost = [], defer.Deferred(), defer.Deferred()
+        cut = defer.Deferred()
+        metrics = self.server.gateway.metrics
+        counted = metrics.slow_consumer
+
+        def slow_consumer():
+            counted()
+            if not cut.called:
+                cut.callback(None)
+        self.patch(metrics, "slow_consumer", slow_consumer)
+
+        class Slow:
+            def __init__(self, stream):
+                self.stream = stream
+
+            def data_received(self, data):
+                received.append(data)
+                if not accepted.called:
+                    self.stream.pause_reading()     # the login's answer: read no more
+                    accepted.callback(data)
+
+            def connection_lost(self, reason):
+                lost.callback(reason)
+        dialled = yield node.dial(reactor, self.address, "/wyseman/1.0.0", Slow)
+        self.addCleanup(dialled.close)
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        dialled.stream.write(frame(json.dumps({"user": self.user, "token": token,
+                                               "pub": pub, "listen": ["app_flood"]}).encode()))
+        answer = yield accepted
+        self.assertEqual(self.messages(answer)[0]["login"], "accepted")
+        # 400 notifications of ~7.9 KB (3 MB): far over the muxer's window and the budget
+        self.db.run("select pg_notify('app_flood', json_build_object('n', i, 'pad', "
+                    "repeat('x', 7900))::text) from generate_series(1, 400) i")
+        yield cut
+        # reading again, the client finds its stream reset, short of the 3 MB
+        dialled.stream.resume_reading()
+        yield lost
+        self.assertEqual(self.server.gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertLess(sum(map(len, received)), 3 * 1024 * 1024)
+        self.db.run("""select pg_notify('app_calm', '{"still": "here"}')""")
+        data = yield calm
+        self.assertEqual(data, {"still": "here"})
+        yield self.assert_others_unaffected(reader)
+
+    @defer.inlineCallbacks
+    def test_streams_beyond_max_pending_connections_are_reset(self):
+        """Two streams logging in (they send nothing): a third is reset at once, having
+        received nothing; the two may still log in."""
+        from wyseman.p2p import server as p2p_server
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"max_pending_connections": 2})
+        self.address = self.server.p2p.addresses[0]
+        arrived = [defer.Deferred(), defer.Deferred()]
+        original = p2p_server.P2PConnection.__init__
+
+        def counted(connection, server, stream):
+            original(connection, server, stream)
+            next(d for d in arrived if not d.called).callback(connection)
+        self.patch(p2p_server.P2PConnection, "__init__", counted)
+        first, first_ended = yield self.raw_stream()
+        second, _ = yield self.raw_stream()
+        yield defer.gatherResults(arrived)       # the server counts both as pending
+        self.assertEqual(self.server.p2p.pending, 2)
+        try:
+            _, third_ended = yield self.raw_stream()
+        except ConnectionError:       # reset while the dial was still finishing
+            pass
+        else:
+            data = yield third_ended
+            self.assertEqual(data, b"")
+        self.assertEqual(self.server.gateway.metrics.handshakes.labels(
+            "refused", "pending")._value.get(), 1)
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+        first.write(frame(json.dumps({"user": self.user, "token": token,
+                                      "pub": pub}).encode()))
+        first.close()
+        data = yield first_ended
+        self.assertEqual(self.messages(data)[0]["login"], "accepted")
 
     @defer.inlineCallbacks
     def test_garbage_before_login(self):
@@ -463,3 +669,72 @@ class P2PCommandTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"the server refused: 403 Invalid Login (no_key)", err)
         self.assertEqual(err.count(b"\n"), 1, err)
+
+    @defer.inlineCallbacks
+    def test_ticket_names_the_multiaddr_and_login_uses_it(self):
+        """``wyseman ticket`` with ``[p2p] listen`` puts the full multiaddr in the ticket;
+        ``wyseman login --ticket`` then logs in over libp2p without being told, and keeps
+        the multiaddr in the key file, which ``query`` dials: the key file's WebSocket
+        port is dead, so only libp2p can answer. ``--no-p2p`` uses the WebSocket."""
+        if MISSING:
+            raise self.skipTest(MISSING)
+        from pathlib import Path
+
+        from tests.test_client_cli import wyseman_cli
+        db = fresh_database(self)
+        user = add_user(db, "tk")
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        server = yield start_gateway(self, db, p2p={
+            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
+        address = server.p2p.addresses[0]
+        port = address.split("/tcp/")[1].split("/")[0]
+        config = workdir / "wyseman.toml"
+        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
+                          f'listen = ["/ip4/127.0.0.1/tcp/{port}", "/ip4/0.0.0.0/tcp/9"]\n'
+                          'key_file = "server.key"\n')
+        ticket_file = workdir / "ticket.json"
+        out, err, code = yield wyseman_cli("ticket", user, "--config", str(config),
+                                           "--host", "127.0.0.1", "--port",
+                                           str(dead_port()), "-o", str(ticket_file))
+        self.assertEqual(code, 0, err)
+        # the wildcard interface: the ticket's host in its place
+        peer = address.rsplit("/p2p/", 1)[1]
+        self.assertEqual(json.loads(ticket_file.read_text())["ticket"]["p2p"],
+                         [address, f"/ip4/127.0.0.1/tcp/9/p2p/{peer}"])
+        key_file = workdir / "me.key.json"
+        out, err, code = yield wyseman_cli("login", "--ticket", str(ticket_file),
+                                           "--key-out", str(key_file))
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"logged in as {user} at {address}".encode(), out)
+        self.assertEqual(keys.load_key_file(key_file)[0].p2p[0], address)
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), '{"action": "tuple", "view": "base.curr_eid()"}')
+        self.assertEqual(code, 0, err)
+        self.assertTrue(json.loads(out)["curr_eid"])
+        out, err, code = yield wyseman_cli(
+            "query", "--key", str(key_file), "--no-p2p",
+            '{"action": "tuple", "view": "base.curr_eid()"}')
+        self.assertEqual(code, 1, out)
+        self.assertNotIn(b"libp2p", err)
+
+    def test_ticket_leaves_out_what_cannot_be_dialled(self):
+        """No key file yet: no multiaddr (a ticket does not invent the server's
+        identity); with one, a wildcard without an IP host and port 0 are left out."""
+        if MISSING:
+            raise self.skipTest(MISSING)
+        from pathlib import Path
+
+        from wyseman.application.cli import ticket_multiaddrs
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        config = cfg.from_dict({"database": {"dsn": "dbname=x"}, "p2p": {
+            "listen": ["/ip4/0.0.0.0/tcp/4001", "/ip4/127.0.0.1/tcp/0",
+                       "/ip6/::1/tcp/4002"], "key_file": str(workdir / "k")}})
+        self.assertEqual(ticket_multiaddrs(config, "127.0.0.1"), ())
+        self.assertFalse((workdir / "k").exists())
+        key, _ = node.load_or_create_key(workdir / "k")
+        peer = node.peer_id_of(key)
+        self.assertEqual(ticket_multiaddrs(config, "h.example"), (f"/ip6/::1/tcp/4002/p2p/{peer}",))
+        self.assertEqual(ticket_multiaddrs(config, "192.0.2.1"),
+                         (f"/ip4/192.0.2.1/tcp/4001/p2p/{peer}", f"/ip6/::1/tcp/4002/p2p/{peer}"))

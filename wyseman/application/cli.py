@@ -12,6 +12,7 @@ else here needs to change. Handlers may raise any error in :data:`OPERATOR_ERROR
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -218,9 +219,63 @@ def _add_ticket(subparsers: argparse._SubParsersAction,
                         help="the app page for --format web, e.g. wysegi.html or console/ "
                              "(default: the [web] console when configured, else "
                              "SPA-NAME.html)")
+    ticket.add_argument("--no-p2p", action="store_true",
+                        help="leave the server's libp2p multiaddrs ([p2p] listen) out of "
+                             "a JSON ticket")
     ticket.add_argument("--spa-name", metavar="N", default="wyatt",
                         help="page name for --format web without --page (default wyatt)")
     ticket.set_defaults(handler=_ticket)
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(f"{PROG}: {text}\n")
+
+
+def ticket_multiaddrs(config: Config, host: str | None) -> tuple[str, ...]:
+    """The multiaddrs a ticket gives of this config's libp2p listener (docs/protocol.md
+    16.1): each ``[p2p] listen`` address with ``/p2p/PEER``, the peer id of the key file
+    as ``wyseman p2p id`` prints it. A ticket is read elsewhere, so an address no one
+    can dial is left out, with a note saying why: a wildcard interface (``0.0.0.0``,
+    ``::``) unless the ticket's ``host`` is an address of that family (then that
+    address), and port 0 (chosen at start). None at all when the key file does not
+    exist yet (made at the server's first start, or by ``wyseman p2p id``; issuing a
+    ticket does not invent the server's identity) or the p2p extra is missing."""
+    import ipaddress
+    from pathlib import Path
+    path = Path(config.resolve_path(config.p2p.key_file))
+    if not path.exists():
+        _note(f"no libp2p address in the ticket: {path} does not exist yet (start the "
+              "server or run `wyseman p2p id` once)")
+        return ()
+    try:
+        from wyseman.p2p import node
+    except ImportError:
+        _note("no libp2p address in the ticket: the wyseman[p2p] extra is not installed")
+        return ()
+    try:
+        key, _ = node.load_or_create_key(path)
+    except node.P2PKeyError as exc:
+        raise ConfigError(f"{config.source}: [p2p] key_file: {exc}") from None
+    peer = node.peer_id_of(key)
+    try:
+        literal = ipaddress.ip_address(host) if host else None
+    except ValueError:
+        literal = None
+    found = []
+    for address in config.p2p.listen:
+        parts = address.split("/")      # "", "ip4", "0.0.0.0", "tcp", "4001"
+        if len(parts) < 5 or parts[4] == "0":
+            _note(f"{address} left out of the ticket: port 0 is chosen at start")
+            continue
+        if parts[2] in ("0.0.0.0", "::"):
+            family = 4 if parts[1] == "ip4" else 6
+            if literal is None or literal.version != family:
+                _note(f"{address} left out of the ticket: a wildcard interface (give "
+                      f"--host an IPv{family} address to put in its place)")
+                continue
+            parts[2] = str(literal)
+        found.append("/".join(parts) + f"/p2p/{peer}")
+    return tuple(found)
 
 
 def _ticket(args: argparse.Namespace) -> int:
@@ -231,6 +286,8 @@ def _ticket(args: argparse.Namespace) -> int:
     served = spec.port if spec.port and spec.kind in ("tcp", "tls") else None
     ticket = issue_ticket(admin_dsn(config), args.name, host=args.host, port=args.port,
                           fallback_host=spec.interface or None, fallback_port=served)
+    if config.p2p.listen and not args.no_p2p:
+        ticket = dataclasses.replace(ticket, p2p=ticket_multiaddrs(config, ticket.host))
     web = config.web
     hosted = bool(web.root or web.mounts or web.console) and served is not None
     page = args.page

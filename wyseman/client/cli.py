@@ -110,6 +110,12 @@ def run_reactor(work: Callable[[Any], Any]) -> int:
     return outcome.get("code", 130)
 
 
+def _multiaddrs(args: argparse.Namespace, known: tuple[str, ...]) -> list[str]:
+    """The libp2p addresses to try first: none with ``--no-p2p``, else those the ticket
+    or key file names (``--p2p`` is handled apart: that address only, no fallback)."""
+    return [] if args.no_p2p else list(known)
+
+
 def _connect_with_key(reactor: Any, args: argparse.Namespace, listen: list[str]) -> Any:
     from wyseman.client.connection import connect
     site = keys.load_key_file(args.key, _passphrase(args))[0]
@@ -117,9 +123,15 @@ def _connect_with_key(reactor: Any, args: argparse.Namespace, listen: list[str])
         from wyseman.client.p2p import connect_p2p
         return connect_p2p(args.p2p, site.user, key=site.key, listen=listen, reactor=reactor)
     url = _site_url(site, args)
+    tls_options = _tls_options(args, site.host or "127.0.0.1")
+    multiaddrs = _multiaddrs(args, site.p2p)
+    if multiaddrs:
+        from wyseman.client.p2p import connect_best
+        return connect_best(site.user, p2p=multiaddrs, url=url, key=site.key, listen=listen,
+                            reactor=reactor, clientinfo_url=_clientinfo(args, url),
+                            tls_options=tls_options)
     return connect(url, site.user, key=site.key, listen=listen, reactor=reactor,
-                   clientinfo_url=_clientinfo(args, url),
-                   tls_options=_tls_options(args, site.host or "127.0.0.1"))
+                   clientinfo_url=_clientinfo(args, url), tls_options=tls_options)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -146,20 +158,22 @@ def login(args: argparse.Namespace) -> int:
     passphrase = _passphrase(args, confirm=True)
 
     async def work(reactor: Any) -> int:
-        from wyseman.client.connection import connect
+        from wyseman.client.p2p import connect_best, connect_p2p
         private = keys.generate_private_jwk()
         if args.p2p:
-            from wyseman.client.p2p import connect_p2p
-            url = args.p2p
-            conn = await connect_p2p(url, user, token=ticket.token, new_key=private,
+            conn = await connect_p2p(args.p2p, user, token=ticket.token, new_key=private,
                                      reactor=reactor)
         else:
             url = args.url or f"{'wss' if args.tls else 'ws'}://{host}:{port}"
-            conn = await connect(url, user, token=ticket.token, new_key=private,
-                                 reactor=reactor, tls_options=_tls_options(args, host))
-        keys.save_key_file(args.key_out, [keys.Site(host, port, user, private)], passphrase)
+            conn = await connect_best(user, p2p=_multiaddrs(args, ticket.p2p), url=url,
+                                      token=ticket.token, new_key=private, reactor=reactor,
+                                      tls_options=_tls_options(args, host))
+        # the multiaddrs go into the key file, for the later logins to dial first
+        kept = () if args.no_p2p else (ticket.p2p or ((args.p2p,) if args.p2p else ()))
+        keys.save_key_file(args.key_out, [keys.Site(host, port, user, private, kept)],
+                           passphrase)
         await conn.close()
-        print(f"logged in as {user} at {url}; key saved to {args.key_out}")
+        print(f"logged in as {user} at {conn.via}; key saved to {args.key_out}")
         return 0
     return run_reactor(work)
 
@@ -195,7 +209,8 @@ def listen(args: argparse.Namespace) -> int:
         for channel in args.channels:
             conn.on_notify(channel, lambda data, channel=channel: print(
                 json.dumps({"channel": channel, "data": data}, ensure_ascii=False), flush=True))
-        print(f"listening on {', '.join(args.channels)} (Ctrl-C stops)", file=sys.stderr)
+        print(f"listening on {', '.join(args.channels)} at {conn.via} (Ctrl-C stops)",
+              file=sys.stderr)
         code, reason = await conn.closed
         print(f"connection closed ({code}): {reason}", file=sys.stderr)
         return 1
@@ -206,10 +221,15 @@ def listen(args: argparse.Namespace) -> int:
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL (default: ws://HOST:PORT of the key file)")
-    parser.add_argument("--p2p", metavar="MULTIADDR",
-                        help="connect over libp2p instead, to MULTIADDR "
-                             "(/ip4/…/tcp/…/p2p/PEER, see `wyseman p2p id`; needs the "
-                             "wyseman[p2p] extra)")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--p2p", metavar="MULTIADDR",
+                           help="connect over libp2p to MULTIADDR only "
+                                "(/ip4/…/tcp/…/p2p/PEER, see `wyseman p2p id`; needs the "
+                                "wyseman[p2p] extra). Without it, the multiaddrs of the "
+                                "ticket or key file are tried first, then the WebSocket")
+    transport.add_argument("--no-p2p", action="store_true",
+                           help="use the WebSocket only, even when the ticket or key file "
+                                "names libp2p multiaddrs")
     parser.add_argument("--tls", action="store_true", help="use wss:// with HOST:PORT")
     parser.add_argument("--ca", metavar="PEM", help="CA certificate to verify the server with")
     parser.add_argument("--http-port", type=int, metavar="PORT",

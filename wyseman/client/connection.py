@@ -111,6 +111,9 @@ class WysemanConnection:
         self.closed: defer.Deferred = defer.Deferred()
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        #: where it went: the WebSocket URL or the libp2p multiaddr (which transport a
+        #: client that tries several ended up using)
+        self.via: str | None = None
 
     # -- protocol callbacks ----------------------------------------------------
     def _opened(self, protocol: _ClientProtocol) -> None:
@@ -301,4 +304,5 @@ def connect(url: str, user: str, *, token: str | None = None, key: Mapping[str, 
     except Exception as exc:
         raise ClientError(f"cannot connect to {parts.netloc}: {exc}") from None
     yield connection._open
+    connection.via = url
     return connection

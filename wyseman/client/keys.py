@@ -48,9 +48,9 @@ from wyseman.auth.credentials import (
 __all__ = [
     "KeyFileError", "Site", "Ticket", "decrypt_json", "encrypt_json", "export_private_jwk",
     "export_public_jwk", "generate_key_pair", "generate_private_jwk", "import_private_jwk",
-    "import_public_jwk", "is_encrypted", "listen_param", "load_key_file", "parse_key_file",
-    "p2p_login", "parse_ticket", "private_key", "pub_param", "public_jwk", "save_key_file",
-    "sign", "signed_message",
+    "import_public_jwk", "is_encrypted", "listen_param", "load_key_file", "multiaddrs",
+    "parse_key_file", "p2p_login", "parse_ticket", "private_key", "pub_param", "public_jwk",
+    "save_key_file", "sign", "signed_message",
 ]
 
 PBKDF2_ITERATIONS = 10000
@@ -260,17 +260,23 @@ def _port(value: Any, what: str) -> int:
 
 @dataclass(frozen=True)
 class Site:
-    """One login of a key file: where, as whom, and the private JWK."""
+    """One login of a key file: where, as whom, and the private JWK. ``p2p``: the
+    server's libp2p multiaddrs, when the ticket had them (kept in the file's ``p2p``
+    member, which wylib ignores), so that later logins dial libp2p first."""
 
     host: str
     port: int
     user: str
     key: Mapping[str, Any]
+    p2p: tuple[str, ...] = ()
 
     def as_export(self) -> dict[str, Any]:
         """The wylib export form ``{"login": {...}}``."""
-        return {"login": {"host": self.host, "port": self.port, "user": self.user,
-                          "key": dict(self.key)}}
+        login: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user,
+                                 "key": dict(self.key)}
+        if self.p2p:
+            login["p2p"] = list(self.p2p)
+        return {"login": login}
 
 
 def parse_key_file(content: Any, passphrase: str | None = None, *,
@@ -298,7 +304,8 @@ def parse_key_file(content: Any, passphrase: str | None = None, *,
         user, host = login.get("user"), login.get("host")
         if not isinstance(user, str) or not user or not isinstance(host, str) or not host:
             raise KeyFileError(f"{source}: a login without host or user")
-        sites.append(Site(host, _port(login.get("port"), source), user, login["key"]))
+        sites.append(Site(host, _port(login.get("port"), source), user, login["key"],
+                          multiaddrs(login.get("p2p"), source)))
     if not sites:
         raise KeyFileError(f"{source}: no login in this key file")
     return sites
@@ -332,7 +339,8 @@ def save_key_file(path: str | os.PathLike[str], sites: Iterable[Site | Mapping[s
     exports = []
     for site in sites:
         if not isinstance(site, Site):
-            site = Site(site["host"], site["port"], site["user"], site["key"])
+            site = Site(site["host"], site["port"], site["user"], site["key"],
+                        tuple(site.get("p2p", ())))
         exports.append(site.as_export())
     if not exports:
         raise KeyFileError("no site to save")
@@ -381,6 +389,9 @@ class Ticket:
     expires: str | None = None
     addr: str | None = None
     boot: Any = None
+    #: the server's libp2p multiaddrs (the JSON form's ``p2p`` member, docs/protocol.md
+    #: 16.1): a client dials them first and falls back to ``host``/``port``
+    p2p: tuple[str, ...] = ()
 
 
 def _optional_text(value: Any, what: str) -> str | None:
@@ -391,6 +402,30 @@ def _optional_text(value: Any, what: str) -> str | None:
     if not isinstance(value, str):
         raise KeyFileError(f"ticket: {what} is not text")
     return value
+
+
+#: at most this many multiaddrs in a ticket or key file, each at most this long: what a
+#: server has (a few listen addresses), with room to spare, and no more
+MAX_MULTIADDRS = 16
+MAX_MULTIADDR_LENGTH = 512
+
+
+def multiaddrs(value: Any, what: str) -> tuple[str, ...]:
+    """The ``p2p`` member of a ticket or key file: a list of multiaddrs ending in
+    ``/p2p/PEER`` (absent or null: none). Checked in form and size only here; the
+    client's dial parses them. Bounded, as the file may come from anywhere."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise KeyFileError(f"{what}: p2p is not a list of multiaddrs")
+    if len(value) > MAX_MULTIADDRS:
+        raise KeyFileError(f"{what}: p2p has more than {MAX_MULTIADDRS} multiaddrs")
+    for address in value:
+        if not isinstance(address, str) or not address.startswith("/") \
+                or "/p2p/" not in address or len(address) > MAX_MULTIADDR_LENGTH:
+            raise KeyFileError(f"{what}: p2p: {str(address)[:80]!r} is not a multiaddr "
+                               "ending in /p2p/PEER")
+    return tuple(value)
 
 
 def _url_query(query: str) -> dict[str, str]:
@@ -411,7 +446,8 @@ def _uri_component(value: str | None) -> str | None:
 
 def parse_ticket(text: str) -> Ticket:
     """A ticket in any form wyclif's ``ticket`` tool prints: JSON
-    ``{"ticket": {"token", "expires", "host", "port"[, "user"]}}``, a link
+    ``{"ticket": {"token", "expires", "host", "port"[, "user"][, "p2p"]}}`` (``p2p``:
+    the server's libp2p multiaddrs, our extension), a link
     ``https://H/connect?token=…&user=…&host=…&port=…`` or a web URL
     ``https://H:S/wyatt.html?token=…``. A URL without ``host`` means the URL's own
     host, as wylib reads ``location``."""
@@ -432,7 +468,8 @@ def parse_ticket(text: str) -> Ticket:
                       None if port in (None, "") else _port(port, "ticket"),
                       _optional_text(ticket.get("user"), "user"),
                       _optional_text(ticket.get("expires"), "expires"),
-                      _optional_text(ticket.get("addr"), "addr"), ticket.get("boot"))
+                      _optional_text(ticket.get("addr"), "addr"), ticket.get("boot"),
+                      multiaddrs(ticket.get("p2p"), "ticket"))
     try:
         parts = urlsplit(text)
         query = _url_query(parts.query)

@@ -13,16 +13,19 @@ date). Needs the ``wyseman[p2p]`` extra.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from wyseman.client import keys
-from wyseman.client.connection import ClientError, WysemanConnection
+from wyseman.client.connection import ClientError, WysemanConnection, connect
 from wyseman.p2p.wire import PROTOCOL_ID, FrameError, FrameReader, frame
+
+log = Logger(namespace="wyseman.client")
 
 #: the largest message the client takes (replies are not bounded by the server)
 MAX_REPLY_BYTES = 256 * 1024 * 1024
@@ -161,6 +164,53 @@ def connect_p2p(address: str, user: str, *, token: str | None = None,
     except Exception:
         yield dialled.close()     # (the host and, if it was the last, the trio run)
         raise
+    connection.via = address
+    return connection
+
+
+@defer.inlineCallbacks
+def connect_best(user: str, *, p2p: Sequence[str] = (), url: str | None = None,
+                 token: str | None = None, key: Mapping[str, Any] | None = None,
+                 new_key: Mapping[str, Any] | None = None, listen: Iterable[str] = (),
+                 reactor: Any = None, timeout: float = 30.0,
+                 clientinfo_url: str | None = None, tls_options: Any = None,
+                 identity: bytes | None = None) -> Any:
+    """Connect over libp2p when possible, else over the WebSocket (docs/protocol.md,
+    15.6): each multiaddr of ``p2p`` in turn, then ``url``. The connection's ``via``
+    says which was used.
+
+    A transport is given up on (logged once, with the reason) only when it could not be
+    used: nothing answers at the address, the peer is not the one it names, it does not
+    speak ``/wyseman/1.0.0``, the p2p extra is missing. A login the server answered
+    with a refusal (:class:`LoginRefused`) is final and raised at once: the WebSocket
+    runs the same decision, and a ticket's token may be spent. Fails with
+    :class:`ClientError` naming every failure when nothing could be used."""
+    channels = list(listen)
+    failures: list[str] = []
+    for address in p2p:
+        try:
+            connection = yield connect_p2p(address, user, token=token, key=key,
+                                           new_key=new_key, listen=channels,
+                                           reactor=reactor, timeout=timeout,
+                                           identity=identity)
+        except LoginRefused:
+            raise
+        except (ClientError, ImportError) as exc:
+            then = "the next multiaddr" if address != p2p[-1] else \
+                (f"the WebSocket {url}" if url else "nothing else")
+            log.warn("libp2p {address} not usable ({why}); trying {then}",
+                     address=address, why=str(exc), then=then)
+            failures.append(f"{address}: {exc}")
+            continue
+        log.info("connected as {user} over libp2p {address}", user=user, address=address)
+        return connection
+    if url is None:
+        raise ClientError("no transport could be used: " + "; ".join(failures)
+                          if failures else "no multiaddr and no URL to connect to")
+    connection = yield connect(url, user, token=token, key=key, new_key=new_key,
+                               listen=channels, reactor=reactor, timeout=timeout,
+                               clientinfo_url=clientinfo_url, tls_options=tls_options)
+    log.info("connected as {user} over the WebSocket {url}", user=user, url=url)
     return connection
 
 

@@ -185,6 +185,9 @@ class Ticket:
     addr: str | None = None
     boot: str | None = None
     issuer: str | None = None
+    #: the server's libp2p multiaddrs (``/ip4/…/tcp/…/p2p/PEER``) for the JSON form's
+    #: ``p2p`` member (docs/protocol.md, 16.1): clients that know them dial libp2p first
+    p2p: tuple[str, ...] = ()
 
 
 def issue_ticket(dsn: str, username: str, host: str | None = None,
@@ -248,9 +251,10 @@ def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
                   scheme: str = "https", extra: str = "") -> str:
     """Render a ticket as wyclif ``bin/ticket`` does (web connection type).
 
-    * ``json``: ``{"ticket":{"token","expires","host","port"[,"user"]}}``, compact;
-      ``user`` only when the ticket's user is not ``admin_user``; null/empty host and
-      null port dropped.
+    * ``json``: ``{"ticket":{"token","expires","host","port"[,"user"][,"p2p"]}}``,
+      compact; ``user`` only when the ticket's user is not ``admin_user``; null/empty
+      host and null port dropped; ``p2p`` (the server's libp2p multiaddrs, an extension
+      the JS tools ignore) only when there are some.
     * ``link``: ``https://H/connect?token=T&user=U&host=H&port=P``.
     * ``web``: ``SCHEME://H:S/PAGE?token=T&user=U&host=H&port=P`` where PAGE is
       ``page`` (a path such as ``wysegi.html`` or ``console/``), else ``SPA.html``;
@@ -270,6 +274,8 @@ def format_ticket(ticket: Ticket, fmt: str = "json", *, admin_user: str | None,
             body["port"] = ticket.port
         if ticket.user != admin_user:
             body["user"] = ticket.user
+        if ticket.p2p:
+            body["p2p"] = list(ticket.p2p)
         return json.dumps({"ticket": body}, separators=(",", ":"), ensure_ascii=False)
     if fmt == "link":
         return f"https://{host}/connect?{query}"
