@@ -309,3 +309,87 @@ class BalancerTests(TestCase):
         # of the bystanders, the stopped host's closed with 1001, the other's is still open
         codes = sorted(conn.close_code or 0 for conn in bystanders)
         self.assertEqual(codes, [0, 1001])
+
+    @defer.inlineCallbacks
+    def test_a_host_killed_under_load_loses_no_acknowledged_write(self) -> None:
+        a, b, lb = yield self.cluster()
+        self.db.run("create table public.lb_entry (seq bigserial primary key, "
+                    "cid text not null, who text not null default session_user); "
+                    "grant select, insert on public.lb_entry to wyseman_user; "
+                    "grant usage on sequence public.lb_entry_seq_seq to wyseman_user")
+        users = [add_user(self.db) for _ in range(4)]
+        private = []
+        for user in users:
+            private.append((yield self.register_key(user)))
+        sessions = []
+        for user, key in zip(users, private, strict=True):
+            session = ReconnectingSession(self.ws_url, user, key, listen=["app_load"],
+                                          clientinfo_url=self.info_url)
+            self.addCleanup(session.stop)
+            session.start()
+            # one at a time, so that the balancer's round robin puts two on each host
+            yield bounded(session.request({"action": "tuple", "view": "base.curr_eid()"}),
+                          20, f"the first request of {user}")
+            sessions.append(session)
+        placed = self.hosts_of(lb, "ws")[-len(sessions):]
+        self.assertEqual(sorted(placed), ["a", "a", "b", "b"])
+        acked: list[list[str]] = [[] for _ in sessions]
+        unsure: list[str] = []          # sent, then the socket was lost: stored or not
+        running = True
+        progress: dict[int, tuple[int, defer.Deferred]] = {}
+
+        def wait_for_acks(count: int) -> defer.Deferred:
+            """Fires once every writer has ``count`` more acknowledged writes."""
+            waits = []
+            for n in range(len(sessions)):
+                d: defer.Deferred = defer.Deferred()
+                progress[n] = (len(acked[n]) + count, d)
+                waits.append(d)
+            return defer.gatherResults(waits)
+
+        @defer.inlineCallbacks
+        def writer(n: int, session: ReconnectingSession) -> Any:
+            seq = 0
+            while running:
+                seq += 1
+                cid = f"{n}.{seq}"
+                try:
+                    row = yield session.request({"action": "insert", "view": "public.lb_entry",
+                                                 "fields": {"cid": cid}}, timeout=20)
+                except Exception:
+                    unsure.append(cid)
+                    continue
+                self.assertEqual((row["cid"], row["who"]), (cid, users[n]))
+                acked[n].append(cid)
+                target, d = progress.get(n, (0, None))
+                if d is not None and len(acked[n]) >= target:
+                    del progress[n]
+                    d.callback(None)
+
+        writers = [writer(n, s) for n, s in enumerate(sessions)]
+        yield bounded(wait_for_acks(20), 30, "writes before the kill")
+        before = sum(len(w) for w in acked)
+        a.transport.signalProcess("KILL")
+        self.assertEqual((yield bounded(a.ended, 30, "the killed host's exit")),
+                         -signal.SIGKILL)
+        # every writer goes on: those of the killed host after logging in again on b
+        yield bounded(wait_for_acks(20), 60, "writes after the kill", b)
+        running = False
+        yield bounded(defer.gatherResults(writers), 30, "the writers' end")
+        moved = [s for s, host in zip(sessions, placed, strict=True) if host == "a"]
+        self.assertEqual([s.connects for s in moved], [2, 2])
+        # the moved sessions listen again on their new host
+        heard = [defer.Deferred() for _ in sessions]
+        for session, d in zip(sessions, heard, strict=True):
+            session.on_notify("app_load", d.callback)
+        self.db.run("""notify app_load, '{"after": "the kill"}'""")
+        self.assertEqual((yield bounded(defer.gatherResults(heard), 15, "the notifications")),
+                         [{"after": "the kill"}] * len(sessions))
+        # each acknowledged write stored exactly once; nothing stored that was not sent
+        stored = dict(self.db.run("select cid, count(*) from public.lb_entry group by cid"))
+        everything = [cid for writes in acked for cid in writes]
+        self.assertGreater(len(everything), before)
+        self.assertEqual({cid: stored.get(cid) for cid in everything if stored.get(cid) != 1},
+                         {})
+        self.assertEqual(set(stored) - set(everything) - set(unsure), set())
+        self.assertLessEqual(len(unsure), len(moved))
