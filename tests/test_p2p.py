@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
+import sys
 from datetime import UTC, datetime, timedelta
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import ProcessOutput, add_user, checkout_pythonpath, start_gateway
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
 from wyseman.client import keys
@@ -31,6 +33,22 @@ except ImportError as exc:     # the wyseman[p2p] extra is not installed
 else:
     MISSING = None
 
+
+#: a client process that logs in over libp2p by ticket, says so, and waits
+FROZEN_CLIENT = """
+import sys
+from twisted.internet import defer, task
+from wyseman.client import keys
+from wyseman.client.p2p import connect_p2p
+
+@defer.inlineCallbacks
+def main(reactor, address, user, token):
+    conn = yield connect_p2p(address, user, token=token, new_key=keys.generate_private_jwk())
+    print("logged in", flush=True)
+    yield conn.closed
+
+task.react(main, sys.argv[1:])
+"""
 
 class FramingTests(SynchronousTestCase):
     """The length prefix: bounded before anything is buffered for it."""
@@ -595,6 +613,50 @@ class P2PGatewayTests(TestCase):
         stream, ended = yield self.raw_stream()
         data = yield ended
         self.assertEqual(self.messages(data)[0]["kind"], "login_timeout")
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_stops_answering_is_dropped_by_the_heartbeat(self):
+        """A client process logged in and then frozen (SIGSTOP: its TCP connection
+        stays up, the kernel still acknowledges, but nothing answers): its session
+        ends once a heartbeat probe goes unanswered for ``ping_timeout``; a live
+        client probed by the same heartbeat stays and is answered."""
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"ping_interval": 0.5, "ping_timeout": 1.0})
+        self.address = self.server.p2p.addresses[0]
+        _, live = yield self.ticket(user=self.bystander)
+        from wyseman.p2p import server as p2p_server
+        ended: dict[str, defer.Deferred] = {}
+        original = p2p_server.P2PConnection.connection_lost
+
+        def lost(connection, reason):
+            original(connection, reason)
+            session = getattr(connection, "session", None)
+            if session is not None and session.user in ended \
+                    and not ended[session.user].called:
+                ended[session.user].callback(reason)
+        self.patch(p2p_server.P2PConnection, "connection_lost", lost)
+        ended[self.user] = defer.Deferred()
+        ended[self.bystander] = defer.Deferred()
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        output = ProcessOutput()
+        child = reactor.spawnProcess(output, sys.executable, [
+            sys.executable, "-c", FROZEN_CLIENT, self.address, self.user, token],
+            env=dict(os.environ, PYTHONPATH=checkout_pythonpath()))
+
+        def end_child():
+            if not output.ended.called:
+                child.signalProcess("KILL")
+                child.signalProcess(signal.SIGCONT)
+            return output.ended.addErrback(lambda _: None)
+        self.addCleanup(end_child)
+        yield output.wait_for("logged in")
+        child.signalProcess(signal.SIGSTOP)
+        reason = yield ended[self.user].addTimeout(30, reactor)
+        self.assertIsInstance(reason, str)
+        self.assertFalse(ended[self.bystander].called)
+        row = yield live.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertTrue(live.connected)
 
     @defer.inlineCallbacks
     def test_stopping_the_service_ends_sessions_and_the_trio_run(self):

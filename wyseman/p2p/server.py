@@ -350,7 +350,9 @@ class P2PServer:
             log.info("created the libp2p identity {path} (peer id {peer})",
                      path=str(self.key_path), peer=node.peer_id_of(key))
         self.node = node.Node(self.reactor, key, self.settings.listen, PROTOCOL_ID,
-                              self._on_stream, mdns=self.settings.mdns)
+                              self._on_stream, mdns=self.settings.mdns,
+                              ping_interval=self.hub.config.limits.ping_interval,
+                              ping_timeout=self.hub.config.limits.ping_timeout)
         self.accepting = True
 
         def started(addresses: Sequence[str]) -> list[str]:
