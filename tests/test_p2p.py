@@ -269,7 +269,7 @@ class P2PGatewayTests(TestCase):
         data = yield got
         self.assertEqual(data, {"n": 1})
         self.assertEqual(self.server.gateway.metrics.handshakes.labels(
-            "accepted", "key")._value.get(), 1)
+            "accepted", "key", "libp2p")._value.get(), 1)
 
     @defer.inlineCallbacks
     def test_same_notification_on_a_websocket_and_a_libp2p_stream(self):
@@ -285,6 +285,12 @@ class P2PGatewayTests(TestCase):
         self.db.run("""select pg_notify('app_both', '{"to": "both"}')""")
         data = yield defer.gatherResults(received)
         self.assertEqual(data, [{"to": "both"}, {"to": "both"}])
+        # the metrics tell the transports apart
+        metrics = self.server.gateway.metrics
+        self.assertEqual([metrics.connections.labels(t)._value.get()
+                          for t in ("websocket", "libp2p")], [1, 1])
+        self.assertEqual([metrics.handshakes.labels("accepted", "key", t)._value.get()
+                          for t in ("websocket", "libp2p")], [1, 1])
 
     @defer.inlineCallbacks
     def test_key_removed_closes_the_session_with_4001(self):
@@ -497,8 +503,8 @@ class P2PGatewayTests(TestCase):
         metrics = self.server.gateway.metrics
         counted = metrics.slow_consumer
 
-        def slow_consumer():
-            counted()
+        def slow_consumer(transport):
+            counted(transport)
             if not cut.called:
                 cut.callback(None)
         self.patch(metrics, "slow_consumer", slow_consumer)
@@ -530,7 +536,8 @@ class P2PGatewayTests(TestCase):
         # reading again, the client finds its stream reset, short of the 3 MB
         dialled.stream.resume_reading()
         yield lost
-        self.assertEqual(self.server.gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(
+            self.server.gateway.metrics.slow_consumers.labels("libp2p")._value.get(), 1)
         self.assertLess(sum(map(len, received)), 3 * 1024 * 1024)
         self.db.run("""select pg_notify('app_calm', '{"still": "here"}')""")
         data = yield calm
@@ -564,7 +571,7 @@ class P2PGatewayTests(TestCase):
             data = yield third_ended
             self.assertEqual(data, b"")
         self.assertEqual(self.server.gateway.metrics.handshakes.labels(
-            "refused", "pending")._value.get(), 1)
+            "refused", "pending", "libp2p")._value.get(), 1)
         token = admin.issue_ticket(self.db.dsn, self.user).token
         pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
         first.write(frame(json.dumps({"user": self.user, "token": token,
@@ -722,7 +729,7 @@ class P2PCommandTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out), [{"body": "over libp2p"}])
         self.assertEqual(server.gateway.metrics.handshakes.labels(
-            "accepted", "key")._value.get(), 1)
+            "accepted", "key", "libp2p")._value.get(), 1)
         # a refused login: one line saying why
         db.run("update base.ent set conn_pub = null where username = %s", (user,))
         out, err, code = yield wyseman_cli(
