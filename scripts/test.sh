@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: needs only python3 (>= 3.11) and pip;
 # node/npm are used for the JS interoperability tests when present, Debian's chromium
-# for the real-browser test, Debian's PostgreSQL with PL/Tcl, tcllib and the build tools
-# of the wyseman schema tool's native addons for the wysegi test (all installed here when
-# missing and this runs as root with apt-get; nothing downloads a browser of its own).
+# for the real-browser test, Debian's haproxy for the load-balancer tests, Debian's
+# PostgreSQL with PL/Tcl, tcllib and the build tools of the wyseman schema tool's native
+# addons for the wysegi test (each installed here when missing and this runs as root with
+# apt-get; nothing downloads a browser of its own).
 # Creates ./.venv, installs the package with its test extras, the pinned JS client,
 # then runs ruff and trial. Exit status is non-zero on any failure.
 set -euo pipefail
@@ -27,6 +28,14 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends chromium \
         || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }
+fi
+
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    echo "== apt-get install haproxy (the load-balancer tests, tests/test_balancer.py)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends haproxy \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends haproxy; }
 fi
 
 # The wysegi test (tests/test_wysegi.py) builds a wyselib database with the wyseman

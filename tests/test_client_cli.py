@@ -184,11 +184,23 @@ class ReconnectingSessionTests(TestCase):
         self.assertEqual(session.connects, 1)
 
         pending = session.connection.request({"action": "tuple", "view": "base.curr_eid()"})
+        retried = []
+
+        def send_again(failure):
+            # made while the lost connection's close is still being handled: it waits
+            # for the next connection instead of failing at once
+            retried.append(session.request({"action": "tuple", "view": "base.curr_eid()"}))
+            return failure
+        pending.addErrback(send_again)
         yield first.stopService()              # the server goes away...
         with self.assertRaises(ConnectionClosed):
             yield pending                      # ...the request in flight fails cleanly
+        self.assertEqual(len(retried), 1)
+        self.assertFalse(retried[0].called)
         second = yield start_gateway(self, db, server={
             "listen": f"tcp:{port}:interface=127.0.0.1"})
+        row = yield retried[0]
+        self.assertTrue(row["curr_eid"])
         row = yield session.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
         self.assertEqual(session.connects, 2)
