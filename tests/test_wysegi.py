@@ -18,7 +18,10 @@ dialog. The page then lists ``wm.table_pub`` and ``base.ent_v`` with their colum
 from the database's language tables, edits a record, saves the app's state
 (``wylib.set_data``), and after a reload reconnects by the key it kept. Every frame the
 page's WebSocket sends is recorded, and every request must have had a reply without an
-error.
+error. Then every read among them (``meta``, ``lang``, ``select``, ``tuple`` of all but a
+volatile function) is replayed, as recorded, to the Node.js Wyseman server (npm
+``wyseman``, pinned in tests/js) started on the same database, and to ours: both must
+answer alike, as in tests/test_differential.py but with what a real app sends.
 
 Skipped, saying exactly what is missing, when a prerequisite is not installed; as root
 with apt-get, where scripts/test.sh installs the system packages (CI), a missing one
@@ -37,13 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.browser import chromium
 from tests.harness import ProcessOutput, start_gateway
-from tests.jsinterop import JS_DIR, NODE_MODULES, node
+from tests.jsinterop import JS_DIR, NODE_MODULES, node, outcome, start_node_server
 from tests.pgtest import free_port, run_sync, start_on_a_free_port
 from tests.tlsutil import TestCA
+from wyseman.client import keys
+from wyseman.client.connection import connect
 from wyseman.provision import admin
 from wyseman.provision.cluster import LocalCluster
 
@@ -243,6 +249,8 @@ class WysegiTests(TestCase):
                              "where name = %s", (state_name,))
         self.assertEqual(rows, [("wylib_wysegi", entity, "ent")])
 
+        yield self.compare_with_node(dsn, server.port, ca, user, result["exchanges"])
+
     def check_exchanges(self, exchanges: list[dict[str, Any]]) -> None:
         """Every request the app sent had its reply, none an error; and the app used
         what it is built on: language and metadata, selects, tuples and an update."""
@@ -283,3 +291,99 @@ class WysegiTests(TestCase):
             self.assertEqual(set(shown), set(titles), view)
             self.assertEqual(shown, titles, view)
 
+    def is_read(self, dsn: str, request: dict[str, Any]) -> bool:
+        """Whether a request only reads, so that replaying it changes nothing: ``meta``,
+        ``lang``, and ``select``/``tuple`` of a relation or of a function PostgreSQL
+        declares stable or immutable (such a function cannot write; a volatile one, as
+        ``wylib.set_data``, may)."""
+        action, view = request.get("action"), request.get("view")
+        if action in ("meta", "lang"):
+            return True
+        if action not in ("select", "tuple"):
+            return False
+        if "(" not in view:
+            return True
+        volatility = run_sync(dsn, "select provolatile from pg_proc "
+                                   "where oid = %s::regprocedure", (view,))
+        return volatility != [("v",)]
+
+    @defer.inlineCallbacks
+    def compare_with_node(self, dsn: str, port: int, ca: TestCA, user: str,
+                          exchanges: list[dict[str, Any]]) -> Any:
+        """Every read the app sent, replayed as it was recorded (its id included, one at
+        a time) to the Node.js Wyseman server (npm ``wyseman``, pinned in tests/js) and
+        to ours, on this database and as the same user: both must answer what a client
+        reads alike (``data``, or the error's ``code``), as tests/test_differential.py
+        compares them.
+
+        The app's writes (its update, ``wylib.set_data``) are left out: their effect is
+        checked in the database above, and replayed they would only repeat it. The
+        replay runs after the whole browser run, so both servers read the same data
+        (the edited record, the saved state), which need not be what the app read at
+        the time."""
+        reads: list[dict[str, Any]] = []
+        writes: list[dict[str, Any]] = []
+        for exchange in exchanges:
+            (reads if self.is_read(dsn, exchange["request"]) else writes).append(
+                exchange["request"])
+        self.assertEqual([(w["action"], w["view"]) for w in writes],
+                         [("update", "base.ent_v"),
+                          ("tuple", "wylib.set_data(text, text, text, text, jsonb)")])
+
+        node_port = free_port()
+        yield start_node_server(self, dsn, node_port)
+        # the Node server takes any user name on plain ws (docs/protocol.md, D1): that
+        # is how its clients log in there; ours gets a ticket
+        theirs = yield connect(f"ws://127.0.0.1:{node_port}", user)
+        self.addCleanup(theirs.close)
+        token = admin.issue_ticket(dsn, user).token
+        ours = yield connect(
+            f"wss://localhost:{port}", user, token=token, new_key=keys.generate_private_jwk(),
+            tls_options=optionsForClientTLS("localhost",
+                                            trustRoot=Certificate.loadPEM(ca.pem)))
+        self.addCleanup(ours.close)
+
+        differences, failed = [], []
+        for request in reads:
+            expected = readable(request, (yield outcome(theirs.request(request))), node=True)
+            actual = readable(request, (yield outcome(ours.request(request))))
+            if actual != expected:
+                differences.append({"request": request, "ours": actual, "node": expected})
+            if actual[0] != "data":
+                failed.append(request)
+        self.assertEqual(differences, [])
+        # each read had its data in the browser run, so an error now would mean the
+        # replay was not the app's
+        self.assertEqual(failed, [])
+        # in all, about 40: the two grids need at least their texts, metadata and rows;
+        # the editor its record and the texts and metadata of its four subviews; the
+        # app looked up its saved states; the reload repeats most of it
+        self.assertGreater(len(reads), 30)
+        compared = {(r["action"], r["view"]) for r in reads}
+        for view in ("wm.table_pub", "base.ent_v"):
+            for action in ("lang", "meta", "select"):
+                self.assertIn((action, view), compared)
+        self.assertIn(("tuple", "base.ent_v"), compared)
+        self.assertIn(("select", "wylib.data_v"), compared)
+
+def readable(request: dict[str, Any], result: tuple[str, Any], node: bool = False
+             ) -> tuple[str, Any]:
+    """What a client reads of a reply (:func:`tests.jsinterop.outcome`), less what the
+    two servers may differ in by design:
+
+    - rows of a ``select`` without ``order`` come in no defined order (the two servers
+      compile different SQL: ours has PostgreSQL render the rows as JSON), so they are
+      compared as a set;
+    - the Node server's (``node``) cached ``lang`` data also carries its ``col`` and
+      ``msg`` maps, absent from its first reply for a view (docs/protocol.md, section
+      13, "Differences from the Node server": "Cached `lang` data carries no `col` and
+      `msg` maps")."""
+    kind, data = result
+    if kind != "data":
+        return result
+    if request.get("action") == "select" and not request.get("order") \
+            and isinstance(data, list):
+        data = sorted(data, key=lambda row: json.dumps(row, sort_keys=True))
+    if node and request.get("action") == "lang" and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ("col", "msg")}
+    return kind, data
