@@ -22,13 +22,8 @@
 // Prints one JSON line {ok: true, sockets, frames, grids, ...} and exits 0; on failure
 // {ok: false, error, frames} and exits 1.
 'use strict'
-const fs = require('fs')
-const os = require('os')
 const path = require('path')
-
-const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-  '--no-first-run', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--ignore-certificate-errors']
+const { withBrowser } = require('./chromium')
 
 // Runs in the page before its own scripts, on every load: the app's WebSockets report
 // each frame to the driver (an exposed binding survives reloads).
@@ -174,122 +169,109 @@ function relayFieldInput (field) {
 }
 
 async function run (config) {
-  const { chromium } = require('playwright-core')
-  const timeout = config.timeout || 30000
   const frames = new Frames()
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'wyseman-chromium-'))
   const result = { frames }
-  let context
   let shot = 0
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: config.chromium || '/usr/bin/chromium',
-      headless: true,
-      args: FLAGS,
-      ignoreHTTPSErrors: true,
-      viewport: { width: 1400, height: 1000 },
-      timeout
-    })
-    await context.exposeBinding('__wysegiFrame', (source, frame) => frames.add(frame))
-    await context.addInitScript(wrapWebSocket)
-    const page = context.pages()[0] || await context.newPage()
-    page.setDefaultTimeout(timeout)
-    result.pageErrors = []
-    page.on('pageerror', err => result.pageErrors.push(String(err && err.message)))
-    const snap = async name => {
-      if (config.screenshots) {
-        await page.screenshot({ path: path.join(config.screenshots, `${++shot}-${name}.png`) })
+    return await withBrowser(config, 'wyseman-chromium-', async (context, timeout) => {
+      await context.exposeBinding('__wysegiFrame', (source, frame) => frames.add(frame))
+      await context.addInitScript(wrapWebSocket)
+      const page = context.pages()[0] || await context.newPage()
+      page.setDefaultTimeout(timeout)
+      result.pageErrors = []
+      page.on('pageerror', err => result.pageErrors.push(String(err && err.message)))
+      const snap = async name => {
+        if (config.screenshots) {
+          await page.screenshot({ path: path.join(config.screenshots, `${++shot}-${name}.png`) })
+        }
       }
-    }
-    const isView = (view, action) => r => r.view === view && r.action === action
+      const isView = (view, action) => r => r.view === view && r.action === action
 
-    // 1. the page; the ticket through the connection dialog; connect
-    await page.goto(config.url, { waitUntil: 'load' })
-    await page.setInputFiles('.wylib-connect input[type=file]', config.ticket_file)
-    const site = page.locator('.wylib-connect .sitelist td', { hasText: config.user })
-    await site.waitFor()
-    await snap('ticket-imported')
-    await site.dblclick()
-    const tables = await frames.reply('the wm.table_pub rows', r =>
-      r.action === 'select' && r.view === 'wm.table_pub', timeout)
+      // 1. the page; the ticket through the connection dialog; connect
+      await page.goto(config.url, { waitUntil: 'load' })
+      await page.setInputFiles('.wylib-connect input[type=file]', config.ticket_file)
+      const site = page.locator('.wylib-connect .sitelist td', { hasText: config.user })
+      await site.waitFor()
+      await snap('ticket-imported')
+      await site.dblclick()
+      const tables = await frames.reply('the wm.table_pub rows', r =>
+        r.action === 'select' && r.view === 'wm.table_pub', timeout)
 
-    // 2. the first-run question (store the app's data in this browser, no passphrase)
-    const yes = page.locator('.wylib-modal button', { hasText: 'Yes' })
-    await yes.waitFor()
-    await snap('first-run')
-    await yes.click()
-    await yes.waitFor({ state: 'detached' })
-    await frames.reply('the wm.table_pub titles', isView('wm.table_pub', 'lang'), timeout)
-    result.tables = {
-      rows: tables.reply.data && tables.reply.data.length,
-      columns: await visibleColumns(page, frames, 'wm.table_pub', timeout)
-    }
-    await snap('tables')
+      // 2. the first-run question (store the app's data in this browser, no passphrase)
+      const yes = page.locator('.wylib-modal button', { hasText: 'Yes' })
+      await yes.waitFor()
+      await snap('first-run')
+      await yes.click()
+      await yes.waitFor({ state: 'detached' })
+      await frames.reply('the wm.table_pub titles', isView('wm.table_pub', 'lang'), timeout)
+      result.tables = {
+        rows: tables.reply.data && tables.reply.data.length,
+        columns: await visibleColumns(page, frames, 'wm.table_pub', timeout)
+      }
+      await snap('tables')
 
-    // 3. the Users tab
-    await page.locator('.tabset .tab', { hasText: 'Users' }).click()
-    const users = await frames.reply('the base.ent_v rows', isView('base.ent_v', 'select'),
-      timeout)
-    const row = page.locator('.wylib-dbp .slick-row', { hasText: config.user })
-      .filter({ visible: true })
-    await row.first().waitFor()
-    await frames.reply('the base.ent_v titles', isView('base.ent_v', 'lang'), timeout)
-    result.users = {
-      rows: users.reply.data && users.reply.data.length,
-      columns: await visibleColumns(page, frames, 'base.ent_v', timeout)
-    }
-    await snap('users')
+      // 3. the Users tab
+      await page.locator('.tabset .tab', { hasText: 'Users' }).click()
+      const users = await frames.reply('the base.ent_v rows', isView('base.ent_v', 'select'),
+        timeout)
+      const row = page.locator('.wylib-dbp .slick-row', { hasText: config.user })
+        .filter({ visible: true })
+      await row.first().waitFor()
+      await frames.reply('the base.ent_v titles', isView('base.ent_v', 'lang'), timeout)
+      result.users = {
+        rows: users.reply.data && users.reply.data.length,
+        columns: await visibleColumns(page, frames, 'base.ent_v', timeout)
+      }
+      await snap('users')
 
-    // 4. the user's record in the editor: change its comment, save it
-    await row.first().dblclick()
-    const editor = page.locator('.wylib.wylib-dbe').filter({ visible: true })
-    await editor.first().waitFor()
-    await frames.reply('the record for the editor', r =>
-      r.view === 'base.ent_v' && r.action === 'tuple', timeout)
-    await snap('editor')
-    const comment = page.locator('.wylib-dew[title*="(ent_cmt)"] textarea')
-      .filter({ visible: true })
-    await comment.fill(config.comment)
-    await page.evaluate(relayFieldInput, 'ent_cmt')
-    const update = page.locator('.wylib-button[title^="Update:"]').filter({ visible: true })
-    await update.click()
-    const updated = await frames.reply('the update', isView('base.ent_v', 'update'), timeout)
-    result.update = updated.request
-    await snap('updated')
+      // 4. the user's record in the editor: change its comment, save it
+      await row.first().dblclick()
+      const editor = page.locator('.wylib.wylib-dbe').filter({ visible: true })
+      await editor.first().waitFor()
+      await frames.reply('the record for the editor', r =>
+        r.view === 'base.ent_v' && r.action === 'tuple', timeout)
+      await snap('editor')
+      const comment = page.locator('.wylib-dew[title*="(ent_cmt)"] textarea')
+        .filter({ visible: true })
+      await comment.fill(config.comment)
+      await page.evaluate(relayFieldInput, 'ent_cmt')
+      const update = page.locator('.wylib-button[title^="Update:"]').filter({ visible: true })
+      await update.click()
+      const updated = await frames.reply('the update', isView('base.ent_v', 'update'), timeout)
+      result.update = updated.request
+      await snap('updated')
 
-    // 5. the app's state saved under a name (app menu, Save As: wylib.set_data)
-    await page.locator('.tab-filler .wylib-button[title="Application menu"]').click()
-    await snap('app-menu')
-    await page.locator('.wylib-menu tr', { hasText: 'Save State As' }).filter({ visible: true })
-      .click()
-    const dialog = page.locator('.wylib-modal').filter({ visible: true })
-    await dialog.locator('input[type=text]').first().waitFor()
-    await snap('save-as')
-    await dialog.locator('input[type=text]').first().fill(config.state_name)
-    await page.evaluate(relayFieldInput, 't')
-    await dialog.locator('button', { hasText: 'Yes' }).click()
-    const saved = await frames.reply('wylib.set_data', r =>
-      r.action === 'tuple' && String(r.view).startsWith('wylib.set_data'), timeout)
-    result.saved = saved.request
-    result.exchangesBeforeReload = await frames.settled(timeout).then(list => list.length)
+      // 5. the app's state saved under a name (app menu, Save As: wylib.set_data)
+      await page.locator('.tab-filler .wylib-button[title="Application menu"]').click()
+      await snap('app-menu')
+      await page.locator('.wylib-menu tr', { hasText: 'Save State As' }).filter({ visible: true })
+        .click()
+      const dialog = page.locator('.wylib-modal').filter({ visible: true })
+      await dialog.locator('input[type=text]').first().waitFor()
+      await snap('save-as')
+      await dialog.locator('input[type=text]').first().fill(config.state_name)
+      await page.evaluate(relayFieldInput, 't')
+      await dialog.locator('button', { hasText: 'Yes' }).click()
+      const saved = await frames.reply('wylib.set_data', r =>
+        r.action === 'tuple' && String(r.view).startsWith('wylib.set_data'), timeout)
+      result.saved = saved.request
+      result.exchangesBeforeReload = await frames.settled(timeout).then(list => list.length)
 
-    // 6. reload: the app reconnects with the key it kept
-    frames.load++
-    await page.reload({ waitUntil: 'load' })
-    const again = await frames.reply('the grid after the reload', r => r.action === 'select' &&
-      (r.view === 'wm.table_pub' || r.view === 'base.ent_v'), timeout)
-    result.afterReload = again.request
-    await frames.settled(timeout)
-    await snap('reloaded')
-    result.ok = true
-    return result
+      // 6. reload: the app reconnects with the key it kept
+      frames.load++
+      await page.reload({ waitUntil: 'load' })
+      const again = await frames.reply('the grid after the reload', r => r.action === 'select' &&
+        (r.view === 'wm.table_pub' || r.view === 'base.ent_v'), timeout)
+      result.afterReload = again.request
+      await frames.settled(timeout)
+      await snap('reloaded')
+      result.ok = true
+      return result
+    }, { viewport: { width: 1400, height: 1000 } })
   } catch (err) {
     result.ok = false
     result.error = String(err && err.stack || err)
     return result
-  } finally {
-    if (context) await context.close().catch(() => {})
-    fs.rmSync(profile, { recursive: true, force: true })
   }
 }
 
