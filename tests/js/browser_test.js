@@ -57,10 +57,15 @@ async function run (config) {
     await loaded()
     const key = await page.evaluate(args => window.wysemanTest.keyLogin(args),
       { listen: [config.channel], request: config.request })
+    const more = []
+    for (const request of config.more || []) {
+      more.push(await withTimeout(page.evaluate(r => window.wysemanTest.ask(r), request),
+        timeout, `the reply to ${JSON.stringify(request)}`))
+    }
     step('listening')
     const notification = await withTimeout(
       page.evaluate(() => window.wysemanTest.nextNotification()), timeout, 'notification')
-    return { ok: true, ticket, key, notification }
+    return { ok: true, ticket, key, more, notification }
   })
 }
 
