@@ -359,6 +359,19 @@ def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: i
                          **sections)
 
 
+def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
+    """Run ``python -m wyseman ARGS`` from the checkout → (stdout, stderr, exit code),
+    without blocking."""
+    import sys
+    from pathlib import Path
+
+    from twisted.internet.utils import getProcessOutputAndValue
+    environment = dict(os.environ, PYTHONPATH=checkout_pythonpath(), **(env or {}))
+    return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
+                                    env=environment,
+                                    path=str(Path(__file__).resolve().parent.parent))
+
+
 def checkout_pythonpath() -> str:
     """``PYTHONPATH`` for a child process: the checkout first, then what this process
     was given (the suite's packages when it runs as another user)."""

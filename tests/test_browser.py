@@ -10,16 +10,13 @@ installs chromium when it runs as root on Debian)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.browser import chromium
-from tests.harness import APP_SAMPLE, ProcessOutput, add_user, start_gateway
-from tests.jsinterop import JS_DIR, node
+from tests.browser import DriverRun, chromium
+from tests.harness import APP_SAMPLE, add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.tlsutil import TestCA
 from wyseman.provision import admin
@@ -34,7 +31,6 @@ class BrowserTests(TestCase):
     @defer.inlineCallbacks
     def test_wylib_style_logins_in_a_real_browser(self):
         browser = chromium()
-        executable = node()      # (installs tests/js/node_modules from the lock file)
         base = Path(self.mktemp()).resolve()
         root = base / "site"
         root.mkdir(parents=True)
@@ -68,19 +64,10 @@ class BrowserTests(TestCase):
                      {"id": 7, "action": "lang", "view": "app.item"}],
             "timeout": 30000,
         }
-        output = ProcessOutput()
-        process = reactor.spawnProcess(
-            output, executable, [executable, str(JS_DIR / "browser_test.js"),
-                                 json.dumps(config)],
-            env=dict(os.environ), path=str(JS_DIR))
-        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
-        self.addCleanup(lambda: killer.active() and killer.cancel())
-        yield output.wait_for('{"step":"listening"}')
+        run = DriverRun(self, "browser_test.js", config, RUN_TIMEOUT)
+        yield run.listening
         db.run("""notify app_browser, '{"from": "postgres"}'""")
-        code = yield output.ended
-        lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
-                 if line.startswith("{")]
-        result = json.loads(lines[-1])
+        code, result = yield run.ended
         self.assertEqual(code, 0, result)
         self.assertTrue(result["ok"], result)
 

@@ -10,23 +10,15 @@ from pathlib import Path
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, checkout_pythonpath, start_gateway
+from tests.harness import add_user, checkout_pythonpath, start_gateway, wyseman_cli
 from tests.pgtest import fresh_database
 from wyseman.client import keys
 from wyseman.client.connection import connect
 from wyseman.provision import admin
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
-    """Run ``python -m wyseman ARGS`` → (stdout, stderr, exit code), without blocking."""
-    environment = dict(os.environ, PYTHONPATH=checkout_pythonpath(), **(env or {}))
-    return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
-                                    env=environment, path=str(ROOT))
 
 
 class _Lines(ProcessProtocol):

@@ -16,7 +16,13 @@ from datetime import UTC, datetime, timedelta
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import ProcessOutput, add_user, checkout_pythonpath, start_gateway
+from tests.harness import (
+    ProcessOutput,
+    add_user,
+    checkout_pythonpath,
+    start_gateway,
+    wyseman_cli,
+)
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
 from wyseman.client import keys
@@ -691,26 +697,34 @@ class P2PCommandTests(TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
+    def server_and_config(self, db, also_listen=()):
+        """A gateway serving libp2p, and a config file for the commands that names its
+        address (and ``also_listen``) and its key file → (directory, the server's
+        multiaddr, the config's path)."""
+        from pathlib import Path
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        self.server = yield start_gateway(self, db, p2p={
+            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
+        address = self.server.p2p.addresses[0]
+        port = address.split("/tcp/")[1].split("/")[0]
+        listen = json.dumps([f"/ip4/127.0.0.1/tcp/{port}", *also_listen])
+        config = workdir / "wyseman.toml"
+        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
+                          f'listen = {listen}\nkey_file = "server.key"\n')
+        return workdir, address, config
+
+    @defer.inlineCallbacks
     def test_id_login_query(self):
         if MISSING:
             raise self.skipTest(MISSING)
-        from pathlib import Path
 
-        from tests.test_client_cli import wyseman_cli
         db = fresh_database(self)
         user = add_user(db, "cli")
         db.run("create table public.p2p_note (body text); "
                "grant all on public.p2p_note to wyseman_user; "
                "insert into public.p2p_note values ('over libp2p')")
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir()
-        server = yield start_gateway(self, db, p2p={
-            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
-        address = server.p2p.addresses[0]
-        port = address.split("/tcp/")[1].split("/")[0]
-        config = workdir / "wyseman.toml"
-        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
-                          f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nkey_file = "server.key"\n')
+        workdir, address, config = yield self.server_and_config(db)
         out, err, code = yield wyseman_cli("p2p", "id", "--config", str(config))
         self.assertEqual(code, 0, err)
         self.assertEqual(out.decode().splitlines()[1], address)
@@ -728,7 +742,7 @@ class P2PCommandTests(TestCase):
             '{"action": "select", "view": "public.p2p_note"}')
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out), [{"body": "over libp2p"}])
-        self.assertEqual(server.gateway.metrics.handshakes.labels(
+        self.assertEqual(self.server.gateway.metrics.handshakes.labels(
             "accepted", "key", "libp2p")._value.get(), 1)
         # a refused login: one line saying why
         db.run("update base.ent set conn_pub = null where username = %s", (user,))
@@ -747,21 +761,11 @@ class P2PCommandTests(TestCase):
         port is dead, so only libp2p can answer. ``--no-p2p`` uses the WebSocket."""
         if MISSING:
             raise self.skipTest(MISSING)
-        from pathlib import Path
 
-        from tests.test_client_cli import wyseman_cli
         db = fresh_database(self)
         user = add_user(db, "tk")
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir()
-        server = yield start_gateway(self, db, p2p={
-            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
-        address = server.p2p.addresses[0]
-        port = address.split("/tcp/")[1].split("/")[0]
-        config = workdir / "wyseman.toml"
-        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
-                          f'listen = ["/ip4/127.0.0.1/tcp/{port}", "/ip4/0.0.0.0/tcp/9"]\n'
-                          'key_file = "server.key"\n')
+        workdir, address, config = yield self.server_and_config(
+            db, also_listen=["/ip4/0.0.0.0/tcp/9"])
         ticket_file = workdir / "ticket.json"
         out, err, code = yield wyseman_cli("ticket", user, "--config", str(config),
                                            "--host", "127.0.0.1", "--port",

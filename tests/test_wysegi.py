@@ -39,12 +39,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.browser import chromium
-from tests.harness import ProcessOutput, start_gateway
+from tests.browser import DriverRun, chromium
+from tests.harness import start_gateway
 from tests.jsinterop import JS_DIR, NODE_MODULES, node, outcome, start_node_server
 from tests.pgtest import free_port, run_sync, start_on_a_free_port
 from tests.tlsutil import TestCA
@@ -214,18 +214,8 @@ class WysegiTests(TestCase):
             "state_name": state_name, "chromium": browser, "timeout": 30000,
             "screenshots": shots,
         }
-        output = ProcessOutput()
-        process = reactor.spawnProcess(
-            output, executable, [executable, str(JS_DIR / "wysegi_test.js"),
-                                 json.dumps(config)],
-            env=dict(os.environ), path=str(JS_DIR))
-        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
-        self.addCleanup(lambda: killer.active() and killer.cancel())
-        code = yield output.ended
-        lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
-                 if line.startswith("{")]
-        self.assertTrue(lines, output.out.decode("utf-8", "replace")[-3000:])
-        result = json.loads(lines[-1])
+        code, result = yield DriverRun(self, "wysegi_test.js", config, RUN_TIMEOUT).ended
+        self.assertIn("ok", result, result.get("output"))
         self.assertEqual(code, 0, {k: result.get(k) for k in ("error", "pageErrors")})
         self.assertTrue(result["ok"], result.get("error"))
         self.assertEqual(result["pageErrors"], [])
