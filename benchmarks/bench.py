@@ -56,7 +56,7 @@ class Bench:
             finally:
                 self.env.finish(list(self.env.children))
                 for row in self.rows[first:]:
-                    row.transport = transport
+                    row.transport = row.transport or transport
             log(f"scenario {label}: done")
         self.env.transport = "ws"
 

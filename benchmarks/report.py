@@ -29,7 +29,7 @@ def fmt(value: float | None) -> str:
 def table(rows: list[Row]) -> str:
     header = ["scenario", "transport", "parameters", "value", "unit", "baseline", "ratio",
               "notes"]
-    body = [[r.scenario, r.transport, r.params, fmt(r.value), r.unit,
+    body = [[r.scenario, r.transport or "ws", r.params, fmt(r.value), r.unit,
              (fmt(r.baseline) + (f" ({r.baseline_label})" if r.baseline_label else ""))
              if r.baseline is not None else "-",
              f"{r.ratio:.2f}" if r.ratio is not None else "-", r.notes] for r in rows]

@@ -10,7 +10,9 @@ from typing import Any
 @dataclass
 class Row:
     """One measured figure; ``baseline`` (pgbench's, the Node server's, one worker's)
-    makes ``ratio``; ``transport`` is ``ws`` or ``wss``, set by the run."""
+    makes ``ratio``; ``transport`` is ``ws`` or ``wss``, set by the run, unless the
+    scenario names another (``libp2p``: the p2p scenario's rows, whose baseline is the
+    WebSocket)."""
 
     scenario: str
     params: str
@@ -20,7 +22,7 @@ class Row:
     baseline_label: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    transport: str = "ws"
+    transport: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -29,7 +31,7 @@ class Row:
         return self.value / self.baseline
 
     def as_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "transport": self.transport,
+        return {"scenario": self.scenario, "transport": self.transport or "ws",
                 "parameters": self.params, "value": self.value,
                 "unit": self.unit, "baseline": self.baseline,
                 "baseline_label": self.baseline_label, "ratio": self.ratio,

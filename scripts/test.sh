@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: needs only python3 (>= 3.11) and pip;
 # node/npm are used for the JS interoperability tests when present, Debian's chromium
-# for the real-browser test (installed here when missing and this runs as root with
+# for the real-browser test, Debian's haproxy for the load-balancer tests, Debian's
+# PostgreSQL with PL/Tcl, tcllib and the build tools of the wyseman schema tool's native
+# addons for the wysegi test (each installed here when missing and this runs as root with
 # apt-get; nothing downloads a browser of its own).
 # Creates ./.venv, installs the package with its test extras, the pinned JS client,
 # then runs ruff and trial. Exit status is non-zero on any failure.
@@ -26,6 +28,44 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends chromium \
         || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }
+fi
+
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    echo "== apt-get install haproxy (the load-balancer tests, tests/test_balancer.py)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends haproxy \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends haproxy; }
+fi
+
+# The wysegi test (tests/test_wysegi.py) builds a wyselib database with the wyseman
+# schema tool: PL/Tcl in the system's PostgreSQL, tcllib, and what its native npm addons
+# (tcl, pg-native) need to build during npm ci below.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    wanted="tcllib tcl-dev libpq-dev build-essential python3"
+    # PL/Tcl for each installed PostgreSQL; none installed: the distribution's own
+    version=""
+    for home in /usr/lib/postgresql/*; do
+        [ -x "$home/bin/pg_ctl" ] && version=$(basename "$home") \
+            && wanted="$wanted postgresql-pltcl-$version"
+    done
+    if [ -z "$version" ]; then
+        version=$(apt-cache depends postgresql 2>/dev/null \
+            | sed -n 's/.*Depends: postgresql-\([0-9][0-9]*\)$/\1/p' | head -1)
+        [ -n "$version" ] && wanted="$wanted postgresql-$version postgresql-pltcl-$version"
+    fi
+    missing=""
+    for package in $wanted; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        echo "== apt-get install$missing (the wysegi test, tests/test_wysegi.py)"
+        export DEBIAN_FRONTEND=noninteractive
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends $missing \
+            || { apt-get update -q && apt-get install -y -q --no-install-recommends $missing; }
+    fi
 fi
 
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then

@@ -29,6 +29,36 @@ def chromium() -> str:
     return path
 
 
+class DriverRun:
+    """A browser driver of tests/js (``script``, given ``config`` as its argument) under
+    way: :attr:`ended` fires
+    with ``(exit status, its last JSON line)`` (the output's tail in ``output`` when it
+    printed none). Killed after ``timeout`` seconds; never left running."""
+
+    def __init__(self, testcase: TestCase, script: str, config: dict[str, Any],
+                 timeout: float = RUN_TIMEOUT) -> None:
+        executable = node()
+        output = ProcessOutput()
+        process = reactor.spawnProcess(
+            output, executable, [executable, str(JS_DIR / script), json.dumps(config)],
+            env=dict(os.environ), path=str(JS_DIR))
+        killer = reactor.callLater(timeout, process.signalProcess, "KILL")
+        testcase.addCleanup(lambda: killer.active() and killer.cancel())
+        testcase.addCleanup(lambda: output.ended)
+        self.output = output
+
+        def result(code: int) -> tuple[int, dict[str, Any]]:
+            text = output.out.decode("utf-8", "replace")
+            lines = [line for line in text.split("\n") if line.startswith("{")]
+            return code, json.loads(lines[-1]) if lines else {"output": text[-3000:]}
+        self.ended = output.ended.addCallback(result)
+
+    @property
+    def listening(self) -> defer.Deferred:
+        """Fires once the driver says it listens (fails if it ends before)."""
+        return self.output.wait_for('{"step":"listening"}')
+
+
 class ConsoleRun:
     """tests/js/console_test.js under way: :attr:`listening` fires once the page is
     logged in by key and waits for a notification, :attr:`finished` with the script's
@@ -39,27 +69,16 @@ class ConsoleRun:
                  after: list[dict[str, Any]]) -> None:
         """``ticket``, ``channels``: pasted into the form (None: left as the page filled
         them from its link)."""
-        browser = chromium()
-        executable = node()
         config = {"url": url, "ticket": ticket, "channels": channels, "before": before,
-                  "after": after, "chromium": browser, "timeout": 30000}
-        output = ProcessOutput()
-        process = reactor.spawnProcess(
-            output, executable,
-            [executable, str(JS_DIR / "console_test.js"), json.dumps(config)],
-            env=dict(os.environ), path=str(JS_DIR))
-        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
-        testcase.addCleanup(lambda: killer.active() and killer.cancel())
-        testcase.addCleanup(lambda: output.ended)     # (never left running)
-        self.listening = output.wait_for('{"step":"listening"}')
+                  "after": after, "chromium": chromium(), "timeout": 30000}
+        run = DriverRun(testcase, "console_test.js", config)
+        self.listening = run.listening
 
-        def result(code: int) -> Any:
-            lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
-                     if line.startswith("{")]
-            outcome = json.loads(lines[-1]) if lines else {"output": output.out.decode()}
+        def checked(ended: tuple[int, dict[str, Any]]) -> Any:
+            code, outcome = ended
             testcase.assertEqual(code, 0, outcome)
             return outcome
-        self.finished = output.ended.addCallback(result)
+        self.finished = run.ended.addCallback(checked)
 
 
 @defer.inlineCallbacks

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 
 from tests.pgtest import TestDatabase
 from wyseman import config as cfg
@@ -161,6 +162,51 @@ def http_get(port: int, path: str, source: str | None = None,
     return int(status_line.split(b" ", 2)[1]), head.decode("latin-1").lower(), body
 
 
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[-1] if values else None
+
+
+@defer.inlineCallbacks
+def exchange(port: int, request: bytes) -> Any:
+    """Send ``request`` (bytes as they are) to 127.0.0.1:``port`` → all that comes back
+    until the server closes the connection."""
+    raw = _RawHTTP(request)
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+    data = yield raw.done
+    return data
+
+
+@defer.inlineCallbacks
+def fetch(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+          *, version: str = "HTTP/1.1", tls: Any = None, close: bool = True) -> Any:
+    """One request to 127.0.0.1:``port`` (over TLS with ``tls`` client options) →
+    :class:`Response`. The target ``path`` is sent as it is (no normalising)."""
+    lines = [f"{method} {path} {version}", f"Host: 127.0.0.1:{port}"]
+    if close:
+        lines.append("Connection: close")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    exchange = _RawHTTP(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    yield connectProtocol(endpoint, exchange)
+    data = yield exchange.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    parsed: dict[str, list[str]] = {}
+    for line in fields:
+        name, _, value = line.partition(":")
+        parsed.setdefault(name.strip().lower(), []).append(value.strip())
+    return Response(int(status_line.split(" ", 2)[1]), parsed, body)
+
+
 class ProcessOutput(protocol.ProcessProtocol):
     """A child process's output, collected; ``wait_for(text)`` fires (with all output so
     far) once ``text`` has been printed on stdout or stderr, ``ended`` with its exit code
@@ -311,6 +357,19 @@ def routed_worker(testcase: Any, db: Any, directory: str, index: int, workers: i
     (Unix sockets in ``directory``); stopped at cleanup."""
     return start_gateway(testcase, db, router=Router(reactor, directory, index, workers),
                          **sections)
+
+
+def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
+    """Run ``python -m wyseman ARGS`` from the checkout → (stdout, stderr, exit code),
+    without blocking."""
+    import sys
+    from pathlib import Path
+
+    from twisted.internet.utils import getProcessOutputAndValue
+    environment = dict(os.environ, PYTHONPATH=checkout_pythonpath(), **(env or {}))
+    return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
+                                    env=environment,
+                                    path=str(Path(__file__).resolve().parent.parent))
 
 
 def checkout_pythonpath() -> str:

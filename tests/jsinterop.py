@@ -140,3 +140,56 @@ def run_node(script: str, payload: Any = None, env: Mapping[str, str] | None = N
         raise NodeScriptError(f"{script} killed after {timeout} s:\n"
                               f"{err.decode('utf-8', 'replace')[-4000:]}")
     return _answer(script, out, err, code), code
+
+
+class _NodeServer(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802
+        self.output += data
+        if b"ready" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(f"node server exited: {self.output[-2000:]!r}"))
+        self.ended.callback(None)
+
+
+@defer.inlineCallbacks
+def start_node_server(testcase: Any, dsn: str, port: int) -> Any:
+    """The Node.js Wyseman server (npm ``wyseman``, pinned; tests/js/node_server.js) on
+    plain ws://127.0.0.1:PORT for the database of ``dsn``, whose role is its admin
+    connection's; each socket connects to PostgreSQL as its user, in the zone UTC (as
+    our sessions run). Fires once it listens; stopped at cleanup."""
+    from twisted.internet import reactor
+
+    from wyseman.db import pg
+
+    executable = node()
+    params = pg.dsn_params(dsn)
+    config = {"port": port, "pg": {"host": params["host"], "port": int(params["port"]),
+                                   "database": params["dbname"], "user": params["user"]}}
+    process = _NodeServer()
+    transport = reactor.spawnProcess(
+        process, executable, [executable, str(JS_DIR / "node_server.js"),
+                              json.dumps(config)], path=str(JS_DIR),
+        env={**os.environ, "TZ": "UTC"})
+    testcase.addCleanup(lambda: process.ended if process.ended.called else
+                        (transport.signalProcess("TERM"), process.ended)[1])
+    yield process.ready
+
+
+def outcome(d: defer.Deferred) -> defer.Deferred:
+    """What a client reads of a reply: ("data", data), or ("error", code)."""
+    from wyseman.client.connection import RequestError
+
+    def error(failure: Any) -> tuple:
+        failure.trap(RequestError)
+        return ("error", failure.value.code)
+    return d.addCallbacks(lambda data: ("data", data), error)

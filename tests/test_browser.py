@@ -2,23 +2,21 @@
 stock npm ``wyseman`` client in a page the Python server serves from its ``[web]`` root
 over https: a ticket login, a reload, a key login with the key the page kept in
 localStorage (``/clientinfo`` fetched from the page's own origin, with a cookie set on
-the host, and signed), a select, and a notification.
+the host, and signed), select, tuple, meta and lang, an error whose code names its text
+in its table's lang, and a notification.
 
 Skipped, with the reason, when node or chromium is not installed (scripts/test.sh
 installs chromium when it runs as root on Debian)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.browser import chromium
-from tests.harness import APP_SAMPLE, ProcessOutput, add_user, start_gateway
-from tests.jsinterop import JS_DIR, node
+from tests.browser import DriverRun, chromium
+from tests.harness import APP_SAMPLE, add_user, start_gateway
 from tests.pgtest import fresh_database
 from tests.tlsutil import TestCA
 from wyseman.provision import admin
@@ -33,7 +31,6 @@ class BrowserTests(TestCase):
     @defer.inlineCallbacks
     def test_wylib_style_logins_in_a_real_browser(self):
         browser = chromium()
-        executable = node()      # (installs tests/js/node_modules from the lock file)
         base = Path(self.mktemp()).resolve()
         root = base / "site"
         root.mkdir(parents=True)
@@ -42,6 +39,12 @@ class BrowserTests(TestCase):
         db = fresh_database(self)
         db.run(APP_SAMPLE)
         db.run("insert into app.item (name, qty) values ('bolt', 3), ('nut', 5)")
+        db.run("insert into wm.table_text values ('app', 'item_v', 'eng', 'Items', 'Stock'), "
+               "('app', 'item', 'eng', 'Item', null); "
+               "insert into wm.column_text values "
+               "('app', 'item_v', 'qty', 'eng', 'Quantity', null); "
+               "insert into wm.message_text values "
+               "('app', 'item', 'negative', 'eng', 'Negative quantity', 'At least 0')")
         server = yield start_gateway(
             self, db, server={"listen": "tls:0:interface=127.0.0.1"},
             tls={"cert": str(cert), "key": str(key)}, web={"root": str(root)})
@@ -53,21 +56,18 @@ class BrowserTests(TestCase):
             "cookie": {"name": "wylib_session", "value": "s3cr3t-42"},
             "request": {"id": 2, "action": "select", "view": "app.item_v",
                         "fields": ["name", "qty"], "order": ["name"]},
+            "more": [{"id": 3, "action": "meta", "view": "app.item_v"},
+                     {"id": 4, "action": "lang", "view": "app.item_v"},
+                     {"id": 5, "action": "tuple", "view": "app.double(int)", "params": [21]},
+                     {"id": 6, "action": "insert", "view": "app.item_v",
+                      "fields": {"name": "minus", "qty": -1}},
+                     {"id": 7, "action": "lang", "view": "app.item"}],
             "timeout": 30000,
         }
-        output = ProcessOutput()
-        process = reactor.spawnProcess(
-            output, executable, [executable, str(JS_DIR / "browser_test.js"),
-                                 json.dumps(config)],
-            env=dict(os.environ), path=str(JS_DIR))
-        killer = reactor.callLater(RUN_TIMEOUT, process.signalProcess, "KILL")
-        self.addCleanup(lambda: killer.active() and killer.cancel())
-        yield output.wait_for('{"step":"listening"}')
+        run = DriverRun(self, "browser_test.js", config, RUN_TIMEOUT)
+        yield run.listening
         db.run("""notify app_browser, '{"from": "postgres"}'""")
-        code = yield output.ended
-        lines = [line for line in output.out.decode("utf-8", "replace").split("\n")
-                 if line.startswith("{")]
-        result = json.loads(lines[-1])
+        code, result = yield run.ended
         self.assertEqual(code, 0, result)
         self.assertTrue(result["ok"], result)
 
@@ -91,5 +91,16 @@ class BrowserTests(TestCase):
         self.assertEqual(login["clientinfo"]["cookie"], "wylib_session=s3cr3t-42")
         self.assertIn("Chrome/", login["clientinfo"]["userAgent"])
 
+        meta, lang, tuple_, insert, table_lang = result["more"]
+        self.assertIn("qty", [c["col"] for c in meta["data"]["columns"]])
+        self.assertEqual((lang["data"]["title"], lang["data"]["help"]), ("Items", "Stock"))
+        self.assertIn({"col": "qty", "title": "Quantity"},
+                      [{"col": c["col"], "title": c["title"]} for c in lang["data"]["columns"]])
+        self.assertEqual(tuple_["data"], {"double": 42})
+        # the error's code names the text the app shows for it: in its table's lang
+        self.assertEqual(insert["error"]["code"], "!app.item:negative")
+        self.assertNotIn("data", insert)
+        texts = {m["code"]: m["title"] for m in table_lang["data"]["messages"]}
+        self.assertEqual(texts.get("negative"), "Negative quantity")
         self.assertEqual(result["notification"]["channel"], "app_browser")
         self.assertEqual(result["notification"]["data"], {"from": "postgres"})

@@ -10,23 +10,15 @@ from pathlib import Path
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, checkout_pythonpath, start_gateway
+from tests.harness import add_user, checkout_pythonpath, start_gateway, wyseman_cli
 from tests.pgtest import fresh_database
 from wyseman.client import keys
 from wyseman.client.connection import connect
 from wyseman.provision import admin
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wyseman_cli(*args: str, env: dict | None = None) -> defer.Deferred:
-    """Run ``python -m wyseman ARGS`` → (stdout, stderr, exit code), without blocking."""
-    environment = dict(os.environ, PYTHONPATH=checkout_pythonpath(), **(env or {}))
-    return getProcessOutputAndValue(sys.executable, ("-m", "wyseman", *args),
-                                    env=environment, path=str(ROOT))
 
 
 class _Lines(ProcessProtocol):
@@ -184,11 +176,23 @@ class ReconnectingSessionTests(TestCase):
         self.assertEqual(session.connects, 1)
 
         pending = session.connection.request({"action": "tuple", "view": "base.curr_eid()"})
+        retried = []
+
+        def send_again(failure):
+            # made while the lost connection's close is still being handled: it waits
+            # for the next connection instead of failing at once
+            retried.append(session.request({"action": "tuple", "view": "base.curr_eid()"}))
+            return failure
+        pending.addErrback(send_again)
         yield first.stopService()              # the server goes away...
         with self.assertRaises(ConnectionClosed):
             yield pending                      # ...the request in flight fails cleanly
+        self.assertEqual(len(retried), 1)
+        self.assertFalse(retried[0].called)
         second = yield start_gateway(self, db, server={
             "listen": f"tcp:{port}:interface=127.0.0.1"})
+        row = yield retried[0]
+        self.assertTrue(row["curr_eid"])
         row = yield session.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])
         self.assertEqual(session.connects, 2)

@@ -8,20 +8,16 @@ and only what clients read: ``data``, or the error ``code``.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.harness import start_gateway
-from tests.jsinterop import JS_DIR, node
-from tests.pgtest import fresh_database
+from tests.jsinterop import node, outcome, start_node_server
+from tests.pgtest import free_port, fresh_database
 from wyseman.client import keys
-from wyseman.client.connection import RequestError, connect
-from wyseman.db import pg
+from wyseman.client.connection import connect
 from wyseman.provision import admin
 
 SAMPLE = """
@@ -127,62 +123,20 @@ REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-class _NodeServer(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ready: defer.Deferred = defer.Deferred()
-        self.ended: defer.Deferred = defer.Deferred()
-        self.output = b""
-
-    def outReceived(self, data: bytes) -> None:  # noqa: N802
-        self.output += data
-        if b"ready" in self.output and not self.ready.called:
-            self.ready.callback(None)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:  # noqa: N802
-        if not self.ready.called:
-            self.ready.errback(RuntimeError(f"node server exited: {self.output[-2000:]!r}"))
-        self.ended.callback(None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def outcome(d: defer.Deferred) -> defer.Deferred:
-    def error(failure: Any) -> tuple:
-        failure.trap(RequestError)
-        return ("error", failure.value.code)
-    return d.addCallbacks(lambda data: ("data", data), error)
-
-
 class DifferentialTests(TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
     def test_same_replies_as_the_node_server(self):
-        executable = node()
+        node()      # (skips without node; installs tests/js/node_modules)
         node_db, our_db = fresh_database(self), fresh_database(self)
         user = node_db.role_name("diff")
         for db, make_role in ((node_db, True), (our_db, False)):
             db.run(SAMPLE)
             admin.add_user(db.dsn, user, login_role=make_role)
 
-        params = pg.dsn_params(node_db.dsn)
         port = free_port()
-        config = {"port": port, "pg": {"host": params["host"], "port": int(params["port"]),
-                                       "database": params["dbname"], "user": params["user"]}}
-        process = _NodeServer()
-        transport = reactor.spawnProcess(
-            process, executable, [executable, str(JS_DIR / "node_server.js"),
-                                  json.dumps(config)], path=str(JS_DIR),
-            env={**os.environ, "TZ": "UTC"})
-        self.addCleanup(lambda: process.ended if process.ended.called else
-                        (transport.signalProcess("TERM"), process.ended)[1])
-        yield process.ready
+        yield start_node_server(self, node_db.dsn, port)
         # The Node server takes any user name on plain ws (D1): that is how its clients
         # log in there; ours gets a ticket.
         theirs = yield connect(f"ws://127.0.0.1:{port}", user)

@@ -85,7 +85,7 @@ class LimitTests(TestCase):
         yield cut                        # the server gave up on us...
         transport.resumeProducing()
         yield conn.closed                # ...and the client sees the connection gone
-        self.assertEqual(server.gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(server.gateway.metrics.slow_consumers.labels("websocket")._value.get(), 1)
         self.assertEqual(server.gateway.connection_count, 0)
 
     @defer.inlineCallbacks
@@ -352,7 +352,8 @@ class PendingConnectionTests(TestCase):
         yield connect_idle()
         yield idle[0][1]                       # the oldest was closed to make room
         self.assertEqual(site.pending, 2)
-        metric = server.gateway.metrics.handshakes.labels("refused", "pending")._value.get()
+        metric = server.gateway.metrics.handshakes.labels(
+            "refused", "pending", "websocket")._value.get()
         self.assertEqual(metric, 1)
         # idle connections holding every place do not keep logins out
         conns = []
@@ -449,8 +450,8 @@ class PendingConnectionTests(TestCase):
         yield refused                                   # closed by the server at once
         self.assertEqual((site.pending, site.by_address), (2, {"127.0.0.1": 2}))
         metrics = server.gateway.metrics.handshakes
-        self.assertEqual(metrics.labels("refused", "pending_address")._value.get(), 1)
-        self.assertEqual(metrics.labels("refused", "pending")._value.get(), 0)
+        self.assertEqual(metrics.labels("refused", "pending_address", "websocket")._value.get(), 1)
+        self.assertEqual(metrics.labels("refused", "pending", "websocket")._value.get(), 0)
         # one goes: this address may log in again
         released = self.next_release(site)
         idle[0][0].transport.loseConnection()

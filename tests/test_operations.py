@@ -32,8 +32,9 @@ class OperationsTests(TestCase):
         response = yield Agent(reactor).request(
             b"GET", f"http://127.0.0.1:{metrics_port}/metrics".encode())
         text = (yield readBody(response)).decode()
-        self.assertIn("wyseman_connections 1.0", text)
-        self.assertIn('wyseman_handshakes_total{outcome="accepted",reason="ticket"} 1.0', text)
+        self.assertIn('wyseman_connections{transport="websocket"} 1.0', text)
+        self.assertIn('wyseman_handshakes_total{outcome="accepted",reason="ticket",'
+                      'transport="websocket"} 1.0', text)
         self.assertIn('wyseman_request_seconds_count{action="tuple",outcome="ok"} 1.0', text)
         self.assertIn("wyseman_pool_connections 1.0", text)   # the user's pooled session
 

@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
+import sys
 from datetime import UTC, datetime, timedelta
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.harness import add_user, start_gateway
+from tests.harness import (
+    ProcessOutput,
+    add_user,
+    checkout_pythonpath,
+    start_gateway,
+    wyseman_cli,
+)
 from tests.pgtest import fresh_database
 from wyseman import config as cfg
 from wyseman.client import keys
@@ -31,6 +39,22 @@ except ImportError as exc:     # the wyseman[p2p] extra is not installed
 else:
     MISSING = None
 
+
+#: a client process that logs in over libp2p by ticket, says so, and waits
+FROZEN_CLIENT = """
+import sys
+from twisted.internet import defer, task
+from wyseman.client import keys
+from wyseman.client.p2p import connect_p2p
+
+@defer.inlineCallbacks
+def main(reactor, address, user, token):
+    conn = yield connect_p2p(address, user, token=token, new_key=keys.generate_private_jwk())
+    print("logged in", flush=True)
+    yield conn.closed
+
+task.react(main, sys.argv[1:])
+"""
 
 class FramingTests(SynchronousTestCase):
     """The length prefix: bounded before anything is buffered for it."""
@@ -251,7 +275,7 @@ class P2PGatewayTests(TestCase):
         data = yield got
         self.assertEqual(data, {"n": 1})
         self.assertEqual(self.server.gateway.metrics.handshakes.labels(
-            "accepted", "key")._value.get(), 1)
+            "accepted", "key", "libp2p")._value.get(), 1)
 
     @defer.inlineCallbacks
     def test_same_notification_on_a_websocket_and_a_libp2p_stream(self):
@@ -267,6 +291,12 @@ class P2PGatewayTests(TestCase):
         self.db.run("""select pg_notify('app_both', '{"to": "both"}')""")
         data = yield defer.gatherResults(received)
         self.assertEqual(data, [{"to": "both"}, {"to": "both"}])
+        # the metrics tell the transports apart
+        metrics = self.server.gateway.metrics
+        self.assertEqual([metrics.connections.labels(t)._value.get()
+                          for t in ("websocket", "libp2p")], [1, 1])
+        self.assertEqual([metrics.handshakes.labels("accepted", "key", t)._value.get()
+                          for t in ("websocket", "libp2p")], [1, 1])
 
     @defer.inlineCallbacks
     def test_key_removed_closes_the_session_with_4001(self):
@@ -479,8 +509,8 @@ class P2PGatewayTests(TestCase):
         metrics = self.server.gateway.metrics
         counted = metrics.slow_consumer
 
-        def slow_consumer():
-            counted()
+        def slow_consumer(transport):
+            counted(transport)
             if not cut.called:
                 cut.callback(None)
         self.patch(metrics, "slow_consumer", slow_consumer)
@@ -512,7 +542,8 @@ class P2PGatewayTests(TestCase):
         # reading again, the client finds its stream reset, short of the 3 MB
         dialled.stream.resume_reading()
         yield lost
-        self.assertEqual(self.server.gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(
+            self.server.gateway.metrics.slow_consumers.labels("libp2p")._value.get(), 1)
         self.assertLess(sum(map(len, received)), 3 * 1024 * 1024)
         self.db.run("""select pg_notify('app_calm', '{"still": "here"}')""")
         data = yield calm
@@ -546,7 +577,7 @@ class P2PGatewayTests(TestCase):
             data = yield third_ended
             self.assertEqual(data, b"")
         self.assertEqual(self.server.gateway.metrics.handshakes.labels(
-            "refused", "pending")._value.get(), 1)
+            "refused", "pending", "libp2p")._value.get(), 1)
         token = admin.issue_ticket(self.db.dsn, self.user).token
         pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
         first.write(frame(json.dumps({"user": self.user, "token": token,
@@ -597,6 +628,50 @@ class P2PGatewayTests(TestCase):
         self.assertEqual(self.messages(data)[0]["kind"], "login_timeout")
 
     @defer.inlineCallbacks
+    def test_a_peer_that_stops_answering_is_dropped_by_the_heartbeat(self):
+        """A client process logged in and then frozen (SIGSTOP: its TCP connection
+        stays up, the kernel still acknowledges, but nothing answers): its session
+        ends once a heartbeat probe goes unanswered for ``ping_timeout``; a live
+        client probed by the same heartbeat stays and is answered."""
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"ping_interval": 0.5, "ping_timeout": 1.0})
+        self.address = self.server.p2p.addresses[0]
+        _, live = yield self.ticket(user=self.bystander)
+        from wyseman.p2p import server as p2p_server
+        ended: dict[str, defer.Deferred] = {}
+        original = p2p_server.P2PConnection.connection_lost
+
+        def lost(connection, reason):
+            original(connection, reason)
+            session = getattr(connection, "session", None)
+            if session is not None and session.user in ended \
+                    and not ended[session.user].called:
+                ended[session.user].callback(reason)
+        self.patch(p2p_server.P2PConnection, "connection_lost", lost)
+        ended[self.user] = defer.Deferred()
+        ended[self.bystander] = defer.Deferred()
+        token = admin.issue_ticket(self.db.dsn, self.user).token
+        output = ProcessOutput()
+        child = reactor.spawnProcess(output, sys.executable, [
+            sys.executable, "-c", FROZEN_CLIENT, self.address, self.user, token],
+            env=dict(os.environ, PYTHONPATH=checkout_pythonpath()))
+
+        def end_child():
+            if not output.ended.called:
+                child.signalProcess("KILL")
+                child.signalProcess(signal.SIGCONT)
+            return output.ended.addErrback(lambda _: None)
+        self.addCleanup(end_child)
+        yield output.wait_for("logged in")
+        child.signalProcess(signal.SIGSTOP)
+        reason = yield ended[self.user].addTimeout(30, reactor)
+        self.assertIsInstance(reason, str)
+        self.assertFalse(ended[self.bystander].called)
+        row = yield live.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+        self.assertTrue(live.connected)
+
+    @defer.inlineCallbacks
     def test_stopping_the_service_ends_sessions_and_the_trio_run(self):
         _, conn = yield self.ticket()
         loop = node.TrioLoop._current
@@ -622,26 +697,34 @@ class P2PCommandTests(TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
+    def server_and_config(self, db, also_listen=()):
+        """A gateway serving libp2p, and a config file for the commands that names its
+        address (and ``also_listen``) and its key file → (directory, the server's
+        multiaddr, the config's path)."""
+        from pathlib import Path
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        self.server = yield start_gateway(self, db, p2p={
+            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
+        address = self.server.p2p.addresses[0]
+        port = address.split("/tcp/")[1].split("/")[0]
+        listen = json.dumps([f"/ip4/127.0.0.1/tcp/{port}", *also_listen])
+        config = workdir / "wyseman.toml"
+        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
+                          f'listen = {listen}\nkey_file = "server.key"\n')
+        return workdir, address, config
+
+    @defer.inlineCallbacks
     def test_id_login_query(self):
         if MISSING:
             raise self.skipTest(MISSING)
-        from pathlib import Path
 
-        from tests.test_client_cli import wyseman_cli
         db = fresh_database(self)
         user = add_user(db, "cli")
         db.run("create table public.p2p_note (body text); "
                "grant all on public.p2p_note to wyseman_user; "
                "insert into public.p2p_note values ('over libp2p')")
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir()
-        server = yield start_gateway(self, db, p2p={
-            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
-        address = server.p2p.addresses[0]
-        port = address.split("/tcp/")[1].split("/")[0]
-        config = workdir / "wyseman.toml"
-        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
-                          f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nkey_file = "server.key"\n')
+        workdir, address, config = yield self.server_and_config(db)
         out, err, code = yield wyseman_cli("p2p", "id", "--config", str(config))
         self.assertEqual(code, 0, err)
         self.assertEqual(out.decode().splitlines()[1], address)
@@ -659,8 +742,8 @@ class P2PCommandTests(TestCase):
             '{"action": "select", "view": "public.p2p_note"}')
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out), [{"body": "over libp2p"}])
-        self.assertEqual(server.gateway.metrics.handshakes.labels(
-            "accepted", "key")._value.get(), 1)
+        self.assertEqual(self.server.gateway.metrics.handshakes.labels(
+            "accepted", "key", "libp2p")._value.get(), 1)
         # a refused login: one line saying why
         db.run("update base.ent set conn_pub = null where username = %s", (user,))
         out, err, code = yield wyseman_cli(
@@ -678,21 +761,11 @@ class P2PCommandTests(TestCase):
         port is dead, so only libp2p can answer. ``--no-p2p`` uses the WebSocket."""
         if MISSING:
             raise self.skipTest(MISSING)
-        from pathlib import Path
 
-        from tests.test_client_cli import wyseman_cli
         db = fresh_database(self)
         user = add_user(db, "tk")
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir()
-        server = yield start_gateway(self, db, p2p={
-            "listen": ["/ip4/127.0.0.1/tcp/0"], "key_file": str(workdir / "server.key")})
-        address = server.p2p.addresses[0]
-        port = address.split("/tcp/")[1].split("/")[0]
-        config = workdir / "wyseman.toml"
-        config.write_text(f'[database]\ndsn = "{db.dsn}"\n[p2p]\n'
-                          f'listen = ["/ip4/127.0.0.1/tcp/{port}", "/ip4/0.0.0.0/tcp/9"]\n'
-                          'key_file = "server.key"\n')
+        workdir, address, config = yield self.server_and_config(
+            db, also_listen=["/ip4/0.0.0.0/tcp/9"])
         ticket_file = workdir / "ticket.json"
         out, err, code = yield wyseman_cli("ticket", user, "--config", str(config),
                                            "--host", "127.0.0.1", "--port",

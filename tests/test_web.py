@@ -4,17 +4,15 @@ answers of /clientinfo (wyseman.ws.cors): real servers, real sockets."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet import defer, reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from tests.harness import add_user, make_config, start_gateway, ticket_login
+from tests.harness import add_user, exchange, fetch, make_config, start_gateway, ticket_login
 from tests.pgtest import fresh_database
 from tests.tlsutil import TestCA
 from wyseman import config as cfg
@@ -23,59 +21,6 @@ from wyseman.ws.webroot import WebRoot, check_web
 
 INDEX = b"<!doctype html><title>app</title><script src=app.js></script>\n"
 SECRET = b"the secret outside the web root\n"
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, list[str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name.lower())
-        return values[-1] if values else None
-
-
-class _Exchange(protocol.Protocol):
-    """Writes one request (with ``Connection: close``) and collects the whole answer."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.done: defer.Deferred = defer.Deferred()
-
-    def connectionMade(self) -> None:  # noqa: N802
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.data += data
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
-        self.done.callback(self.data)
-
-
-@defer.inlineCallbacks
-def fetch(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None,
-          *, version: str = "HTTP/1.1", tls: Any = None, close: bool = True) -> Any:
-    """One request to 127.0.0.1:``port`` (over TLS with ``tls`` client options) →
-    :class:`Response`. The target ``path`` is sent as it is (no normalising)."""
-    lines = [f"{method} {path} {version}", f"Host: 127.0.0.1:{port}"]
-    if close:
-        lines.append("Connection: close")
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    exchange = _Exchange(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
-    yield connectProtocol(endpoint, exchange)
-    data = yield exchange.done
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *fields = head.decode("latin-1").split("\r\n")
-    parsed: dict[str, list[str]] = {}
-    for line in fields:
-        name, _, value = line.partition(":")
-        parsed.setdefault(name.strip().lower(), []).append(value.strip())
-    return Response(int(status_line.split(" ", 2)[1]), parsed, body)
 
 
 def make_tree(base: Path) -> dict[str, Path]:
@@ -273,19 +218,17 @@ class WebServerTests(TestCase):
         self.assertEqual(reply.status, 405)
         self.assertEqual(reply.header("allow"), "GET, HEAD")
         # a request announcing a large body is cut off at once (BoundedRequest)
-        raw = _Exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), raw)
-        self.assertEqual((yield raw.done), b"")
+        answer = yield exchange(
+            self.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        self.assertEqual(answer, b"")
 
     @defer.inlineCallbacks
     def test_a_kept_alive_connection_serves_several_files_and_is_released(self):
         site = self.server.ports[0].factory
         requests = b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % name
                             for name in (b"app.js", b"style.css"))
-        raw = _Exchange(requests + b"GET /data.json HTTP/1.1\r\nHost: x\r\n"
-                                   b"Connection: close\r\n\r\n")
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), raw)
-        data = yield raw.done
+        data = yield exchange(self.port, requests + b"GET /data.json HTTP/1.1\r\nHost: x\r\n"
+                                                   b"Connection: close\r\n\r\n")
         self.assertEqual(data.count(b"HTTP/1.1 200 OK"), 3)
         for name in ("app.js", "style.css", "data.json"):
             self.assertIn((self.tree["site"] / name).read_bytes(), data)

@@ -267,7 +267,8 @@ class ConnectionLogTests(TestCase):
             yield conn.close()
             yield gone
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "wyseman.ws"]
-        accepted = gateway.gateway.metrics.handshakes.labels("accepted", "ticket")._value.get()
+        accepted = gateway.gateway.metrics.handshakes.labels(
+            "accepted", "ticket", "websocket")._value.get()
         return user, lines, accepted
 
     @defer.inlineCallbacks
@@ -860,7 +861,7 @@ class PingFloodTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), client)
         self.addCleanup(lambda: client.transport.abortConnection())
         yield gone                                   # the server let go of it
-        self.assertEqual(gateway.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(gateway.metrics.slow_consumers.labels("websocket")._value.get(), 1)
         self.assertEqual(gateway.all_connections(), [])
 
 

@@ -41,7 +41,7 @@ class LoginWordingTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), answer)
         self.assertTrue(answer.endswith(b"\r\n\r\nInvalid Login"), answer)
         self.assertEqual(hub.registered, [])
-        refused = hub.metrics.handshakes.labels("refused", "bad_token")._value.get()
+        refused = hub.metrics.handshakes.labels("refused", "bad_token", "websocket")._value.get()
         self.assertEqual(refused, 1)
 
     def test_the_decision_gets_what_the_request_says(self) -> None:
@@ -128,7 +128,7 @@ class OpenConnectionTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")      # queued, not written
         self.assertFalse(protocol.send_frame(b"x" * 1200))
         self.assertTrue(transport.disconnected)
-        self.assertEqual(hub.metrics.slow_consumers._value.get(), 1)
+        self.assertEqual(hub.metrics.slow_consumers.labels("websocket")._value.get(), 1)
 
     def test_pings_of_a_peer_that_does_not_read_owe_one_pong(self) -> None:
         hub = FakeHub(max_outbound_bytes=4096)

@@ -83,9 +83,10 @@ class WorkerConfigTests(TestCase):
 
 
 def _gauge(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match is not None, text
-    return float(match.group(1))
+    """``name``'s value, summed over its labels."""
+    values = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    assert values, text
+    return sum(float(v) for v in values)
 
 
 class WorkerProcessTests(TestCase):
@@ -307,7 +308,8 @@ class WorkerProcessTests(TestCase):
             for index in range(2):
                 text = yield self.scrape(index)
                 match = re.search(
-                    r'^wyseman_handshakes_total\{outcome="refused",reason="replay"\} (\S+)$',
+                    r'^wyseman_handshakes_total\{outcome="refused",reason="replay",'
+                    r'transport="websocket"\} (\S+)$',
                     text, re.M)
                 refused_by[index] = float(match.group(1)) if match else 0
         self.assertEqual(statuses.count(101), 1, statuses)

@@ -399,9 +399,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("limits", "max_frame_size", _int_range(1024), 1048576,
        "Largest single WebSocket frame (bytes)."),
     _o("limits", "ping_interval", _seconds, 30.0,
-       "Seconds between server pings (0 disables the heartbeat)."),
+       "Seconds between server pings (0 disables the heartbeat). On libp2p: seconds "
+       "between probes of each connection (a `/ipfs/ping/1.0.0` stream, probed one "
+       "connection after another)."),
     _o("limits", "ping_timeout", _seconds, 15.0,
-       "A peer that does not answer a ping within this many seconds is dropped."),
+       "A peer that does not answer a ping within this many seconds is dropped (on "
+       "libp2p: its connection closed, with all its streams)."),
     _o("limits", "open_handshake_timeout", _seconds, 10.0,
        "Seconds a client has to complete the opening handshake; also the most a "
        "connection may stay idle before its HTTP request is complete (or between two "

@@ -43,9 +43,10 @@ def p2p_scenario(bench: Bench, deadline: Deadline) -> None:
                  f"CPU {fmt(p2p['cpu'])} s (the Python client on py-libp2p; the WebSocket "
                  "load generator is a lean asyncio one)")
         bench.rows.append(Row("tuple over libp2p", params, p2p["rps"], "req/s", ws["rps"],
-                              "WebSocket req/s", notes, {"p2p": p2p, "ws": ws}))
+                              "WebSocket req/s", notes, {"p2p": p2p, "ws": ws},
+                              transport="libp2p"))
         bench.rows.append(Row("tuple over libp2p latency p50", params, p2p["p50"], "ms",
-                              ws["p50"], "WebSocket p50"))
+                              ws["p50"], "WebSocket p50", transport="libp2p"))
         bench.rows.append(Row("tuple over libp2p latency p99", params, p2p["p99"], "ms",
-                              ws["p99"], "WebSocket p99"))
+                              ws["p99"], "WebSocket p99", transport="libp2p"))
     env.finish([server.child])

@@ -11,6 +11,7 @@ const ClientWs = require('wyseman/lib/client_ws.js')
 const KEY = 'wyseman-test-key'
 const notifications = []
 const waiting = []
+const replies = new Map()     // id → resolve, for requests sent with ask()
 
 function client (listen) {
   return new ClientWs({
@@ -43,6 +44,9 @@ function openAndAsk (url, request) {
       if (!answered && message.id === request.id) {
         answered = true
         resolve({ socket, reply: message })
+      } else if (replies.has(message.id)) {
+        replies.get(message.id)(message)
+        replies.delete(message.id)
       }
     }
   })
@@ -67,6 +71,14 @@ window.wysemanTest = {
     window.wysemanSocket = socket
     const info = await (await window.fetch('/clientinfo', { credentials: 'include' })).json()
     return { url, reply, clientinfo: info, cookie: document.cookie }
+  },
+
+  // one more request on the key login's socket → its reply
+  ask (request) {
+    return new Promise(resolve => {
+      replies.set(request.id, resolve)
+      window.wysemanSocket.send(JSON.stringify(request))
+    })
   },
 
   nextNotification () {

@@ -14,12 +14,8 @@
 // {ok: false, error} and exits 1.
 'use strict'
 const fs = require('fs')
-const os = require('os')
 const path = require('path')
-
-const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-  '--no-first-run', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--ignore-certificate-errors']
+const { withBrowser, main, step } = require('./chromium')
 
 function bundle (root) {
   require('esbuild').buildSync({
@@ -43,19 +39,8 @@ function withTimeout (promise, ms, what) {
 }
 
 async function run (config) {
-  const { chromium } = require('playwright-core')
-  const timeout = config.timeout || 30000
   bundle(config.root)
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'wyseman-chromium-'))
-  let context
-  try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: config.chromium || '/usr/bin/chromium',
-      headless: true,
-      args: FLAGS,
-      ignoreHTTPSErrors: true,
-      timeout
-    })
+  return withBrowser(config, 'wyseman-chromium-', async (context, timeout) => {
     const origin = `https://${config.host}:${config.port}`
     await context.addCookies([{ name: config.cookie.name, value: config.cookie.value,
       domain: config.host, path: '/', secure: true }])
@@ -72,19 +57,16 @@ async function run (config) {
     await loaded()
     const key = await page.evaluate(args => window.wysemanTest.keyLogin(args),
       { listen: [config.channel], request: config.request })
-    process.stdout.write(JSON.stringify({ step: 'listening' }) + '\n')
+    const more = []
+    for (const request of config.more || []) {
+      more.push(await withTimeout(page.evaluate(r => window.wysemanTest.ask(r), request),
+        timeout, `the reply to ${JSON.stringify(request)}`))
+    }
+    step('listening')
     const notification = await withTimeout(
       page.evaluate(() => window.wysemanTest.nextNotification()), timeout, 'notification')
-    return { ok: true, ticket, key, notification }
-  } finally {
-    if (context) await context.close().catch(() => {})
-    fs.rmSync(profile, { recursive: true, force: true })
-  }
+    return { ok: true, ticket, key, more, notification }
+  })
 }
 
-run(JSON.parse(process.argv[2]))
-  .then(result => { process.stdout.write(JSON.stringify(result) + '\n'); process.exit(0) })
-  .catch(err => {
-    process.stdout.write(JSON.stringify({ ok: false, error: String(err && err.stack || err) }) + '\n')
-    process.exit(1)
-  })
+main(run)

@@ -9,13 +9,7 @@
 // in by key, then one JSON line {ok: true, ticketLogin, keyLogin, replies, notification}
 // and exits 0; on failure {ok: false, error} and exits 1.
 'use strict'
-const fs = require('fs')
-const os = require('os')
-const path = require('path')
-
-const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-  '--no-first-run', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--ignore-certificate-errors']
+const { withBrowser, main, step } = require('./chromium')
 
 async function loggedIn (page, timeout) {
   await page.waitForSelector('#status[data-state="in"], #status[data-state="error"]',
@@ -35,18 +29,7 @@ async function ask (page, request, timeout) {
 }
 
 async function run (config) {
-  const { chromium } = require('playwright-core')
-  const timeout = config.timeout || 30000
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'wyseman-console-'))
-  let context
-  try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: config.chromium || '/usr/bin/chromium',
-      headless: true,
-      args: FLAGS,
-      ignoreHTTPSErrors: true,
-      timeout
-    })
+  return withBrowser(config, 'wyseman-console-', async (context, timeout) => {
     const page = context.pages()[0] || await context.newPage()
     page.setDefaultTimeout(timeout)
     await page.goto(config.url)
@@ -60,20 +43,11 @@ async function run (config) {
     await page.reload()                      // a later visit: by the key it kept
     const keyLogin = await loggedIn(page, timeout)
     for (const request of config.after || []) replies.push(await ask(page, request, timeout))
-    process.stdout.write(JSON.stringify({ step: 'listening' }) + '\n')
+    step('listening')
     const notice = await page.waitForSelector('#log li.notify', { timeout })
     const notification = await notice.textContent()
     return { ok: true, ticketLogin, keyLogin, replies, notification }
-  } finally {
-    if (context) await context.close()
-    fs.rmSync(profile, { recursive: true, force: true })
-  }
+  })
 }
 
-run(JSON.parse(process.argv[2])).then((result) => {
-  process.stdout.write(JSON.stringify(result) + '\n')
-  process.exit(0)
-}, (error) => {
-  process.stdout.write(JSON.stringify({ ok: false, error: String(error && error.stack) }) + '\n')
-  process.exit(1)
-})
+main(run)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from wyseman.client import keys
 from wyseman.client.connection import (
     USER_AGENT,
+    ConnectionClosed,
     WysemanConnection,
     _ClientFactory,
     _clientinfo_url,
@@ -92,6 +93,9 @@ class ReconnectingSession:
         self._observers: dict[str, list[Callable[[Any], Any]]] = {}
         self.connection: WysemanConnection | None = None
         self.connects = 0
+        #: requests made while no connection is open, woken by the next one
+        self._waiting: list[defer.Deferred] = []
+        self._stopped = False
         factory = _SessionFactory(self, url)
         factory._batched_timer = ClockTimer(reactor)
         factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionOffers=[])
@@ -119,13 +123,23 @@ class ReconnectingSession:
         def opened(result: Any) -> Any:
             self.connection = connection
             self.connects += 1
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                if not waiter.called:
+                    waiter.callback(connection)
             return result
         return connection._open.addCallback(opened)
 
     def start(self) -> None:
+        self._stopped = False
         self._service.startService()
 
     def stop(self) -> defer.Deferred:
+        self._stopped = True
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.errback(ConnectionClosed("the session was stopped"))
         return self._service.stopService()
 
     def on_notify(self, channel: str, callback: Callable[[Any], Any]) -> None:
@@ -133,13 +147,36 @@ class ReconnectingSession:
         if self.connection is not None:
             self.connection.on_notify(channel, callback)
 
+    def _next_connection(self, timeout: float) -> defer.Deferred:
+        """The next connection to open (within ``timeout`` seconds).
+
+        Not ClientService's ``whenConnected``: while a lost connection's close is being
+        handled, the service still counts it as connected and would hand it back, so a
+        request made from a failed request's errback would fail at once, again and
+        again, without the reactor ever getting to reconnect."""
+        if self._stopped:
+            return defer.fail(ConnectionClosed("the session was stopped"))
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiting.append(waiter)
+
+        def late(failure: Any) -> Any:
+            if failure.check(defer.TimeoutError):
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+                raise defer.TimeoutError(f"no connection within {timeout:g} s")
+            return failure
+        return waiter.addTimeout(timeout, self.reactor).addErrback(late)
+
     @defer.inlineCallbacks
     def request(self, message: Mapping[str, Any], timeout: float | None = None) -> Any:
-        """Send on the current connection (waiting for one if needed) → the reply's data."""
-        protocol = yield self._service.whenConnected(failAfterFailures=None) \
-            if self.connection is None or not self.connection.connected \
-            else defer.succeed(None)
-        connection = protocol.wyseman_connection if protocol is not None else self.connection
-        assert connection is not None   # (connected, or the protocol just built for it)
-        data = yield connection.request(message, timeout)
+        """Send on the current connection, or on the next one when there is none open;
+        fires with the reply's ``data``. ``timeout`` bounds the wait for a connection
+        and the reply together."""
+        total = timeout or self.timeout
+        started = self.reactor.seconds()
+        connection = self.connection
+        if connection is None or not connection.connected:
+            connection = yield self._next_connection(total)
+        remaining = max(total - (self.reactor.seconds() - started), 0.001)
+        data = yield connection.request(message, remaining)
         return data

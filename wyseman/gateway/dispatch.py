@@ -11,6 +11,7 @@ dies on a non-JSON frame, D9).
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,37 @@ class Session:
         self.send = send
         self.peer = peer
         self.key_x = key_x
+        #: this session's meta and lang replies waiting for earlier ones (made when first
+        #: needed)
+        self.metadata_replies: MetadataReplies | None = None
+
+
+class MetadataReplies:
+    """Sends a session's ``meta`` and ``lang`` replies in the order of their requests.
+
+    Other replies come as they are ready (docs/protocol.md, 6.1), but wylib reads a
+    view's ``lang`` texts into the grid it makes from the view's ``meta``, and only if
+    they came first: when ``meta``'s reply overtakes ``lang``'s (their queries ran on
+    different pooled connections), the grid keeps the bare column names. The Node server
+    answers a socket's requests one after another, so apps never saw that order."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: deque[list[Any]] = deque()
+
+    def in_turn(self, reply: Callable[[bytes], Any]) -> Callable[[bytes], None]:
+        """``reply``, held until every earlier request's reply has been sent."""
+        entry: list[Any] = [reply, None]
+        self._queue.append(entry)
+
+        def ready(frame: bytes) -> None:
+            entry[1] = frame
+            queue = self._queue
+            while queue and queue[0][1] is not None:
+                send, done = queue.popleft()
+                send(done)
+        return ready
 
 
 @dataclass
@@ -116,6 +148,11 @@ class Dispatcher:
         started = self.clock.seconds() if self.clock is not None else 0.0
         key = _NO_KEY
         action = request.get("action")
+        if action == "meta" or action == "lang":
+            order = session.metadata_replies
+            if order is None:
+                order = session.metadata_replies = MetadataReplies()
+            reply = order.in_turn(reply)
         if type(action) is str and action in _READS and self.db.read_batch > 1:
             key = _statement_key(request, self.db.generation)
             statement = self._statements.get(key) if key is not None else None

@@ -174,7 +174,7 @@ class Gateway:
         """Track an opened connection; fires once its channels are LISTENed."""
         session = protocol.session
         self.connection_count += 1
-        self.metrics.connections.inc()
+        self.metrics.connections.labels(protocol.transport_name).inc()
         self._by_user.setdefault(session.user, set()).add(protocol)
         listening = []
         for channel in session.listen:
@@ -192,7 +192,7 @@ class Gateway:
         session = protocol.session
         self.resources.session_ended(session)
         self.connection_count -= 1
-        self.metrics.connections.dec()
+        self.metrics.connections.labels(protocol.transport_name).dec()
         users = self._by_user.get(session.user)
         if users is not None:
             users.discard(protocol)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: the values of the ``transport`` label
+TRANSPORTS = ("websocket", "libp2p")
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.connections = Gauge("wyseman_connections", "Open WebSocket connections",
-                                 registry=r)
-        self.handshakes = Counter("wyseman_handshakes", "Opening handshakes by outcome",
-                                  ["outcome", "reason"], registry=r)
+        # ``transport``: "websocket" or "libp2p" (the Connection's ``transport_name``)
+        self.connections = Gauge("wyseman_connections", "Open client connections",
+                                 ["transport"], registry=r)
+        self.handshakes = Counter("wyseman_handshakes", "Logins by outcome and reason",
+                                  ["outcome", "reason", "transport"], registry=r)
         self.requests = Histogram("wyseman_request_seconds", "Request latency by action",
                                   ["action", "outcome"], registry=r)
         self._request_children: dict[tuple[str, str], Histogram] = {}
@@ -25,7 +29,8 @@ class Metrics:
         self.notifications_dropped = Counter("wyseman_notifications_dropped",
                                              "Notifications not delivered", registry=r)
         self.slow_consumers = Counter("wyseman_slow_consumers",
-                                      "Connections cut for not reading", registry=r)
+                                      "Connections cut for not reading", ["transport"],
+                                      registry=r)
         self.pool_connections = Gauge("wyseman_pool_connections",
                                       "Open user-session connections (all roles)", registry=r)
         self.pool_waiting = Gauge("wyseman_pool_waiting",
@@ -60,8 +65,13 @@ class Metrics:
                                   "are refused because the shared replay table is full",
                                   ["state"], registry=r)
 
-    def handshake(self, outcome: str, reason: str) -> None:
-        self.handshakes.labels(outcome, reason).inc()
+        # zero from the start, as unlabelled series are (a dashboard sees 0, not nothing)
+        for transport in TRANSPORTS:
+            self.connections.labels(transport)
+            self.slow_consumers.labels(transport)
+
+    def handshake(self, outcome: str, reason: str, transport: str = "websocket") -> None:
+        self.handshakes.labels(outcome, reason, transport).inc()
 
     def request(self, action: str, outcome: str, seconds: float) -> None:
         # The labelled child, looked up once: ``labels()`` costs more than the observation.
@@ -72,5 +82,5 @@ class Metrics:
             child = self._request_children[key] = self.requests.labels(action, outcome)
         child.observe(seconds)
 
-    def slow_consumer(self) -> None:
-        self.slow_consumers.inc()
+    def slow_consumer(self, transport: str = "websocket") -> None:
+        self.slow_consumers.labels(transport).inc()

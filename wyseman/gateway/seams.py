@@ -27,6 +27,9 @@ class Connection(Protocol):
     """One client connection of a transport, as the gateway sees it once it is open."""
 
     session: Session
+    #: the transport's name in metrics and logs ("websocket", "libp2p"): a label only,
+    #: the gateway treats every connection alike
+    transport_name: str
 
     def end_session(self, code: int, reason: str) -> None:
         """Close politely with a close ``code`` (4001: credentials changed, 1001: going

@@ -32,6 +32,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -419,8 +420,11 @@ class Node:
     the stream)."""
 
     def __init__(self, reactor: Any, key: bytes, listen: Sequence[str], protocol: str,
-                 on_stream: Callable[[Stream], None], *, mdns: bool = False) -> None:
+                 on_stream: Callable[[Stream], None], *, mdns: bool = False,
+                 ping_interval: float = 0.0, ping_timeout: float = 15.0) -> None:
         self.reactor = reactor
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.key_pair = _key_pair(key)
         self.peer_id = ID.from_pubkey(self.key_pair.public_key).to_base58()
         self.listen = [multiaddr.Multiaddr(text) for text in listen]
@@ -449,7 +453,7 @@ class Node:
         started = False
         try:
             host = new_host(key_pair=self.key_pair, listen_addrs=self.listen,
-                            enable_mDNS=self.mdns)
+                            enable_mDNS=self.mdns, connection_config=self._connections())
             host.set_stream_handler(TProtocol(self.protocol), self._handle)
             self._stop = trio.Event()
             async with host.run(listen_addrs=self.listen):
@@ -465,6 +469,34 @@ class Node:
                 log.error("the libp2p host failed: {error!r}", error=exc)
         finally:
             self.reactor.callLater(0, self._stopped.callback, None)
+
+    def _connections(self) -> ConnectionConfig:
+        """The host's connection settings: py-libp2p's own, with its health monitor as
+        the heartbeat when ``ping_interval`` is set.
+
+        The monitor probes each connection every ``ping_interval`` seconds by opening a
+        ``/ipfs/ping/1.0.0`` stream (a peer without the ping protocol answers the
+        negotiation, which is enough to show it is there) and closes the connection, and
+        with it its streams, when no answer comes within ``ping_timeout``: a peer that
+        vanished, or that stopped reading, no longer holds its places. Its other policy
+        (replacing connections it scores as poor by dialling the peer again) means
+        nothing for a server whose clients do not listen, so the scores are set never to
+        call for it."""
+        if not self.ping_interval:
+            return ConnectionConfig()
+        return ConnectionConfig(
+            enable_health_monitoring=True,
+            health_check_interval=self.ping_interval,
+            health_initial_delay=0.0,
+            health_warmup_window=0.0,
+            ping_timeout=self.ping_timeout,
+            abort_connection_on_ping_failure=True,
+            min_health_threshold=0.0,
+            critical_health_threshold=0.0,
+            max_ping_latency=float("inf"),
+            min_ping_success_rate=0.0,
+            max_failed_streams=1 << 30,
+        )
 
     async def _handle(self, raw: Any) -> None:
         assert self._loop is not None

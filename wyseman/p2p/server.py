@@ -41,6 +41,8 @@ LOGIN_FIELDS = ("user", "token", "pub", "sign", "date")
 #: close codes of the ``close`` message, as on the WebSocket (docs/protocol.md, 10)
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_TOO_BIG = 1009
+#: this transport's label in metrics
+TRANSPORT = "libp2p"
 
 
 class StreamIO(Protocol):
@@ -71,6 +73,7 @@ class P2PConnection:
     the hub once its login is accepted."""
 
     session: Session
+    transport_name = TRANSPORT
 
     def __init__(self, server: P2PServer, stream: StreamIO) -> None:
         self.server = server
@@ -125,7 +128,7 @@ class P2PConnection:
         log.warn("closing libp2p stream of {who} from {ip}: {why}", who=self._who(),
                  ip=self.client_address, why=str(exc))
         if self.state == LOGIN:
-            self.hub.metrics.handshake("refused", "bad_frame")
+            self.hub.metrics.handshake("refused", "bad_frame", TRANSPORT)
         too_big = "limit" in str(exc)
         self._close_with(CLOSE_TOO_BIG if too_big else CLOSE_PROTOCOL_ERROR, str(exc))
 
@@ -174,7 +177,7 @@ class P2PConnection:
         login = admitted.login
         self.session = Session(login.user, login.listen, self.send_frame,
                                self.client_address, login.key_x)
-        self.hub.metrics.handshake("accepted", login.method)
+        self.hub.metrics.handshake("accepted", login.method, TRANSPORT)
         if self.hub.log_connections:
             log.info("login {user} ({method}) over libp2p from {ip} ({peer})",
                      user=login.user, method=login.method, ip=self.client_address,
@@ -198,7 +201,7 @@ class P2PConnection:
     def _refuse(self, refusal: Refusal) -> None:
         """Log the refusal once, tell the client why (the WebSocket's status and reason,
         and the kind), and close."""
-        self.hub.metrics.handshake("refused", refusal.kind)
+        self.hub.metrics.handshake("refused", refusal.kind, TRANSPORT)
         log.warn("refused libp2p login {status} {reason} to {ip} ({peer}): {detail}",
                  status=refusal.status, reason=refusal.reason, ip=self.client_address,
                  peer=self.stream.remote_peer, detail=refusal.detail)
@@ -269,7 +272,7 @@ class P2PConnection:
             return True
         log.warn("closing slow consumer {user} at {ip} (libp2p): {size} bytes queued",
                  user=self.session.user, ip=self.client_address, size=self.stream.pending)
-        self.hub.metrics.slow_consumer()
+        self.hub.metrics.slow_consumer(TRANSPORT)
         self.abort()
         return False
 
@@ -350,7 +353,9 @@ class P2PServer:
             log.info("created the libp2p identity {path} (peer id {peer})",
                      path=str(self.key_path), peer=node.peer_id_of(key))
         self.node = node.Node(self.reactor, key, self.settings.listen, PROTOCOL_ID,
-                              self._on_stream, mdns=self.settings.mdns)
+                              self._on_stream, mdns=self.settings.mdns,
+                              ping_interval=self.hub.config.limits.ping_interval,
+                              ping_timeout=self.hub.config.limits.ping_timeout)
         self.accepting = True
 
         def started(addresses: Sequence[str]) -> list[str]:
@@ -366,7 +371,7 @@ class P2PServer:
             stream.reset()
             return
         if self.pending >= self.hub.config.limits.max_pending_connections:
-            self.hub.metrics.handshake("refused", "pending")
+            self.hub.metrics.handshake("refused", "pending", TRANSPORT)
             log.info("reset a libp2p stream from {peer}: max_pending_connections streams "
                      "are logging in", peer=stream.remote_peer)
             stream.reset()

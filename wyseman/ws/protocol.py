@@ -64,6 +64,8 @@ class GatewayProtocol(FastServerProtocol):
 
     factory: GatewayFactory
     session: Session | None = None
+    #: this transport's label in metrics
+    transport_name = "websocket"
 
     def __init__(self) -> None:
         super().__init__()
