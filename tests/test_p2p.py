@@ -685,10 +685,21 @@ class P2PGatewayTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_peer_id_is_kept_across_restarts(self):
+        """A client that kept the server's multiaddr (with its peer id) logs in again
+        after a restart on the same port: the dial checks the peer id in the Noise
+        handshake, so it works only because the identity was kept."""
         first = self.address.rsplit("/p2p/", 1)[1]
+        private, conn = yield self.ticket()
+        yield conn.close()
         yield self.server.stopService()
-        self.server = yield self.start()
-        self.assertEqual(self.server.p2p.addresses[0].rsplit("/p2p/", 1)[1], first)
+        port = self.address.split("/tcp/")[1].split("/")[0]
+        self.server = yield self.start(p2p={"listen": [f"/ip4/127.0.0.1/tcp/{port}"],
+                                            "key_file": self.key_file})
+        self.assertEqual(self.server.p2p.addresses[0], self.address)
+        self.assertEqual(self.address.rsplit("/p2p/", 1)[1], first)
+        again = yield self.key_login(private)
+        row = yield again.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
 
 
 class P2PCommandTests(TestCase):
