@@ -516,7 +516,9 @@ OPTIONS: tuple[Option, ...] = (
        "created with mode 0600 on first start and kept, so the peer id stays the same "
        "across restarts. Relative to the config file. A file others may read is refused."),
     _o("p2p", "mdns", _bool, False,
-       "Announce the host on the local network with mDNS (libp2p peer discovery)."),
+       "Announce the host on the local network with mDNS (libp2p peer discovery, by "
+       "py-libp2p: multicast on every interface, whatever `listen` says). Not covered by "
+       "the test suite, whose servers stay on loopback."),
 
     # [metrics]
     _o("metrics", "listen", _string, "",
