@@ -587,6 +587,50 @@ class P2PGatewayTests(TestCase):
         self.assertEqual(self.messages(data)[0]["login"], "accepted")
 
     @defer.inlineCallbacks
+    def test_streams_from_one_address_beyond_max_pending_per_address_are_reset(self):
+        """Two streams logging in from 127.0.0.1 (each from a peer id of its own, which
+        costs nothing to make): a third from that address is reset although the server
+        has pending places left; once the two are logged in, the address may log in
+        again."""
+        from wyseman.p2p import server as p2p_server
+        yield self.server.stopService()
+        self.server = yield self.start(limits={"max_pending_per_address": 2,
+                                               "max_pending_connections": 50})
+        self.address = self.server.p2p.addresses[0]
+        arrived = [defer.Deferred(), defer.Deferred()]
+        original = p2p_server.P2PConnection.__init__
+
+        def counted(connection, server, stream):
+            original(connection, server, stream)
+            waiting = [d for d in arrived if not d.called]
+            if waiting:
+                waiting[0].callback(connection)
+        self.patch(p2p_server.P2PConnection, "__init__", counted)
+        first, first_ended = yield self.raw_stream()
+        second, second_ended = yield self.raw_stream()
+        yield defer.gatherResults(arrived)
+        self.assertEqual(self.server.p2p.pending_by_network, {"127.0.0.1": 2})
+        try:
+            _, third_ended = yield self.raw_stream()
+        except ConnectionError:       # reset while the dial was still finishing
+            pass
+        else:
+            self.assertEqual((yield third_ended), b"")
+        self.assertEqual(self.server.gateway.metrics.handshakes.labels(
+            "refused", "pending_address", "libp2p")._value.get(), 1)
+        for stream, ended in ((first, first_ended), (second, second_ended)):
+            token = admin.issue_ticket(self.db.dsn, self.user).token
+            pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
+            stream.write(frame(json.dumps({"user": self.user, "token": token,
+                                           "pub": pub}).encode()))
+            stream.close()
+            self.assertEqual(self.messages((yield ended))[0]["login"], "accepted")
+        self.assertEqual(self.server.p2p.pending_by_network, {})
+        _, conn = yield self.ticket(user=self.bystander)
+        row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
+        self.assertTrue(row["curr_eid"])
+
+    @defer.inlineCallbacks
     def test_garbage_before_login(self):
         _, other = yield self.ticket(user=self.bystander)
         stream, ended = yield self.raw_stream()

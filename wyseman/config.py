@@ -424,7 +424,8 @@ OPTIONS: tuple[Option, ...] = (
        "address (IPv6: one /64 network), so that one client cannot take every pending "
        "place; further ones are closed as soon as they are accepted. Addresses in "
        "`[server] trusted_proxies` are exempt (list your reverse proxy there, or it counts "
-       "as one client). 0: no per-address bound."),
+       "as one client). On libp2p: streams still logging in from one client address, "
+       "whatever peer ids they use; further ones are reset. 0: no per-address bound."),
     _o("limits", "max_connections_per_user", _int_range(1), 100,
        "Most open WebSocket connections per user; further ones get 503. A connection counts "
        "from the moment its login is accepted (logins checked at the same time cannot all "

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wyseman.auth import credentials as cred
+from wyseman.auth import networks
 from wyseman.auth.admission import Admitted, ClientLeft, LoginRequest
 from wyseman.auth.login import Handshake, PeerLogin, Refusal
 from wyseman.db.types import dumps
@@ -99,7 +100,12 @@ class P2PConnection:
             limits.open_handshake_timeout, self._login_timed_out) \
             if limits.open_handshake_timeout else None
         self._pending = True     # counted in server.pending until logged in or gone
+        #: what server.pending_by_network counts it under (None: not counted)
+        self._network = server.network_of(stream)
         server.pending += 1
+        if self._network is not None:
+            counts = server.pending_by_network
+            counts[self._network] = counts.get(self._network, 0) + 1
 
     # -- bytes in ----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -324,6 +330,13 @@ class P2PConnection:
         if self._pending:
             self._pending = False
             self.server.pending -= 1
+            if self._network is not None:
+                counts = self.server.pending_by_network
+                left = counts[self._network] - 1
+                if left:
+                    counts[self._network] = left
+                else:
+                    del counts[self._network]
 
     def _who(self) -> str:
         session = getattr(self, "session", None)
@@ -341,6 +354,9 @@ class P2PServer:
         self.reactor = reactor
         #: streams whose login is not accepted yet (at most max_pending_connections)
         self.pending = 0
+        #: of those, by the client network they come from (at most
+        #: max_pending_per_address each; entries at 0 are removed)
+        self.pending_by_network: dict[str, int] = {}
         self.accepting = False
         self.node: Any = None
         self.addresses: list[str] = []
@@ -376,7 +392,26 @@ class P2PServer:
                      "are logging in", peer=stream.remote_peer)
             stream.reset()
             return
+        per_network = self.hub.config.limits.max_pending_per_address
+        network = self.network_of(stream)
+        if per_network and network is not None \
+                and self.pending_by_network.get(network, 0) >= per_network:
+            self.hub.metrics.handshake("refused", "pending_address", TRANSPORT)
+            log.info("reset a libp2p stream from {peer} ({network}): "
+                     "max_pending_per_address streams from there are logging in",
+                     peer=stream.remote_peer, network=network)
+            stream.reset()
+            return
         stream.handler = P2PConnection(self, stream)
+
+    @staticmethod
+    def network_of(stream: StreamIO) -> str | None:
+        """The client network ``stream`` counts under for max_pending_per_address: its
+        peer's address, however many streams and connections (and peer ids, which cost
+        nothing to make) it uses."""
+        address = stream.remote_address
+        network = networks.client_network(address[0]) if address else None
+        return networks.network_key(network) if network is not None else None
 
     def stop_accepting(self) -> None:
         """New streams are reset from now on (the service is stopping)."""

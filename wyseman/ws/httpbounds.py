@@ -12,7 +12,6 @@ carries a body (:class:`BoundedRequest`).
 from __future__ import annotations
 
 import io
-import ipaddress
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -21,6 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from wyseman.auth import networks
+from wyseman.auth.networks import Network
 from wyseman.ws.seams import ConnectionRouter
 from wyseman.ws.sniff import Sniffer
 
@@ -58,33 +59,17 @@ class BoundedRequest(server.Request):
             super().process()
 
 
-def client_network(addr: Any) -> Any:
+def client_network(addr: Any) -> Network | None:
     """What the per-address bound counts a connection from ``addr`` (a Twisted
-    ``IAddress``) under: its IPv4 address as a /32 (also when IPv4-mapped), or for IPv6
-    its ``/64``, which a single subscriber typically gets whole; ``None`` (not counted)
-    for a Unix socket or a host that is not an address."""
-    host = getattr(addr, "host", None)
-    if not host:
-        return None
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is None:
-            return ipaddress.IPv6Network((ip, 64), strict=False)
-        ip = ip.ipv4_mapped
-    return ipaddress.IPv4Network(ip)
+    ``IAddress``) under (:func:`wyseman.auth.networks.client_network`); ``None`` (not
+    counted) for a Unix socket or a host that is not an address."""
+    return networks.client_network(getattr(addr, "host", None))
 
 
 def address_key(addr: Any) -> str | None:
     """:func:`client_network` as text: ``192.0.2.7``, ``2001:db8:1:2::/64``."""
     network = client_network(addr)
-    return None if network is None else _key(network)
-
-
-def _key(network: Any) -> str:
-    return str(network.network_address) if network.version == 4 else str(network)
+    return None if network is None else networks.network_key(network)
 
 
 class _Refused(Protocol):
@@ -177,7 +162,7 @@ class GatewaySite(server.Site):
         if network is not None and not any(network.version == trusted.version
                                            and network.subnet_of(trusted)
                                            for trusted in self.exempt):
-            key = _key(network)
+            key = networks.network_key(network)
             if self.by_address.get(key, 0) >= self.per_address:
                 return self._refuse(key)
         if self.pending >= self.max_pending:
