@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.harness import (
@@ -606,18 +607,30 @@ class P2PGatewayTests(TestCase):
             if waiting:
                 waiting[0].callback(connection)
         self.patch(p2p_server.P2PConnection, "__init__", counted)
+        said = []
+
+        def observe(event):
+            if event.get("log_namespace") == "wyseman.p2p":
+                said.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         first, first_ended = yield self.raw_stream()
         second, second_ended = yield self.raw_stream()
         yield defer.gatherResults(arrived)
         self.assertEqual(self.server.p2p.pending_by_network, {"127.0.0.1": 2})
-        try:
-            _, third_ended = yield self.raw_stream()
-        except ConnectionError:       # reset while the dial was still finishing
-            pass
-        else:
-            self.assertEqual((yield third_ended), b"")
+        for _ in range(2):
+            try:
+                _, more_ended = yield self.raw_stream()
+            except ConnectionError:       # reset while the dial was still finishing
+                pass
+            else:
+                self.assertEqual((yield more_ended), b"")
         self.assertEqual(self.server.gateway.metrics.handshakes.labels(
-            "refused", "pending_address", "libp2p")._value.get(), 1)
+            "refused", "pending_address", "libp2p")._value.get(), 2)
+        # one line when the resets start, one when they end
+        self.assertEqual([line for line in said if "resetting new" in line], [
+            "resetting new libp2p streams from 127.0.0.1: 2 of its streams are logging in "
+            "([limits] max_pending_per_address)"])
         for stream, ended in ((first, first_ended), (second, second_ended)):
             token = admin.issue_ticket(self.db.dsn, self.user).token
             pub = keys.pub_param(keys.public_jwk(keys.generate_private_jwk()))
@@ -626,6 +639,7 @@ class P2PGatewayTests(TestCase):
             stream.close()
             self.assertEqual(self.messages((yield ended))[0]["login"], "accepted")
         self.assertEqual(self.server.p2p.pending_by_network, {})
+        self.assertIn("accepting libp2p streams from 127.0.0.1 again (2 reset)", said)
         _, conn = yield self.ticket(user=self.bystander)
         row = yield conn.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])

@@ -102,10 +102,7 @@ class P2PConnection:
         self._pending = True     # counted in server.pending until logged in or gone
         #: what server.pending_by_network counts it under (None: not counted)
         self._network = server.network_of(stream)
-        server.pending += 1
-        if self._network is not None:
-            counts = server.pending_by_network
-            counts[self._network] = counts.get(self._network, 0) + 1
+        server.pending_started(self._network)
 
     # -- bytes in ----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -329,14 +326,7 @@ class P2PConnection:
             self._login_timer = None
         if self._pending:
             self._pending = False
-            self.server.pending -= 1
-            if self._network is not None:
-                counts = self.server.pending_by_network
-                left = counts[self._network] - 1
-                if left:
-                    counts[self._network] = left
-                else:
-                    del counts[self._network]
+            self.server.pending_ended(self._network)
 
     def _who(self) -> str:
         session = getattr(self, "session", None)
@@ -357,6 +347,10 @@ class P2PServer:
         #: of those, by the client network they come from (at most
         #: max_pending_per_address each; entries at 0 are removed)
         self.pending_by_network: dict[str, int] = {}
+        #: streams reset since a bound was reached (None: not at the bound), so that a
+        #: flood is logged once when it starts and once when it ends
+        self._refused_all: int | None = None
+        self._refused_from: dict[str, int] = {}
         self.accepting = False
         self.node: Any = None
         self.addresses: list[str] = []
@@ -386,23 +380,54 @@ class P2PServer:
         if not self.accepting:
             stream.reset()
             return
-        if self.pending >= self.hub.config.limits.max_pending_connections:
+        limits = self.hub.config.limits
+        if self.pending >= limits.max_pending_connections:
             self.hub.metrics.handshake("refused", "pending", TRANSPORT)
-            log.info("reset a libp2p stream from {peer}: max_pending_connections streams "
-                     "are logging in", peer=stream.remote_peer)
+            if self._refused_all is None:
+                self._refused_all = 0
+                log.warn("{count} libp2p streams are logging in ([limits] "
+                         "max_pending_connections): resetting new ones",
+                         count=self.pending)
+            self._refused_all += 1
             stream.reset()
             return
-        per_network = self.hub.config.limits.max_pending_per_address
         network = self.network_of(stream)
-        if per_network and network is not None \
-                and self.pending_by_network.get(network, 0) >= per_network:
+        if limits.max_pending_per_address and network is not None \
+                and self.pending_by_network.get(network, 0) >= limits.max_pending_per_address:
             self.hub.metrics.handshake("refused", "pending_address", TRANSPORT)
-            log.info("reset a libp2p stream from {peer} ({network}): "
-                     "max_pending_per_address streams from there are logging in",
-                     peer=stream.remote_peer, network=network)
+            if network not in self._refused_from:
+                self._refused_from[network] = 0
+                log.warn("resetting new libp2p streams from {address}: {count} of its "
+                         "streams are logging in ([limits] max_pending_per_address)",
+                         address=network, count=self.pending_by_network[network])
+            self._refused_from[network] += 1
             stream.reset()
             return
         stream.handler = P2PConnection(self, stream)
+
+    def pending_started(self, network: str | None) -> None:
+        """A stream logging in from ``network`` (None: not counted by network)."""
+        self.pending += 1
+        if network is not None:
+            self.pending_by_network[network] = self.pending_by_network.get(network, 0) + 1
+
+    def pending_ended(self, network: str | None) -> None:
+        """That stream is logged in, refused or gone."""
+        self.pending -= 1
+        if network is not None:
+            left = self.pending_by_network[network] - 1
+            if left:
+                self.pending_by_network[network] = left
+            else:
+                del self.pending_by_network[network]
+            refused = self._refused_from.pop(network, None)
+            if refused is not None:
+                log.info("accepting libp2p streams from {address} again ({refused} "
+                         "reset)", address=network, refused=refused)
+        if self._refused_all is not None:
+            log.info("fewer libp2p streams are logging in again ({refused} reset)",
+                     refused=self._refused_all)
+            self._refused_all = None
 
     @staticmethod
     def network_of(stream: StreamIO) -> str | None:
