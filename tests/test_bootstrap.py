@@ -218,6 +218,8 @@ class CreateTests(SynchronousTestCase):
                "drop function wyseman_shared.key_login(text, text, bytea, timestamptz, "
                "timestamptz, integer); "
                "drop function wyseman_shared.slot_release_many(text, text[], integer[]); "
+               "drop function wyseman_shared.host_calls(text, text[], bytea[], "
+               "double precision[], double precision[], integer, text[], integer[]); "
                "alter table wyseman_shared.user_slot drop constraint user_slot_count_check, "
                "add constraint user_slot_count_check check (count > 0); "
                "insert into wyseman_shared.user_slot values ('h', 'alice', 2); "
@@ -230,6 +232,23 @@ class CreateTests(SynchronousTestCase):
                          [("CHECK ((count >= 0))",)])
         self.assertEqual(db.run(SCHEMA_CHECK_SQL + ", (select count from "
                                 "wyseman_shared.user_slot)"), [(True, 2)])
+
+    def test_upgrade_from_version_5_adds_the_host_calls(self) -> None:
+        """A version-5 database (its key logins and releases as two calls) gets the one
+        call of version 6, and keeps the calls of version 5 for the hosts not yet
+        upgraded."""
+        from wyseman.db.shared import SCHEMA_CHECK_SQL
+        db = fresh_database(self)
+        db.run("drop function wyseman_shared.host_calls(text, text[], bytea[], "
+               "double precision[], double precision[], integer, text[], integer[]); "
+               "update wm.wyseman_schema set version = 5")
+        self.assertEqual(db.run(SCHEMA_CHECK_SQL), [(False,)])
+        result = bootstrap.init_database_sync(db.dsn)
+        self.assertEqual(result.status, InitStatus.UPGRADED)
+        self.assertIn(f"from version 5 to {bootstrap.SCHEMA_VERSION}", result.message)
+        self.assertEqual(db.run(SCHEMA_CHECK_SQL + ", to_regprocedure('wyseman_shared."
+                                "key_logins(text, text[], bytea[], double precision[], "
+                                "double precision[], integer)') is not null"), [(True, True)])
 
     def test_ensure_database(self) -> None:
         db = fresh_database(self, "empty")
@@ -267,14 +286,14 @@ class WyselibDetectionTests(SynchronousTestCase):
 
     def test_the_shared_state_file_applies_by_hand_to_a_wyselib_database(self) -> None:
         """docs/operations.md, "Several hosts": `db init` leaves a wyselib database alone,
-        the operator applies 008_shared_state.sql and 009_shared_login.sql; they need
-        nothing of ours."""
+        the operator applies 008_shared_state.sql, 009_shared_login.sql and
+        010_shared_calls.sql; they need nothing of ours."""
         from importlib import resources
 
         from wyseman.db.shared import SCHEMA_CHECK_SQL
         db = fresh_database(self, "empty")
         db.run(FIXTURE.read_text())
-        for name in ("008_shared_state.sql", "009_shared_login.sql"):
+        for name in ("008_shared_state.sql", "009_shared_login.sql", "010_shared_calls.sql"):
             sql = (resources.files("wyseman.provision") / "schema" / name)
             db.run(sql.read_text(encoding="utf-8"))
         self.assertEqual(db.run("select to_regclass('wyseman_shared.user_slot') is not null, "

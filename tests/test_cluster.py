@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -22,7 +22,7 @@ from wyseman.auth import credentials as cred
 from wyseman.auth.credentials import signed_message
 from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect
-from wyseman.gateway.cluster import SharedSlots
+from wyseman.gateway.cluster import RELEASE_DELAY, SharedSlots
 from wyseman.provision import admin
 
 SHARED = {"shared_state": "postgres"}
@@ -144,7 +144,7 @@ class TwoHostTests(TestCase):
                 calls.append(name)
                 return method(*args)
             return called
-        for name in ("record_signature", "reserve", "key_logins"):
+        for name in ("record_signature", "reserve", "host_calls"):
             setattr(tables, name, spied(name))
         return calls
 
@@ -167,7 +167,7 @@ class TwoHostTests(TestCase):
         sign = keys.sign(private, signed_message("::ffff:127.0.0.1", None, None, date))
         query = f"user={user}&sign={sign}&date={date}"
         self.assertEqual((yield raw_upgrade(a.port, query))[0], 503)
-        self.assertEqual(calls, ["key_logins"])
+        self.assertEqual(calls, ["host_calls"])
         yield held.close()
         yield b.cluster.slots.quiet()
         self.assertEqual((yield raw_upgrade(a.port, query))[0], 403)   # spent
@@ -176,7 +176,7 @@ class TwoHostTests(TestCase):
                              clientinfo_url=f"http://127.0.0.1:{a.port}/clientinfo")
         self.assertEqual(self.slots(user), [("host-a", 1)])
         self.assertEqual(a.cluster.slots.count(user), 1)
-        self.assertEqual(calls, ["key_logins"] * 3)
+        self.assertEqual(calls, ["host_calls"] * 3)
         yield conn.close()
         yield a.cluster.slots.quiet()
         self.assertEqual((self.slots(user), a.cluster.slots.count(user)), ([], 0))
@@ -317,8 +317,8 @@ class _Tables:
         self.calls: list[tuple[str, Any]] = []
         self.pending: list[defer.Deferred] = []
 
-    def _call(self, name: str, *args: Any) -> defer.Deferred:
-        self.calls.append((name, args))
+    def _call(self, name: str, *args: Any, entry: Any = None) -> defer.Deferred:
+        self.calls.append(entry or (name, args))
         d: defer.Deferred = defer.Deferred()
         self.pending.append(d)
         return d
@@ -326,11 +326,10 @@ class _Tables:
     def reserve(self, host: str, user: str, most: int) -> defer.Deferred:
         return self._call("reserve", user)
 
-    def release(self, host: str, closed: dict) -> defer.Deferred:
-        return self._call("release", dict(closed))
-
-    def key_logins(self, host: str, logins: list, most: int) -> defer.Deferred:
-        return self._call("key_logins", *[(user, digest) for user, digest, *_ in logins])
+    def host_calls(self, host: str, logins: list, most: int, closed: dict) -> defer.Deferred:
+        """Recorded as ("calls", ((user, digest), ...), closed)."""
+        return self._call("calls", entry=(
+            "calls", tuple((user, digest) for user, digest, *_ in logins), dict(closed)))
 
     def sync(self, host: str, lease: float, counts: dict) -> defer.Deferred:
         return self._call("sync", dict(counts))
@@ -344,7 +343,8 @@ class SharedSlotsTests(TestCase):
 
     def setUp(self) -> None:
         self.tables = _Tables()
-        self.slots = SharedSlots(self.tables, "h", 2)   # type: ignore[arg-type]
+        self.clock = task.Clock()
+        self.slots = SharedSlots(self.tables, "h", 2, self.clock)   # type: ignore[arg-type]
 
     def test_a_failed_release_is_repaired_by_writing_the_rows_again(self) -> None:
         granted = self.slots.reserve("u")
@@ -352,6 +352,8 @@ class SharedSlotsTests(TestCase):
         self.assertTrue(self.successResultOf(granted))
         self.assertEqual(self.slots.count("u"), 1)
         self.slots.release("u")
+        self.clock.advance(RELEASE_DELAY)
+        self.assertEqual(self.tables.calls[-1], ("calls", (), {"u": 1}))
         self.tables.pending.pop(0).errback(RuntimeError("connection lost"))
         self.assertEqual(self.slots.count("u"), 0)
         self.assertTrue(self.slots.resync_wanted)
@@ -368,10 +370,11 @@ class SharedSlotsTests(TestCase):
         self.tables.answer(True)
         self.assertTrue(self.successResultOf(synced))
         self.assertFalse(self.slots.resync_wanted)
-        self.assertEqual([name for name, _ in self.tables.calls[-2:]], ["reserve", "release"])
+        self.assertEqual(self.tables.calls[-2:], [("reserve", ("u",)),
+                                                  ("calls", (), {"v": 1})])
         self.assertNoResult(quiet)
         self.tables.answer(True)
-        self.tables.answer(None)
+        self.tables.answer([])
         self.assertTrue(self.successResultOf(waiting))
         self.successResultOf(quiet)
         self.assertEqual((self.slots.count("u"), self.slots.count("v")), (1, 0))
@@ -381,7 +384,7 @@ class SharedSlotsTests(TestCase):
         synced = self.slots.resync(15.0)
         again = self.slots.resync(15.0)                 # the same rewrite
         later = self.slots.reserve("v")                 # held back
-        self.assertEqual([name for name, _ in self.tables.calls], ["reserve"])
+        self.assertEqual([name for name, *_ in self.tables.calls], ["reserve"])
         self.tables.answer(True)                        # counted: now the rewrite
         self.assertTrue(self.successResultOf(first))
         self.assertEqual(self.tables.calls[-1], ("sync", ({"u": 1},)))
@@ -398,7 +401,7 @@ class SharedSlotsTests(TestCase):
         """reserve_signed: (new, granted) each, from one call for the logins that arrived
         while the previous one was under way; a place counted only when granted."""
         first = self.slots.reserve_signed("u", b"h1", 1.0, 121.0)
-        self.assertEqual(self.tables.calls, [("key_logins", (("u", b"h1"),))])
+        self.assertEqual(self.tables.calls, [("calls", (("u", b"h1"),), {})])
         later = [self.slots.reserve_signed(user, digest, 2.0, 122.0)
                  for user, digest in (("u", b"h1"), ("v", b"h2"), ("u", b"h3"))]
         self.assertEqual(len(self.tables.calls), 1)
@@ -406,7 +409,7 @@ class SharedSlotsTests(TestCase):
         self.tables.answer([(True, True)])
         self.assertEqual(self.successResultOf(first), (True, True))
         self.assertEqual(self.tables.calls[-1],
-                         ("key_logins", (("u", b"h1"), ("v", b"h2"), ("u", b"h3"))))
+                         ("calls", (("u", b"h1"), ("v", b"h2"), ("u", b"h3")), {}))
         answers = [(False, False), (True, True), (True, False)]  # a replay; no place left
         self.tables.answer(answers)
         self.assertEqual([self.successResultOf(d) for d in later], answers)
@@ -414,6 +417,8 @@ class SharedSlotsTests(TestCase):
         self.assertEqual(self.slots.held(), {"u": 1, "v": 1})
 
     def test_key_logins_wait_for_a_rewrite_and_fail_together(self) -> None:
+        """A failed call fails its logins, and the rows are written again at the next
+        renewal (the call may have taken places before its answer was lost)."""
         self.held("u")
         synced = self.slots.resync(15.0)
         later = [self.slots.reserve_signed("v", b"h", 1.0, 121.0),
@@ -421,11 +426,13 @@ class SharedSlotsTests(TestCase):
         self.assertEqual(self.tables.calls[-1], ("sync", ({"u": 1},)))
         self.tables.answer(True)
         self.successResultOf(synced)
-        self.assertEqual(self.tables.calls[-1], ("key_logins", (("v", b"h"), ("w", b"h"))))
+        self.assertFalse(self.slots.resync_wanted)
+        self.assertEqual(self.tables.calls[-1], ("calls", (("v", b"h"), ("w", b"h")), {}))
         self.tables.pending.pop(0).errback(RuntimeError("connection lost"))
         for d in later:
             self.failureResultOf(d, RuntimeError)
         self.assertEqual(self.slots.held(), {"u": 1})
+        self.assertTrue(self.slots.resync_wanted)
         self.assertTrue(self.slots.idle)
 
     def held(self, *users: str) -> None:
@@ -433,22 +440,60 @@ class SharedSlotsTests(TestCase):
             self.slots.reserve(user)
             self.tables.answer(True)
 
-    def test_releases_wait_for_the_one_under_way_and_go_together(self) -> None:
-        self.slots = SharedSlots(self.tables, "h", 5)   # type: ignore[arg-type]
+    def test_releases_wait_for_a_login_or_their_delay_and_go_together(self) -> None:
+        """A release alone goes once RELEASE_DELAY is over, with those that came
+        meanwhile; those that come while it is under way go together after it, once
+        their own delay is over."""
+        self.slots = SharedSlots(self.tables, "h", 5, self.clock)   # type: ignore[arg-type]
         self.held("u", "u", "u", "v")
+        calls = len(self.tables.calls)
         self.slots.release("u")
-        self.assertEqual(self.tables.calls[-1], ("release", ({"u": 1},)))
-        self.slots.release("u")
+        self.clock.advance(RELEASE_DELAY / 2)
         self.slots.release("v")
+        self.assertEqual(len(self.tables.calls), calls)     # not yet: it waits
+        self.clock.advance(RELEASE_DELAY / 2)
+        self.assertEqual(self.tables.calls[-1], ("calls", (), {"u": 1, "v": 1}))
+        self.slots.release("u")
         self.slots.release("u")
         self.assertEqual(len(self.tables.pending), 1)      # the first one's answer first
-        quiet = self.slots.quiet()
-        self.tables.answer(None)
-        self.assertEqual(self.tables.calls[-1], ("release", ({"u": 2, "v": 1},)))
-        self.assertNoResult(quiet)
-        self.tables.answer(None)
-        self.successResultOf(quiet)
+        self.tables.answer([])
+        self.assertEqual(len(self.tables.pending), 0)
+        self.clock.advance(RELEASE_DELAY)
+        self.assertEqual(self.tables.calls[-1], ("calls", (), {"u": 2}))
+        self.tables.answer([])
         self.assertEqual(self.slots.held(), {})
+        self.assertTrue(self.slots.idle)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_quiet_sends_the_releases_waiting_at_once(self) -> None:
+        self.held("u")
+        self.slots.release("u")
+        quiet = self.slots.quiet()
+        self.assertEqual(self.tables.calls[-1], ("calls", (), {"u": 1}))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNoResult(quiet)
+        self.tables.answer([])
+        self.successResultOf(quiet)
+
+    def test_logins_and_releases_go_in_one_call(self) -> None:
+        """What arrives while a call is under way, key logins and closed connections
+        alike, goes in the next call, together: the releases do not wait for their
+        delay."""
+        self.held("u", "v")
+        first = self.slots.reserve_signed("w", b"h1", 1.0, 121.0)
+        self.slots.release("u")
+        second = self.slots.reserve_signed("u", b"h2", 2.0, 122.0)
+        self.slots.release("v")
+        self.assertEqual(self.tables.calls[-1], ("calls", (("w", b"h1"),), {}))
+        self.tables.answer([(True, True)])
+        self.assertEqual(self.successResultOf(first), (True, True))
+        self.assertEqual(self.tables.calls[-1],
+                         ("calls", (("u", b"h2"),), {"u": 1, "v": 1}))
+        self.tables.answer([(True, True)])
+        self.assertEqual(self.successResultOf(second), (True, True))
+        self.assertEqual(self.slots.held(), {"u": 1, "w": 1})
+        self.assertTrue(self.slots.idle)
+        self.assertEqual(self.clock.getDelayedCalls(), [])     # nothing left to send
 
     def test_a_rewrite_makes_the_releases_not_sent_moot(self) -> None:
         """Counts written without the places of connections closed meanwhile: their
@@ -464,9 +509,10 @@ class SharedSlotsTests(TestCase):
         self.slots.release("v")                          # during the rewrite
         self.tables.answer(True)
         self.successResultOf(synced)
-        self.assertEqual(self.tables.calls[-1], ("release", ({"v": 1},)))
-        self.tables.answer(None)
-        self.assertEqual([name for name, _ in self.tables.calls].count("release"), 1)
+        self.clock.advance(RELEASE_DELAY)
+        self.assertEqual(self.tables.calls[-1], ("calls", (), {"v": 1}))
+        self.tables.answer([])
+        self.assertEqual([name for name, *_ in self.tables.calls].count("calls"), 1)
         self.assertTrue(self.slots.idle)
 
     def test_a_release_without_a_reservation_is_ignored(self) -> None:

@@ -1,7 +1,8 @@
-"""The ``wyseman_shared`` schema (provision/schema/008_shared_state.sql and
-009_shared_login.sql) on its own, in SQL: the replay record-and-check, the per-user count
-over live hosts, a key login's two in one call, leases, cleanup, privileges, and that two
-hosts cannot both grant a user's last place."""
+"""The ``wyseman_shared`` schema (provision/schema/008_shared_state.sql,
+009_shared_login.sql and 010_shared_calls.sql) on its own, in SQL: the replay
+record-and-check, the per-user count over live hosts, a key login's two in one call with
+the releases, leases, cleanup, privileges, that two hosts cannot both grant a user's last
+place, and that hosts of versions 5 and 6 (their calls) share one bound."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from tests.pgtest import connect_sync, fresh_database
 from wyseman.db import shared
 
 H = hashlib.sha256(b"r").digest()
+
+# What a gateway of schema version 5 sends (009_shared_login.sql): its functions stay in
+# the schema for the hosts not yet upgraded.
+V5_KEY_LOGINS_SQL = """
+select new, granted from wyseman_shared.key_logins(
+    %(h)s, %(u)s::text[], %(s)s::bytea[], %(n)s::float8[], %(e)s::float8[], %(m)s)"""
+V5_RELEASE_SQL = """
+select wyseman_shared.slot_release_many(%(h)s, %(u)s::text[], %(c)s::integer[])"""
 
 
 class SharedSQLTests(SynchronousTestCase):
@@ -36,7 +45,24 @@ class SharedSQLTests(SynchronousTestCase):
 
     def release(self, host: str, *users: str) -> None:
         """One connection of each of ``users`` closed (a user named twice: two)."""
-        self.db.run(shared._RELEASE_SQL, {"h": host, "u": list(users), "c": [1] * len(users)})
+        closed: dict[str, int] = {}
+        for user in users:
+            closed[user] = closed.get(user, 0) + 1
+        self.calls(host, [], closed)
+
+    def calls(self, host: str, logins: list[tuple[str, bytes, float]],
+              closed: dict[str, int], most: int = 1) -> list[tuple[bool, bool]]:
+        """host_calls: the releases of ``closed`` and the key logins (user, digest, now),
+        each kept for 120 s → (new, granted) each."""
+        users = sorted(closed)
+        rows = self.db.run(shared._HOST_CALLS_SQL, {
+            "h": host, "u": [user for user, _, _ in logins],
+            "s": [digest for _, digest, _ in logins], "n": [now for _, _, now in logins],
+            "e": [now + 120.0 for _, _, now in logins], "m": most,
+            "cu": users, "cc": [closed[u] for u in users]})
+        self.assertEqual(len(rows), 1)
+        news, grants = rows[0]
+        return list(zip(news, grants, strict=True))
 
     def lease(self, host: str, seconds: float = 30) -> bool:
         return self.one(shared._RENEW_SQL, {"h": host, "l": seconds})
@@ -121,9 +147,9 @@ class SharedSQLTests(SynchronousTestCase):
                                      "wyseman_shared.user_slot"), [("b", "bob", 1)])
 
     def test_many_releases_in_one_call(self) -> None:
-        """A host's releases in one call, one user's named as often as they closed (or
-        with their number); never below 0, never another host's row. (slot_release,
-        which hosts of version 4 call, keeps to the same rows.)"""
+        """A host's releases in one call, one user's with the number that closed; never
+        below 0, never another host's row. (slot_release and slot_release_many, which
+        hosts of versions 4 and 5 call, keep to the same rows.)"""
         self.lease("a")
         self.lease("b")
         for user, places in (("alice", 3), ("bob", 2), ("carol", 1)):
@@ -131,7 +157,7 @@ class SharedSQLTests(SynchronousTestCase):
                 self.assertTrue(self.reserve("a", user, most=5))
         self.assertTrue(self.reserve("b", "alice", most=5))
         self.release("a", "alice", "bob", "alice", "dave")
-        self.db.run(shared._RELEASE_SQL, {"h": "a", "u": ["carol"], "c": [4]})
+        self.db.run(V5_RELEASE_SQL, {"h": "a", "u": ["carol"], "c": [4]})
         self.assertEqual(self.db.run("select host_id, username, count from "
                                      "wyseman_shared.user_slot order by 1, 2"),
                          [("a", "alice", 1), ("a", "bob", 1), ("a", "carol", 0),
@@ -144,7 +170,12 @@ class SharedSQLTests(SynchronousTestCase):
     def key_logins(self, host: str, logins: list[tuple[str, bytes, float]],
                    most: int = 1) -> list[tuple[bool, bool]]:
         """(user, digest, now) each, kept for 120 s → (new, granted) each."""
-        return self.db.run(shared._KEY_LOGINS_SQL, {
+        return self.calls(host, logins, {}, most)
+
+    def v5_key_logins(self, host: str, logins: list[tuple[str, bytes, float]],
+                      most: int = 1) -> list[tuple[bool, bool]]:
+        """The same call as a gateway of version 5 makes it."""
+        return self.db.run(V5_KEY_LOGINS_SQL, {
             "h": host, "u": [user for user, _, _ in logins],
             "s": [digest for _, digest, _ in logins], "n": [now for _, _, now in logins],
             "e": [now + 120.0 for _, _, now in logins], "m": most})
@@ -196,6 +227,47 @@ class SharedSQLTests(SynchronousTestCase):
         with self.assertRaises(psycopg2.Error):     # only digests are stored
             self.key_login("a", "carol", b"x" * 200)
 
+    def test_the_releases_in_a_call_free_places_before_its_logins(self) -> None:
+        """One call: the user's closed connection frees its place before the user's
+        login in the same call is counted; a call of releases only answers no login."""
+        self.lease("a")
+        self.lease("b")
+        self.assertEqual(self.key_login("a", "alice", H, most=1), (True, True))
+        other = hashlib.sha256(b"o").digest()
+        self.assertEqual(self.calls("a", [("alice", other, 1001.0)], {"alice": 1}, most=1),
+                         [(True, True)])
+        self.assertEqual(self.count("alice"), 1)
+        # another host's place is not this host's to free
+        third = hashlib.sha256(b"t").digest()
+        self.assertEqual(self.calls("b", [("alice", third, 1002.0)], {"alice": 1}, most=1),
+                         [(True, False)])
+        self.assertEqual(self.calls("a", [], {"alice": 1, "bob": 2}), [])
+        self.assertEqual(self.count("alice"), 0)
+
+    def test_hosts_of_version_5_and_6_share_one_bound(self) -> None:
+        """While gateways are upgraded one by one, a host calling the functions of
+        version 5 and one calling host_calls count the same places and the same
+        replays."""
+        self.lease("old")
+        self.lease("new")
+        digests = [hashlib.sha256(bytes([n])).digest() for n in range(4)]
+        self.assertEqual(self.v5_key_logins("old", [("alice", digests[0], 1000.0)], most=2),
+                         [(True, True)])
+        self.assertEqual(self.key_logins("new", [("alice", digests[1], 1000.0),
+                                                 ("alice", digests[2], 1000.0)], most=2),
+                         [(True, True), (True, False)])
+        # a signature used on one is a replay on the other, either way round
+        self.assertEqual(self.key_logins("new", [("alice", digests[0], 1001.0)], most=9),
+                         [(False, False)])
+        self.assertEqual(self.v5_key_logins("old", [("alice", digests[1], 1001.0)], most=9),
+                         [(False, False)])
+        # the old host's release frees a place the new host's login may take
+        self.db.run(V5_RELEASE_SQL, {"h": "old", "u": ["alice"], "c": [1]})
+        self.assertEqual(self.key_logins("new", [("alice", digests[3], 1002.0)], most=2),
+                         [(True, True)])
+        self.assertEqual(self.db.run("select host_id, count from wyseman_shared.user_slot "
+                                     "order by 1"), [("new", 2), ("old", 0)])
+
     def test_sync_replaces_a_hosts_rows_and_leave_deletes_them(self) -> None:
         self.lease("a")
         self.reserve("a", "alice")
@@ -221,6 +293,8 @@ class SharedSQLTests(SynchronousTestCase):
                           "select wyseman_shared.key_login('x', 'y', '', now(), now(), 1)",
                           "select wyseman_shared.key_logins('x', '{y}', '{}', '{1}', '{1}', 1)",
                           "select wyseman_shared.slot_release_many('x', '{y}', '{1}')",
+                          "select wyseman_shared.host_calls('x', '{y}', '{}', '{1}', '{1}', 1, "
+                          "'{}', '{}')",
                           "delete from wyseman_shared.user_slot"):
             with conn.cursor() as cur, self.assertRaises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(statement)
@@ -236,9 +310,10 @@ class SharedSQLTests(SynchronousTestCase):
     def test_a_key_login_waits_for_the_same_lock(self) -> None:
         """The same race with b's key login (its call takes the lock of slot_reserve):
         its signature is recorded, its place refused."""
-        answer = self.race(shared._KEY_LOGINS_SQL, {"h": "b", "u": ["alice"], "s": [H],
-                                                    "e": [1120.0], "n": [1000.0], "m": 1})
-        self.assertEqual(answer, [(True, False)])
+        answer = self.race(shared._HOST_CALLS_SQL, {"h": "b", "u": ["alice"], "s": [H],
+                                                    "e": [1120.0], "n": [1000.0], "m": 1,
+                                                    "cu": [], "cc": []})
+        self.assertEqual(answer, [([True], [False])])
         self.assertEqual(self.count("alice"), 1)
         self.assertFalse(self.record("alice", H, 1001.0, 1121.0))
 

@@ -533,9 +533,12 @@ OPTIONS: tuple[Option, ...] = (
        "`[server] workers`, in the supervisor): right for one host. `postgres`: in tables "
        "of the database (schema `wyseman_shared`, made by `wyseman db init`), so that "
        "several gateway hosts behind one balancer refuse a signed login URL already used "
-       "on another and count a user's connections over all of them. Costs one statement "
-       "on the admin connection per key login, two per connection (open and close), and "
-       "a lease renewal every `lease` ÷ 3 seconds. See docs/operations.md#several-hosts."),
+       "on another and count a user's connections over all of them. Costs a statement "
+       "on the admin connection per key login (shared by the key logins that arrive "
+       "while one is under way, and carrying the releases of the connections closed "
+       "meanwhile; a release with no login to go with is sent on its own after 0.25 s), "
+       "and a lease renewal every `lease` ÷ 3 seconds. See "
+       "docs/operations.md#several-hosts."),
     _o("cluster", "host_id", _host_id, "",
        "This gateway's name in the shared tables; unique among the live gateways (each "
        "clears the rows of its own name when it starts). Empty: the host name and process "

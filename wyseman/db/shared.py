@@ -1,5 +1,5 @@
-"""The statements on the ``wyseman_shared`` tables (provision/schema/008_shared_state.sql
-and 009_shared_login.sql): what several gateway hosts on one database share
+"""The statements on the ``wyseman_shared`` tables (provision/schema/008_shared_state.sql,
+009_shared_login.sql and 010_shared_calls.sql): what several gateway hosts on one database share
 (``[cluster] shared_state = "postgres"``), each one statement on the admin connection.
 
 The policy (what to do with an answer, when to renew, what to log) is the gateway's
@@ -15,16 +15,15 @@ from twisted.internet import defer
 
 from wyseman.db.database import Database
 
-#: the objects the shared state needs (a database `wyseman db init` made before version 5,
+#: the objects the shared state needs (a database `wyseman db init` made before version 6,
 #: or a wyselib database, lacks some or all of them)
 SCHEMA_CHECK_SQL = """
 select to_regclass('wyseman_shared.replay') is not null
    and to_regclass('wyseman_shared.user_slot') is not null
    and to_regprocedure('wyseman_shared.host_sync(text, double precision, text[], integer[])')
        is not null
-   and to_regprocedure('wyseman_shared.key_logins(text, text[], bytea[], '
-                       'double precision[], double precision[], integer)') is not null
-   and to_regprocedure('wyseman_shared.slot_release_many(text, text[], integer[])')
+   and to_regprocedure('wyseman_shared.host_calls(text, text[], bytea[], '
+                       'double precision[], double precision[], integer, text[], integer[])')
        is not null"""
 
 # The record and the check at once: a row inserted (or an expired one taken over) is a
@@ -40,16 +39,21 @@ on conflict (username, sign_hash) do update set expires = excluded.expires
 # How many replay rows there are, counting no further than the bound (a cheap check).
 _REPLAY_ROWS_SQL = "select count(*) from (select 1 from wyseman_shared.replay limit %(m)s) r"
 
-# A key login's two checks in one round trip: the replay record-and-check above, and if
-# the signature was new, the reservation below; for several logins at once, a row each
-# in their order (009_shared_login.sql).
-_KEY_LOGINS_SQL = """
-select new, granted from wyseman_shared.key_logins(
-    %(h)s, %(u)s::text[], %(s)s::bytea[], %(n)s::float8[], %(e)s::float8[], %(m)s)"""
+# What a host has to say since its previous call, in one round trip: the releases of the
+# connections that closed, and for each key login the replay record-and-check above and,
+# if the signature was new, the reservation below (010_shared_calls.sql). Prepared on the
+# admin connection (it runs at every login: PostgreSQL then neither parses nor plans it
+# again); the plain text is for a connection where preparing fails.
+_HOST_CALLS_PREPARED = """
+select news, grants from wyseman_shared.host_calls(
+    $1::text, $2::text[], $3::bytea[], $4::float8[], $5::float8[], $6::integer,
+    $7::text[], $8::integer[])"""
+_HOST_CALLS_SQL = """
+select news, grants from wyseman_shared.host_calls(
+    %(h)s, %(u)s::text[], %(s)s::bytea[], %(n)s::float8[], %(e)s::float8[], %(m)s,
+    %(cu)s::text[], %(cc)s::integer[])"""
 
 _RESERVE_SQL = "select wyseman_shared.slot_reserve(%(h)s, %(u)s, %(m)s)"
-_RELEASE_SQL = """
-select wyseman_shared.slot_release_many(%(h)s, %(u)s::text[], %(c)s::integer[])"""
 _RENEW_SQL = "select wyseman_shared.host_renew(%(h)s, %(l)s)"
 _SYNC_SQL = "select wyseman_shared.host_sync(%(h)s, %(l)s, %(u)s::text[], %(c)s::integer[])"
 _LEAVE_SQL = "select wyseman_shared.host_leave(%(h)s)"
@@ -62,13 +66,13 @@ select coalesce(sum(s.count), 0)::int
 
 #: what to do about it
 SCHEMA_MISSING = ("[cluster] shared_state = \"postgres\" needs the wyseman_shared schema of "
-                  "version 5: run `wyseman db init` (or, on a wyselib database, apply "
-                  "wyseman/provision/schema/008_shared_state.sql and 009_shared_login.sql "
-                  "as the admin role)")
+                  "version 6: run `wyseman db init` (or, on a wyselib database, apply "
+                  "wyseman/provision/schema/008_shared_state.sql, 009_shared_login.sql and "
+                  "010_shared_calls.sql as the admin role)")
 
 
 class SharedSchemaMissing(Exception):
-    """The database has no ``wyseman_shared`` schema of version 5 or later."""
+    """The database has no ``wyseman_shared`` schema of version 6 or later."""
 
 
 class SharedTables:
@@ -96,17 +100,21 @@ class SharedTables:
         d = self._one(_REPLAY_SQL, {"u": user, "h": sign_hash, "e": expires, "n": now})
         return d.addCallback(lambda row: row is not None)
 
-    def key_logins(self, host: str, logins: Sequence[tuple[str, bytes, float, float]],
-                   most: int) -> defer.Deferred[Any]:
-        """For each login (user, signature digest, now, expires): :meth:`record_signature`
-        and, if the signature was new, :meth:`reserve`, all in one statement: Deferred of
-        a list of (new, granted), in the order of ``logins``."""
-        params = {"h": host, "u": [login[0] for login in logins],
-                  "s": [login[1] for login in logins], "n": [login[2] for login in logins],
-                  "e": [login[3] for login in logins], "m": most}
-        d = self.db.run_admin(lambda conn: conn.execute(_KEY_LOGINS_SQL, params))
-        return d.addCallback(lambda result: [(bool(new), bool(granted))
-                                             for new, granted in result.rows])
+    def host_calls(self, host: str, logins: Sequence[tuple[str, bytes, float, float]],
+                   most: int, closed: Mapping[str, int]) -> defer.Deferred[Any]:
+        """In one statement: ``closed[user]`` connections of each user closed on
+        ``host`` (its places freed), then for each login (user, signature digest, now,
+        expires) :meth:`record_signature` and, if the signature was new, :meth:`reserve`:
+        Deferred of a list of (new, granted), in the order of ``logins``."""
+        users = sorted(closed)
+        values = (host, [login[0] for login in logins], [login[1] for login in logins],
+                  [login[2] for login in logins], [login[3] for login in logins], most,
+                  users, [closed[u] for u in users])
+        params = dict(zip(("h", "u", "s", "n", "e", "m", "cu", "cc"), values, strict=True))
+        d = self.db.run_admin(lambda conn: conn.execute_prepared(
+            _HOST_CALLS_PREPARED, values, (_HOST_CALLS_SQL, params)))
+        return d.addCallback(lambda result: list(zip(result.rows[0][0], result.rows[0][1],
+                                                     strict=True)))
 
     def replay_rows(self, most: int) -> defer.Deferred[Any]:
         """Deferred of the number of replay rows, at most ``most``."""
@@ -116,12 +124,6 @@ class SharedTables:
         """Deferred of True if ``user`` had fewer than ``most`` connections on the live
         hosts (one more now counted on ``host``)."""
         return self._one(_RESERVE_SQL, {"h": host, "u": user, "m": most}).addCallback(bool)
-
-    def release(self, host: str, closed: Mapping[str, int]) -> defer.Deferred[Any]:
-        """``closed[user]`` connections of each user closed on ``host``."""
-        users = sorted(closed)
-        return self._one(_RELEASE_SQL, {"h": host, "u": users,
-                                        "c": [closed[u] for u in users]})
 
     def renew(self, host: str, lease: float) -> defer.Deferred[Any]:
         """Deferred of whether ``host``'s previous lease was still alive."""

@@ -16,7 +16,8 @@ the admin connection:
 - a key login does both in one call (:meth:`SharedReplay.check_placing`, the
   :class:`~wyseman.auth.seams.PlacingReplayGuard` seam): the signature recorded and, if
   it was new, the user's place reserved, so that the shared state costs it one round
-  trip to the database rather than two;
+  trip to the database rather than two; the releases of the connections that closed go
+  in the same call (:meth:`SharedSlots._send`);
 - :class:`ClusterState`: this host's lease, renewed every ``lease`` ÷ 3 seconds (a host
   that dies without a word frees its places when its lease ends), and the periodic
   cleanup of expired rows; started before the ports open, stopped after the sockets
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -43,6 +45,11 @@ from wyseman.db.database import Database
 from wyseman.db.shared import SharedTables
 
 log = Logger(namespace="wyseman.cluster")
+
+#: seconds a closed connection's release waits for a key login to go with, before it is
+#: sent on its own: so long may other hosts count the place after the socket closed (a
+#: login of the same user on this host meanwhile carries it, counted before itself)
+RELEASE_DELAY = 0.25
 
 #: shared replay rows past which key logins are refused (``FULL``) until a cleanup finds
 #: fewer: only verified signatures are recorded and each is deleted after 2 × the date
@@ -114,28 +121,35 @@ class SharedSlots:
     max_connections_per_user``), and this host's own in memory: what it writes again if
     its rows were lost (a lapsed lease, a release that failed).
 
-    Releases go one call at a time: those of the connections that close while one is
-    under way wait and go together in the next, so that a host whose clients come and go
-    by the hundred a second does not pay a statement for each. A rewrite of the rows
-    makes those not yet sent moot (it writes the counts without them)."""
+    Key logins and releases go one call at a time, together: what arrives while a call
+    is under way (key logins, connections closed) waits and goes in the next, so that a
+    host whose clients come and go by the hundred a second pays neither a statement for
+    each nor one for its logins and another for its releases. A release is not worth a
+    call of its own at once: it waits up to :data:`RELEASE_DELAY` for a key login to
+    ride with (a login of the same user in that call is counted after it), and goes on
+    its own only when none comes; :meth:`quiet` sends it at once. A rewrite of the rows
+    makes the releases not yet sent moot (it writes the counts without them)."""
 
-    def __init__(self, tables: SharedTables, host_id: str, limit: int) -> None:
+    def __init__(self, tables: SharedTables, host_id: str, limit: int,
+                 clock: Any) -> None:
         self.tables = tables
         self.host_id = host_id
         self.limit = limit
+        self.clock = clock
+        #: the releases waiting are to go now (their delay is over, or a quiet is asked)
+        self._flush = False
+        self._release_timer: DelayedCall | None = None
         #: this host's connections per user (granted places)
         self._counts: dict[str, int] = {}
         #: reservations and releases sent and not yet answered
         self._in_flight = 0
         #: connections closed whose release is not sent yet, per user
         self._unsent: dict[str, int] = {}
-        #: a release is under way (the next ones wait for it)
-        self._releasing = False
         #: key logins not sent yet: (user, signature digest, now, expires, their answer)
         self._logins: list[tuple[str, bytes, float, float,
                                  defer.Deferred[tuple[bool, bool]]]] = []
-        #: a call of key logins is under way (the next ones wait for it)
-        self._logging_in = False
+        #: a call of key logins and releases is under way (the next ones wait for it)
+        self._calling = False
         #: while this host's rows are rewritten: the reservations and releases waiting
         self._gate: list[defer.Deferred[None]] | None = None
         #: the rows in the database may differ from :attr:`_counts`: rewrite them
@@ -168,40 +182,13 @@ class SharedSlots:
                        expires: float) -> defer.Deferred[tuple[bool, bool]]:
         """A key login's signature recorded (as :meth:`SharedTables.record_signature`)
         and, if it was new, :meth:`reserve` in the same statement: Deferred of (new,
-        granted). Key logins go one call at a time, those that arrive while one is under
-        way together in the next (one transaction, one round trip for all of them); they
-        wait for a rewrite of this host's rows like reservations: their places must be
-        in the counts written."""
+        granted). It goes in the next call with the other key logins and the releases
+        (:meth:`_send`); it waits for a rewrite of this host's rows like reservations:
+        its place must be in the counts written."""
         answer: defer.Deferred[tuple[bool, bool]] = defer.Deferred()
         self._logins.append((user, sign_hash, now, expires, answer))
-        self._send_logins()
+        self._send()
         return answer
-
-    def _send_logins(self) -> None:
-        """Send the key logins waiting, unless a call is under way (its answer sends
-        them) or a rewrite is coming (they go once it ends)."""
-        if self._logging_in or not self._logins or self._gate is not None:
-            return
-        batch, self._logins = self._logins, []
-        self._logging_in = True
-        self._in_flight += 1
-        d = self.tables.key_logins(self.host_id, [login[:4] for login in batch], self.limit)
-
-        def answered(result: Any) -> None:
-            if not isinstance(result, Failure):
-                for (user, *_), (_, granted) in zip(batch, result, strict=True):
-                    if granted:
-                        self._counts[user] = self._counts.get(user, 0) + 1
-            self._logging_in = False
-            self._send_logins()          # (before this one is settled: quiet waits)
-            if isinstance(result, Failure):
-                for *_, waiter in batch:
-                    waiter.errback(result)
-            else:
-                for (*_, waiter), answer in zip(batch, result, strict=True):
-                    waiter.callback(answer)
-        d.addBoth(answered)
-        d.addBoth(self._settled)
 
     def _reserve(self, user: str) -> defer.Deferred[bool]:
         self._in_flight += 1
@@ -225,30 +212,59 @@ class SharedSlots:
         else:
             self._counts[user] = count - 1
         self._unsent[user] = self._unsent.get(user, 0) + 1
-        self._send_releases()
+        if self._flush or self._quiet_waiters:      # due already, or a quiet waits
+            self._flush = True
+            self._send()
+        elif self._release_timer is None:
+            self._release_timer = self.clock.callLater(RELEASE_DELAY, self._releases_due)
 
-    def _send_releases(self) -> None:
-        """Send the releases waiting, unless one is under way (its answer sends them) or
-        a rewrite is coming (it makes them moot; those after it are sent once it ends)."""
-        if self._releasing or not self._unsent or self._gate is not None:
+    def _releases_due(self) -> None:
+        self._release_timer = None
+        self._flush = True
+        self._send()
+
+    def _send(self) -> None:
+        """Send the key logins waiting, with the releases waiting, in one call; or the
+        releases alone once they are due (:attr:`_flush`). Not while a call is under way
+        (its answer sends them) or a rewrite is coming (the logins go once it ends; it
+        makes the releases moot, and those after it go once it ends)."""
+        if self._calling or self._gate is not None:
             return
+        if not self._logins and not (self._flush and self._unsent):
+            return
+        batch, self._logins = self._logins, []
         closed, self._unsent = self._unsent, {}
-        self._releasing = True
+        self._flush = False
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        self._calling = True
         self._in_flight += 1
-        d = self.tables.release(self.host_id, closed)
+        d = self.tables.host_calls(self.host_id, [login[:4] for login in batch],
+                                   self.limit, closed)
 
-        def failed(failure: Failure) -> None:
-            # the rows keep the places until they are written again (next renewal)
-            self.resync_wanted = True
-            log.warn("could not free places of {users} in the shared count: {why} "
-                     "(written again at the next lease renewal)",
-                     users=", ".join(sorted(closed)), why=failure.getErrorMessage())
-
-        def sent(_: Any) -> None:
-            self._releasing = False
-            self._send_releases()        # (before this one is settled: quiet waits)
-        d.addErrback(failed)
-        d.addBoth(sent)
+        def answered(result: Any) -> None:
+            if isinstance(result, Failure):
+                # the rows may differ from the counts (places not freed, or taken by a
+                # call that did its work and lost its answer) until they are written again
+                self.resync_wanted = True
+                if closed:
+                    log.warn("could not free places of {users} in the shared count: {why} "
+                             "(written again at the next lease renewal)",
+                             users=", ".join(sorted(closed)), why=result.getErrorMessage())
+            else:
+                for (user, *_), (_, granted) in zip(batch, result, strict=True):
+                    if granted:
+                        self._counts[user] = self._counts.get(user, 0) + 1
+            self._calling = False
+            self._send()                 # (before this one is settled: quiet waits)
+            if isinstance(result, Failure):
+                for *_, waiter in batch:
+                    waiter.errback(result)
+            else:
+                for (*_, waiter), answer in zip(batch, result, strict=True):
+                    waiter.callback(answer)
+        d.addBoth(answered)
         d.addBoth(self._settled)
 
     def _settled(self, result: Any) -> Any:
@@ -259,15 +275,19 @@ class SharedSlots:
         return result
 
     def _maybe_quiet(self) -> None:
-        if self._in_flight == 0 and self._gate is None and self._quiet_waiters:
+        if self.idle and self._quiet_waiters:
             waiters, self._quiet_waiters = self._quiet_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
 
     def quiet(self) -> defer.Deferred[None]:
-        """Fires once no reservation, release or rewrite is under way (a stop leaves after
-        them; tests wait for a closed socket's place to be freed)."""
-        if self._in_flight == 0 and self._gate is None:
+        """Sends the releases waiting now; fires once no reservation, release or rewrite
+        is under way or waiting (a stop leaves after them; tests wait for a closed
+        socket's place to be freed)."""
+        if self._unsent:
+            self._flush = True
+            self._send()
+        if self.idle:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._quiet_waiters.append(waiter)
@@ -275,7 +295,7 @@ class SharedSlots:
 
     @property
     def idle(self) -> bool:
-        return self._in_flight == 0 and self._gate is None
+        return self._in_flight == 0 and self._gate is None and not self._unsent
 
     def resync(self, lease: float) -> defer.Deferred[bool]:
         """Write this host's rows again from its own counts (and renew the lease for
@@ -298,6 +318,9 @@ class SharedSlots:
         lease, waiting = self._sync
         self._sync_running = True
         self._unsent.clear()             # (the counts written are without them)
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
         d = self.tables.sync(self.host_id, lease, self._counts)
 
         def finished(result: Any) -> None:
@@ -307,8 +330,7 @@ class SharedSlots:
             gate, self._gate = self._gate or [], None
             for waiter in gate:
                 waiter.callback(None)
-            self._send_logins()
-            self._send_releases()        # (connections closed during the rewrite)
+            self._send()                 # (logins and closes during the rewrite)
             for answer in waiting:
                 if isinstance(result, Failure):
                     answer.errback(result)
@@ -332,7 +354,8 @@ class ClusterState:
         self.cleanup_interval = cluster.cleanup_interval
         self.clock = clock
         self.tables = SharedTables(db)
-        self.slots = SharedSlots(self.tables, host_id, config.limits.max_connections_per_user)
+        self.slots = SharedSlots(self.tables, host_id, config.limits.max_connections_per_user,
+                                 clock)
         self.replay = SharedReplay(self.tables, cred.replay_ttl(config.auth.date_window),
                                    self.slots)
         self._renewal = self._timer(self.renew)

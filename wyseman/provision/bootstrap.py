@@ -34,8 +34,8 @@ def fetch_one(cursor: psycopg2.extensions.cursor) -> tuple[Any, ...]:
 
 
 #: Version written to ``wm.wyseman_schema`` by the SQL files (the last that writes one:
-#: 009_shared_login.sql). A database of an earlier version gets the whole schema again.
-SCHEMA_VERSION = 5
+#: 010_shared_calls.sql). A database of an earlier version gets the whole schema again.
+SCHEMA_VERSION = 6
 
 #: Text of the comment our ``base.token_valid`` carries (003_base_token.sql).
 TOKEN_VALID_MARKER = "wyseman-python bootstrap"

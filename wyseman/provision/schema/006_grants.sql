@@ -44,4 +44,4 @@ grant select on wm.table_style, wm.column_style, wm.table_text, wm.column_text,
                 wm.value_text, wm.message_text to public;
 grant execute on function wm.column_natives(oid), wm.relation_meta(oid) to public;
 
--- (the schema's version is written by the last file, 009_shared_login.sql)
+-- (the schema's version is written by the last file, 010_shared_calls.sql)

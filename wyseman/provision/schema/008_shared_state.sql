@@ -177,4 +177,4 @@ $$;
 revoke all on all tables in schema wyseman_shared from public;
 revoke execute on all functions in schema wyseman_shared from public;
 
--- (the schema's version is written by the last file, 009_shared_login.sql)
+-- (the schema's version is written by the last file, 010_shared_calls.sql)

@@ -14,7 +14,8 @@
 -- * The place is taken by slot_reserve itself, under its lock on the user's name: the
 --   bound over the hosts holds whichever function granted the places.
 -- Applied after 008_shared_state.sql (it needs its tables and slot_reserve); idempotent,
--- like the rest of the schema.
+-- like the rest of the schema. (Gateways of version 6 call host_calls,
+-- 010_shared_calls.sql; these functions stay for those of version 5.)
 
 -- Record `signed` (a signature's digest) for `uname` until `keep`, unless it is already
 -- recorded and not expired at `moment` (the calling host's clock); if it was new, one more
@@ -124,11 +125,4 @@ $$;
 
 revoke execute on all functions in schema wyseman_shared from public;
 
--- (a wyselib database, where this file is applied by hand, has no version table)
-do $$
-begin
-    if to_regclass('wm.wyseman_schema') is not null then
-        insert into wm.wyseman_schema (version) values (5) on conflict (version) do nothing;
-    end if;
-end;
-$$;
+-- (the schema's version is written by the last file, 010_shared_calls.sql)
