@@ -177,6 +177,61 @@ class TicketMultiaddrTests(SynchronousTestCase):
             self.assertNotIn("p2p", json.load(handle)["login"])
 
 
+class MdnsRecordTests(SynchronousTestCase):
+    """What ``[p2p] mdns`` announces (the multicast itself: tests/test_p2p_mdns.py)."""
+
+    PEER = "12D3KooWMZnoqoghVdvTYwJkyHdicBEYK5qVAD5VVSCtCgBabF2Y"
+
+    def setUp(self):
+        if MISSING:
+            raise self.skipTest(MISSING)
+
+    def adapters(self):
+        import ifaddr
+        return [
+            ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo"),
+                                        ifaddr.IP(("::1", 0, 0), 128, "lo")], index=1),
+            ifaddr.Adapter("eth0", "eth0", [ifaddr.IP("192.0.2.7", 24, "eth0"),
+                                            ifaddr.IP(("fe80::7", 0, 2), 64, "eth0"),
+                                            ifaddr.IP(("2001:db8::7", 0, 0), 64, "eth0")],
+                           index=2)]
+
+    def test_only_the_listen_addresses_and_their_interfaces(self):
+        interfaces, multiaddrs = node.mdns_records(
+            ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4002"], self.PEER, self.adapters())
+        self.assertEqual(interfaces, ["127.0.0.1", "::1"])
+        self.assertEqual(multiaddrs, [f"/ip4/127.0.0.1/tcp/4001/p2p/{self.PEER}",
+                                      f"/ip6/::1/tcp/4002/p2p/{self.PEER}"])
+
+    def test_a_wildcard_stands_for_every_address_of_its_family(self):
+        """Not ``/ip4/0.0.0.0/…`` as it is (what py-libp2p's own mDNS announces): no
+        peer can dial that. IPv6 link-local addresses are left out (no zone)."""
+        _, v4 = node.mdns_records(["/ip4/0.0.0.0/tcp/4001"], self.PEER, self.adapters())
+        self.assertEqual(v4, [f"/ip4/127.0.0.1/tcp/4001/p2p/{self.PEER}",
+                              f"/ip4/192.0.2.7/tcp/4001/p2p/{self.PEER}"])
+        interfaces, v6 = node.mdns_records(["/ip6/::/tcp/4001"], self.PEER,
+                                           self.adapters())
+        self.assertEqual(interfaces, ["::1", "2001:db8::7"])
+        self.assertEqual(v6, [f"/ip6/::1/tcp/4001/p2p/{self.PEER}",
+                              f"/ip6/2001:db8::7/tcp/4001/p2p/{self.PEER}"])
+
+    def test_the_txt_record_has_one_dnsaddr_string_per_address(self):
+        """The libp2p mDNS spec's form, which js-libp2p and go-libp2p read: each string
+        ``dnsaddr=…`` (py-libp2p's own mDNS writes ``dnsaddr2=…`` for the second, which
+        they ignore). The SRV port is the listen port."""
+        first = f"/ip4/127.0.0.1/tcp/4001/p2p/{self.PEER}"
+        second = f"/ip4/127.0.0.2/tcp/4002/p2p/{self.PEER}"
+        announcement = node.Announcement(["127.0.0.1", "127.0.0.2"], [first, second])
+        strings = [f"dnsaddr={first}".encode(), f"dnsaddr={second}".encode()]
+        self.assertEqual(announcement.info.text,
+                         b"".join(bytes([len(s)]) + s for s in strings))
+        self.assertEqual(announcement.info.type, "_p2p._udp.local.")
+        self.assertEqual(announcement.info.name, f"{announcement.name}._p2p._udp.local.")
+        self.assertEqual(len(announcement.name), 63)
+        self.assertEqual(announcement.info.port, 4001)
+        self.assertEqual(announcement.info.parsed_addresses(), ["127.0.0.1", "127.0.0.2"])
+
+
 class KeyFileTests(SynchronousTestCase):
     def setUp(self):
         if MISSING:

@@ -517,9 +517,16 @@ OPTIONS: tuple[Option, ...] = (
        "created with mode 0600 on first start and kept, so the peer id stays the same "
        "across restarts. Relative to the config file. A file others may read is refused."),
     _o("p2p", "mdns", _bool, False,
-       "Announce the host on the local network with mDNS (libp2p peer discovery, by "
-       "py-libp2p: multicast on every interface, whatever `listen` says). Not covered by "
-       "the test suite, whose servers stay on loopback."),
+       "Announce the host on the local network by mDNS (libp2p's mDNS discovery: service "
+       "`_p2p._udp.local`, one TXT string `dnsaddr=MULTIADDR/p2p/PEER` per address), so "
+       "that libp2p peers there (js-libp2p's `@libp2p/mdns`, go-libp2p) find its peer id "
+       "and addresses without being told them. Only the interfaces of `listen` multicast, "
+       "and only its addresses are announced; a wildcard (`0.0.0.0`, `::`) stands for "
+       "every address of that family on the machine's interfaces. The server answers "
+       "queries (UDP port 5353, shared with other responders such as Avahi) and does not "
+       "look for peers. Announced about two seconds after the host listens (logged: "
+       "`announcing … by mDNS on …`); a responder that cannot bind its sockets stops the "
+       "start. See docs/configuration.md#mdns."),
 
     # [metrics]
     _o("metrics", "listen", _string, "",

@@ -4,12 +4,18 @@
 // ticket login when "token" is given (registers JWK's public half), else a key login
 // signed with JWK over both peer ids and this clock's date. Prints one JSON line per
 // message received (the login answer, the replies, one notification), then exits.
+// ADDRESS `mdns` finds the server by mDNS instead (@libp2p/mdns, querying every
+// "interval" ms of JSON's {"mdns": {"interval": MS, "wait": MS}}): the first peer
+// discovered is printed as {"discovered": PEER, "multiaddrs": [..]} and dialled by its
+// peer id (the addresses the discovery put in the peer store); none within "wait" ms
+// prints {"discovered": null} and exits.
 // Node 20 needs Promise.withResolvers: run with `node --import ./withresolvers.mjs`.
 import { webcrypto as crypto } from 'node:crypto'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { mdns } from '@libp2p/mdns'
 import { multiaddr } from '@multiformats/multiaddr'
 
 const [address, user, spec] = process.argv.slice(2)
@@ -19,9 +25,24 @@ const b64url = bytes => Buffer.from(bytes).toString('base64url')
 const varint = n => { const out = []; do { let b = n & 0x7f; n = Math.floor(n / 128); if (n) b |= 0x80; out.push(b) } while (n); return Uint8Array.from(out) }
 const frame = object => { const body = new TextEncoder().encode(JSON.stringify(object)); const out = new Uint8Array(varint(body.length).length + body.length); out.set(varint(body.length)); out.set(body, varint(body.length).length); return out }
 
-const node = await createLibp2p({ transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] })
-const stream = await node.dialProtocol(multiaddr(address), '/wyseman/1.0.0')
-const server = address.split('/p2p/')[1]
+const discovery = address === 'mdns' ? [mdns({ interval: options.mdns.interval })] : []
+const node = await createLibp2p({ transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()], peerDiscovery: discovery })
+let target, server
+if (address === 'mdns') {
+  const found = Promise.withResolvers()
+  node.addEventListener('peer:discovery', event => found.resolve(event.detail))
+  const timer = setTimeout(() => found.resolve(null), options.mdns.wait)
+  const peer = await found.promise
+  clearTimeout(timer)
+  console.log(JSON.stringify({ discovered: peer && peer.id.toString(), multiaddrs: peer ? peer.multiaddrs.map(String) : [] }))
+  if (peer == null) { await node.stop(); process.exit(0) }
+  target = peer.id
+  server = peer.id.toString()
+} else {
+  target = multiaddr(address)
+  server = address.split('/p2p/')[1]
+}
+const stream = await node.dialProtocol(target, '/wyseman/1.0.0')
 const client = node.peerId.toString()
 
 const jwk = options.key

@@ -17,14 +17,17 @@ the seam is guarded here.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import secrets
 import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import ifaddr
 import multiaddr
 import trio
 from libp2p import new_host
@@ -38,15 +41,17 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from twisted.internet import defer
 from twisted.logger import Logger
+from zeroconf import ServiceInfo, Zeroconf
 
 log = Logger(namespace="wyseman.p2p")
 
 
 class _ToTwistedLog(logging.Handler):
-    """py-libp2p logs through the standard library, much of it at WARNING for what is
-    routine between peers (a peer without the identify protocol, js-libp2p by
-    default, is an error message per connection). Its records go to the Twisted log
-    at debug level (critical ones as errors), not to stderr."""
+    """py-libp2p (and zeroconf, the mDNS responder) log through the standard library,
+    much of it at WARNING for what is routine between peers (a peer without the
+    identify protocol, js-libp2p by default, is an error message per connection).
+    Their records go to the Twisted log at debug level (critical ones as errors), not
+    to stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -59,9 +64,10 @@ class _ToTwistedLog(logging.Handler):
             log.debug("libp2p: {text}", text=text)
 
 
-_libp2p_log = logging.getLogger("libp2p")
-_libp2p_log.addHandler(_ToTwistedLog())
-_libp2p_log.propagate = False
+for _name in ("libp2p", "zeroconf"):
+    _stdlib_log = logging.getLogger(_name)
+    _stdlib_log.addHandler(_ToTwistedLog())
+    _stdlib_log.propagate = False
 
 #: bytes asked of a stream per read: what one call hands the handler at most
 READ_CHUNK = 65536
@@ -412,12 +418,116 @@ def _only_stream_errors(exc: BaseException) -> bool:
     return isinstance(exc, StreamError)
 
 
+# -- mDNS ---------------------------------------------------------------------------------
+
+#: the DNS-SD service type of libp2p's mDNS discovery (libp2p specs, discovery/mdns.md)
+MDNS_SERVICE = "_p2p._udp.local."
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def mdns_records(listening: Sequence[str], peer_id: str,
+                 adapters: Sequence[Any] | None = None) -> tuple[list[str], list[str]]:
+    """What the host announces by mDNS for the transport addresses it listens on
+    (``/ip4/ADDRESS/tcp/PORT``, the ports bound) → (the IP addresses to multicast on,
+    the TXT record's multiaddrs ending in ``/p2p/PEER``).
+
+    Only the interfaces of ``listening`` are used: a listen address names its own; a
+    wildcard (``0.0.0.0``, ``::``) stands for every address of its family on the
+    machine's interfaces (``adapters``, default those ``ifaddr`` lists; IPv6
+    link-local ones are left out: dialling one needs its zone, which a peer elsewhere
+    on the link names differently)."""
+    interfaces: list[str] = []
+    multiaddrs: list[str] = []
+    for text in listening:
+        addr = multiaddr.Multiaddr(text)
+        names = [p.name for p in addr.protocols()]
+        if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+            continue
+        family, port = names[0], addr.value_for_protocol("tcp")
+        ip = ipaddress.ip_address(addr.value_for_protocol(family))
+        if ip.is_unspecified:
+            if adapters is None:
+                adapters = list(ifaddr.get_adapters())
+            ips = _adapter_ips(adapters, ip.version)
+        else:
+            ips = [str(ip)]
+        for one in ips:
+            if one not in interfaces:
+                interfaces.append(one)
+            full = f"/{family}/{one}/tcp/{port}/p2p/{peer_id}"
+            # a TXT string holds 255 bytes at most (RFC 6763, 6.1), "dnsaddr=" included
+            if len(full) <= 255 - len("dnsaddr=") and full not in multiaddrs:
+                multiaddrs.append(full)
+    return interfaces, multiaddrs
+
+
+def _adapter_ips(adapters: Sequence[Any], version: int) -> list[str]:
+    found: list[str] = []
+    for adapter in adapters:
+        for entry in adapter.ips:
+            text = entry.ip[0] if isinstance(entry.ip, tuple) else entry.ip
+            ip = ipaddress.ip_address(text)
+            if ip.version == version and not ip.is_link_local and str(ip) not in found:
+                found.append(str(ip))
+    return found
+
+
+class Announcement:
+    """The host's mDNS record (libp2p's mDNS discovery: service ``_p2p._udp.local``,
+    an instance of a random name whose TXT record is one ``dnsaddr=MULTIADDR`` string
+    per address, SRV and A/AAAA records beside it), answered by a zeroconf responder
+    bound to the interfaces of those addresses only.
+
+    The server only announces: it does not browse for other peers. zeroconf runs on a
+    thread of its own; registering (its probes take about two seconds) and closing
+    (the goodbye packets) run on a worker thread of the trio run, not on the reactor's."""
+
+    def __init__(self, interfaces: Sequence[str], multiaddrs: Sequence[str]) -> None:
+        self.interfaces = list(interfaces)
+        self.multiaddrs = list(multiaddrs)
+        self.name = "".join(secrets.choice(_NAME_CHARS) for _ in range(63))
+        port = int(multiaddr.Multiaddr(self.multiaddrs[0]).value_for_protocol("tcp"))
+        text = b"".join(bytes([len(s)]) + s
+                        for s in (b"dnsaddr=" + a.encode() for a in self.multiaddrs))
+        self.info = ServiceInfo(MDNS_SERVICE, f"{self.name}.{MDNS_SERVICE}", port=port,
+                                properties=text, server=f"{self.name}.local.",
+                                parsed_addresses=self.interfaces)
+        self._zeroconf: Zeroconf | None = None
+
+    async def open(self) -> None:
+        """Bind the responder's sockets (raises if it cannot)."""
+        self._zeroconf = await trio.to_thread.run_sync(
+            lambda: Zeroconf(interfaces=list(self.interfaces)))
+
+    async def run(self) -> None:
+        """Register the record (probe, announce); the responder's thread answers the
+        queries from then on. A failure to register is logged: the host serves on
+        without it."""
+        assert self._zeroconf is not None
+        try:
+            await trio.to_thread.run_sync(self._zeroconf.register_service, self.info)
+        except Exception as exc:  # noqa: BLE001
+            log.error("mDNS: cannot announce {name}: {error!r}", name=self.name, error=exc)
+            return
+        log.info("announcing {addresses} by mDNS on {interfaces}",
+                 addresses=" ".join(self.multiaddrs), interfaces=" ".join(self.interfaces))
+
+    async def close(self) -> None:
+        """Withdraw the record (goodbye packets) and close the responder."""
+        zeroconf, self._zeroconf = self._zeroconf, None
+        if zeroconf is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(zeroconf.close)
+
+
 # -- serving and dialling ----------------------------------------------------------------
 
 class Node:
     """A libp2p host serving one protocol: ``on_stream(stream)`` is called on the
     reactor thread for each stream a peer opens (it sets ``stream.handler``, or resets
-    the stream)."""
+    the stream). With ``mdns`` it is announced by mDNS (:class:`Announcement`) while it
+    listens (not py-libp2p's own mDNS, which multicasts on every interface and
+    announces a wildcard listen address as it is)."""
 
     def __init__(self, reactor: Any, key: bytes, listen: Sequence[str], protocol: str,
                  on_stream: Callable[[Stream], None], *, mdns: bool = False,
@@ -451,16 +561,30 @@ class Node:
 
     async def _serve(self, ready: defer.Deferred[list[str]]) -> None:
         started = False
+        announcement: Announcement | None = None
         try:
             host = new_host(key_pair=self.key_pair, listen_addrs=self.listen,
-                            enable_mDNS=self.mdns, connection_config=self._connections())
+                            connection_config=self._connections())
             host.set_stream_handler(TProtocol(self.protocol), self._handle)
             self._stop = trio.Event()
             async with host.run(listen_addrs=self.listen):
                 self.addresses = [str(a) for a in host.get_addrs()]
-                started = True
-                self.reactor.callLater(0, ready.callback, list(self.addresses))
-                await self._stop.wait()
+                try:
+                    if self.mdns:
+                        announcement = self._announcement(host)
+                        if announcement is not None:
+                            await announcement.open()
+                    started = True
+                    self.reactor.callLater(0, ready.callback, list(self.addresses))
+                    async with trio.open_nursery() as nursery:
+                        if announcement is not None:
+                            nursery.start_soon(announcement.run)
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    # withdrawn before the host stops listening
+                    if announcement is not None:
+                        await announcement.close()
                 # the streams end with the host (gateway sessions were closed before)
         except Exception as exc:  # noqa: BLE001 (reported to the starter or logged)
             if not started:
@@ -469,6 +593,14 @@ class Node:
                 log.error("the libp2p host failed: {error!r}", error=exc)
         finally:
             self.reactor.callLater(0, self._stopped.callback, None)
+
+    def _announcement(self, host: Any) -> Announcement | None:
+        interfaces, multiaddrs = mdns_records(
+            [str(a) for a in host.get_transport_addrs()], self.peer_id)
+        if not multiaddrs:
+            log.warn("mDNS: no address of [p2p] listen to announce")
+            return None
+        return Announcement(interfaces, multiaddrs)
 
     def _connections(self) -> ConnectionConfig:
         """The host's connection settings: py-libp2p's own, with its health monitor as
