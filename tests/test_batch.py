@@ -3,6 +3,8 @@ PostgreSQL; and end to end through the gateway."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
@@ -240,7 +242,12 @@ class ReadBatcherTests(TestCase):
         pid = conn.backend_pid
         reads = [self.read(NAP, "30", "1"), self.read(ONE, "2")]
         self.pool.release(conn)
-        self.assertTrue(self.last_statement(pid).startswith("select array("))
+        # the batch is sent; the backend starts it when it gets to it (poll, with a
+        # deadline: it is another process)
+        deadline = time.monotonic() + 10
+        while not self.last_statement(pid).startswith("select array("):
+            self.assertLess(time.monotonic(), deadline, "the batch never started")
+            time.sleep(0.01)
         self.db.run("select pg_terminate_backend(%s)", (pid,))
         for read in reads:
             with self.assertRaises(Exception) as caught:
