@@ -59,6 +59,11 @@ class LibraryInternalsTests(SynchronousTestCase):
         self.assertTrue(hasattr(abstract.FileDescriptor, "dataBuffer"))
         self.assertIn("self._tempDataBuffer", inspect.getsource(abstract.FileDescriptor))
         self.assertIn("self.socket", inspect.getsource(tcp.Connection.__init__))
+        # the TLS layer sends its records through its transport's write, which
+        # twisted_io.direct_tls_writes replaces on the connection
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+        self.assertIn("self.transport.write(",
+                      inspect.getsource(TLSMemoryBIOProtocol._flushSendBIO))
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""

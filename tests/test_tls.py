@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from OpenSSL import SSL
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -40,6 +41,20 @@ class _MaxVersionClient:
         connection.set_connect_state()
         connection.set_tlsext_host_name(b"localhost")
         return connection
+
+
+class _Trickle:
+    """A socket whose ``send`` takes at most ``most`` bytes a call."""
+
+    def __init__(self, sock, most: int) -> None:
+        self._sock = sock
+        self._most = most
+
+    def send(self, data) -> int:
+        return self._sock.send(bytes(data[:self._most]))
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 @implementer(IHandshakeListener)
@@ -138,6 +153,40 @@ class TLSTests(TestCase):
         self.assertEqual((yield defer.gatherResults(got)), [{"n": 1}, {"n": 1}])
         row = yield second.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])   # the TLS session goes on
+
+    @defer.inlineCallbacks
+    def test_tls_records_go_straight_to_the_socket(self):
+        """The TLS layer's records (handshake, encrypted frames) are sent as they are
+        made, not left for the reactor's next writable event (no startWriting on the
+        server's connections); what a socket does not take at once is buffered as usual
+        and arrives whole."""
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        buffered: list[object] = []
+        start_writing = tcp.Server.startWriting
+
+        def spied(transport):
+            buffered.append(transport)
+            return start_writing(transport)
+        self.patch(tcp.Server, "startWriting", spied)
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        first = yield connect(server.wss, user, token=token, new_key=private,
+                              tls_options=self.client_options())
+        self.addCleanup(first.close)
+        meta = {"action": "meta", "view": "base.ent_v"}
+        whole = yield first.request(meta)
+        self.assertEqual(buffered, [])
+        # a socket that takes 100 bytes a call: the rest of each record is buffered
+        [gateway_side] = list(server.gateway.all_connections())
+        connection = gateway_side.transport
+        while not isinstance(connection, tcp.Server):
+            connection = connection.transport
+        connection.socket = _Trickle(connection.socket, 100)
+        self.assertEqual((yield first.request(meta)), whole)
+        self.assertGreater(len(json.dumps(whole)), 1000)
+        self.assertIn(connection, buffered)
 
     @defer.inlineCallbacks
     def test_wrong_hostname_refused_by_client(self):

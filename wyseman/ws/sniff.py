@@ -30,6 +30,8 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 
+from wyseman.ws.twisted_io import direct_tls_writes
+
 log = Logger(namespace="wyseman.http")
 
 #: the longest request head the sniffer reads before it leaves the request to twisted.web
@@ -148,6 +150,7 @@ class Sniffer(Protocol, TimeoutMixin):
         self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock: the site's
 
     def connectionMade(self) -> None:  # noqa: N802
+        direct_tls_writes(self.transport)
         self.setTimeout(self.site.timeOut)
 
     def timeoutConnection(self) -> None:  # noqa: N802

@@ -1,7 +1,9 @@
 """The Twisted internals of the WebSocket write path, in one place (docs/performance.md,
 "Fast paths"): a frame is written straight to a plain TCP socket when Twisted has
 nothing buffered for it, which saves a buffer copy, two epoll changes and a later
-``doWrite`` per frame (a notification fans out to thousands of sockets).
+``doWrite`` per frame (a notification fans out to thousands of sockets). Over TLS the
+same is done one layer down, for the records the TLS layer sends (:func:`direct_tls_writes`):
+handshake messages and the encrypted frames.
 
 Every name used here that Twisted does not document (``tcp.Server.socket``,
 ``dataBuffer``, ``_tempDataBuffer``) is checked by tests/test_compat.py.
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 
 def send_some(send: Any, data: bytes) -> int:
@@ -50,3 +53,31 @@ def nothing_buffered(transport: Any) -> bool:
     then cannot overtake buffered ones."""
     return bool(transport.connected and not transport.disconnecting
                 and not transport.dataBuffer and not transport._tempDataBuffer)
+
+
+def direct_tls_writes(transport: Any) -> bool:
+    """For a TLS connection of a ``tls:`` port (Twisted's TLS protocol over a plain TCP
+    connection, ``transport`` being that protocol): the bytes its TLS layer sends
+    (handshake messages, encrypted records) go to the socket at once when Twisted holds
+    nothing for it, as :func:`write_now` does for a plain connection, instead of being
+    buffered until the reactor reports the socket writable (two epoll changes and a pass
+    of the loop per reply). What does not fit, and anything while the connection closes,
+    goes Twisted's way. True if it applied."""
+    if not isinstance(transport, TLSMemoryBIOProtocol):
+        return False
+    connection: Any = transport.transport
+    if type(connection) is not tcp.Server:
+        return False
+    buffered = connection.write
+
+    def write(data: bytes) -> None:
+        if (connection.connected and not connection.disconnecting
+                and not connection.dataBuffer and not connection._tempDataBuffer):
+            written = send_some(connection.socket.send, data)
+            if written == len(data):
+                return
+            data = data[written:]
+        buffered(data)
+    # (an attribute of this connection only: its one writer is the TLS protocol)
+    connection.write = write  # type: ignore[method-assign]
+    return True
