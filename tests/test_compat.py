@@ -64,6 +64,11 @@ class LibraryInternalsTests(SynchronousTestCase):
         from twisted.protocols.tls import TLSMemoryBIOProtocol
         self.assertIn("self.transport.write(",
                       inspect.getsource(TLSMemoryBIOProtocol._flushSendBIO))
+        # twisted_io.tls_write_now: the TLS transport's aggregation of small writes
+        from twisted.protocols.tls import BufferingTLSTransport, _AggregateSmallWrites
+        self.assertIn("self._aggregator = _AggregateSmallWrites(",
+                      inspect.getsource(BufferingTLSTransport.__init__))
+        self.assertIn("self._buffer", inspect.getsource(_AggregateSmallWrites))
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""

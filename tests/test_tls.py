@@ -10,6 +10,7 @@ from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.protocols.tls import _AggregateSmallWrites
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -149,8 +150,18 @@ class TLSTests(TestCase):
         protocols = list(server.gateway.all_connections())
         self.assertEqual(len(protocols), 2)
         self.assertEqual([p.direct_send() for p in protocols], [None, None])
+        # each socket's frame goes through its TLS layer at once, not aggregated for
+        # the next turn of the loop
+        aggregated = []
+        flush = _AggregateSmallWrites.flush
+
+        def spied(aggregator):
+            aggregated.extend(aggregator._buffer)
+            return flush(aggregator)
+        self.patch(_AggregateSmallWrites, "flush", spied)
         self.db.run("""notify app_tls, '{"n": 1}'""")
         self.assertEqual((yield defer.gatherResults(got)), [{"n": 1}, {"n": 1}])
+        self.assertEqual(aggregated, [])
         row = yield second.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])   # the TLS session goes on
 

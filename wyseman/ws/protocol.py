@@ -32,7 +32,7 @@ from wyseman.ws.autobahn_fast import (
 from wyseman.ws.cors import ClientInfoCors
 from wyseman.ws.httpbounds import GatewaySite, Upgrade
 from wyseman.ws.published import PublishedResources
-from wyseman.ws.twisted_io import send_some
+from wyseman.ws.twisted_io import send_some, tls_write_now
 from wyseman.ws.webroot import WebRoot
 
 if TYPE_CHECKING:
@@ -279,6 +279,10 @@ class GatewayProtocol(FastServerProtocol):
         (:meth:`direct_send`)."""
         send = self.direct_send()
         if send is None:
+            # a TLS socket: straight through its TLS layer when nothing is queued
+            if (self.state == self.STATE_OPEN and not self._send_paused and not self._outbound
+                    and not self.send_queue and tls_write_now(self.transport, frame.payloadHybi)):
+                return True
             return self.send_frame(frame)
         data = frame.payloadHybi
         written = send_some(send, data)

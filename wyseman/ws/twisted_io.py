@@ -6,7 +6,8 @@ same is done one layer down, for the records the TLS layer sends (:func:`direct_
 handshake messages and the encrypted frames.
 
 Every name used here that Twisted does not document (``tcp.Server.socket``,
-``dataBuffer``, ``_tempDataBuffer``) is checked by tests/test_compat.py.
+``dataBuffer``, ``_tempDataBuffer``, ``BufferingTLSTransport._aggregator`` and its
+``_buffer``) is checked by tests/test_compat.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
 
 
 def send_some(send: Any, data: bytes) -> int:
@@ -80,4 +81,19 @@ def direct_tls_writes(transport: Any) -> bool:
         buffered(data)
     # (an attribute of this connection only: its one writer is the TLS protocol)
     connection.write = write  # type: ignore[method-assign]
+    return True
+
+
+def tls_write_now(transport: Any, data: bytes) -> bool:
+    """For a connection of Twisted's TLS transport (``BufferingTLSTransport``): encrypt
+    and send ``data`` now, if nothing waits in the transport's aggregation buffer (which
+    would otherwise hold it until the next turn of the loop, one ``callLater`` per
+    connection); a later write of the same turn aggregates as usual, after it. False if
+    it did not apply (the caller writes as usual). For a notification fanned out to
+    thousands of TLS sockets, each written once."""
+    aggregator = getattr(transport, "_aggregator", None)
+    if type(aggregator) is not _AggregateSmallWrites or aggregator._buffer \
+            or transport.disconnecting:
+        return False
+    TLSMemoryBIOProtocol.write(transport, data)
     return True
