@@ -202,21 +202,28 @@ class WorkerProcessTests(TestCase):
         self.assertFalse(os.path.exists(route_dir))
 
     @defer.inlineCallbacks
+    def try_connections(self, url, user, tries):
+        """``tries`` logins of ``user`` one after another → (the connections opened,
+        closed at cleanup; the refusals' texts)."""
+        opened, refused = [], []
+        for _ in range(tries):
+            try:
+                conn = yield connect(url, user)
+            except ClientError as exc:
+                refused.append(str(exc))
+                continue
+            self.addCleanup(conn.close)
+            opened.append(conn)
+        return opened, refused
+
+    @defer.inlineCallbacks
     def test_a_users_connection_bound_holds_across_the_workers(self):
         """max_connections_per_user is the user's bound, whichever workers the kernel hands
         the sockets to; a worker's connections stop counting when it dies."""
         supervisor = yield self.start(workers=2, auth={"insecure": True},
                                       limits={"max_connections_per_user": 2})
         user = add_user(self.db)
-        opened, refused = [], []
-        for _ in range(6):
-            try:
-                conn = yield connect(supervisor.url, user)
-            except ClientError as exc:
-                refused.append(str(exc))
-                continue
-            self.addCleanup(conn.close)
-            opened.append(conn)
+        opened, refused = yield self.try_connections(supervisor.url, user, 6)
         self.assertEqual((len(opened), len(refused)), (2, 4))
         self.assertTrue(all("503" in reason for reason in refused), refused)
         self.assertEqual(supervisor.user_slots.count(user), 2)
@@ -243,15 +250,7 @@ class WorkerProcessTests(TestCase):
         self.assertEqual(self.db.run("select host_id from wyseman_shared.host order by 1"),
                          [("wk/0",), ("wk/1",)])
         user = add_user(self.db)
-        opened, refused = [], []
-        for _ in range(6):
-            try:
-                conn = yield connect(supervisor.url, user)
-            except ClientError as exc:
-                refused.append(str(exc))
-                continue
-            self.addCleanup(conn.close)
-            opened.append(conn)
+        opened, refused = yield self.try_connections(supervisor.url, user, 6)
         self.assertEqual((len(opened), len(refused)), (2, 4))
         self.assertTrue(all("503" in reason for reason in refused), refused)
         self.assertEqual(supervisor.user_slots.count(user), 0)     # not the supervisor's

@@ -213,15 +213,24 @@ class SharedSlots:
             self._counts[user] = count - 1
         self._unsent[user] = self._unsent.get(user, 0) + 1
         if self._flush or self._quiet_waiters:      # due already, or a quiet waits
-            self._flush = True
-            self._send()
+            self._send_releases_now()
         elif self._release_timer is None:
             self._release_timer = self.clock.callLater(RELEASE_DELAY, self._releases_due)
 
     def _releases_due(self) -> None:
         self._release_timer = None
+        self._send_releases_now()
+
+    def _send_releases_now(self) -> None:
+        """The releases waiting are due: they go in the next call, now if none is under
+        way."""
         self._flush = True
         self._send()
+
+    def _cancel_release_timer(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
 
     def _send(self) -> None:
         """Send the key logins waiting, with the releases waiting, in one call; or the
@@ -235,9 +244,7 @@ class SharedSlots:
         batch, self._logins = self._logins, []
         closed, self._unsent = self._unsent, {}
         self._flush = False
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
+        self._cancel_release_timer()
         self._calling = True
         self._in_flight += 1
         d = self.tables.host_calls(self.host_id, [login[:4] for login in batch],
@@ -285,8 +292,7 @@ class SharedSlots:
         is under way or waiting (a stop leaves after them; tests wait for a closed
         socket's place to be freed)."""
         if self._unsent:
-            self._flush = True
-            self._send()
+            self._send_releases_now()
         if self.idle:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
@@ -318,9 +324,8 @@ class SharedSlots:
         lease, waiting = self._sync
         self._sync_running = True
         self._unsent.clear()             # (the counts written are without them)
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
+        self._flush = False
+        self._cancel_release_timer()
         d = self.tables.sync(self.host_id, lease, self._counts)
 
         def finished(result: Any) -> None:
