@@ -94,6 +94,8 @@ class Environment:
         biggest = max(self.args.connections)
         # pgbench -c C, and the Node server's one database connection per socket
         wide = not self.args.no_baseline or not self.args.no_node
+        if not self.args.no_node and "notify" in self.args.scenarios:
+            biggest = max(biggest, self.args.node_subscribers)
         max_conn = max(300, biggest + 100) if wide else 300
         self.cluster = LocalCluster(self.workdir / "pgdata", port=free_port(), listen_tcp=True,
                                     extra_settings=[f"max_connections={max_conn}"])

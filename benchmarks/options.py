@@ -119,12 +119,17 @@ def parse_args(argv: list[str] | None, description: str | None = None
     parser.add_argument("--server-workers", type=int, default=1,
                         help="[server] workers of the server under test (default 1)")
     parser.add_argument("--subscribers", type=int, help="notify: sockets (10000; quick 1000)")
+    parser.add_argument("--node-subscribers", type=int,
+                        help="notify: sockets of the runs against the Node server, ours "
+                             "alternating with it (it opens a PostgreSQL connection per "
+                             "socket; default 1000, or --subscribers if fewer)")
     parser.add_argument("--notifies", type=int, default=10,
                         help="notify: NOTIFYs per phase (paced, then burst)")
     parser.add_argument("--idle", type=int, help="memory: idle sockets (10000; quick 2000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip pgbench")
     parser.add_argument("--no-node", action="store_true",
-                        help="skip the Node.js Wyseman server baseline (tuple, select)")
+                        help="skip the Node.js Wyseman server baseline (tuple, select, "
+                             "handshake, notify)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the server in an extra tuple run at C=100 "
                         "(stats kept in benchmarks/results/server.prof)")
@@ -143,6 +148,7 @@ def parse_args(argv: list[str] | None, description: str | None = None
     args.scaling_runs = max(1, args.scaling_runs or (1 if quick else 3))
     args.shared_runs = max(1, args.shared_runs or (1 if quick else 3))
     args.subscribers = args.subscribers or (1000 if quick else 10000)
+    args.node_subscribers = args.node_subscribers or min(args.subscribers, 1000)
     args.idle = args.idle or (2000 if quick else 10000)
     args.notify_wait = 30.0 if quick else 60.0
     args.scenarios = args.scenario or list(SCENARIOS)
@@ -153,6 +159,7 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
     """Each scenario's hard time limit in seconds, every transport it runs over included."""
     run = args.duration + args.warmup
     node = 0 if args.no_node else 1  # the Node server runs: the same load again
+    node_runs = node  # notify: ours and the Node server at --node-subscribers, alternating
     over = len(args.transports)
     once = {
         "tuple": 60 + sum(4 * run + 40 + c / 10 for c in args.connections)
@@ -161,7 +168,9 @@ def budgets(args: argparse.Namespace) -> dict[str, float]:
         + args.pairs * (2 * run + 60),
         "select": 60 + 3 * run + 30 + node * (60 + run + 30),
         "notify": args.notify_runs * (
-            120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000)),
+            120 + args.subscribers / 100 + args.notifies * (1 + args.subscribers / 5000)
+            + node_runs * 2 * (120 + args.node_subscribers / 100 + args.notifies
+                               * (1 + args.node_subscribers / 5000))),
         "handshake": 60 + (4 if args.profile else 3) * (run + 40)
         + node * (60 + args.handshake_runs * (run + 40)),
         "memory": 60 + args.idle / 100,
