@@ -69,6 +69,14 @@ class LibraryInternalsTests(SynchronousTestCase):
         self.assertIn("self._aggregator = _AggregateSmallWrites(",
                       inspect.getsource(BufferingTLSTransport.__init__))
         self.assertIn("self._buffer", inspect.getsource(_AggregateSmallWrites))
+        # twisted_io.tls_target: what tells that the TLS layer holds nothing and is past
+        # its handshake, and its pyOpenSSL session (memory BIOs)
+        source = inspect.getsource(TLSMemoryBIOProtocol)
+        for name in ("self._tlsConnection = ", "self._handshakeDone = True",
+                     "self._lostTLSConnection = ", "self._appSendBuffer = "):
+            self.assertIn(name, source)
+        self.assertIn("self._tlsConnection.bio_read(", inspect.getsource(
+            TLSMemoryBIOProtocol._flushSendBIO))
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""

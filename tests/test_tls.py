@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
 from wyseman.provision import admin
+from wyseman.ws import fanout
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -50,8 +52,10 @@ class _Trickle:
     def __init__(self, sock, most: int) -> None:
         self._sock = sock
         self._most = most
+        self.calls = 0
 
     def send(self, data) -> int:
+        self.calls += 1
         return self._sock.send(bytes(data[:self._most]))
 
     def __getattr__(self, name):
@@ -164,6 +168,77 @@ class TLSTests(TestCase):
         self.assertEqual(aggregated, [])
         row = yield second.request({"action": "tuple", "view": "base.curr_eid()"})
         self.assertTrue(row["curr_eid"])   # the TLS session goes on
+
+    @defer.inlineCallbacks
+    def test_fan_out_threads_send_tls_records(self):
+        """With fan-out threads, the reactor thread makes each TLS socket's record, and
+        the records are shared out between it and the helper thread to send. What a
+        socket does not take at once is buffered and arrives whole; a session that does
+        not take the frame gets it the usual way. Every session goes on afterwards."""
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield start_gateway(
+            self, self.db, server={"listen": "tls:0:interface=127.0.0.1",
+                                   "fanout_threads": 2},
+            tls={"cert": str(cert), "key": str(key)})
+        server.gateway.fanout.min_parallel = 1       # the threaded path, for a few sockets
+        user = add_user(self.db)
+        private = keys.generate_private_jwk()
+        token = admin.issue_ticket(self.db.dsn, user).token
+        wss = f"wss://localhost:{server.port}"
+        clients = [(yield connect(wss, user, token=token, new_key=private,
+                                  listen=["app_tls"], tls_options=self.client_options()))]
+        for _ in range(3):
+            clients.append((yield connect(
+                wss, user, key=private, listen=["app_tls"],
+                clientinfo_url=f"https://localhost:{server.port}/clientinfo",
+                tls_options=self.client_options())))
+        for client in clients:
+            self.addCleanup(client.close)
+        got = [defer.Deferred() for _ in clients]
+        for client, arrived in zip(clients, got, strict=True):
+            client.on_notify("app_tls", arrived.callback)
+        protocols = list(server.gateway.all_connections())
+        self.assertEqual(len(protocols), 4)
+        tcp_of = {}
+        for gateway_side in protocols:
+            connection = gateway_side.transport
+            while not isinstance(connection, tcp.Server):
+                connection = connection.transport
+            tcp_of[gateway_side] = connection
+        trickled, refused = protocols[1], protocols[2]
+        tcp_of[trickled].socket = _Trickle(tcp_of[trickled].socket, 100)
+        sealed_by, sent_by, refusals = {}, [], []
+        seal, send_records = fanout.seal, fanout._send_records
+
+        def thread() -> str:
+            return threading.current_thread().name.split("_")[0]
+
+        def spied_seal(target, data):
+            if target.connection is tcp_of[refused]:
+                refusals.append(target)
+                return None               # as a session that wants to read first
+            sealed_by[target.connection] = thread()
+            return seal(target, data)
+
+        def spied_send(sends, records):
+            sent_by.extend(thread() for _ in sends)
+            return send_records(sends, records)
+        self.patch(fanout, "seal", spied_seal)
+        self.patch(fanout, "_send_records", spied_send)
+        payload = json.dumps({"text": "x" * 3000})
+        self.db.run("select pg_notify('app_tls', %s)", (payload,))
+        self.assertEqual((yield defer.gatherResults(got)), [json.loads(payload)] * 4)
+        self.assertEqual(len(refusals), 1)
+        # every other socket's record made in the fan-out, by the reactor thread, and
+        # sent by it (the first and third) and by the helper (the second)
+        self.assertEqual(set(sealed_by), {tcp_of[p] for p in protocols} - {tcp_of[refused]})
+        self.assertEqual(set(sealed_by.values()), {"MainThread"})
+        self.assertEqual(sorted(sent_by), ["MainThread", "MainThread", "wyseman-fanout"])
+        # the trickled socket's record (over 3 KB) went 100 bytes a call, and whole
+        self.assertGreater(tcp_of[trickled].socket.calls, 30)
+        for client in clients:
+            row = yield client.request({"action": "tuple", "view": "base.curr_eid()"})
+            self.assertTrue(row["curr_eid"])   # each TLS session goes on
 
     @defer.inlineCallbacks
     def test_tls_records_go_straight_to_the_socket(self):

@@ -253,9 +253,10 @@ OPTIONS: tuple[Option, ...] = (
        "`tls:` ports are not routed (the TLS session stays in its process)."),
     _o("server", "fanout_threads", _int_range(0, 64), 0,
        "Threads that send a notification to its subscribers' sockets when there are 1,024 "
-       "or more (the `send` calls, ~95 % of a fan-out, overlap on several cores; the GIL "
-       "is released during each). 0: the cores each worker process has (the cores this "
-       "process may use ÷ `workers`), at most 4. 1: the reactor thread alone."),
+       "or more (the `send` calls, ~95 % of a plain fan-out, overlap on several cores; the "
+       "GIL is released during each). Over TLS the reactor thread encrypts each socket's "
+       "record first and the threads send them. 0: the cores each worker process has (the "
+       "cores this process may use ÷ `workers`), at most 4. 1: the reactor thread alone."),
     _o("server", "log_connections", _bool, True,
        "Log each login and each disconnect (`login USER (key) from IP`, `disconnect …`): two "
        "lines per connection, ~10 % of the reactor thread's time when logins come by the "

@@ -19,7 +19,14 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.logger import Logger
 
-from wyseman.ws.twisted_io import nothing_buffered, socket_send, write_now
+from wyseman.ws.twisted_io import (
+    TLSTarget,
+    nothing_buffered,
+    socket_send,
+    tls_idle,
+    tls_target,
+    write_now,
+)
 
 log = Logger(namespace="wyseman.ws")
 
@@ -107,6 +114,7 @@ class FastServerProtocol(WebSocketServerProtocol):
         #: (made when first needed: an empty deque is 760 bytes, on every idle socket)
         self._outbound: deque[bytes | PreparedMessage] | None = None
         self._socket_send: Any = None
+        self._tls_target: TLSTarget | bool | None = None   # (direct_tls_target)
 
     def _connectionMade(self) -> None:
         # Autobahn pretty-prints its whole configuration for a debug line on every new
@@ -266,6 +274,21 @@ class FastServerProtocol(WebSocketServerProtocol):
             return None
         self._buffered = False       # (drained since)
         return send
+
+    def direct_tls_target(self) -> TLSTarget | None:
+        """For a TLS socket that is open with nothing queued in any layer: its TLS
+        session and socket, for a fan-out to encrypt a prepared frame and send the
+        record itself (:func:`wyseman.ws.twisted_io.seal`); None otherwise
+        (:meth:`send_frame`). The parts are looked up at the first fan-out."""
+        if (self._socket_send is not None or self.state != _OPEN or self._send_paused
+                or self._outbound or self.send_queue):
+            return None
+        target = self._tls_target
+        if target is None:
+            target = self._tls_target = tls_target(self.transport) or False
+        if isinstance(target, TLSTarget) and tls_idle(target):
+            return target
+        return None
 
     def send_rest(self, data: bytes, written: int) -> None:
         """What a fan-out thread could not write to :meth:`direct_send`, buffered by

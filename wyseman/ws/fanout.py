@@ -14,8 +14,17 @@ queued, plain TCP: :meth:`GatewayProtocol.direct_send`); the threads then only c
 ``send`` on them (between two calls the GIL is held for a moment only, so the threads
 rarely wait for it), the reactor thread sending its own share and then waiting for
 theirs: no Twisted object is used by two threads at a time. What falls short, and the
-other sockets (queued output, TLS), are finished by the reactor thread afterwards
-through the usual path.
+other sockets (queued output), are finished by the reactor thread afterwards through
+the usual path.
+
+A TLS socket needs its own record: the frame encrypted by the socket's TLS session.
+For those with nothing queued in any layer (:meth:`GatewayProtocol.direct_tls_target`)
+the reactor thread makes every record first, then the threads send them as they send
+plain frames. Encrypting on the helpers too, or handing them records while more are
+made, was slower (measured): OpenSSL's calls are short and release the GIL, so two
+threads that make records pass the GIL back and forth at every call, while a thread
+that only sends holds it for a moment between calls of ~10 µs. A session that does
+not take the frame (it wants to read first) is given it the usual way afterwards.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any
 
 from wyseman.tuning.affinity import auto_threads, release_helper_thread
 from wyseman.ws.autobahn_fast import FastServerProtocol, prepare_frame
-from wyseman.ws.twisted_io import send_some
+from wyseman.ws.twisted_io import TLS_RECORD_DATA, seal, send_some
 
 #: below this many sockets a fan-out is not worth handing to threads
 MIN_PARALLEL_SOCKETS = 1024
@@ -40,6 +49,18 @@ def _send_share(sends: Sequence[Any], data: bytes) -> list[tuple[int, int]]:
     for index, send in enumerate(sends):
         written = send_some(send, data)
         if written != size:
+            short.append((index, written))
+    return short
+
+
+def _send_records(sends: Sequence[Any], records: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Send each socket its own record; (index, bytes written) of those that fell
+    short."""
+    short = []
+    for index, send in enumerate(sends):
+        record = records[index]
+        written = send_some(send, record)
+        if written != len(record):
             short.append((index, written))
     return short
 
@@ -65,24 +86,50 @@ class FanOut:
         if self.threads == 1 or len(protocols) < self.min_parallel:
             return sum(1 for protocol in protocols if protocol.send_notification(frame))
         data = frame.payloadHybi
-        direct, sends, others = [], [], []
+        sealable = len(data) <= TLS_RECORD_DATA
+        direct, sends, secured, targets, others = [], [], [], [], []
         for protocol in protocols:       # which sockets take the bytes at once
             send = protocol.direct_send()
-            if send is None:
-                others.append(protocol)
-            else:
+            if send is not None:
                 direct.append(protocol)
                 sends.append(send)
+                continue
+            target = protocol.direct_tls_target() if sealable else None
+            if target is None:
+                others.append(protocol)
+            else:
+                secured.append(protocol)
+                targets.append(target)
         step = self.threads
         pool = self._helpers()
-        futures = [(i, pool.submit(_send_share, sends[i::step], data)) for i in range(1, step)]
+        plain = [(i, pool.submit(_send_share, sends[i::step], data)) for i in range(1, step)]
         short = [(0, index, written) for index, written in _send_share(sends[0::step], data)]
-        for i, future in futures:
+        # TLS sockets: every record made here first, then sent by all threads
+        retry, sealed, records = [], [], []
+        for protocol, target in zip(secured, targets, strict=True):
+            record = seal(target, data)
+            if record is None:           # the TLS session did not take it: the usual way
+                retry.append(protocol)
+                continue
+            sealed.append(target)
+            records.append(record)
+        record_sends = [target.send for target in sealed]
+        secure = [(i, pool.submit(_send_records, record_sends[i::step], records[i::step]))
+                  for i in range(1, step) if sealed]
+        short_tls = [(0, index, written) for index, written in
+                     _send_records(record_sends[0::step], records[0::step])]
+        for i, future in plain:
             short.extend((i, index, written) for index, written in future.result())
-        for i, index, written in short:  # back on the reactor thread: Twisted buffers
+        for i, future in secure:
+            short_tls.extend((i, index, written) for index, written in future.result())
+        # back on the reactor thread: what fell short is buffered by Twisted
+        for i, index, written in short:
             direct[i + index * step].send_rest(data, written)
-        sent = len(direct)
-        for protocol in others:
+        for i, index, written in short_tls:
+            at = i + index * step
+            sealed[at].connection.write(records[at][written:])
+        sent = len(direct) + len(sealed)
+        for protocol in others + retry:
             sent += protocol.send_notification(frame)
         return sent
 

@@ -7,13 +7,15 @@ handshake messages and the encrypted frames.
 
 Every name used here that Twisted does not document (``tcp.Server.socket``,
 ``dataBuffer``, ``_tempDataBuffer``, ``BufferingTLSTransport._aggregator`` and its
-``_buffer``) is checked by tests/test_compat.py.
+``_buffer``, ``TLSMemoryBIOProtocol._tlsConnection``, ``_handshakeDone``,
+``_lostTLSConnection``, ``_appSendBuffer``) is checked by tests/test_compat.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
 
@@ -97,3 +99,60 @@ def tls_write_now(transport: Any, data: bytes) -> bool:
         return False
     TLSMemoryBIOProtocol.write(transport, data)
     return True
+
+
+#: the most bytes a fan-out thread encrypts for a socket: one TLS record's worth (Twisted's
+#: TLS layer cuts larger writes into such pieces itself)
+TLS_RECORD_DATA = 2 ** 14
+
+
+class TLSTarget(NamedTuple):
+    """The parts of a TLS connection (Twisted's ``BufferingTLSTransport`` over a plain
+    TCP connection) that a fan-out uses to encrypt a frame and send the record itself,
+    looked up once per connection: with thousands of sockets each attribute reached
+    through them is a cache miss of its own."""
+
+    tls: Any                 # the connection's pyOpenSSL ``Connection`` (memory BIOs)
+    send: Any                # the TCP socket's ``send``
+    connection: tcp.Server   # where the rest goes if the socket takes less (reactor thread)
+    transport: Any           # the TLS transport
+    aggregator: _AggregateSmallWrites   # its aggregation of small writes
+
+
+def tls_target(transport: Any) -> TLSTarget | None:
+    """The :class:`TLSTarget` of ``transport``, or None if it is not Twisted's TLS
+    transport over a plain TCP connection."""
+    aggregator = getattr(transport, "_aggregator", None)
+    connection = getattr(transport, "transport", None)
+    if type(aggregator) is not _AggregateSmallWrites or type(connection) is not tcp.Server:
+        return None
+    return TLSTarget(transport._tlsConnection, connection.socket.send, connection, transport,
+                     aggregator)
+
+
+def tls_idle(target: TLSTarget) -> bool:
+    """Whether the connection holds nothing in any layer (the aggregation buffer, the
+    TLS layer's pending writes, the TCP write buffer), is past its handshake and open:
+    a record made now may be sent at once, by another thread while the reactor thread
+    waits (nothing else touches the connection meanwhile)."""
+    transport, connection = target.transport, target.connection
+    return not (target.aggregator._buffer or transport.disconnecting
+                or transport._lostTLSConnection or transport._appSendBuffer
+                or not transport._handshakeDone or connection.dataBuffer
+                or connection._tempDataBuffer or connection.disconnecting
+                or not connection.connected)
+
+
+def seal(target: TLSTarget, data: bytes) -> bytes | None:
+    """``data`` (at most :data:`TLS_RECORD_DATA` bytes) encrypted into one record by the
+    connection's TLS session, to be sent by anyone; None if the session did not take
+    it (it wants to read first, or failed): then nothing was made, and the usual write
+    path, given the same data, deals with it. No Twisted object is used."""
+    try:
+        target.tls.send(data)
+    except SSL.Error:
+        return None
+    try:
+        return target.tls.bio_read(2 * TLS_RECORD_DATA)
+    except SSL.WantReadError:     # (a record is always there after a write)
+        return b""
