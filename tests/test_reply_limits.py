@@ -46,6 +46,27 @@ class CompiledTests(SynchronousTestCase):
 class ReplyLimitTests(TestCase):
     timeout = 60
 
+    def test_each_row_is_rendered_once(self):
+        """The byte bound's window reads each row's JSON as computed below it, once,
+        not the JSON expression again for each of its references."""
+        db = fresh_database(self)
+        user = add_user(db)
+        db.run(ROWS.format(user=user))
+        columns = {"id": "int4", "name": "text", "at": "timestamptz"}
+        statement = compile_request({"action": "select", "view": "public.item",
+                                     "order": ["name"]}, columns, Policy(max_bytes=1000))
+        sql, values = statement.pyformat(as_json=True)
+        [[plan]] = db.run("explain (verbose, costs off, format json) " + sql, values)
+
+        def nodes(node):
+            yield node
+            for child in node.get("Plans", []):
+                yield from nodes(child)
+        [window] = [n for n in nodes(plan[0]["Plan"]) if n["Node Type"] == "WindowAgg"]
+        [below] = window["Plans"]
+        self.assertTrue(any(out.startswith("(row_to_json(") for out in below["Output"]),
+                        below["Output"])
+
     @defer.inlineCallbacks
     def start(self, **limits):
         db = fresh_database(self)
