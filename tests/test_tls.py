@@ -62,6 +62,14 @@ class _Trickle:
         return getattr(self._sock, name)
 
 
+def _tcp_connection(gateway_side):
+    """The TCP connection under a gateway protocol's TLS transport."""
+    connection = gateway_side.transport
+    while not isinstance(connection, tcp.Server):
+        connection = connection.transport
+    return connection
+
+
 @implementer(IHandshakeListener)
 class _Handshake(protocol.Protocol):
     """Fires ``done`` with the negotiated version name, or with the failure."""
@@ -199,12 +207,7 @@ class TLSTests(TestCase):
             client.on_notify("app_tls", arrived.callback)
         protocols = list(server.gateway.all_connections())
         self.assertEqual(len(protocols), 4)
-        tcp_of = {}
-        for gateway_side in protocols:
-            connection = gateway_side.transport
-            while not isinstance(connection, tcp.Server):
-                connection = connection.transport
-            tcp_of[gateway_side] = connection
+        tcp_of = {gateway_side: _tcp_connection(gateway_side) for gateway_side in protocols}
         trickled, refused = protocols[1], protocols[2]
         tcp_of[trickled].socket = _Trickle(tcp_of[trickled].socket, 100)
         sealed_by, sent_by, refusals = {}, [], []
@@ -266,9 +269,7 @@ class TLSTests(TestCase):
         self.assertEqual(buffered, [])
         # a socket that takes 100 bytes a call: the rest of each record is buffered
         [gateway_side] = list(server.gateway.all_connections())
-        connection = gateway_side.transport
-        while not isinstance(connection, tcp.Server):
-            connection = connection.transport
+        connection = _tcp_connection(gateway_side)
         connection.socket = _Trickle(connection.socket, 100)
         self.assertEqual((yield first.request(meta)), whole)
         self.assertGreater(len(json.dumps(whole)), 1000)
