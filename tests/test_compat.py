@@ -77,6 +77,33 @@ class LibraryInternalsTests(SynchronousTestCase):
             self.assertIn(name, source)
         self.assertIn("self._tlsConnection.bio_read(", inspect.getsource(
             TLSMemoryBIOProtocol._flushSendBIO))
+        # twisted_io.QuickTLSTransport: the reading it replaces, what that calls, and
+        # the aggregation it goes around
+        reading = inspect.getsource(TLSMemoryBIOProtocol._flushReceiveBIO)
+        for name in ("self._tlsConnection.recv(", "self._shutdownTLS()",
+                     "self._tlsShutdownFinished(", "self._aborted",
+                     "ProtocolWrapper.dataReceived(self, "):
+            self.assertIn(name, reading)
+        self.assertIn("self._flushReceiveBIO()",
+                      inspect.getsource(TLSMemoryBIOProtocol.connectionLost))
+        self.assertIn("self.write = self._aggregator.write",
+                      inspect.getsource(BufferingTLSTransport.__init__))
+        aggregation = inspect.getsource(_AggregateSmallWrites.__init__)
+        for name in ("self._scheduled", "self._clock = "):
+            self.assertIn(name, aggregation)
+
+    def test_pyopenssl(self) -> None:
+        """What wyseman.ws.twisted_io.QuickTLSTransport reads of a pyOpenSSL session: its
+        memory BIOs and how many bytes each holds."""
+        import inspect
+
+        from OpenSSL import SSL
+
+        from wyseman.ws import twisted_io
+        source = inspect.getsource(SSL.Connection.__init__)
+        for name in ("self._into_ssl = ", "self._from_ssl = "):
+            self.assertIn(name, source)
+        self.assertIsNotNone(twisted_io._bytes_in)
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""

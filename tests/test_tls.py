@@ -23,7 +23,7 @@ from wyseman.client import keys
 from wyseman.client.connection import ClientError, connect
 from wyseman.config import ConfigError
 from wyseman.provision import admin
-from wyseman.ws import fanout
+from wyseman.ws import fanout, twisted_io
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -274,6 +274,33 @@ class TLSTests(TestCase):
         self.assertEqual((yield first.request(meta)), whole)
         self.assertGreater(len(json.dumps(whole)), 1000)
         self.assertIn(connection, buffered)
+
+    @defer.inlineCallbacks
+    def test_replies_leave_in_their_turn_through_the_quick_tls_layer(self):
+        """A wss connection's TLS layer is the quick one, and a request's reply is
+        encrypted and sent in the turn it is written: Twisted's aggregation of small
+        writes (a timer per connection, the record made a turn later) is not used."""
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        user = add_user(self.db)
+        token = admin.issue_ticket(self.db.dsn, user).token
+        client = yield connect(server.wss, user, token=token,
+                               new_key=keys.generate_private_jwk(),
+                               tls_options=self.client_options())
+        self.addCleanup(client.close)
+        [gateway_side] = list(server.gateway.all_connections())
+        self.assertIsInstance(gateway_side.transport, twisted_io.QuickTLSTransport)
+        aggregated: list[bytes] = []
+        aggregate = _AggregateSmallWrites.write
+
+        def spied(aggregator, data):
+            aggregated.append(data)
+            return aggregate(aggregator, data)
+        self.patch(_AggregateSmallWrites, "write", spied)
+        for _ in range(3):
+            row = yield client.request({"action": "tuple", "view": "base.curr_eid()"})
+            self.assertTrue(row["curr_eid"])
+        self.assertEqual(aggregated, [])
 
     @defer.inlineCallbacks
     def test_wrong_hostname_refused_by_client(self):

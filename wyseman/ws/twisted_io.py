@@ -5,10 +5,17 @@ nothing buffered for it, which saves a buffer copy, two epoll changes and a late
 same is done one layer down, for the records the TLS layer sends (:func:`direct_tls_writes`):
 handshake messages and the encrypted frames.
 
-Every name used here that Twisted does not document (``tcp.Server.socket``,
+A TLS connection's own layer is made cheaper too (:class:`QuickTLSTransport`): it asks
+pyOpenSSL for bytes only when its memory BIOs hold some, and sends a reply's record in the
+turn it is written.
+
+Every name used here that Twisted or pyOpenSSL does not document (``tcp.Server.socket``,
 ``dataBuffer``, ``_tempDataBuffer``, ``BufferingTLSTransport._aggregator`` and its
-``_buffer``, ``TLSMemoryBIOProtocol._tlsConnection``, ``_handshakeDone``,
-``_lostTLSConnection``, ``_appSendBuffer``) is checked by tests/test_compat.py.
+``_buffer``, ``_scheduled`` and ``_clock``, ``TLSMemoryBIOProtocol._tlsConnection``,
+``_handshakeDone``, ``_lostTLSConnection``, ``_appSendBuffer``, ``_aborted``,
+``_shutdownTLS``, ``_tlsShutdownFinished``, ``_flushReceiveBIO``, ``_flushSendBIO``;
+pyOpenSSL's ``Connection._into_ssl`` and ``_from_ssl`` and its binding's
+``BIO_get_mem_data``) is checked by tests/test_compat.py.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from typing import Any, NamedTuple
 
 from OpenSSL import SSL
 from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol, _AggregateSmallWrites
+from twisted.python.failure import Failure
 
 
 def send_some(send: Any, data: bytes) -> int:
@@ -156,3 +166,125 @@ def seal(target: TLSTarget, data: bytes) -> bytes | None:
         return target.tls.bio_read(2 * TLS_RECORD_DATA)
     except SSL.WantReadError:     # (a record is always there after a write)
         return b""
+
+
+#: how much decrypted data one ``recv`` asks for (Twisted's own size; a record holds 16 KiB)
+_RECV_SIZE = 2 ** 15
+
+
+def _bio_bytes() -> Any:
+    """pyOpenSSL's binding's ``BIO_get_mem_data`` as ``bytes_in(bio)``: the bytes a
+    memory BIO holds. None if this pyOpenSSL lacks what it needs."""
+    lib = getattr(SSL, "_lib", None)
+    ffi = getattr(SSL, "_ffi", None)
+    get = getattr(lib, "BIO_get_mem_data", None)
+    if get is None or ffi is None:
+        return None
+    null = ffi.NULL
+    return lambda bio: get(bio, null)
+
+
+_bytes_in = _bio_bytes()
+
+
+class _Turns:
+    """Which turn of the reactor loop it is, as far as a port's TLS connections need to
+    know: one ``callLater(0)`` per turn in which one of them wrote, for all of them."""
+
+    __slots__ = ("number", "_next")
+
+    def __init__(self) -> None:
+        self.number = 0
+        self._next: Any = None
+
+    def current(self, clock: Any) -> int:
+        if self._next is None:
+            self._next = clock.callLater(0, self._advance)
+        return self.number
+
+    def _advance(self) -> None:
+        self._next = None
+        self.number += 1
+
+
+class QuickTLSTransport(BufferingTLSTransport):
+    """Twisted's TLS transport of a ``tls:`` port, with two costs of its layer gone.
+
+    - **No call that is known to find nothing.** Twisted's layer calls pyOpenSSL's
+      ``recv`` until it raises ``WantReadError`` after each read from the socket, and
+      ``bio_read`` after every read and write whether or not a record was made: each miss
+      is a Python exception, 2–3 µs, two or three per request. Here ``recv`` is called
+      only while the incoming memory BIO holds bytes (or the session holds decrypted
+      ones), ``bio_read`` only while the outgoing one does. When the connection is lost,
+      Twisted's own reading of what is left runs, so that a peer's cut reports as
+      before.
+    - **A reply's record made in the turn it is written.** Twisted's layer keeps every
+      write for the next turn of the loop (a ``callLater(0)`` per connection per turn) so
+      that small writes of one turn make one record. Here the first write of a turn,
+      when nothing waits before it, is encrypted and sent at once; later writes of the
+      same turn are kept and joined as Twisted does. A request's reply leaves a turn
+      sooner and costs no timer of its own; the port's connections share one timer per
+      turn, which tells the turns apart.
+    """
+
+    _closing = False
+    #: the turn of this connection's last write made at once
+    _written_turn = -1
+
+    def write(self, data: bytes) -> None:
+        aggregator = self._aggregator
+        if (type(aggregator) is _AggregateSmallWrites and not aggregator._buffer
+                and aggregator._scheduled is None and not self.disconnecting):
+            turns = getattr(self.factory, "_wyseman_turns", None)
+            if turns is None:
+                turns = _Turns()
+                setattr(self.factory, "_wyseman_turns", turns)  # noqa: B010
+            turn = turns.current(aggregator._clock)
+            if turn != self._written_turn:
+                self._written_turn = turn
+                TLSMemoryBIOProtocol.write(self, data)
+                return
+        aggregator.write(data)
+
+    def _flushSendBIO(self) -> None:  # noqa: N802
+        outgoing = self._tlsConnection._from_ssl
+        while _bytes_in(outgoing):       # (Twisted's reads at most 32 KiB a call)
+            super()._flushSendBIO()
+
+    def _flushReceiveBIO(self) -> None:  # noqa: N802
+        if self._closing:
+            super()._flushReceiveBIO()
+            return
+        tls = self._tlsConnection
+        incoming = tls._into_ssl
+        while not self._lostTLSConnection and (_bytes_in(incoming) or tls.pending()):
+            try:
+                data = tls.recv(_RECV_SIZE)
+            except SSL.WantReadError:         # (a record not yet whole)
+                break
+            except SSL.ZeroReturnError:       # the peer closed its TLS side
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self._closing = True
+        super().connectionLost(reason)
+
+
+def quick_tls(transport: Any) -> bool:
+    """Make ``transport``, Twisted's TLS transport of a ``tls:`` port as it connects, a
+    :class:`QuickTLSTransport` (the same object: its class changed, before its
+    handshake). True if it applied (a transport of another kind, or a pyOpenSSL without
+    the binding it needs, is left as it is)."""
+    if type(transport) is not BufferingTLSTransport or _bytes_in is None:
+        return False
+    transport.__class__ = QuickTLSTransport
+    # (Twisted's transport writes through an attribute of its own: this class's write)
+    transport.__dict__.pop("write", None)
+    return True
