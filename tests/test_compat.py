@@ -86,6 +86,15 @@ class LibraryInternalsTests(SynchronousTestCase):
             self.assertIn(name, reading)
         self.assertIn("self._flushReceiveBIO()",
                       inspect.getsource(TLSMemoryBIOProtocol.connectionLost))
+        # and the writing and receiving it replaces once a session is established
+        writing = inspect.getsource(TLSMemoryBIOProtocol._write)
+        for name in ("self._tlsConnection.send(", "self._bufferedWrite(",
+                     "self._tlsShutdownFinished(Failure())", "self._flushSendBIO()"):
+            self.assertIn(name, writing)
+        receiving = inspect.getsource(TLSMemoryBIOProtocol.dataReceived)
+        for name in ("self._tlsConnection.bio_write(", "self._unbufferPendingWrites()",
+                     "self._flushReceiveBIO()"):
+            self.assertIn(name, receiving)
         self.assertIn("self.write = self._aggregator.write",
                       inspect.getsource(BufferingTLSTransport.__init__))
         aggregation = inspect.getsource(_AggregateSmallWrites.__init__)
@@ -101,9 +110,14 @@ class LibraryInternalsTests(SynchronousTestCase):
 
         from wyseman.ws import twisted_io
         source = inspect.getsource(SSL.Connection.__init__)
-        for name in ("self._into_ssl = ", "self._from_ssl = "):
+        for name in ("self._into_ssl = ", "self._from_ssl = ", "self._ssl = "):
             self.assertIn(name, source)
         self.assertIsNotNone(twisted_io._bytes_in)
+        # the direct calls: the binding's functions, and pyOpenSSL's own way of raising
+        # what a failed call means
+        self.assertIsNotNone(twisted_io._direct)
+        raising = inspect.signature(SSL.Connection._raise_ssl_error)
+        self.assertEqual(list(raising.parameters), ["self", "ssl", "result"])
 
     def test_every_override_is_listed(self) -> None:
         """A new override of an Autobahn member goes into the list above."""

@@ -237,6 +237,64 @@ class QuickTLSTests(SynchronousTestCase):
                     type(application.reason.value))
         self.both(broken)
 
+    def test_long_writes_and_many_records_as_with_twisted(self) -> None:
+        def scenario(server, application, tcp, peer, clock):
+            server.write(b"a" * 50_000)                  # more than three records
+            clock.advance(0)
+            server.write(b"b" * (twisted_io.TLS_RECORD_DATA + 1))
+            server.write(b"c")
+            clock.advance(0)
+            delivered = peer.take(tcp.value())
+            tcp.clear()
+            for n in range(3):
+                peer.tls.send(b"x" * 20_000 + b"%d" % n)
+            server.dataReceived(peer.records())
+            return delivered, b"".join(application.received)
+        self.both(scenario)
+
+    def test_an_established_session_is_driven_by_direct_calls(self) -> None:
+        """Past the handshake, a request and its reply go through pyOpenSSL's binding
+        directly: none of the session's own methods for them is called (each costs
+        twice the call it wraps)."""
+        wrapped = ("recv", "send", "bio_read", "bio_write")
+        for quick in (False, True):
+            server, application, tcp, peer, clock = self.connect(quick)
+            calls: list[str] = []
+            for name in wrapped:
+                original = getattr(SSL.Connection, name)
+
+                def spy(tls, *args, _original=original, _name=name,
+                        _session=server._tlsConnection, _calls=calls):
+                    if tls is _session:
+                        _calls.append(_name)
+                    return _original(tls, *args)
+                self.patch(SSL.Connection, name, spy)
+            peer.tls.send(b"request")
+            server.dataReceived(peer.records())
+            server.write(b"reply")
+            clock.advance(0)
+            self.assertEqual(peer.take(tcp.value()), b"reply")
+            self.assertEqual(application.received, [b"request"])
+            if quick:
+                self.assertEqual(calls, [])
+            else:
+                self.assertEqual(set(calls), set(wrapped))
+
+    def test_without_the_binding_pyopenssl_methods_do_the_same(self) -> None:
+        def scenario(server, application, tcp, peer, clock):
+            replies = []
+            for n in range(3):
+                peer.tls.send(b"request %d" % n)
+                server.dataReceived(peer.records())
+                server.write(b"reply %d" % n * 2000)
+                clock.advance(0)
+                replies.append(peer.take(tcp.value()))
+                tcp.clear()
+            return b"".join(application.received), replies
+        self.patch(twisted_io, "_direct", None)
+        twisted_misses, quick_misses = self.both(scenario)
+        self.assertEqual(quick_misses, 0)
+
     def test_other_transports_are_left_alone(self) -> None:
         self.assertFalse(quick_tls(StringTransport()))
         self.patch(twisted_io, "_bytes_in", None)     # a pyOpenSSL without the binding
