@@ -86,6 +86,14 @@ class LibraryInternalsTests(SynchronousTestCase):
             self.assertIn(name, reading)
         self.assertIn("self._flushReceiveBIO()",
                       inspect.getsource(TLSMemoryBIOProtocol.connectionLost))
+        # (which QuickTLSTransport calls as the one line it is)
+        from twisted.protocols.policies import ProtocolWrapper
+        forwarding = inspect.getsource(ProtocolWrapper.dataReceived).strip().splitlines()
+        self.assertEqual(forwarding[-1].strip(), "self.wrappedProtocol.dataReceived(data)")
+        self.assertEqual(len([line for line in forwarding if line.strip()]), 2)
+        # and the one check of TLSMemoryBIOProtocol.write that its write makes itself
+        self.assertIn("if self.disconnecting and self._producer is None:",
+                      inspect.getsource(TLSMemoryBIOProtocol.write))
         # and the writing and receiving it replaces once a session is established
         writing = inspect.getsource(TLSMemoryBIOProtocol._write)
         for name in ("self._tlsConnection.send(", "self._bufferedWrite(",

@@ -280,6 +280,24 @@ class QuickTLSTests(SynchronousTestCase):
             else:
                 self.assertEqual(set(calls), set(wrapped))
 
+    def test_whatever_the_outgoing_bio_holds_is_sent_in_order(self) -> None:
+        """The outgoing BIO is read until a read returns less than it asked for: what it
+        holds leaves whole, also exactly one read's worth or several (a handshake flight
+        with a long chain), and an empty BIO sends nothing."""
+        from OpenSSL.SSL import _lib  # type: ignore[attr-defined]
+        for direct in (twisted_io._direct, None):
+            self.patch(twisted_io, "_direct", direct)
+            server, application, tcp, peer, clock = self.connect(True)
+            outgoing = server._tlsConnection._from_ssl
+            size = twisted_io._DirectCalls.SIZE
+            for length in (0, 1, size - 1, size, size + 1, 3 * size + 7):
+                tcp.clear()
+                data = bytes(i % 251 for i in range(length))
+                if data:
+                    self.assertEqual(_lib.BIO_write(outgoing, data, length), length)
+                server._flushSendBIO()
+                self.assertEqual(tcp.value(), data, (direct, length))
+
     def test_without_the_binding_pyopenssl_methods_do_the_same(self) -> None:
         def scenario(server, application, tcp, peer, clock):
             replies = []

@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.internet.protocol import connectionDone
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol, _AggregateSmallWrites
 from twisted.python.failure import Failure
 
@@ -90,7 +89,10 @@ def direct_tls_writes(transport: Any) -> bool:
     def write(data: bytes) -> None:
         if (connection.connected and not connection.disconnecting
                 and not connection.dataBuffer and not connection._tempDataBuffer):
-            written = send_some(connection.socket.send, data)
+            try:                            # (send_some, inline: once a record)
+                written = connection.socket.send(data)
+            except OSError:
+                written = 0
             if written == len(data):
                 return
             data = data[written:]
@@ -313,19 +315,25 @@ class QuickTLSTransport(BufferingTLSTransport):
     _closing = False
     #: the turn of this connection's last write made at once
     _written_turn = -1
+    #: the port's turns (its factory's), looked up at the first write
+    _turns: _Turns | None = None
 
     def write(self, data: bytes) -> None:
         aggregator = self._aggregator
         if (type(aggregator) is _AggregateSmallWrites and not aggregator._buffer
                 and aggregator._scheduled is None and not self.disconnecting):
-            turns = getattr(self.factory, "_wyseman_turns", None)
+            turns = self._turns
             if turns is None:
-                turns = _Turns()
-                setattr(self.factory, "_wyseman_turns", turns)  # noqa: B010
+                turns = getattr(self.factory, "_wyseman_turns", None)
+                if turns is None:
+                    turns = _Turns()
+                    setattr(self.factory, "_wyseman_turns", turns)  # noqa: B010
+                self._turns = turns
             turn = turns.current(aggregator._clock)
             if turn != self._written_turn:
                 self._written_turn = turn
-                TLSMemoryBIOProtocol.write(self, data)
+                # (TLSMemoryBIOProtocol.write's one check, not disconnecting, is made)
+                self._write(data)
                 return
         aggregator.write(data)
 
@@ -363,9 +371,18 @@ class QuickTLSTransport(BufferingTLSTransport):
             while _bytes_in(outgoing):       # (Twisted's reads at most 32 KiB a call)
                 super()._flushSendBIO()
             return
+        # A read that returns less than it asked for emptied the BIO: a record (or a
+        # handshake flight) costs one read, and nothing to send one read that finds so.
         connection: Any = self.transport
-        while _bytes_in(outgoing):
-            connection.write(_direct.take(outgoing))
+        write = connection.write
+        take, most = _direct.take, _direct.SIZE
+        while True:
+            data = take(outgoing)
+            if not data:
+                return
+            write(data)
+            if len(data) < most:
+                return
 
     def _flushReceiveBIO(self) -> None:  # noqa: N802
         if self._closing:
@@ -373,7 +390,10 @@ class QuickTLSTransport(BufferingTLSTransport):
             return
         tls = self._tlsConnection
         incoming = tls._into_ssl
-        while not self._lostTLSConnection and (_bytes_in(incoming) or tls.pending()):
+        # The session holds decrypted bytes not yet read only after a read that filled
+        # the buffer (a record holds at most half of it): only then is it asked.
+        full = True
+        while not self._lostTLSConnection and (_bytes_in(incoming) or (full and tls.pending())):
             try:
                 data = tls.recv(_RECV_SIZE) if _direct is None else _direct.decrypt(tls)
             except SSL.WantReadError:         # (a record not yet whole)
@@ -386,8 +406,10 @@ class QuickTLSTransport(BufferingTLSTransport):
             else:
                 if not data:                      # (no failure, and nothing read)
                     break
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
+                full = len(data) == _RECV_SIZE
+                if not self._aborted:             # (ProtocolWrapper.dataReceived)
+                    protocol: Any = self.wrappedProtocol
+                    protocol.dataReceived(data)
         self._flushSendBIO()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
