@@ -89,10 +89,7 @@ def direct_tls_writes(transport: Any) -> bool:
     def write(data: bytes) -> None:
         if (connection.connected and not connection.disconnecting
                 and not connection.dataBuffer and not connection._tempDataBuffer):
-            try:                            # (send_some, inline: once a record)
-                written = connection.socket.send(data)
-            except OSError:
-                written = 0
+            written = send_some(connection.socket.send, data)
             if written == len(data):
                 return
             data = data[written:]
@@ -215,7 +212,7 @@ class _DirectCalls:
     raises what pyOpenSSL's method would have raised."""
 
     #: the most bytes one call returns (Twisted's read size)
-    SIZE = 2 ** 15
+    SIZE = _RECV_SIZE
 
     def __init__(self, lib: Any, ffi: Any) -> None:
         self._scratch = _Scratch(ffi, self.SIZE)
@@ -322,13 +319,7 @@ class QuickTLSTransport(BufferingTLSTransport):
         aggregator = self._aggregator
         if (type(aggregator) is _AggregateSmallWrites and not aggregator._buffer
                 and aggregator._scheduled is None and not self.disconnecting):
-            turns = self._turns
-            if turns is None:
-                turns = getattr(self.factory, "_wyseman_turns", None)
-                if turns is None:
-                    turns = _Turns()
-                    setattr(self.factory, "_wyseman_turns", turns)  # noqa: B010
-                self._turns = turns
+            turns = self._turns or self._port_turns()
             turn = turns.current(aggregator._clock)
             if turn != self._written_turn:
                 self._written_turn = turn
@@ -336,6 +327,16 @@ class QuickTLSTransport(BufferingTLSTransport):
                 self._write(data)
                 return
         aggregator.write(data)
+
+    def _port_turns(self) -> _Turns:
+        """The turns of this connection's port (its factory's), made by its first
+        connection to write, and kept by each connection."""
+        turns = getattr(self.factory, "_wyseman_turns", None)
+        if turns is None:
+            turns = _Turns()
+            setattr(self.factory, "_wyseman_turns", turns)  # noqa: B010
+        self._turns = turns
+        return turns
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         """Twisted's ``dataReceived`` once the handshake is done and no write waits for
