@@ -23,6 +23,7 @@ from tests.harness import (
     ticket_login,
 )
 from tests.pgtest import fresh_database
+from wyseman.nagle import send_without_delay
 from wyseman.ws.cors import ClientInfoCors
 from wyseman.ws.httpbounds import BoundedRequest, GatewaySite
 from wyseman.ws.sniff import (
@@ -306,6 +307,29 @@ class ServerTests(TestCase):
         self.assertEqual((status, requests), (404, ["BoundedRequest", "BoundedRequest"]))
 
     @defer.inlineCallbacks
+    def test_nagle_is_off_on_the_gateways_connections(self):
+        """TCP_NODELAY on a connection the gateway accepts (its writes are whole frames;
+        Nagle would only hold a second one back for the peer's delayed ACK)."""
+        import socket
+
+        from twisted.internet import tcp
+        db = fresh_database(self)
+        server = yield start_gateway(self, db)
+        accepted = []
+        init = tcp.Server.__init__
+
+        def recording(transport, *args, **kwargs):
+            init(transport, *args, **kwargs)
+            accepted.append(transport)
+        self.patch(tcp.Server, "__init__", recording)
+        conn = yield ticket_login(self, server, db, add_user(db))
+        self.assertIsNotNone((yield conn.request({"action": "tuple",
+                                                  "view": "base.curr_eid()"})))
+        [gateway_side] = list(server.gateway.all_connections())
+        self.assertEqual(accepted, [gateway_side.transport])
+        self.assertTrue(accepted[0].socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    @defer.inlineCallbacks
     def test_the_answer_to_an_upgrade_is_written_straight_to_the_socket(self):
         """The 101 answer (and the close frame) go to the socket in the call that makes
         them, not through Twisted's write buffer and a later turn of the reactor."""
@@ -325,6 +349,21 @@ class ServerTests(TestCase):
         yield conn.close()
         self.assertEqual([data for data in buffered if b"HTTP/1.1" in data], [])
         self.assertEqual(buffered, [])
+
+
+class SendWithoutDelayTests(TestCase):
+    """:func:`send_without_delay` on what is not a TCP connection: nothing, no error."""
+
+    def test_transports_without_tcp_options(self):
+        class UnixLike:
+            def setTcpNoDelay(self, enabled):  # noqa: N802 (Twisted's name)
+                raise OSError(95, "Operation not supported")
+
+        self.assertFalse(send_without_delay(StringTransport()))
+        self.assertFalse(send_without_delay(UnixLike()))
+        wrapper = ProtocolWrapper(WrappingFactory(protocol.Factory()), _Recorder())
+        wrapper.makeConnection(UnixLike())    # (a wrapper passes the call down)
+        self.assertFalse(send_without_delay(wrapper))
 
 
 class SnifferFuzzTests(TestCase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -274,6 +275,26 @@ class TLSTests(TestCase):
         self.assertEqual((yield first.request(meta)), whole)
         self.assertGreater(len(json.dumps(whole)), 1000)
         self.assertIn(connection, buffered)
+
+    @defer.inlineCallbacks
+    def test_nagle_is_off_at_both_ends_of_a_wss_connection(self):
+        """TCP_NODELAY on the gateway's socket and the client's: with Nagle on, the
+        login's ``101`` waited behind the unacknowledged session tickets for the peer's
+        delayed ACK (40 ms a login)."""
+        cert, key, _ = self.ca.issue(self.dir, "server")
+        server = yield self.server(cert, key)
+        user = add_user(self.db)
+        token = admin.issue_ticket(self.db.dsn, user).token
+        client = yield connect(server.wss, user, token=token,
+                               new_key=keys.generate_private_jwk(),
+                               tls_options=self.client_options())
+        self.addCleanup(client.close)
+        [gateway_side] = list(server.gateway.all_connections())
+        client_side = client._protocol.transport
+        while not isinstance(client_side, tcp.Client):
+            client_side = client_side.transport
+        for connection in (_tcp_connection(gateway_side), client_side):
+            self.assertTrue(connection.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     @defer.inlineCallbacks
     def test_replies_leave_in_their_turn_through_the_quick_tls_layer(self):

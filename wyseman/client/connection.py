@@ -28,6 +28,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from wyseman.client import keys
+from wyseman.nagle import send_without_delay
 from wyseman.timers import ClockTimer, cancel_close_timer
 
 log = Logger(namespace="wyseman.client")
@@ -68,6 +69,10 @@ class _ClientProtocol(WebSocketClientProtocol):
             self.wyseman_connection = factory.connection
         assert self.wyseman_connection is not None   # (set before a connection is made)
         return self.wyseman_connection
+
+    def connectionMade(self) -> None:  # noqa: N802
+        send_without_delay(self.transport)   # (requests are whole frames already)
+        super().connectionMade()
 
     def onOpen(self) -> None:  # noqa: N802
         self.connection()._opened(self)

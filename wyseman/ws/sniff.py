@@ -30,6 +30,7 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 
+from wyseman.nagle import send_without_delay
 from wyseman.ws.twisted_io import direct_tls_writes, quick_tls
 
 log = Logger(namespace="wyseman.http")
@@ -150,6 +151,7 @@ class Sniffer(Protocol, TimeoutMixin):
         self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock: the site's
 
     def connectionMade(self) -> None:  # noqa: N802
+        send_without_delay(self.transport)
         quick_tls(self.transport)
         direct_tls_writes(self.transport)
         self.setTimeout(self.site.timeOut)
