@@ -177,6 +177,8 @@ class Environment:
             "limits": {"max_connections": 1_000_000, "max_connections_per_user": 1_000_000},
             "cluster": {"shared_state": "postgres" if shared_state else "off"},
         }
+        if self.args.busy_poll is not None:
+            config["server"]["busy_poll_us"] = self.args.busy_poll
         if self.tls_on:
             assert self.tls is not None
             config["tls"] = {"cert": str(self.tls.cert), "key": str(self.tls.key)}

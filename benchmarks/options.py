@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None, description: str | None = None
                              "generators and PostgreSQL then run on the other CPUs (the Node "
                              "server too, on these); pgbench on all (default: the kernel "
                              "places everything)")
+    parser.add_argument("--busy-poll", type=int, metavar="US",
+                        help="our server's [server] busy_poll_us (default: the server's "
+                             "own, 200 with --server-cpus and 0 without)")
     parser.add_argument("--no-connection-log", action="store_true",
                         help="our server's [server] log_connections = false (no line per "
                              "login and disconnect)")

@@ -271,6 +271,16 @@ OPTIONS: tuple[Option, ...] = (
        "thread runs on the list's CPU i mod its length. Helper threads (`fanout_threads`, "
        "`[auth] verify_threads`) keep all the CPUs the process may use. Linux only. "
        "Empty: the kernel decides."),
+    _o("server", "busy_poll_us", _int_range(0, 10_000), None,
+       "Microseconds the reactor thread goes on asking for events without blocking "
+       "before it sleeps. A thread that sleeps between one request's statement and "
+       "PostgreSQL's answer, or between a reply and the client's next request, has to be "
+       "woken for each (on a virtual machine, a trap to the hypervisor on both sides): "
+       "with this on, nothing is woken while requests follow each other closely (see "
+       "docs/performance.md). The core shows busy while it polls. Not set: 200 when the "
+       "reactor thread has a core of its own (`cpu_affinity`; with `workers` = N, a CPU "
+       "in the list for each worker), 0 (off) otherwise. Needs Twisted's epoll reactor "
+       "(Linux's default)."),
     _o("server", "gc_freeze", _bool, True,
        "Once started, move the objects that exist then (the loaded code, ~60,000) out of "
        "Python's cyclic garbage collector's view (`gc.freeze()`): its full collections no "
@@ -582,6 +592,7 @@ class ServerSection:
     fanout_threads: int
     log_connections: bool
     cpu_affinity: tuple[int, ...]
+    busy_poll_us: int | None
     gc_freeze: bool
     gc_threshold: int
     allowed_origins: tuple[str, ...]

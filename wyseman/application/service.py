@@ -39,7 +39,7 @@ from wyseman.db.shared import SharedSchemaMissing
 from wyseman.gateway.cluster import ClusterState, host_id_for
 from wyseman.gateway.hub import Gateway
 from wyseman.gateway.seams import TransportHub
-from wyseman.tuning import affinity
+from wyseman.tuning import affinity, busypoll
 from wyseman.tuning.affinity import auto_threads
 from wyseman.tuning.gcpause import freeze_startup_objects, set_young_threshold
 from wyseman.ws import webroot
@@ -311,6 +311,7 @@ class GatewayService(StartingService):
         #: the libp2p host (``[p2p] listen``), once started
         self.p2p: Any = None
         self._pinned = False
+        self._busy_polling = False
         self._sighup = SighupHandler(reactor, lambda: self.tls.reload() if self.tls else None)
         self.ports: list[Any] = []
         self._warn_insecure()
@@ -408,6 +409,8 @@ class GatewayService(StartingService):
             log.info("reactor thread on CPU {cpus} ([server] cpu_affinity); helper threads "
                      "on {all}", cpus=affinity.describe(pinned),
                      all=affinity.describe(affinity.available_cpus()))
+        self._busy_polling = busypoll.install(
+            self.reactor, busypoll.configured_us(self.config.server.busy_poll_us, cpus))
         self.ready.callback(self)
         return self
 
@@ -511,6 +514,9 @@ class GatewayService(StartingService):
             yield self.cluster.stop()     # its sockets and streams are closed: places freed
         if self.gateway is not None:
             yield self.gateway.stop()
+        if self._busy_polling:
+            self._busy_polling = False
+            busypoll.uninstall(self.reactor)
         if self._pinned:
             self._pinned = False
             affinity.restore()   # an embedding application's reactor thread goes on

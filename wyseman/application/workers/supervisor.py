@@ -264,6 +264,9 @@ class WorkerSupervisor(StartingService):
         cpus = self.config.server.cpu_affinity
         if cpus:   # one CPU each, in turn
             payload["config"]["server"]["cpu_affinity"] = [cpus[index % len(cpus)]]
+            if len(cpus) < self.count and self.config.server.busy_poll_us is None:
+                # workers sharing a CPU: one's polling would take the others' turns
+                payload["config"]["server"]["busy_poll_us"] = 0
         payload["worker"] = index
         if self._route_dir is not None:
             payload["route"] = {"dir": self._route_dir, "workers": self.count}
